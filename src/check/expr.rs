@@ -1,0 +1,564 @@
+//! Typing expressions: name resolution, the operator and builtin rules, comprehensions, weights.
+
+use super::args::{bind, signature};
+use super::objective::{Checker, Sym};
+use super::typed::{Builtin, Func, Reduce, TExpr, TKind, VarId};
+use super::types::{Elem, Size, Type};
+use crate::diagnostic::{did_you_mean, Code, Diagnostic, Span};
+use crate::syntax::ast::{Arg, BinOp, Expr, ExprKind, Ident};
+
+/// An index variable in scope.
+#[derive(Clone)]
+pub struct Bound {
+    /// As written.
+    pub name: String,
+    /// Its id.
+    pub var: VarId,
+    /// What it ranges over (vec or sample).
+    pub elem: Elem,
+    /// The set, as text, to match weight families with comprehensions.
+    pub set_text: String,
+}
+
+/// Builtin names every objective sees, with their types.
+pub const BUILTIN_NAMES: &[&str] = &["u1", "u2", "t1", "t2", "N", "D", "targets", "batch"];
+
+/// Builtin functions, with parameter names.
+pub const FUNCTIONS: &[(&str, &[&str])] = &[
+    ("dot", &["a", "b"]),
+    ("outer", &["a", "b"]),
+    ("exp", &["x"]),
+    ("log", &["x"]),
+    ("sqrt", &["x"]),
+    ("relu", &["x"]),
+    ("norm", &["x"]),
+    ("normalize", &["x"]),
+    ("min", &["a", "b"]),
+    ("max", &["a", "b"]),
+    ("sum", &["x"]),
+    ("mean", &["x"]),
+    ("logsumexp", &["x"]),
+    ("softmax", &["x"]),
+    ("eye", &[]),
+    ("ema", &["rate", "value"]),
+    ("fifo", &["size", "set"]),
+];
+
+fn texpr(kind: TKind, ty: Type, per_sample: bool, span: Span) -> TExpr {
+    TExpr { kind, ty, per_sample, span }
+}
+
+/// The error expression: type `?`, accepted everywhere so one mistake is reported once.
+pub fn poisoned(span: Span) -> TExpr {
+    texpr(TKind::Error, Type::Error, false, span)
+}
+
+impl Checker<'_> {
+    /// Types an expression in the current scope.
+    pub fn expr(&mut self, e: &Expr) -> TExpr {
+        let span = e.span;
+        match &e.kind {
+            ExprKind::Number(x) => texpr(TKind::Const(*x), Type::Scalar, false, span),
+            ExprKind::Bool(b) => texpr(TKind::Bool(*b), Type::Bool, false, span),
+            ExprKind::Str(_) => {
+                self.error(
+                    Diagnostic::new(Code::Mismatch, "strings are only allowed in the train block", span, "string")
+                        .help("objectives compute with numbers, vectors, matrices and sets"),
+                );
+                poisoned(span)
+            }
+            ExprKind::Name(name) => self.name(name, span),
+            ExprKind::Neg(a) => {
+                let a = self.expr(a);
+                if !a.ty.is_numeric() && a.ty != Type::Error {
+                    self.error(
+                        Diagnostic::new(Code::Mismatch, format!("cannot negate a {}", a.ty), a.span, a.ty.to_string())
+                            .help("only scalars, vectors and matrices can be negated"),
+                    );
+                    return poisoned(span);
+                }
+                texpr(TKind::Neg(Box::new(a.clone())), a.ty, a.per_sample, span)
+            }
+            ExprKind::Binary(op, a, b) => {
+                let (a, b) = (self.expr(a), self.expr(b));
+                self.binary(*op, a, b, span)
+            }
+            ExprKind::Field(base, field) => self.field(base, field, span),
+            ExprKind::List(items) => self.list(items, span),
+            ExprKind::Call(func, args) => self.call(func, args, span),
+            ExprKind::Comprehension { func, body, var, set } => self.comprehension(func, body, var, set, span),
+            ExprKind::Error => poisoned(span),
+        }
+    }
+
+    fn name(&mut self, name: &str, span: Span) -> TExpr {
+        if let Some(b) = self.scope.iter().rev().find(|b| b.name == name) {
+            let ty = match b.elem {
+                Elem::Vec => Type::Vec,
+                Elem::Sample => Type::Sample,
+            };
+            return texpr(TKind::Index(b.var, name.to_string()), ty, false, span);
+        }
+        if let Some(sym) = self.lookup(name) {
+            return self.reference(sym, span);
+        }
+        let builtin = |b: Builtin, ty| texpr(TKind::Builtin(b), ty, matches!(ty, Type::Vec), span);
+        match name {
+            "u1" => return builtin(Builtin::U1, Type::Vec),
+            "u2" => return builtin(Builtin::U2, Type::Vec),
+            "t1" => return builtin(Builtin::T1, Type::Vec),
+            "t2" => return builtin(Builtin::T2, Type::Vec),
+            "N" => return builtin(Builtin::N, Type::Scalar),
+            "D" => return builtin(Builtin::D, Type::Scalar),
+            "targets" => return texpr(TKind::Targets, Type::Set(Elem::Vec, Size { per_n: 2, fixed: 0 }), false, span),
+            "batch" => return texpr(TKind::Batch, Type::Set(Elem::Sample, Size { per_n: 1, fixed: 0 }), false, span),
+            _ => {}
+        }
+        if self.index_names.contains(name) {
+            self.error(
+                Diagnostic::new(
+                    Code::OutOfScope,
+                    format!("`{name}` is an index variable, but it is used outside its comprehension"),
+                    span,
+                    "not bound here",
+                )
+                .help(format!("`{name}` only exists inside `sum(... for {name} in SET)` or its weight declaration")),
+            );
+            return poisoned(span);
+        }
+        let visible = self.visible_names();
+        let help = match did_you_mean(name, visible.iter().map(String::as_str)) {
+            Some(s) => format!("did you mean `{s}`?"),
+            None => "declare it with `param`, `let` or `state`, or use a builtin: u1 u2 t1 t2 targets batch N D".into(),
+        };
+        self.error(
+            Diagnostic::new(Code::UnknownName, format!("unknown name `{name}`"), span, "not declared").help(help),
+        );
+        poisoned(span)
+    }
+
+    /// Every name an expression could use here, for suggestions.
+    fn visible_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.scope.iter().map(|b| b.name.clone()).collect();
+        names.extend(self.declared_names());
+        names.extend(BUILTIN_NAMES.iter().map(|s| s.to_string()));
+        names
+    }
+
+    fn binary(&mut self, op: BinOp, a: TExpr, b: TExpr, span: Span) -> TExpr {
+        use Type::*;
+        let per_sample = a.per_sample || b.per_sample;
+        if a.ty == Error || b.ty == Error {
+            return poisoned(span);
+        }
+        let ty = match (op, a.ty, b.ty) {
+            (BinOp::Concat, Set(ea, sa), Set(eb, sb)) if ea == eb => Some(Set(ea, sa + sb)),
+            (BinOp::Concat, _, _) => None,
+            (BinOp::MatMul, Mat, Vec) => Some(Vec),
+            (BinOp::MatMul, Mat, Mat) => Some(Mat),
+            (BinOp::MatMul, _, _) => None,
+            (_, x, y) if !x.is_numeric() || !y.is_numeric() => None,
+            (_, Scalar, y) => Some(y),
+            (_, x, Scalar) => Some(x),
+            (_, x, y) if x == y => Some(x),
+            _ => None,
+        };
+        match ty {
+            Some(ty) => texpr(TKind::Binary(op, Box::new(a), Box::new(b)), ty, per_sample, span),
+            None => {
+                let help = match (op, a.ty) {
+                    (BinOp::MatMul, Vec) => {
+                        "`@` needs a matrix on the left; for an inner product write `dot(a, b)`".into()
+                    }
+                    (BinOp::MatMul, _) => "`@` multiplies a matrix with a vector or a matrix; scale with `*`".into(),
+                    (BinOp::Concat, _) => "`++` joins two sets of the same kind, e.g. `[t2] ++ Q`".into(),
+                    _ => format!(
+                        "`{}` works elementwise on two values of one type, or a scalar with anything",
+                        op.symbol()
+                    ),
+                };
+                self.error(
+                    Diagnostic::new(
+                        Code::Mismatch,
+                        format!("cannot apply `{}` to {} and {}", op.symbol(), article(a.ty), article(b.ty)),
+                        a.span,
+                        a.ty.to_string(),
+                    )
+                    .label(b.span, b.ty.to_string())
+                    .help(help),
+                );
+                poisoned(span)
+            }
+        }
+    }
+
+    fn field(&mut self, base: &Expr, field: &Ident, span: Span) -> TExpr {
+        let base = self.expr(base);
+        match base.ty {
+            Type::Error => poisoned(span),
+            Type::Sample => {
+                let which = match field.name.as_str() {
+                    "u1" => Builtin::U1,
+                    "u2" => Builtin::U2,
+                    "t1" => Builtin::T1,
+                    "t2" => Builtin::T2,
+                    other => {
+                        let help = match did_you_mean(other, ["u1", "u2", "t1", "t2"]) {
+                            Some(s) => format!("did you mean `{s}`? samples have fields u1, u2, t1, t2"),
+                            None => "samples have fields u1, u2, t1, t2".into(),
+                        };
+                        self.error(
+                            Diagnostic::new(
+                                Code::UnknownField,
+                                format!("samples have no field `{other}`"),
+                                field.span,
+                                "unknown field",
+                            )
+                            .help(help),
+                        );
+                        return poisoned(span);
+                    }
+                };
+                let per_sample = base.per_sample;
+                texpr(TKind::Field(Box::new(base), which), Type::Vec, per_sample, span)
+            }
+            ty => {
+                self.error(
+                    Diagnostic::new(Code::Mismatch, format!("a {ty} has no fields"), base.span, ty.to_string())
+                        .help("only the samples of `batch` have fields: `sum(... b.u1 ... for b in batch)`"),
+                );
+                poisoned(span)
+            }
+        }
+    }
+
+    fn list(&mut self, items: &[Expr], span: Span) -> TExpr {
+        let items: Vec<TExpr> = items.iter().map(|i| self.expr(i)).collect();
+        let mut ok = true;
+        for item in &items {
+            if item.ty != Type::Vec && item.ty != Type::Error {
+                ok = false;
+                self.error(
+                    Diagnostic::new(
+                        Code::Mismatch,
+                        format!("a set literal holds vectors, not {}", article(item.ty)),
+                        item.span,
+                        item.ty.to_string(),
+                    )
+                    .help("write vectors such as `[t2, u2]`"),
+                );
+            }
+        }
+        if !ok || items.iter().any(|i| i.ty == Type::Error) {
+            return poisoned(span);
+        }
+        let per_sample = items.iter().any(|i| i.per_sample);
+        let size = Size { per_n: 0, fixed: items.len() };
+        texpr(TKind::List(items), Type::Set(Elem::Vec, size), per_sample, span)
+    }
+
+    fn call(&mut self, func: &Ident, args: &[Arg], span: Span) -> TExpr {
+        if let Some(Sym::Weight(i)) = self.lookup(&func.name) {
+            return self.weight_at(i, func, args, span);
+        }
+        let Some(&(name, params)) = FUNCTIONS.iter().find(|(n, _)| *n == func.name) else {
+            let mut candidates: Vec<String> = FUNCTIONS.iter().map(|(n, _)| n.to_string()).collect();
+            candidates.extend(self.weight_names());
+            let help = match did_you_mean(&func.name, candidates.iter().map(String::as_str)) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => {
+                    format!("the functions are {}", FUNCTIONS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(" "))
+                }
+            };
+            self.error(
+                Diagnostic::new(
+                    Code::UnknownFunction,
+                    format!("unknown function `{}`", func.name),
+                    func.span,
+                    "no such function",
+                )
+                .help(help),
+            );
+            return poisoned(span);
+        };
+        match name {
+            "ema" | "fifo" => {
+                self.error(
+                    Diagnostic::new(
+                        Code::StateContext,
+                        format!("`{name}` can only be the value of a state"),
+                        func.span,
+                        "not a state",
+                    )
+                    .help(format!("declare it: `state S = {name}(...)`, then use `S`")),
+                );
+                return poisoned(span);
+            }
+            "logsumexp" => {
+                self.error(
+                    Diagnostic::new(Code::Mismatch, "`logsumexp` reduces over a set", span, "no set")
+                        .help("write `logsumexp(EXPR for v in SET)`"),
+                );
+                return poisoned(span);
+            }
+            _ => {}
+        }
+        let Some(bound) = bind(name, span, params, args, self.diagnostics) else {
+            return poisoned(span);
+        };
+        if let Some(missing) = bound.iter().position(Option::is_none) {
+            self.error(
+                Diagnostic::new(
+                    Code::Arity,
+                    format!(
+                        "`{name}` takes {} argument{}, but {} were given",
+                        params.len(),
+                        plural(params.len()),
+                        args.len()
+                    ),
+                    span,
+                    format!("`{}` is missing", params[missing]),
+                )
+                .help(format!("call it as {}", signature(name, params))),
+            );
+            return poisoned(span);
+        }
+        if name == "softmax" && self.softmax_var.is_none() {
+            self.error(
+                Diagnostic::new(
+                    Code::SoftmaxContext,
+                    "`softmax` needs a set to normalise over",
+                    func.span,
+                    "outside any weight or comprehension",
+                )
+                .help("use it in `weight w(v in SET) = softmax(...)` or inside `sum(softmax(...) * v for v in SET)`"),
+            );
+            return poisoned(span);
+        }
+        let args: Vec<TExpr> = bound.into_iter().flatten().map(|a| self.expr(a)).collect();
+        self.typed_call(name, args, span)
+    }
+
+    fn typed_call(&mut self, name: &str, args: Vec<TExpr>, span: Span) -> TExpr {
+        use Type::*;
+        if args.iter().any(|a| a.ty == Error) {
+            return poisoned(span);
+        }
+        let per_sample = args.iter().any(|a| a.per_sample);
+        let types: std::vec::Vec<Type> = args.iter().map(|a| a.ty).collect();
+        let (func, ty, wanted) = match name {
+            "dot" => (Func::Dot, (types == [Vec, Vec]).then_some(Scalar), "two vectors"),
+            "outer" => (Func::Outer, (types == [Vec, Vec]).then_some(Mat), "two vectors"),
+            "exp" | "log" | "sqrt" | "relu" => {
+                let func = match name {
+                    "exp" => Func::Exp,
+                    "log" => Func::Log,
+                    "sqrt" => Func::Sqrt,
+                    _ => Func::Relu,
+                };
+                (func, types[0].is_numeric().then_some(types[0]), "a scalar, vector or matrix")
+            }
+            "norm" => (Func::Norm, (types == [Vec]).then_some(Scalar), "a vector"),
+            "normalize" => (Func::Normalize, (types == [Vec]).then_some(Vec), "a vector"),
+            "min" | "max" => {
+                let func = if name == "min" { Func::Min } else { Func::Max };
+                let ty = match (types[0], types[1]) {
+                    (x, y) if !x.is_numeric() || !y.is_numeric() => None,
+                    (Scalar, y) => Some(y),
+                    (x, Scalar) => Some(x),
+                    (x, y) => (x == y).then_some(x),
+                };
+                (func, ty, "two values of one type, or a scalar and anything")
+            }
+            "sum" => (Func::SumEntries, (types == [Vec]).then_some(Scalar), "a vector (or a comprehension)"),
+            "mean" => (Func::MeanEntries, (types == [Vec]).then_some(Scalar), "a vector (or a comprehension)"),
+            "eye" => (Func::Eye, Some(Mat), "no arguments"),
+            _ => {
+                // softmax: context checked by the caller.
+                let var = self.softmax_var.expect("softmax context checked before");
+                if types[0] != Scalar {
+                    return self.arg_mismatch("softmax", &args, "a scalar", span);
+                }
+                let arg = args.into_iter().next().expect("one argument");
+                return texpr(TKind::Softmax { var, arg: Box::new(arg) }, Scalar, per_sample, span);
+            }
+        };
+        match ty {
+            Some(ty) => texpr(TKind::Call(func, args), ty, per_sample, span),
+            None => self.arg_mismatch(name, &args, wanted, span),
+        }
+    }
+
+    fn arg_mismatch(&mut self, name: &str, args: &[TExpr], wanted: &str, span: Span) -> TExpr {
+        let got: Vec<String> = args.iter().map(|a| a.ty.to_string()).collect();
+        let mut d = Diagnostic::new(
+            Code::Mismatch,
+            format!("`{name}` takes {wanted}, but was given ({})", got.join(", ")),
+            span,
+            "in this call",
+        );
+        for a in args {
+            d = d.label(a.span, a.ty.to_string());
+        }
+        let help = match name {
+            "dot" => "for a matrix–vector product write `M @ v`".to_string(),
+            _ => format!("`{name}` takes {wanted}"),
+        };
+        self.error(d.help(help));
+        poisoned(span)
+    }
+
+    fn comprehension(&mut self, func: &Ident, body: &Expr, var: &Ident, set: &Expr, span: Span) -> TExpr {
+        let op = match func.name.as_str() {
+            "sum" => Reduce::Sum,
+            "mean" => Reduce::Mean,
+            "logsumexp" => Reduce::LogSumExp,
+            other => {
+                let help = match did_you_mean(other, ["sum", "mean", "logsumexp"]) {
+                    Some(s) => format!("did you mean `{s}`? comprehensions reduce with sum, mean or logsumexp"),
+                    None => "comprehensions reduce with sum, mean or logsumexp".into(),
+                };
+                self.error(
+                    Diagnostic::new(
+                        Code::UnknownFunction,
+                        format!("`{other}` cannot reduce over a set"),
+                        func.span,
+                        "not a reduction",
+                    )
+                    .help(help),
+                );
+                return poisoned(span);
+            }
+        };
+        let set = self.expr(set);
+        let Some((elem, bound)) = self.bind_index(var, &set) else {
+            return poisoned(span);
+        };
+        let id = bound.var;
+        let body = self.with_index(bound, |cx| cx.expr(body));
+        let ty = match (op, body.ty) {
+            (_, Type::Error) => return poisoned(span),
+            (Reduce::LogSumExp, Type::Scalar) => Type::Scalar,
+            (Reduce::Sum | Reduce::Mean, ty) if ty.is_numeric() => ty,
+            (_, ty) => {
+                let wanted = if op == Reduce::LogSumExp { "a scalar" } else { "a scalar, vector or matrix" };
+                self.error(
+                    Diagnostic::new(
+                        Code::Mismatch,
+                        format!("`{}` needs {wanted} per element, found {}", op.name(), article(ty)),
+                        body.span,
+                        ty.to_string(),
+                    )
+                    .help(if elem == Elem::Sample {
+                        "use a field of the sample, e.g. `b.u1`"
+                    } else {
+                        "reduce a number, vector or matrix"
+                    }),
+                );
+                return poisoned(span);
+            }
+        };
+        let per_sample = body.per_sample || set.per_sample;
+        let kind = TKind::Reduce { op, var: id, var_name: var.name.clone(), set: Box::new(set), body: Box::new(body) };
+        texpr(kind, ty, per_sample, span)
+    }
+
+    /// Checks that `set` is a set and binds `var` over it.
+    pub fn bind_index(&mut self, var: &Ident, set: &TExpr) -> Option<(Elem, Bound)> {
+        let elem = match set.ty {
+            Type::Set(elem, _) => elem,
+            Type::Error => return None,
+            ty => {
+                self.error(
+                    Diagnostic::new(
+                        Code::Mismatch,
+                        format!("`{}` ranges over a set, but this is {}", var.name, article(ty)),
+                        set.span,
+                        ty.to_string(),
+                    )
+                    .help("sets are targets, batch, fifo states, `[a, b]` literals and `S1 ++ S2`"),
+                );
+                return None;
+            }
+        };
+        if BUILTIN_NAMES.contains(&var.name.as_str()) || self.lookup(&var.name).is_some() {
+            self.error(
+                Diagnostic::new(
+                    Code::Duplicate,
+                    format!("index variable `{}` hides a name that already exists", var.name),
+                    var.span,
+                    "already a name",
+                )
+                .help("pick another name, e.g. `v`"),
+            );
+            return None;
+        }
+        let set_text = self.show(set);
+        let bound = Bound { name: var.name.clone(), var: self.fresh_var(), elem, set_text };
+        Some((elem, bound))
+    }
+
+    /// Runs `f` with `bound` in scope and as the variable softmax normalises over.
+    pub fn with_index<T>(&mut self, bound: Bound, f: impl FnOnce(&mut Self) -> T) -> T {
+        let outer_softmax = self.softmax_var.replace(bound.var);
+        self.scope.push(bound);
+        let result = f(self);
+        self.scope.pop();
+        self.softmax_var = outer_softmax;
+        result
+    }
+
+    fn weight_at(&mut self, index: usize, func: &Ident, args: &[Arg], span: Span) -> TExpr {
+        let weight = self.resolve_weight(index, Some(func.span));
+        let var = match args {
+            [Arg { name: None, value: Expr { kind: ExprKind::Name(n), .. } }] => {
+                self.scope.iter().rev().find(|b| &b.name == n).cloned()
+            }
+            _ => None,
+        };
+        let Some(var) = var else {
+            self.error(
+                Diagnostic::new(
+                    Code::Arity,
+                    format!("weight `{}` takes one index variable", func.name),
+                    span,
+                    "not an index variable",
+                )
+                .help(format!("use it inside a comprehension: `sum({}(v) * v for v in SET)`", func.name)),
+            );
+            return poisoned(span);
+        };
+        let Some(weight) = weight else { return poisoned(span) };
+        let weight_set = self.show_weight_set(&weight);
+        if var.set_text != weight_set {
+            self.error(
+                Diagnostic::new(
+                    Code::Mismatch,
+                    format!(
+                        "weight `{}` ranges over `{weight_set}`, but `{}` ranges over `{}`",
+                        func.name, var.name, var.set_text
+                    ),
+                    span,
+                    "different sets",
+                )
+                .help(format!("iterate over the weight's own set: `for {} in {weight_set}`", var.name)),
+            );
+            return poisoned(span);
+        }
+        let kind = TKind::WeightAt { weight: index, name: func.name.clone(), var: var.var, var_name: var.name.clone() };
+        texpr(kind, Type::Scalar, weight.body.per_sample, span)
+    }
+}
+
+/// "a vec", "an error", for messages.
+pub fn article(ty: Type) -> String {
+    format!("a {ty}")
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}

@@ -1,0 +1,770 @@
+//! Checking one objective: the declaration table, lazy resolution of lets, weights and states
+//! (so they may be declared in any order, and cycles are found), the roles, and the warnings.
+
+use super::expr::{poisoned, Bound, BUILTIN_NAMES};
+use super::typed::*;
+use super::types::{Elem, Size, Type};
+use crate::diagnostic::{did_you_mean, Code, Diagnostic, Span};
+use crate::syntax::ast::{self, Decl, ExprKind, Ident};
+use std::collections::{HashMap, HashSet};
+
+/// How deeply lets, weights and states may refer to later ones before we stop following.
+const MAX_RESOLUTION_DEPTH: usize = 64;
+
+/// The objective entries and their required types.
+const KEYS: &[&str] = &["positive", "negative", "balance", "loss", "symmetric"];
+
+/// A declared name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sym {
+    /// Index into params.
+    Param(usize),
+    /// Index into lets.
+    Let(usize),
+    /// Index into weights.
+    Weight(usize),
+    /// Index into states.
+    State(usize),
+}
+
+enum Status<T> {
+    Pending,
+    InProgress,
+    Done(Option<T>),
+}
+
+/// The state of checking one objective.
+pub struct Checker<'a> {
+    pub(super) diagnostics: &'a mut Vec<Diagnostic>,
+    pub(super) scope: Vec<Bound>,
+    pub(super) softmax_var: Option<VarId>,
+    pub(super) index_names: HashSet<String>,
+    symbols: HashMap<String, (Sym, Span)>,
+    params: Vec<Param>,
+    let_decls: Vec<(&'a Ident, &'a ast::Expr)>,
+    lets: Vec<Status<TExpr>>,
+    weight_decls: Vec<(&'a Ident, &'a Ident, &'a ast::Expr, &'a ast::Expr)>,
+    weights: Vec<Status<Weight>>,
+    state_decls: Vec<(&'a Ident, &'a ast::Expr)>,
+    states: Vec<Status<State>>,
+    used: HashSet<(u8, usize)>,
+    depth: usize,
+    next_var: usize,
+}
+
+/// Checks an objective; `None` when it has errors (they are in `diagnostics`).
+pub fn check_objective(o: &ast::Objective, diagnostics: &mut Vec<Diagnostic>) -> Option<Objective> {
+    let before = diagnostics.len();
+    let mut cx = Checker {
+        diagnostics,
+        scope: Vec::new(),
+        softmax_var: None,
+        index_names: index_names(o),
+        symbols: HashMap::new(),
+        params: Vec::new(),
+        let_decls: Vec::new(),
+        lets: Vec::new(),
+        weight_decls: Vec::new(),
+        weights: Vec::new(),
+        state_decls: Vec::new(),
+        states: Vec::new(),
+        used: HashSet::new(),
+        depth: 0,
+        next_var: 0,
+    };
+    let mut assigns: HashMap<&str, (&Ident, &ast::Expr)> = HashMap::new();
+    for decl in &o.decls {
+        match decl {
+            Decl::Param { name, default, default_span, range } => {
+                if cx.declare(name, Sym::Param(cx.params.len())) {
+                    cx.check_param(name, *default, *default_span, range.as_ref());
+                    cx.params.push(Param { name: name.name.clone(), value: *default, range: range.clone() });
+                }
+            }
+            Decl::Let { name, value } => {
+                if cx.declare(name, Sym::Let(cx.let_decls.len())) {
+                    cx.let_decls.push((name, value));
+                    cx.lets.push(Status::Pending);
+                }
+            }
+            Decl::Weight { name, var, set, body } => {
+                if cx.declare(name, Sym::Weight(cx.weight_decls.len())) {
+                    cx.weight_decls.push((name, var, set, body));
+                    cx.weights.push(Status::Pending);
+                }
+            }
+            Decl::State { name, value } => {
+                if cx.declare(name, Sym::State(cx.state_decls.len())) {
+                    cx.state_decls.push((name, value));
+                    cx.states.push(Status::Pending);
+                }
+            }
+            Decl::Assign { key, value } => cx.assign(key, value, &mut assigns),
+        }
+    }
+
+    for i in 0..cx.let_decls.len() {
+        cx.resolve_let(i, None);
+    }
+    for i in 0..cx.weight_decls.len() {
+        cx.resolve_weight(i, None);
+    }
+    for i in 0..cx.state_decls.len() {
+        cx.resolve_state(i, None);
+    }
+
+    let role = |cx: &mut Checker, key: &str, want: Type| -> Option<TExpr> {
+        let (ident, value) = assigns.get(key)?;
+        let e = cx.expr(value);
+        if e.ty != want && e.ty != Type::Error {
+            let help = match want {
+                Type::Vec => format!(
+                    "`{key}` is the per-sample {key} gradient term: it must be a vector, like `-t2` or `F @ u1`"
+                ),
+                Type::Bool => "write `symmetric = true` or `symmetric = false`".into(),
+                _ => format!("`{key}` must be a scalar; reduce vectors with `dot`, `norm` or `sum`"),
+            };
+            cx.error(
+                Diagnostic::new(
+                    Code::RoleType,
+                    format!("`{key}` must be a {want}, but it is a {}", e.ty),
+                    e.span,
+                    e.ty.to_string(),
+                )
+                .label(ident.span, format!("{key} declared here"))
+                .help(help),
+            );
+        }
+        Some(e)
+    };
+    let positive = role(&mut cx, "positive", Type::Vec);
+    let negative = role(&mut cx, "negative", Type::Vec);
+    let balance = role(&mut cx, "balance", Type::Scalar);
+    let loss = role(&mut cx, "loss", Type::Scalar);
+    let symmetric = match role(&mut cx, "symmetric", Type::Bool) {
+        Some(TExpr { kind: TKind::Bool(b), .. }) => b,
+        Some(other) if other.ty == Type::Bool => {
+            cx.error(
+                Diagnostic::new(
+                    Code::RoleType,
+                    "`symmetric` must be written as `true` or `false`",
+                    other.span,
+                    "not a literal",
+                )
+                .help("write `symmetric = true` or `symmetric = false`"),
+            );
+            true
+        }
+        _ => true,
+    };
+    if positive.is_none() {
+        cx.error(
+            Diagnostic::new(
+                Code::MissingPositive,
+                format!("objective `{}` has no positive term", o.name.name),
+                o.name.span,
+                "no `positive = ...`",
+            )
+            .help("every objective pulls the two views together: add `positive = -t2`"),
+        );
+    }
+    cx.warn_unused();
+
+    let failed = has_errors_since(cx.diagnostics, before);
+    let lets = done(cx.lets)?;
+    let weights = done(cx.weights)?;
+    let states = done(cx.states)?;
+    if failed {
+        return None;
+    }
+    let lets: Vec<Let> =
+        lets.into_iter().zip(&cx.let_decls).map(|(value, (name, _))| Let { name: name.name.clone(), value }).collect();
+    let mut objective = Objective {
+        name: o.name.name.clone(),
+        params: cx.params,
+        lets,
+        weights,
+        states,
+        positive: positive?,
+        negative,
+        balance,
+        loss,
+        symmetric,
+        family: Family::PositiveOnly,
+    };
+    objective.family = family(&objective);
+    Some(objective)
+}
+
+/// The resolved values, or `None` if any failed.
+fn done<T>(statuses: Vec<Status<T>>) -> Option<Vec<T>> {
+    statuses
+        .into_iter()
+        .map(|s| match s {
+            Status::Done(v) => v,
+            _ => None,
+        })
+        .collect()
+}
+
+fn has_errors_since(diagnostics: &[Diagnostic], before: usize) -> bool {
+    crate::diagnostic::has_errors(&diagnostics[before..])
+}
+
+/// Names bound by comprehensions and weights anywhere in the objective, to explain out-of-scope uses.
+fn index_names(o: &ast::Objective) -> HashSet<String> {
+    fn walk(e: &ast::Expr, out: &mut HashSet<String>) {
+        match &e.kind {
+            ExprKind::Comprehension { body, var, set, .. } => {
+                out.insert(var.name.clone());
+                walk(body, out);
+                walk(set, out);
+            }
+            ExprKind::Neg(a) | ExprKind::Field(a, _) => walk(a, out),
+            ExprKind::Binary(_, a, b) => {
+                walk(a, out);
+                walk(b, out);
+            }
+            ExprKind::Call(_, args) => args.iter().for_each(|a| walk(&a.value, out)),
+            ExprKind::List(items) => items.iter().for_each(|i| walk(i, out)),
+            _ => {}
+        }
+    }
+    let mut out = HashSet::new();
+    for d in &o.decls {
+        match d {
+            Decl::Let { value, .. } | Decl::State { value, .. } | Decl::Assign { value, .. } => walk(value, &mut out),
+            Decl::Weight { var, set, body, .. } => {
+                out.insert(var.name.clone());
+                walk(set, &mut out);
+                walk(body, &mut out);
+            }
+            Decl::Param { .. } => {}
+        }
+    }
+    out
+}
+
+impl<'a> Checker<'a> {
+    pub(super) fn error(&mut self, d: Diagnostic) {
+        self.diagnostics.push(d);
+    }
+
+    pub(super) fn lookup(&self, name: &str) -> Option<Sym> {
+        self.symbols.get(name).map(|(s, _)| *s)
+    }
+
+    pub(super) fn declared_names(&self) -> Vec<String> {
+        self.symbols.keys().cloned().collect()
+    }
+
+    pub(super) fn weight_names(&self) -> Vec<String> {
+        self.weight_decls.iter().map(|(n, ..)| n.name.clone()).collect()
+    }
+
+    pub(super) fn fresh_var(&mut self) -> VarId {
+        self.next_var += 1;
+        VarId(self.next_var)
+    }
+
+    /// Text of a typed expression, for messages and set matching.
+    pub(super) fn show(&self, e: &TExpr) -> String {
+        let names = Objective {
+            name: String::new(),
+            params: self.params.clone(),
+            lets: self
+                .let_decls
+                .iter()
+                .map(|(n, _)| Let { name: n.name.clone(), value: poisoned(Span::default()) })
+                .collect(),
+            weights: Vec::new(),
+            states: self
+                .state_decls
+                .iter()
+                .map(|(n, _)| State {
+                    name: n.name.clone(),
+                    kind: StateKind::Fifo { size: 0, set: poisoned(Span::default()) },
+                    ty: Type::Error,
+                })
+                .collect(),
+            positive: poisoned(Span::default()),
+            negative: None,
+            balance: None,
+            loss: None,
+            symmetric: true,
+            family: Family::PositiveOnly,
+        };
+        Show { expr: e, objective: &names }.to_string()
+    }
+
+    pub(super) fn show_weight_set(&self, w: &Weight) -> String {
+        self.show(&w.set)
+    }
+
+    fn declare(&mut self, name: &Ident, sym: Sym) -> bool {
+        if BUILTIN_NAMES.contains(&name.name.as_str()) {
+            self.error(
+                Diagnostic::new(
+                    Code::Duplicate,
+                    format!("`{}` is a builtin name and cannot be redeclared", name.name),
+                    name.span,
+                    "builtin",
+                )
+                .help("pick another name"),
+            );
+            return false;
+        }
+        if let Some((_, first)) = self.symbols.get(&name.name) {
+            let first = *first;
+            self.error(
+                Diagnostic::new(
+                    Code::Duplicate,
+                    format!("`{}` is declared twice", name.name),
+                    name.span,
+                    "declared again here",
+                )
+                .label(first, "first declared here")
+                .help("rename or remove one of them"),
+            );
+            return false;
+        }
+        self.symbols.insert(name.name.clone(), (sym, name.span));
+        true
+    }
+
+    fn check_param(&mut self, name: &Ident, default: f64, default_span: Span, range: Option<&ast::Range>) {
+        let Some(range) = range else { return };
+        let empty = range.lo > range.hi || (range.lo == range.hi && !(range.lo_closed && range.hi_closed));
+        if empty {
+            self.error(
+                Diagnostic::new(
+                    Code::ParamRange,
+                    format!("the range of `{}` is empty", name.name),
+                    range.span,
+                    format!("{range} holds no number"),
+                )
+                .help("write the smaller bound first"),
+            );
+        } else if !range.contains(default) {
+            self.error(
+                Diagnostic::new(
+                    Code::ParamRange,
+                    format!("the default of `{}` lies outside its range", name.name),
+                    default_span,
+                    format!("{default} is not in {range}"),
+                )
+                .label(range.span, "allowed range")
+                .help("change the default or widen the range"),
+            );
+        }
+    }
+
+    fn assign<'d>(
+        &mut self,
+        key: &'d Ident,
+        value: &'d ast::Expr,
+        assigns: &mut HashMap<&'d str, (&'d Ident, &'d ast::Expr)>,
+    ) {
+        let Some(&k) = KEYS.iter().find(|k| **k == key.name) else {
+            let help = match did_you_mean(&key.name, KEYS.iter().copied()) {
+                Some(s) => format!("did you mean `{s}`? to name a value, write `let {} = ...`", key.name),
+                None => format!("an objective sets positive, negative, balance, loss and symmetric; to name a value, write `let {} = ...`", key.name),
+            };
+            self.error(
+                Diagnostic::new(
+                    Code::UnknownKey,
+                    format!("`{}` is not an objective entry", key.name),
+                    key.span,
+                    "unknown entry",
+                )
+                .help(help),
+            );
+            return;
+        };
+        if let Some((first, _)) = assigns.get(k) {
+            let first = first.span;
+            self.error(
+                Diagnostic::new(Code::Duplicate, format!("`{k}` is set twice"), key.span, "set again here")
+                    .label(first, "first set here")
+                    .help(
+                        "an objective has one positive, one negative, one balance and one loss; combine them with `+`",
+                    ),
+            );
+            return;
+        }
+        assigns.insert(k, (key, value));
+    }
+
+    /// A reference to a declared name, resolving it first if needed.
+    pub(super) fn reference(&mut self, sym: Sym, span: Span) -> TExpr {
+        let at = Some(span);
+        let (kind, ty, per_sample) = match sym {
+            Sym::Param(i) => {
+                self.used.insert((0, i));
+                (TKind::Param(i), Type::Scalar, false)
+            }
+            Sym::Let(i) => match self.resolve_let(i, at) {
+                Some(e) => (TKind::Let(i), e.ty, e.per_sample),
+                None => return poisoned(span),
+            },
+            Sym::State(i) => match self.resolve_state(i, at) {
+                Some(s) => (TKind::State(i), s.ty, false),
+                None => return poisoned(span),
+            },
+            Sym::Weight(i) => {
+                let name = self.weight_decls[i].0.name.clone();
+                self.error(
+                    Diagnostic::new(
+                        Code::Arity,
+                        format!("weight `{name}` is a family of numbers: call it with an index variable"),
+                        span,
+                        "not called",
+                    )
+                    .help(format!("write `{name}(v)` inside `sum(... for v in SET)`")),
+                );
+                return poisoned(span);
+            }
+        };
+        TExpr { kind, ty, per_sample, span }
+    }
+
+    /// Runs `f` in an empty scope (declarations never see the caller's index variables), guarding
+    /// against cycles and over-deep chains. `key` identifies the declaration; `site` is the use.
+    fn resolving<T: Clone>(
+        &mut self,
+        key: (u8, usize),
+        name: &Ident,
+        site: Option<Span>,
+        status: fn(&mut Self) -> &mut Vec<Status<T>>,
+        f: impl FnOnce(&mut Self) -> Option<T>,
+    ) -> Option<T> {
+        if site.is_some() {
+            self.used.insert(key);
+        }
+        match &status(self)[key.1] {
+            Status::Done(v) => return v.clone(),
+            Status::InProgress => {
+                self.error(
+                    Diagnostic::new(
+                        Code::Cycle,
+                        format!("`{}` depends on itself", name.name),
+                        site.unwrap_or(name.span),
+                        "used here while it is being defined",
+                    )
+                    .label(name.span, "declared here")
+                    .help("break the cycle: a let or state cannot refer to itself, directly or through others"),
+                );
+                status(self)[key.1] = Status::Done(None);
+                return None;
+            }
+            Status::Pending => {}
+        }
+        if self.depth >= MAX_RESOLUTION_DEPTH {
+            self.error(
+                Diagnostic::new(
+                    Code::TooDeep,
+                    format!("declarations refer to later ones more than {MAX_RESOLUTION_DEPTH} levels deep"),
+                    name.span,
+                    "too deep",
+                )
+                .help("declare names before the declarations that use them"),
+            );
+            return None;
+        }
+        status(self)[key.1] = Status::InProgress;
+        let scope = std::mem::take(&mut self.scope);
+        let softmax = self.softmax_var.take();
+        self.depth += 1;
+        let result = f(self);
+        self.depth -= 1;
+        self.scope = scope;
+        self.softmax_var = softmax;
+        if let Status::InProgress = status(self)[key.1] {
+            status(self)[key.1] = Status::Done(result.clone());
+        }
+        match &status(self)[key.1] {
+            Status::Done(v) => v.clone(),
+            _ => None,
+        }
+    }
+
+    pub(super) fn resolve_let(&mut self, i: usize, site: Option<Span>) -> Option<TExpr> {
+        let (name, value) = self.let_decls[i];
+        self.resolving(
+            (1, i),
+            name,
+            site,
+            |c| &mut c.lets,
+            |c| {
+                let e = c.expr(value);
+                (e.ty != Type::Error).then_some(e)
+            },
+        )
+    }
+
+    pub(super) fn resolve_weight(&mut self, i: usize, site: Option<Span>) -> Option<Weight> {
+        let (name, var, set, body) = self.weight_decls[i];
+        self.resolving(
+            (2, i),
+            name,
+            site,
+            |c| &mut c.weights,
+            |c| {
+                let set = c.expr(set);
+                let (_, bound) = c.bind_index(var, &set)?;
+                let id = bound.var;
+                let body = c.with_index(bound, |c| c.expr(body));
+                match body.ty {
+                    Type::Scalar => Some(Weight { name: name.name.clone(), var: id, set, body }),
+                    Type::Error => None,
+                    ty => {
+                        c.error(
+                            Diagnostic::new(
+                                Code::Mismatch,
+                                format!("weight `{}` must be a scalar per element, but it is a {ty}", name.name),
+                                body.span,
+                                ty.to_string(),
+                            )
+                            .help("a weight is one number per element of the set, e.g. `softmax(dot(u1, v) / tau)`"),
+                        );
+                        None
+                    }
+                }
+            },
+        )
+    }
+
+    pub(super) fn resolve_state(&mut self, i: usize, site: Option<Span>) -> Option<State> {
+        let (name, value) = self.state_decls[i];
+        self.resolving((3, i), name, site, |c| &mut c.states, |c| c.state(name, value))
+    }
+
+    fn state(&mut self, name: &Ident, value: &ast::Expr) -> Option<State> {
+        let form_help = "write `state S = ema(RATE, EXPR)` (a running mean) or `state Q = fifo(SIZE, SET)` (a queue)";
+        let ExprKind::Call(func, args) = &value.kind else {
+            self.error(
+                Diagnostic::new(
+                    Code::StateForm,
+                    format!("state `{}` must be an ema or a fifo", name.name),
+                    value.span,
+                    "not ema(...) or fifo(...)",
+                )
+                .help(form_help),
+            );
+            return None;
+        };
+        let params: &[&str] = match func.name.as_str() {
+            "ema" => &["rate", "value"],
+            "fifo" => &["size", "set"],
+            _ => {
+                self.error(
+                    Diagnostic::new(
+                        Code::StateForm,
+                        format!("state `{}` must be an ema or a fifo", name.name),
+                        func.span,
+                        "not ema or fifo",
+                    )
+                    .help(form_help),
+                );
+                return None;
+            }
+        };
+        let bound = super::args::bind(&func.name, value.span, params, args, self.diagnostics)?;
+        let [Some(first), Some(second)] = bound[..] else {
+            self.error(
+                Diagnostic::new(
+                    Code::Arity,
+                    format!("`{}` takes 2 arguments", func.name),
+                    value.span,
+                    "missing argument",
+                )
+                .help(format!("call it as {}", super::args::signature(&func.name, params))),
+            );
+            return None;
+        };
+        if func.name == "ema" {
+            let rate = self.expr(first);
+            let value = self.expr(second);
+            if rate.ty != Type::Scalar || rate.per_sample {
+                if rate.ty != Type::Error {
+                    self.error(
+                        Diagnostic::new(
+                            Code::StateForm,
+                            "an ema rate must be a global scalar",
+                            rate.span,
+                            rate.ty.to_string(),
+                        )
+                        .help("use a param, e.g. `param rho = 0.99 in [0, 1)`"),
+                    );
+                }
+                return None;
+            }
+            if let Some(r) = self.constant(&rate) {
+                if !(0.0..1.0).contains(&r) {
+                    self.error(
+                        Diagnostic::new(
+                            Code::StateForm,
+                            format!("an ema rate must lie in [0, 1), but it is {r}"),
+                            rate.span,
+                            "rate out of range",
+                        )
+                        .help("the rate is the weight of the old value: 0.99 keeps a long memory, 0 none"),
+                    );
+                    return None;
+                }
+            }
+            if !matches!(value.ty, Type::Scalar | Type::Vec | Type::Mat) {
+                if value.ty != Type::Error {
+                    self.error(
+                        Diagnostic::new(
+                            Code::StateForm,
+                            format!("an ema averages a scalar, vector or matrix, not a {}", value.ty),
+                            value.span,
+                            value.ty.to_string(),
+                        )
+                        .help("for a queue of vectors use `fifo(SIZE, SET)`"),
+                    );
+                }
+                return None;
+            }
+            self.reject_per_sample(name, &value)?;
+            let ty = value.ty;
+            Some(State { name: name.name.clone(), kind: StateKind::Ema { rate, value }, ty })
+        } else {
+            let size = match &first.kind {
+                ExprKind::Number(x) if x.fract() == 0.0 && *x >= 1.0 && *x <= (1u64 << 24) as f64 => *x as usize,
+                _ => {
+                    self.error(
+                        Diagnostic::new(
+                            Code::StateForm,
+                            "a fifo size must be a whole number between 1 and 16777216",
+                            first.span,
+                            "not a valid size",
+                        )
+                        .help("write the capacity as a literal, e.g. `fifo(4096, targets)`"),
+                    );
+                    return None;
+                }
+            };
+            let set = self.expr(second);
+            match set.ty {
+                Type::Set(Elem::Vec, _) => {}
+                Type::Error => return None,
+                ty => {
+                    self.error(
+                        Diagnostic::new(
+                            Code::StateForm,
+                            format!("a fifo holds vectors from a set, not a {ty}"),
+                            set.span,
+                            ty.to_string(),
+                        )
+                        .help("push a set of vectors, e.g. `targets`"),
+                    );
+                    return None;
+                }
+            }
+            self.reject_per_sample(name, &set)?;
+            let ty = Type::Set(Elem::Vec, Size { per_n: 0, fixed: size });
+            Some(State { name: name.name.clone(), kind: StateKind::Fifo { size, set }, ty })
+        }
+    }
+
+    /// A state is shared by every sample of the batch, so its value may not use the current one.
+    fn reject_per_sample(&mut self, name: &Ident, value: &TExpr) -> Option<()> {
+        if !value.per_sample {
+            return Some(());
+        }
+        let mut culprit = value.span;
+        let mut found = false;
+        value.walk(&mut |e| {
+            if !found && e.per_sample && matches!(e.kind, TKind::Builtin(_) | TKind::Let(_) | TKind::WeightAt { .. }) {
+                culprit = e.span;
+                found = true;
+            }
+        });
+        self.error(
+            Diagnostic::new(Code::StateSample, format!("state `{}` depends on the current sample", name.name), culprit, "per-sample value")
+                .label(name.span, "state declared here")
+                .help("a state is shared by the whole batch: build it from `targets`, `batch` or comprehensions over them, e.g. `mean(outer(t, t) for t in targets)`"),
+        );
+        None
+    }
+
+    /// The value of a scalar built from literals and params, if it is one.
+    pub(super) fn constant(&self, e: &TExpr) -> Option<f64> {
+        use crate::syntax::ast::BinOp::*;
+        match &e.kind {
+            TKind::Const(x) => Some(*x),
+            TKind::Param(i) => Some(self.params[*i].value),
+            TKind::Neg(a) => Some(-self.constant(a)?),
+            TKind::Binary(op, a, b) => {
+                let (a, b) = (self.constant(a)?, self.constant(b)?);
+                match op {
+                    Add => Some(a + b),
+                    Sub => Some(a - b),
+                    Mul => Some(a * b),
+                    Div => Some(a / b),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
+    fn warn_unused(&mut self) {
+        let mut unused: Vec<(Span, String, &str)> = Vec::new();
+        for (name, (sym, span)) in &self.symbols {
+            let (key, what) = match sym {
+                Sym::Param(i) => ((0, *i), "param"),
+                Sym::Let(i) => ((1, *i), "let"),
+                Sym::Weight(i) => ((2, *i), "weight"),
+                Sym::State(i) => ((3, *i), "state"),
+            };
+            if !self.used.contains(&key) {
+                unused.push((*span, name.clone(), what));
+            }
+        }
+        unused.sort_by_key(|(span, ..)| span.start);
+        for (span, name, what) in unused {
+            self.error(
+                Diagnostic::new(Code::Unused, format!("{what} `{name}` is never used"), span, "unused")
+                    .help("remove it, or use it in the positive, negative, balance or loss"),
+            );
+        }
+    }
+}
+
+/// Reads the family off the negative term, looking through lets and weights.
+fn family(o: &Objective) -> Family {
+    let Some(negative) = &o.negative else { return Family::PositiveOnly };
+    let reaches = |pred: &dyn Fn(&TExpr) -> bool| -> bool {
+        let mut stack = vec![negative];
+        let mut seen = 0;
+        while let Some(e) = stack.pop() {
+            seen += 1;
+            if seen > 10_000 {
+                break;
+            }
+            let mut hit = false;
+            e.walk(&mut |s| {
+                hit |= pred(s);
+                match &s.kind {
+                    TKind::Let(i) => stack.push(&o.lets[*i].value),
+                    TKind::WeightAt { weight, .. } => stack.push(&o.weights[*weight].body),
+                    _ => {}
+                }
+            });
+            if hit {
+                return true;
+            }
+        }
+        false
+    };
+    if reaches(&|e| matches!(e.kind, TKind::Softmax { .. })) {
+        Family::Contrastive
+    } else if reaches(&|e| matches!(e.kind, TKind::State(i) if o.states[i].ty == Type::Mat)) {
+        Family::CorrelationMatrix
+    } else {
+        Family::Decorrelation
+    }
+}

@@ -1,0 +1,711 @@
+//! The recipe (`train NAME { ... }`): a typed schema with a default for every field. Values are
+//! expressions in the surface syntax (`sgd(lr = 0.1)`, `[crop(scale = [0.3, 1.0]), hflip(0.5)]`),
+//! decoded here into plain Rust values, with a coded diagnostic for every wrong one.
+
+use super::args::bind;
+use crate::diagnostic::{did_you_mean, Code, Diagnostic, Span};
+use crate::syntax::ast::{Expr, ExprKind, Field, Train};
+use serde::Serialize;
+
+/// Where the images come from.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Data {
+    /// Fashion-MNIST: the Debian package's directory if installed, else the bundled subset.
+    FashionMnist,
+    /// Fashion-MNIST IDX files in this directory.
+    FashionMnistDir(String),
+}
+
+/// `resnet_mini(widths = [...], blocks = n)`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Encoder {
+    /// Channels of the stem and of each stage.
+    pub widths: Vec<usize>,
+    /// BasicBlocks per stage.
+    pub blocks: usize,
+}
+
+/// `mlp(hidden = h, out = o)`: Linear(no bias) + BN + ReLU + Linear.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Mlp {
+    /// Hidden width.
+    pub hidden: usize,
+    /// Output width.
+    pub out: usize,
+}
+
+/// The momentum (EMA) target.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Momentum {
+    /// No target network: targets are the detached online features.
+    None,
+    /// A fixed rate.
+    Constant(f64),
+    /// A cosine schedule from `base` to `end` over training.
+    Cosine {
+        /// Rate at step 0.
+        base: f64,
+        /// Rate at the last step.
+        end: f64,
+    },
+}
+
+/// The optimiser. `lr: None` means 0.06 × batch / 256.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Optimizer {
+    /// SGD with momentum.
+    Sgd {
+        /// Peak learning rate.
+        lr: Option<f64>,
+        /// Momentum.
+        momentum: f64,
+        /// Weight decay.
+        weight_decay: f64,
+        /// Nesterov momentum.
+        nesterov: bool,
+    },
+    /// LARS: SGD with a layer-wise trust ratio; biases and norm parameters excluded.
+    Lars {
+        /// Peak learning rate.
+        lr: Option<f64>,
+        /// Momentum.
+        momentum: f64,
+        /// Weight decay.
+        weight_decay: f64,
+        /// Trust coefficient.
+        eta: f64,
+    },
+    /// AdamW.
+    Adamw {
+        /// Peak learning rate.
+        lr: Option<f64>,
+        /// First-moment rate.
+        beta1: f64,
+        /// Second-moment rate.
+        beta2: f64,
+        /// Decoupled weight decay.
+        weight_decay: f64,
+    },
+}
+
+/// The learning-rate schedule.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// Linear warm-up, then cosine to zero.
+    WarmupCosine {
+        /// Warm-up length in epochs.
+        warmup_epochs: f64,
+    },
+    /// The peak rate throughout.
+    Constant,
+}
+
+/// One augmentation of the pipeline.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Augment {
+    /// Random resized crop back to 28×28.
+    Crop {
+        /// Area fraction range.
+        scale: [f64; 2],
+        /// Aspect-ratio range.
+        ratio: [f64; 2],
+    },
+    /// Horizontal flip with probability p.
+    Hflip {
+        /// Probability.
+        p: f64,
+    },
+    /// Brightness and contrast jitter with probability p.
+    Jitter {
+        /// Brightness strength.
+        brightness: f64,
+        /// Contrast strength.
+        contrast: f64,
+        /// Probability.
+        p: f64,
+    },
+    /// Additive Gaussian noise.
+    Noise {
+        /// Standard deviation.
+        std: f64,
+        /// Probability.
+        p: f64,
+    },
+    /// Gaussian blur.
+    Blur {
+        /// Standard deviation in pixels.
+        sigma: f64,
+        /// Probability.
+        p: f64,
+    },
+    /// Extra local crops, seen only by the online branch.
+    Multicrop {
+        /// How many local crops.
+        local: usize,
+        /// Their area fraction range.
+        scale: [f64; 2],
+        /// Their side in pixels.
+        size: usize,
+    },
+    /// CutMix between samples of the batch.
+    Cutmix {
+        /// Beta distribution parameter.
+        alpha: f64,
+        /// Probability.
+        p: f64,
+    },
+}
+
+/// Evaluation during training.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Knn {
+    /// Neighbours.
+    pub k: usize,
+    /// Temperature.
+    pub t: f64,
+    /// Every this many epochs (and at the end).
+    pub every: usize,
+}
+
+/// A fully resolved recipe.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Recipe {
+    /// Images.
+    pub data: Data,
+    /// Backbone.
+    pub encoder: Encoder,
+    /// Projector MLP.
+    pub projector: Mlp,
+    /// Predictor MLP, if any.
+    pub predictor: Option<Mlp>,
+    /// Target network.
+    pub momentum: Momentum,
+    /// Pairs per step.
+    pub batch: usize,
+    /// Passes over the data.
+    pub epochs: usize,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Optimiser.
+    pub optimizer: Optimizer,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+    /// Augmentations, in order.
+    pub augment: Vec<Augment>,
+    /// kNN evaluation, if any.
+    pub eval: Option<Knn>,
+    /// Checkpoint every this many epochs (and at the end).
+    pub checkpoint: usize,
+}
+
+impl Default for Recipe {
+    fn default() -> Self {
+        Recipe {
+            data: Data::FashionMnist,
+            encoder: Encoder { widths: vec![32, 64, 128], blocks: 1 },
+            projector: Mlp { hidden: 512, out: 128 },
+            predictor: None,
+            momentum: Momentum::Cosine { base: 0.99, end: 1.0 },
+            batch: 256,
+            epochs: 20,
+            seed: 0,
+            optimizer: Optimizer::Sgd { lr: None, momentum: 0.9, weight_decay: 5e-4, nesterov: false },
+            schedule: Schedule::WarmupCosine { warmup_epochs: 1.0 },
+            augment: vec![
+                Augment::Crop { scale: [0.3, 1.0], ratio: [0.75, 4.0 / 3.0] },
+                Augment::Hflip { p: 0.5 },
+                Augment::Jitter { brightness: 0.4, contrast: 0.4, p: 0.8 },
+            ],
+            eval: Some(Knn { k: 200, t: 0.1, every: 1 }),
+            checkpoint: 5,
+        }
+    }
+}
+
+impl Recipe {
+    /// The peak learning rate: as written, or 0.06 × batch / 256.
+    pub fn lr(&self) -> f64 {
+        let lr = match &self.optimizer {
+            Optimizer::Sgd { lr, .. } | Optimizer::Lars { lr, .. } | Optimizer::Adamw { lr, .. } => *lr,
+        };
+        lr.unwrap_or(0.06 * self.batch as f64 / 256.0)
+    }
+}
+
+/// The recipe fields, for suggestions and documentation.
+pub const FIELDS: &[&str] = &[
+    "data",
+    "encoder",
+    "projector",
+    "predictor",
+    "momentum",
+    "batch",
+    "epochs",
+    "seed",
+    "optimizer",
+    "schedule",
+    "augment",
+    "eval",
+    "checkpoint",
+];
+
+/// Decodes a train block onto the defaults. Returns the recipe and the span of each field set.
+pub fn decode(train: &Train, diagnostics: &mut Vec<Diagnostic>) -> (Recipe, Vec<(String, Span)>) {
+    let mut recipe = Recipe::default();
+    let mut seen: Vec<(String, Span)> = Vec::new();
+    for field in &train.fields {
+        if let Some((_, first)) = seen.iter().find(|(n, _)| *n == field.name.name) {
+            diagnostics.push(
+                Diagnostic::new(
+                    Code::Duplicate,
+                    format!("recipe field `{}` is set twice", field.name.name),
+                    field.name.span,
+                    "set again here",
+                )
+                .label(*first, "first set here")
+                .help("remove one of them"),
+            );
+            continue;
+        }
+        seen.push((field.name.name.clone(), field.name.span));
+        set_field(&mut recipe, field, diagnostics);
+    }
+    (recipe, seen)
+}
+
+/// Sets one field from its expression (also used for `--set field=value`).
+pub fn set_field(recipe: &mut Recipe, field: &Field, diagnostics: &mut Vec<Diagnostic>) {
+    let mut d = Decoder { diagnostics };
+    let v = &field.value;
+    let _decoded: Option<()> = match field.name.name.as_str() {
+        "data" => d.data(v).map(|x| recipe.data = x),
+        "encoder" => d.encoder(v).map(|x| recipe.encoder = x),
+        "projector" => d.mlp(v, "projector", 512, Some(128)).map(|x| recipe.projector = x),
+        "predictor" => d.predictor(v, recipe.projector.out).map(|x| recipe.predictor = x),
+        "momentum" => d.momentum(v).map(|x| recipe.momentum = x),
+        "batch" => d.int(v, 1, 1 << 20).map(|x| recipe.batch = x),
+        "epochs" => d.int(v, 1, 1 << 20).map(|x| recipe.epochs = x),
+        "seed" => d.int(v, 0, usize::MAX).map(|x| recipe.seed = x as u64),
+        "optimizer" => d.optimizer(v).map(|x| recipe.optimizer = x),
+        "schedule" => d.schedule(v).map(|x| recipe.schedule = x),
+        "augment" => d.augment(v).map(|x| recipe.augment = x),
+        "eval" => d.eval(v).map(|x| recipe.eval = x),
+        "checkpoint" => d.int(v, 1, 1 << 20).map(|x| recipe.checkpoint = x),
+        other => {
+            let help = match did_you_mean(other, FIELDS.iter().copied()) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => format!("the recipe fields are {}", FIELDS.join(", ")),
+            };
+            d.diagnostics.push(
+                Diagnostic::new(
+                    Code::RecipeField,
+                    format!("the recipe has no field `{other}`"),
+                    field.name.span,
+                    "unknown field",
+                )
+                .help(help),
+            );
+            None
+        }
+    };
+}
+
+/// A constructor in a recipe value: `name` or `name(args)`.
+struct Ctor<'e> {
+    name: &'e str,
+    span: Span,
+    args: Vec<Option<&'e Expr>>,
+}
+
+struct Decoder<'d> {
+    diagnostics: &'d mut Vec<Diagnostic>,
+}
+
+impl Decoder<'_> {
+    fn wrong<T>(&mut self, e: &Expr, what: String, help: impl Into<String>) -> Option<T> {
+        self.diagnostics.push(Diagnostic::new(Code::RecipeValue, what, e.span, "here").help(help));
+        None
+    }
+
+    fn number(&mut self, e: &Expr) -> Option<f64> {
+        match &e.kind {
+            ExprKind::Number(x) => Some(*x),
+            ExprKind::Neg(inner) => match inner.kind {
+                ExprKind::Number(x) => Some(-x),
+                _ => self.wrong(e, "expected a number".into(), "write a literal such as `0.5`"),
+            },
+            ExprKind::Error => None,
+            _ => self.wrong(e, "expected a number".into(), "write a literal such as `0.5`"),
+        }
+    }
+
+    fn float(&mut self, e: &Expr, lo: f64, hi: f64, hi_open: bool) -> Option<f64> {
+        let x = self.number(e)?;
+        let inside = x >= lo && if hi_open { x < hi } else { x <= hi };
+        if inside {
+            Some(x)
+        } else {
+            let range = format!("[{lo}, {hi}{}", if hi_open { ")" } else { "]" });
+            self.wrong(e, format!("{x} is outside {range}"), format!("use a value in {range}"))
+        }
+    }
+
+    fn int(&mut self, e: &Expr, min: usize, max: usize) -> Option<usize> {
+        let x = self.number(e)?;
+        if x.fract() == 0.0 && x >= min as f64 && x <= max as f64 {
+            Some(x as usize)
+        } else {
+            self.wrong(
+                e,
+                format!("expected a whole number of at least {min}, found {x}"),
+                format!("write a whole number ≥ {min}"),
+            )
+        }
+    }
+
+    fn boolean(&mut self, e: &Expr) -> Option<bool> {
+        match e.kind {
+            ExprKind::Bool(b) => Some(b),
+            _ => self.wrong(e, "expected `true` or `false`".into(), "write `true` or `false`"),
+        }
+    }
+
+    fn pair(&mut self, e: &Expr, lo: f64, hi: f64) -> Option<[f64; 2]> {
+        match &e.kind {
+            ExprKind::List(items) if items.len() == 2 => {
+                let a = self.float(&items[0], lo, hi, false)?;
+                let b = self.float(&items[1], lo, hi, false)?;
+                if a <= b {
+                    Some([a, b])
+                } else {
+                    self.wrong(e, format!("the range [{a}, {b}] is empty"), "write the smaller bound first")
+                }
+            }
+            _ => self.wrong(e, "expected a pair `[lo, hi]`".into(), "write two numbers in brackets, e.g. `[0.3, 1.0]`"),
+        }
+    }
+
+    /// Reads `name` or `name(args)`, checking the name against `choices` (each with its params).
+    fn ctor<'e>(&mut self, e: &'e Expr, what: &str, choices: &[(&str, &[&str])]) -> Option<Ctor<'e>> {
+        let (name, span, args): (&str, Span, &[crate::syntax::ast::Arg]) = match &e.kind {
+            ExprKind::Name(n) => (n.as_str(), e.span, &[]),
+            ExprKind::Call(f, args) => (f.name.as_str(), f.span, args.as_slice()),
+            ExprKind::Error => return None,
+            _ => {
+                let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+                return self.wrong(
+                    e,
+                    format!("expected {what}: one of {}", names.join(", ")),
+                    format!("write e.g. `{}`", choices[0].0),
+                );
+            }
+        };
+        let Some((_, params)) = choices.iter().find(|(n, _)| *n == name) else {
+            let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+            let help = match did_you_mean(name, names.iter().copied()) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => format!("{what} is one of {}", names.join(", ")),
+            };
+            self.diagnostics.push(
+                Diagnostic::new(Code::RecipeValue, format!("unknown {what} `{name}`"), span, "unknown").help(help),
+            );
+            return None;
+        };
+        let args = bind(name, e.span, params, args, self.diagnostics)?;
+        Some(Ctor { name, span, args })
+    }
+
+    fn data(&mut self, e: &Expr) -> Option<Data> {
+        let c = self.ctor(e, "a data set", &[("fashion_mnist", &["dir"])])?;
+        match c.args[0] {
+            None => Some(Data::FashionMnist),
+            Some(Expr { kind: ExprKind::Str(s), .. }) => Some(Data::FashionMnistDir(s.clone())),
+            Some(other) => {
+                self.wrong(other, "expected a directory as a string".into(), "write `fashion_mnist(\"/path/to/dir\")`")
+            }
+        }
+    }
+
+    fn encoder(&mut self, e: &Expr) -> Option<Encoder> {
+        let c = self.ctor(e, "an encoder", &[("resnet_mini", &["widths", "blocks"])])?;
+        let widths = match c.args[0] {
+            None => vec![32, 64, 128],
+            Some(w @ Expr { kind: ExprKind::List(items), .. }) if !items.is_empty() && items.len() <= 8 => {
+                let widths = items.iter().map(|i| self.int(i, 1, 4096)).collect::<Option<Vec<_>>>()?;
+                if widths.len() < 2 {
+                    return self.wrong(
+                        w,
+                        "resnet_mini needs a stem width and at least one stage width".into(),
+                        "write e.g. `widths = [32, 64, 128]`",
+                    );
+                }
+                widths
+            }
+            Some(other) => {
+                return self.wrong(
+                    other,
+                    "expected a list of 2 to 8 widths".into(),
+                    "write e.g. `widths = [32, 64, 128]`",
+                )
+            }
+        };
+        let blocks = c.args[1].map_or(Some(1), |b| self.int(b, 1, 16))?;
+        Some(Encoder { widths, blocks })
+    }
+
+    fn mlp(&mut self, e: &Expr, what: &str, hidden: usize, out: Option<usize>) -> Option<Mlp> {
+        let c = self.ctor(e, what, &[("mlp", &["hidden", "out"])])?;
+        let hidden = c.args[0].map_or(Some(hidden), |h| self.int(h, 1, 65536))?;
+        let out = match (c.args[1], out) {
+            (Some(o), _) => self.int(o, 1, 65536)?,
+            (None, Some(o)) => o,
+            (None, None) => 0,
+        };
+        Some(Mlp { hidden, out })
+    }
+
+    fn predictor(&mut self, e: &Expr, projector_out: usize) -> Option<Option<Mlp>> {
+        if matches!(&e.kind, ExprKind::Name(n) if n == "none") {
+            return Some(None);
+        }
+        let mut mlp = self.mlp(e, "a predictor (`none` or `mlp(...)`)", 512, Some(projector_out))?;
+        if mlp.out == 0 {
+            mlp.out = projector_out;
+        }
+        Some(Some(mlp))
+    }
+
+    fn momentum(&mut self, e: &Expr) -> Option<Momentum> {
+        let c = self.ctor(e, "a momentum", &[("none", &[]), ("constant", &["rate"]), ("cosine", &["base", "end"])])?;
+        match c.name {
+            "none" => Some(Momentum::None),
+            "constant" => {
+                let rate = self.required(&c, 0, "rate")?;
+                Some(Momentum::Constant(self.float(rate, 0.0, 1.0, true)?))
+            }
+            _ => {
+                let base = c.args[0].map_or(Some(0.99), |b| self.float(b, 0.0, 1.0, true))?;
+                let end = c.args[1].map_or(Some(1.0), |b| self.float(b, 0.0, 1.0, false))?;
+                Some(Momentum::Cosine { base, end })
+            }
+        }
+    }
+
+    fn required<'e>(&mut self, c: &Ctor<'e>, i: usize, name: &str) -> Option<&'e Expr> {
+        if c.args[i].is_none() {
+            self.diagnostics.push(
+                Diagnostic::new(
+                    Code::RecipeValue,
+                    format!("`{}` needs `{name}`", c.name),
+                    c.span,
+                    format!("`{name}` missing"),
+                )
+                .help(format!("write `{}({name} = ...)`", c.name)),
+            );
+        }
+        c.args[i]
+    }
+
+    fn optimizer(&mut self, e: &Expr) -> Option<Optimizer> {
+        let c = self.ctor(
+            e,
+            "an optimizer",
+            &[
+                ("sgd", &["lr", "momentum", "weight_decay", "nesterov"]),
+                ("lars", &["lr", "momentum", "weight_decay", "eta"]),
+                ("adamw", &["lr", "beta1", "beta2", "weight_decay"]),
+            ],
+        )?;
+        let lr = match c.args[0] {
+            Some(lr) => Some(self.float(lr, 0.0, 100.0, false)?),
+            None => None,
+        };
+        let opt = |d: &mut Self, i: usize, default: f64, hi: f64, open: bool| {
+            c.args[i].map_or(Some(default), |x| d.float(x, 0.0, hi, open))
+        };
+        Some(match c.name {
+            "sgd" => Optimizer::Sgd {
+                lr,
+                momentum: opt(self, 1, 0.9, 1.0, true)?,
+                weight_decay: opt(self, 2, 5e-4, 1.0, false)?,
+                nesterov: c.args[3].map_or(Some(false), |b| self.boolean(b))?,
+            },
+            "lars" => Optimizer::Lars {
+                lr,
+                momentum: opt(self, 1, 0.9, 1.0, true)?,
+                weight_decay: opt(self, 2, 1e-6, 1.0, false)?,
+                eta: opt(self, 3, 0.02, 1.0, false)?,
+            },
+            _ => Optimizer::Adamw {
+                lr,
+                beta1: opt(self, 1, 0.9, 1.0, true)?,
+                beta2: opt(self, 2, 0.999, 1.0, true)?,
+                weight_decay: opt(self, 3, 0.05, 1.0, false)?,
+            },
+        })
+    }
+
+    fn schedule(&mut self, e: &Expr) -> Option<Schedule> {
+        let c = self.ctor(e, "a schedule", &[("warmup_cosine", &["warmup_epochs"]), ("constant", &[])])?;
+        match c.name {
+            "constant" => Some(Schedule::Constant),
+            _ => Some(Schedule::WarmupCosine {
+                warmup_epochs: c.args[0].map_or(Some(1.0), |w| self.float(w, 0.0, 1e6, false))?,
+            }),
+        }
+    }
+
+    fn augment(&mut self, e: &Expr) -> Option<Vec<Augment>> {
+        let ExprKind::List(items) = &e.kind else {
+            return self.wrong(
+                e,
+                "expected a list of augmentations".into(),
+                "write e.g. `[crop(scale = [0.3, 1.0]), hflip(0.5)]`",
+            );
+        };
+        let mut out = Vec::new();
+        for item in items {
+            let c = self.ctor(
+                item,
+                "an augmentation",
+                &[
+                    ("crop", &["scale", "ratio"]),
+                    ("hflip", &["p"]),
+                    ("jitter", &["brightness", "contrast", "p"]),
+                    ("noise", &["std", "p"]),
+                    ("blur", &["sigma", "p"]),
+                    ("multicrop", &["local", "scale", "size"]),
+                    ("cutmix", &["alpha", "p"]),
+                ],
+            );
+            let Some(c) = c else { continue };
+            let a = &c.args;
+            let p = |d: &mut Self, i: usize, default: f64| a[i].map_or(Some(default), |x| d.float(x, 0.0, 1.0, false));
+            let aug = match c.name {
+                "crop" => (|| {
+                    Some(Augment::Crop {
+                        scale: a[0].map_or(Some([0.3, 1.0]), |x| self.pair(x, 0.01, 1.0))?,
+                        ratio: a[1].map_or(Some([0.75, 4.0 / 3.0]), |x| self.pair(x, 0.1, 10.0))?,
+                    })
+                })(),
+                "hflip" => p(self, 0, 0.5).map(|p| Augment::Hflip { p }),
+                "jitter" => (|| {
+                    Some(Augment::Jitter {
+                        brightness: p(self, 0, 0.4)?,
+                        contrast: p(self, 1, 0.4)?,
+                        p: p(self, 2, 0.8)?,
+                    })
+                })(),
+                "noise" => (|| Some(Augment::Noise { std: p(self, 0, 0.1)?, p: p(self, 1, 0.5)? }))(),
+                "blur" => (|| {
+                    Some(Augment::Blur {
+                        sigma: a[0].map_or(Some(1.0), |x| self.float(x, 0.0, 10.0, false))?,
+                        p: p(self, 1, 0.5)?,
+                    })
+                })(),
+                "multicrop" => (|| {
+                    Some(Augment::Multicrop {
+                        local: a[0].map_or(Some(2), |x| self.int(x, 0, 16))?,
+                        scale: a[1].map_or(Some([0.1, 0.4]), |x| self.pair(x, 0.01, 1.0))?,
+                        size: a[2].map_or(Some(14), |x| self.int(x, 4, 28))?,
+                    })
+                })(),
+                _ => (|| {
+                    Some(Augment::Cutmix {
+                        alpha: a[0].map_or(Some(1.0), |x| self.float(x, 0.0, 100.0, false))?,
+                        p: p(self, 1, 0.5)?,
+                    })
+                })(),
+            };
+            out.extend(aug);
+        }
+        Some(out)
+    }
+
+    fn eval(&mut self, e: &Expr) -> Option<Option<Knn>> {
+        let c = self.ctor(e, "an evaluation", &[("knn", &["k", "t", "every"]), ("none", &[])])?;
+        if c.name == "none" {
+            return Some(None);
+        }
+        Some(Some(Knn {
+            k: c.args[0].map_or(Some(200), |x| self.int(x, 1, 100_000))?,
+            t: c.args[1].map_or(Some(0.1), |x| self.float(x, 1e-6, 100.0, false))?,
+            every: c.args[2].map_or(Some(1), |x| self.int(x, 1, 1 << 20))?,
+        }))
+    }
+}
+
+/// The recipe in its own syntax, one field per line: what `explain` shows and `--set` accepts.
+impl std::fmt::Display for Recipe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pair = |p: [f64; 2]| format!("[{}, {}]", p[0], p[1]);
+        let mlp = |m: &Mlp| format!("mlp(hidden = {}, out = {})", m.hidden, m.out);
+        let data = match &self.data {
+            Data::FashionMnist => "fashion_mnist".to_string(),
+            Data::FashionMnistDir(d) => format!("fashion_mnist({d:?})"),
+        };
+        let widths: Vec<String> = self.encoder.widths.iter().map(|w| w.to_string()).collect();
+        let momentum = match &self.momentum {
+            Momentum::None => "none".to_string(),
+            Momentum::Constant(r) => format!("constant({r})"),
+            Momentum::Cosine { base, end } => format!("cosine({base}, {end})"),
+        };
+        let optimizer = match &self.optimizer {
+            Optimizer::Sgd { momentum, weight_decay, nesterov, .. } => {
+                format!(
+                    "sgd(lr = {}, momentum = {momentum}, weight_decay = {weight_decay}, nesterov = {nesterov})",
+                    self.lr()
+                )
+            }
+            Optimizer::Lars { momentum, weight_decay, eta, .. } => {
+                format!("lars(lr = {}, momentum = {momentum}, weight_decay = {weight_decay}, eta = {eta})", self.lr())
+            }
+            Optimizer::Adamw { beta1, beta2, weight_decay, .. } => {
+                format!("adamw(lr = {}, beta1 = {beta1}, beta2 = {beta2}, weight_decay = {weight_decay})", self.lr())
+            }
+        };
+        let schedule = match &self.schedule {
+            Schedule::WarmupCosine { warmup_epochs } => format!("warmup_cosine(warmup_epochs = {warmup_epochs})"),
+            Schedule::Constant => "constant".to_string(),
+        };
+        let augment: Vec<String> = self
+            .augment
+            .iter()
+            .map(|a| match a {
+                Augment::Crop { scale, ratio } => format!("crop(scale = {}, ratio = {})", pair(*scale), pair(*ratio)),
+                Augment::Hflip { p } => format!("hflip({p})"),
+                Augment::Jitter { brightness, contrast, p } => {
+                    format!("jitter(brightness = {brightness}, contrast = {contrast}, p = {p})")
+                }
+                Augment::Noise { std, p } => format!("noise(std = {std}, p = {p})"),
+                Augment::Blur { sigma, p } => format!("blur(sigma = {sigma}, p = {p})"),
+                Augment::Multicrop { local, scale, size } => {
+                    format!("multicrop(local = {local}, scale = {}, size = {size})", pair(*scale))
+                }
+                Augment::Cutmix { alpha, p } => format!("cutmix(alpha = {alpha}, p = {p})"),
+            })
+            .collect();
+        let eval = match &self.eval {
+            Some(k) => format!("knn(k = {}, t = {}, every = {})", k.k, k.t, k.every),
+            None => "none".to_string(),
+        };
+        writeln!(f, "data       = {data}")?;
+        writeln!(f, "encoder    = resnet_mini(widths = [{}], blocks = {})", widths.join(", "), self.encoder.blocks)?;
+        writeln!(f, "projector  = {}", mlp(&self.projector))?;
+        writeln!(f, "predictor  = {}", self.predictor.as_ref().map_or("none".to_string(), mlp))?;
+        writeln!(f, "momentum   = {momentum}")?;
+        writeln!(f, "batch      = {}", self.batch)?;
+        writeln!(f, "epochs     = {}", self.epochs)?;
+        writeln!(f, "seed       = {}", self.seed)?;
+        writeln!(f, "optimizer  = {optimizer}")?;
+        writeln!(f, "schedule   = {schedule}")?;
+        writeln!(f, "augment    = [{}]", augment.join(", "))?;
+        writeln!(f, "eval       = {eval}")?;
+        writeln!(f, "checkpoint = {}", self.checkpoint)
+    }
+}

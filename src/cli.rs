@@ -1,0 +1,160 @@
+//! The command line: clap definitions and one function per command. Exit codes: 0 clean, 1 when
+//! a file has errors (or warnings under `--deny-warnings`), 2 for usage and I/O errors.
+
+use crate::diagnostic::{Code, Diagnostic, Severity, Span};
+use crate::{compile, explain, render};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// ssl-lang: write a Siamese self-supervised objective as a positive term, a negative term and a
+/// balance (UniGrad's unified gradient form); check it, explain it, and train with it.
+#[derive(Parser)]
+#[command(name = "ssl-lang", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check .ssl files and report every error and warning (exit 0 clean, 1 errors, 2 I/O).
+    Check {
+        /// Files to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Treat warnings as errors.
+        #[arg(long)]
+        deny_warnings: bool,
+        /// `human` reports, or `json`: one JSON object per diagnostic on stdout.
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// Show an objective's typed unified form: terms, shapes, params, states, family and recipe.
+    Explain {
+        /// The .ssl file.
+        file: PathBuf,
+        /// Which objective, when the file holds several.
+        #[arg(long)]
+        objective: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Human,
+    Json,
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Check { files, deny_warnings, format } => check(&files, deny_warnings, format),
+        Command::Explain { file, objective } => explain_cmd(&file, objective.as_deref()),
+    }
+}
+
+/// A source file, read and decoded; or the exit code for why it could not be.
+struct Source {
+    name: String,
+    text: String,
+}
+
+fn read(path: &Path) -> Result<Source, ExitCode> {
+    let name = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| {
+        eprintln!("error: cannot read `{name}`: {e}");
+        ExitCode::from(2)
+    })?;
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(Source { name, text }),
+        Err(e) => {
+            let at = e.utf8_error().valid_up_to();
+            let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
+            let d = Diagnostic::new(
+                Code::Encoding,
+                "the file is not valid UTF-8",
+                Span::new(at, at + 1),
+                "invalid byte here",
+            )
+            .help("save the file as UTF-8");
+            eprint!("{}", render::human(&d, &name, &text, use_color(), 100));
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
+fn use_color() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+fn check(files: &[PathBuf], deny_warnings: bool, format: Format) -> ExitCode {
+    let mut worst = 0u8;
+    for path in files {
+        let source = match read(path) {
+            Ok(s) => s,
+            Err(code) => {
+                worst = worst.max(if code == ExitCode::from(2) { 2 } else { 1 });
+                continue;
+            }
+        };
+        let (program, diagnostics) = compile(&source.text);
+        for d in &diagnostics {
+            match format {
+                Format::Human => eprint!("{}", render::human(d, &source.name, &source.text, use_color(), 100)),
+                Format::Json => println!("{}", render::json(d, &source.name, &source.text)),
+            }
+        }
+        let errors = diagnostics.iter().filter(|d| d.severity() == Severity::Error).count();
+        let warnings = diagnostics.len() - errors;
+        let failed = errors > 0 || (deny_warnings && warnings > 0);
+        if failed {
+            worst = worst.max(1);
+        }
+        if let Format::Human = format {
+            let names: Vec<&str> = program.objectives.iter().map(|o| o.name.as_str()).collect();
+            let status = if failed { "FAILED" } else { "ok" };
+            println!(
+                "{}: {status} ({} error{}, {} warning{}; objectives: {})",
+                source.name,
+                errors,
+                if errors == 1 { "" } else { "s" },
+                warnings,
+                if warnings == 1 { "" } else { "s" },
+                if names.is_empty() { "none".to_string() } else { names.join(", ") }
+            );
+        }
+    }
+    ExitCode::from(worst)
+}
+
+fn explain_cmd(path: &Path, objective: Option<&str>) -> ExitCode {
+    let source = match read(path) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let (program, diagnostics) = compile(&source.text);
+    for d in &diagnostics {
+        eprint!("{}", render::human(d, &source.name, &source.text, use_color(), 100));
+    }
+    if crate::diagnostic::has_errors(&diagnostics) {
+        return ExitCode::from(1);
+    }
+    match program.objective(objective) {
+        Some(o) => {
+            print!("{}", explain::explain(&program, o));
+            ExitCode::SUCCESS
+        }
+        None => {
+            let names: Vec<&str> = program.objectives.iter().map(|o| o.name.as_str()).collect();
+            eprintln!(
+                "error: no objective `{}` in `{}`; it has: {}",
+                objective.unwrap_or("?"),
+                source.name,
+                if names.is_empty() { "none".to_string() } else { names.join(", ") }
+            );
+            ExitCode::from(2)
+        }
+    }
+}

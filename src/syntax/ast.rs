@@ -1,0 +1,242 @@
+//! The syntax tree: what the user wrote, with spans, before any meaning is given to names.
+
+use crate::diagnostic::Span;
+
+/// A name as written, with where it was written.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ident {
+    /// The name.
+    pub name: String,
+    /// Where.
+    pub span: Span,
+}
+
+/// A parsed file: its blocks in source order. Blocks that failed to parse are absent.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct File {
+    /// `objective` blocks.
+    pub objectives: Vec<Objective>,
+    /// `train` blocks (the checker accepts at most one).
+    pub trains: Vec<Train>,
+}
+
+/// `objective NAME { ... }`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Objective {
+    /// Its name.
+    pub name: Ident,
+    /// Its declarations, in source order.
+    pub decls: Vec<Decl>,
+    /// The whole block.
+    pub span: Span,
+}
+
+/// One declaration inside an objective.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decl {
+    /// `param NAME = LITERAL [in RANGE]`.
+    Param {
+        /// The name.
+        name: Ident,
+        /// The literal default.
+        default: f64,
+        /// Where the default is written.
+        default_span: Span,
+        /// The optional range.
+        range: Option<Range>,
+    },
+    /// `let NAME = EXPR`.
+    Let {
+        /// The name.
+        name: Ident,
+        /// The value.
+        value: Expr,
+    },
+    /// `weight NAME(VAR in SET) = EXPR`.
+    Weight {
+        /// The family's name.
+        name: Ident,
+        /// The index variable.
+        var: Ident,
+        /// The set it ranges over.
+        set: Expr,
+        /// The weight of one element.
+        body: Expr,
+    },
+    /// `state NAME = ema(...)` or `fifo(...)`; the form is checked later.
+    State {
+        /// The name.
+        name: Ident,
+        /// The value.
+        value: Expr,
+    },
+    /// `positive = ...`, `negative = ...`, `balance = ...`, `loss = ...`, `symmetric = ...`.
+    Assign {
+        /// Which entry.
+        key: Ident,
+        /// The value.
+        value: Expr,
+    },
+}
+
+/// `in [lo, hi)` and friends; `inf` is written as an infinite bound.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Range {
+    /// Lower bound.
+    pub lo: f64,
+    /// Whether the lower bound is included (`[`).
+    pub lo_closed: bool,
+    /// Upper bound.
+    pub hi: f64,
+    /// Whether the upper bound is included (`]`).
+    pub hi_closed: bool,
+    /// The whole range.
+    pub span: Span,
+}
+
+impl Range {
+    /// Whether `x` lies in the range.
+    pub fn contains(&self, x: f64) -> bool {
+        let above = if self.lo_closed { x >= self.lo } else { x > self.lo };
+        let below = if self.hi_closed { x <= self.hi } else { x < self.hi };
+        above && below
+    }
+}
+
+impl std::fmt::Display for Range {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bound = |x: f64| {
+            if x.is_infinite() {
+                if x > 0.0 {
+                    "inf".to_string()
+                } else {
+                    "-inf".to_string()
+                }
+            } else {
+                format!("{x}")
+            }
+        };
+        write!(
+            f,
+            "{}{}, {}{}",
+            if self.lo_closed { '[' } else { '(' },
+            bound(self.lo),
+            bound(self.hi),
+            if self.hi_closed { ']' } else { ')' }
+        )
+    }
+}
+
+/// `train NAME { field = value ... }`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Train {
+    /// The objective it trains.
+    pub name: Ident,
+    /// Its fields, in source order.
+    pub fields: Vec<Field>,
+    /// The whole block.
+    pub span: Span,
+}
+
+/// One recipe field.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Field {
+    /// The field name.
+    pub name: Ident,
+    /// Its value, as an expression; the recipe schema gives it meaning.
+    pub value: Expr,
+}
+
+/// An expression with its span.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Expr {
+    /// What it is.
+    pub kind: ExprKind,
+    /// Where.
+    pub span: Span,
+}
+
+/// Binary operators, loosest first: `++`; `+ -`; `* / @`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinOp {
+    /// Set concatenation.
+    Concat,
+    /// Addition.
+    Add,
+    /// Subtraction.
+    Sub,
+    /// Multiplication (elementwise, scalars broadcast).
+    Mul,
+    /// Division (elementwise, scalars broadcast).
+    Div,
+    /// Matrix product.
+    MatMul,
+}
+
+impl BinOp {
+    /// Binding power: higher binds tighter.
+    pub fn precedence(self) -> u8 {
+        match self {
+            BinOp::Concat => 1,
+            BinOp::Add | BinOp::Sub => 2,
+            BinOp::Mul | BinOp::Div | BinOp::MatMul => 3,
+        }
+    }
+
+    /// The operator as written.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            BinOp::Concat => "++",
+            BinOp::Add => "+",
+            BinOp::Sub => "-",
+            BinOp::Mul => "*",
+            BinOp::Div => "/",
+            BinOp::MatMul => "@",
+        }
+    }
+}
+
+/// A call argument, positional or `name = value`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Arg {
+    /// The keyword, if given.
+    pub name: Option<Ident>,
+    /// The value.
+    pub value: Expr,
+}
+
+/// The forms an expression takes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExprKind {
+    /// A number literal.
+    Number(f64),
+    /// A string literal (recipe values only).
+    Str(String),
+    /// `true` / `false`.
+    Bool(bool),
+    /// A name.
+    Name(String),
+    /// Unary minus.
+    Neg(Box<Expr>),
+    /// A binary operation.
+    Binary(BinOp, Box<Expr>, Box<Expr>),
+    /// `sample.field`.
+    Field(Box<Expr>, Ident),
+    /// `f(args)`.
+    Call(Ident, Vec<Arg>),
+    /// `f(body for var in set)`.
+    Comprehension {
+        /// `sum`, `mean`, `logsumexp`, ...
+        func: Ident,
+        /// The summand.
+        body: Box<Expr>,
+        /// The index variable.
+        var: Ident,
+        /// The set.
+        set: Box<Expr>,
+    },
+    /// `[a, b, ...]`.
+    List(Vec<Expr>),
+    /// A part that failed to convert; its diagnostic has already been reported.
+    Error,
+}
