@@ -38,6 +38,16 @@ enum Command {
         /// Which objective, when the file holds several.
         #[arg(long)]
         objective: Option<String>,
+        /// Also print the gradient IR the objective lowers to.
+        #[arg(long)]
+        ir: bool,
+    },
+    /// Prove each objective's gradient: autodiff of its `loss` (f64) against positive + balance *
+    /// negative on fresh random inputs. Prints a table; exit 1 on any failure.
+    Verify {
+        /// The .ssl files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -51,7 +61,8 @@ enum Format {
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Check { files, deny_warnings, format } => check(&files, deny_warnings, format),
-        Command::Explain { file, objective } => explain_cmd(&file, objective.as_deref()),
+        Command::Explain { file, objective, ir } => explain_cmd(&file, objective.as_deref(), ir),
+        Command::Verify { files } => verify_cmd(&files),
     }
 }
 
@@ -129,21 +140,31 @@ fn check(files: &[PathBuf], deny_warnings: bool, format: Format) -> ExitCode {
     ExitCode::from(worst)
 }
 
-fn explain_cmd(path: &Path, objective: Option<&str>) -> ExitCode {
-    let source = match read(path) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
+/// Reads and compiles a file, printing its diagnostics; the program if it has no errors.
+fn compile_file(path: &Path) -> Result<(Source, crate::check::typed::Program), ExitCode> {
+    let source = read(path)?;
     let (program, diagnostics) = compile(&source.text);
     for d in &diagnostics {
         eprint!("{}", render::human(d, &source.name, &source.text, use_color(), 100));
     }
     if crate::diagnostic::has_errors(&diagnostics) {
-        return ExitCode::from(1);
+        return Err(ExitCode::from(1));
     }
+    Ok((source, program))
+}
+
+fn explain_cmd(path: &Path, objective: Option<&str>, ir: bool) -> ExitCode {
+    let (source, program) = match compile_file(path) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
     match program.objective(objective) {
         Some(o) => {
             print!("{}", explain::explain(&program, o));
+            if ir {
+                println!("\ngradient IR (axes: N batch, K set elements, D and E feature dimensions)");
+                print!("{}", crate::ir::lower(o));
+            }
             ExitCode::SUCCESS
         }
         None => {
@@ -157,4 +178,41 @@ fn explain_cmd(path: &Path, objective: Option<&str>) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn verify_cmd(files: &[PathBuf]) -> ExitCode {
+    let mut rows = Vec::new();
+    let mut worst = 0u8;
+    for path in files {
+        let program = match compile_file(path) {
+            Ok((_, p)) => p,
+            Err(code) => {
+                worst = worst.max(if code == ExitCode::from(2) { 2 } else { 1 });
+                continue;
+            }
+        };
+        for o in &program.objectives {
+            match crate::verify::verify(o) {
+                Ok(r) => rows.extend(r),
+                Err(e) => {
+                    eprintln!("error: verifying `{}` failed to run: {e}", o.name);
+                    worst = worst.max(1);
+                }
+            }
+        }
+    }
+    println!("{:<14} {:<15} {:>12}  {:<6} note", "objective", "check", "max rel err", "result");
+    for r in &rows {
+        let err = r.max_error.map_or("-".to_string(), |e| format!("{e:.2e}"));
+        let result = match (r.pass, r.max_error) {
+            (true, Some(_)) => "pass",
+            (true, None) => "n/a",
+            (false, _) => "FAIL",
+        };
+        println!("{:<14} {:<15} {:>12}  {:<6} {}", r.objective, r.check, err, result, r.note);
+        if !r.pass {
+            worst = worst.max(1);
+        }
+    }
+    ExitCode::from(worst)
 }

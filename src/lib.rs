@@ -19,6 +19,10 @@ pub fn compile(source: &str) -> (check::typed::Program, Vec<Diagnostic>) {
     diagnostics.sort_by_key(|d| d.span().start);
     (program, diagnostics)
 }
+pub mod backend;
 pub mod cli;
 pub mod explain;
+pub mod ir;
+pub mod plan;
 pub mod render;
+pub mod verify;

@@ -1,0 +1,222 @@
+//! The reference backend: evaluates IR nodes in topological order with plain candle operations.
+//! Tensors are laid out with their node's axes in canonical order; broadcasting inserts unit axes;
+//! contractions are permuted and reshaped into one batched matrix product. Works in f32 and f64,
+//! and keeps candle's autodiff graph (so `verify` can differentiate a loss through it).
+
+use crate::ir::{Axis, Binary, Feature, Graph, Node, Op, Reduction, SetSource, Unary};
+use candle_core::{DType, Device, Result, Tensor};
+
+/// Everything a step's evaluation reads besides the graph.
+pub struct Inputs<'a> {
+    /// Features of the current view order: u1, u2, t1, t2, each [N, D].
+    pub features: [&'a Tensor; 4],
+    /// Param values by index.
+    pub params: &'a [f64],
+    /// Ema state values by state index (`None` for fifos or not yet set).
+    pub ema: &'a [Option<Tensor>],
+    /// Fifo contents by state index, [fill, D] (`None` for emas).
+    pub fifo: &'a [Option<Tensor>],
+}
+
+impl Inputs<'_> {
+    fn feature(&self, f: Feature) -> &Tensor {
+        self.features[f as usize]
+    }
+
+    fn n(&self) -> usize {
+        self.features[0].dims()[0]
+    }
+
+    fn d(&self) -> usize {
+        self.features[0].dims()[1]
+    }
+
+    fn dtype(&self) -> DType {
+        self.features[0].dtype()
+    }
+
+    fn device(&self) -> &Device {
+        self.features[0].device()
+    }
+
+    /// The run-time length of an axis.
+    fn size(&self, g: &Graph, axis: Axis) -> Result<usize> {
+        Ok(match axis {
+            Axis::N => self.n(),
+            Axis::D | Axis::E | Axis::J => self.d(),
+            Axis::K(_) => match g.source_of(axis) {
+                Some(SetSource::Targets) => 2 * self.n(),
+                Some(SetSource::Batch(_)) => self.n(),
+                Some(SetSource::Fifo(i)) => self.fifo.get(i).and_then(|f| f.as_ref()).map_or(0, |f| f.dims()[0]),
+                None => candle_core::bail!("set axis {axis} has no source"),
+            },
+        })
+    }
+
+    fn scalar(&self, x: f64) -> Result<Tensor> {
+        Tensor::new(x, self.device())?.to_dtype(self.dtype())
+    }
+}
+
+/// Evaluates `roots`, computing only the nodes they need.
+pub fn evaluate(g: &Graph, roots: &[Node], inputs: &Inputs) -> Result<Vec<Tensor>> {
+    let mut needed = vec![false; g.ops.len()];
+    let mut stack: Vec<Node> = roots.to_vec();
+    while let Some(n) = stack.pop() {
+        if std::mem::replace(&mut needed[n.0 as usize], true) {
+            continue;
+        }
+        stack.extend(operands(g.op(n)));
+    }
+    let mut values: Vec<Option<Tensor>> = vec![None; g.ops.len()];
+    for i in 0..g.ops.len() {
+        if needed[i] {
+            let value = eval_node(g, Node(i as u32), &values, inputs)?;
+            values[i] = Some(value);
+        }
+    }
+    Ok(roots.iter().map(|r| values[r.0 as usize].clone().expect("root evaluated")).collect())
+}
+
+/// The operands of an operation.
+pub fn operands(op: &Op) -> Vec<Node> {
+    match op {
+        Op::Rename(n, ..) | Op::Unary(_, n) | Op::Reduce(_, n, _) => vec![*n],
+        Op::Binary(_, a, b) | Op::Contract(a, b, _) => vec![*a, *b],
+        _ => vec![],
+    }
+}
+
+/// Reshapes `t` (laid out over `from`) to the rank of `to`, with unit axes where `from` lacks one.
+pub fn align(t: &Tensor, from: &[Axis], to: &[Axis]) -> Result<Tensor> {
+    if from == to {
+        return Ok(t.clone());
+    }
+    let dims = t.dims();
+    let shape: Vec<usize> = to.iter().map(|a| from.iter().position(|x| x == a).map_or(1, |i| dims[i])).collect();
+    t.reshape(shape)
+}
+
+fn eval_node(g: &Graph, n: Node, values: &[Option<Tensor>], x: &Inputs) -> Result<Tensor> {
+    let get = |m: &Node| values[m.0 as usize].as_ref().expect("operands precede users");
+    let axes = g.axes_of(n);
+    Ok(match g.op(n) {
+        Op::Const(v) => x.scalar(*v)?,
+        Op::Param(i) => x.scalar(x.params[*i])?,
+        Op::BatchSize => x.scalar(x.n() as f64)?,
+        Op::Dim => x.scalar(x.d() as f64)?,
+        Op::AxisSize(a) => x.scalar(x.size(g, *a)? as f64)?,
+        Op::Feature(f) => x.feature(*f).clone(),
+        Op::SetRows(src, _) => match src {
+            SetSource::Targets => Tensor::cat(&[x.feature(Feature::T1), x.feature(Feature::T2)], 0)?.detach(),
+            SetSource::Batch(f) => x.feature(*f).detach(),
+            SetSource::Fifo(i) => match x.fifo.get(*i).and_then(|f| f.as_ref()) {
+                Some(t) => t.detach(),
+                None => Tensor::zeros((0, x.d()), x.dtype(), x.device())?,
+            },
+        },
+        Op::Ema(i) => match x.ema.get(*i).and_then(|e| e.as_ref()) {
+            Some(t) => t.detach(),
+            None => candle_core::bail!("ema state #{i} is read before it was set"),
+        },
+        Op::Eye => Tensor::eye(x.d(), x.dtype(), x.device())?,
+        Op::Rename(m, from, to) => {
+            let src_axes = g.axes_of(*m);
+            let renamed: Vec<Axis> = src_axes.iter().map(|a| if a == from { *to } else { *a }).collect();
+            let perm: Vec<usize> =
+                axes.iter().map(|a| renamed.iter().position(|r| r == a).expect("same axes")).collect();
+            if perm.iter().enumerate().all(|(i, p)| i == *p) {
+                get(m).clone()
+            } else {
+                get(m).permute(perm)?
+            }
+        }
+        Op::Unary(u, m) => {
+            let t = get(m);
+            match u {
+                Unary::Neg => t.neg()?,
+                Unary::Exp => t.exp()?,
+                Unary::Log => t.log()?,
+                Unary::Sqrt => t.sqrt()?,
+                Unary::Relu => t.relu()?,
+            }
+        }
+        Op::Binary(b, l, r) => {
+            let a = align(get(l), g.axes_of(*l), axes)?;
+            let c = align(get(r), g.axes_of(*r), axes)?;
+            match b {
+                Binary::Add => a.broadcast_add(&c)?,
+                Binary::Sub => a.broadcast_sub(&c)?,
+                Binary::Mul => a.broadcast_mul(&c)?,
+                Binary::Div => a.broadcast_div(&c)?,
+                Binary::Min => a.broadcast_minimum(&c)?,
+                Binary::Max => a.broadcast_maximum(&c)?,
+                Binary::LogAddExp => {
+                    let m = a.broadcast_maximum(&c)?.detach();
+                    let sum = (a.broadcast_sub(&m)?.exp()? + c.broadcast_sub(&m)?.exp()?)?;
+                    (sum.log()? + m)?
+                }
+            }
+        }
+        Op::Contract(l, r, over) => contract(g, x, (get(l), g.axes_of(*l)), (get(r), g.axes_of(*r)), over, axes)?,
+        Op::Reduce(red, m, axis) => {
+            let src_axes = g.axes_of(*m);
+            let dim = src_axes.iter().position(|a| a == axis).expect("reduced axis present");
+            let t = get(m);
+            match red {
+                Reduction::Sum => t.sum(dim)?,
+                Reduction::LogSumExp if t.dims()[dim] == 0 => {
+                    let shape: Vec<usize> = axes.iter().map(|a| x.size(g, *a)).collect::<Result<_>>()?;
+                    (Tensor::ones(shape, x.dtype(), x.device())? * f64::NEG_INFINITY)?
+                }
+                Reduction::LogSumExp => {
+                    let m = t.max_keepdim(dim)?.detach();
+                    (t.broadcast_sub(&m)?.exp()?.sum_keepdim(dim)?.log()? + m)?.squeeze(dim)?
+                }
+            }
+        }
+    })
+}
+
+/// Σ over `over` of a·b, as one batched matrix product: shared axes batch, the others are rows
+/// (from a) and columns (from b).
+fn contract(
+    g: &Graph,
+    x: &Inputs,
+    (a, a_axes): (&Tensor, &[Axis]),
+    (b, b_axes): (&Tensor, &[Axis]),
+    over: &[Axis],
+    out_axes: &[Axis],
+) -> Result<Tensor> {
+    let size = |axis: &Axis| x.size(g, *axis);
+    let batch: Vec<Axis> = a_axes.iter().filter(|ax| b_axes.contains(ax) && !over.contains(ax)).copied().collect();
+    let rows: Vec<Axis> = a_axes.iter().filter(|ax| !b_axes.contains(ax)).copied().collect();
+    let cols: Vec<Axis> = b_axes.iter().filter(|ax| !a_axes.contains(ax)).copied().collect();
+    let order = |axes: &[Axis], first: &[Axis], second: &[Axis], third: &[Axis]| -> Vec<usize> {
+        first
+            .iter()
+            .chain(second)
+            .chain(third)
+            .map(|ax| axes.iter().position(|a| a == ax).expect("axis present"))
+            .collect()
+    };
+    let product = |axes: &[Axis]| -> Result<usize> { axes.iter().map(size).product() };
+    let (bn, rn, cn, kn) = (product(&batch)?, product(&rows)?, product(&cols)?, product(over)?);
+    let result_axes: Vec<Axis> = batch.iter().chain(&rows).chain(&cols).copied().collect();
+    let result_dims: Vec<usize> = result_axes.iter().map(size).collect::<Result<_>>()?;
+    let result = if bn * rn * cn * kn == 0 {
+        Tensor::zeros(result_dims, x.dtype(), x.device())?
+    } else {
+        let a = a.permute(order(a_axes, &batch, &rows, over))?.reshape((bn, rn, kn))?;
+        let b = b.permute(order(b_axes, &batch, over, &cols))?.reshape((bn, kn, cn))?;
+        let m = if bn == 1 { a.squeeze(0)?.matmul(&b.squeeze(0)?)? } else { a.matmul(&b)? };
+        m.reshape(result_dims)?
+    };
+    let perm: Vec<usize> =
+        out_axes.iter().map(|ax| result_axes.iter().position(|a| a == ax).expect("axis present")).collect();
+    if perm.iter().enumerate().all(|(i, p)| i == *p) {
+        Ok(result)
+    } else {
+        result.permute(perm)?.contiguous()
+    }
+}

@@ -1,0 +1,261 @@
+//! The gradient IR: a DAG of tensor operations over **named axes**. A per-sample vector is a
+//! tensor over `[N, D]`; a quantity inside a comprehension gains the comprehension's set axis `K`;
+//! a matrix has axes `[D, E]`. Sums of products become contractions (einsum), which the backends
+//! run as (batched) matrix products — so `dot(u1, v) for v in V` is one GEMM `U1·Vᵀ`, and
+//! `mean(outer(t, t) for t in targets)` is `TᵀT / 2N`. Nodes are hash-consed on insertion, which
+//! shares every common subexpression.
+
+pub mod fold;
+mod lower;
+pub mod prune;
+
+pub use lower::lower;
+
+use std::collections::HashMap;
+use std::fmt;
+
+/// A named tensor axis. Canonical order inside a tensor is the order of this enum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Axis {
+    /// The batch: one row per sample of the current view.
+    N,
+    /// The elements of one part of a set that a comprehension or weight ranges over.
+    K(u32),
+    /// Feature dimension.
+    D,
+    /// Second matrix axis.
+    E,
+    /// Scratch axis for matrix–matrix products.
+    J,
+}
+
+impl fmt::Display for Axis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Axis::N => f.write_str("N"),
+            Axis::K(i) => write!(f, "K{i}"),
+            Axis::D => f.write_str("D"),
+            Axis::E => f.write_str("E"),
+            Axis::J => f.write_str("J"),
+        }
+    }
+}
+
+/// A feature matrix of the step, [N, D].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Feature {
+    /// Online, this view (receives the gradient).
+    U1,
+    /// Online, other view.
+    U2,
+    /// Target, this view.
+    T1,
+    /// Target, other view.
+    T2,
+}
+
+/// Where a set axis gets its rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SetSource {
+    /// `targets`: T1 stacked on T2 (2N rows).
+    Targets,
+    /// A field of `batch` (N rows, detached).
+    Batch(Feature),
+    /// A fifo state's current rows.
+    Fifo(usize),
+}
+
+/// Elementwise unary operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Unary {
+    /// −x.
+    Neg,
+    /// eˣ.
+    Exp,
+    /// ln x.
+    Log,
+    /// √x.
+    Sqrt,
+    /// max(x, 0).
+    Relu,
+}
+
+/// Elementwise binary operations (broadcasting over missing axes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Binary {
+    /// a + b.
+    Add,
+    /// a − b.
+    Sub,
+    /// a · b.
+    Mul,
+    /// a / b.
+    Div,
+    /// min(a, b).
+    Min,
+    /// max(a, b).
+    Max,
+    /// log(eᵃ + eᵇ), computed stably: combines logsumexps of the parts of a set.
+    LogAddExp,
+}
+
+/// Reductions over one axis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reduction {
+    /// Σ.
+    Sum,
+    /// log Σ exp, computed stably.
+    LogSumExp,
+}
+
+/// A node index into a [`Graph`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Node(pub u32);
+
+/// One operation.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// A literal.
+    Const(f64),
+    /// A param, read at run time so overrides need no re-lowering.
+    Param(usize),
+    /// The batch size N of the step.
+    BatchSize,
+    /// The feature dimension D.
+    Dim,
+    /// The number of rows of a set axis at run time (fifo fill level, 2N for targets, ...).
+    AxisSize(Axis),
+    /// A feature matrix [N, D].
+    Feature(Feature),
+    /// Rows of a set, laid along a set axis: [K, D].
+    SetRows(SetSource, Axis),
+    /// An ema state's value (after this step's update), with the axes of its type.
+    Ema(usize),
+    /// The D × D identity, [D, E].
+    Eye,
+    /// Relabels an axis (no data movement).
+    Rename(Node, Axis, Axis),
+    /// Elementwise unary.
+    Unary(Unary, Node),
+    /// Elementwise binary.
+    Binary(Binary, Node, Node),
+    /// Σ over `axes` of a · b: an einsum run as a matrix product.
+    Contract(Node, Node, Vec<Axis>),
+    /// A reduction over one axis.
+    Reduce(Reduction, Node, Axis),
+}
+
+impl Eq for Op {}
+
+impl std::hash::Hash for Op {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::mem::discriminant(self).hash(state);
+        match self {
+            Op::Const(x) => x.to_bits().hash(state),
+            Op::Param(i) | Op::Ema(i) => i.hash(state),
+            Op::AxisSize(a) => a.hash(state),
+            Op::Feature(f) => f.hash(state),
+            Op::SetRows(s, a) => (s, a).hash(state),
+            Op::Rename(n, a, b) => (n, a, b).hash(state),
+            Op::Unary(u, n) => (u, n).hash(state),
+            Op::Binary(b, x, y) => (b, x, y).hash(state),
+            Op::Contract(x, y, axes) => (x, y, axes).hash(state),
+            Op::Reduce(r, n, a) => (r, n, a).hash(state),
+            Op::BatchSize | Op::Dim | Op::Eye => {}
+        }
+    }
+}
+
+/// The IR of one objective: nodes in topological order, each with its axes, and the roots.
+#[derive(Clone, Debug, Default)]
+pub struct Graph {
+    /// Operations; every operand precedes its user.
+    pub ops: Vec<Op>,
+    /// Axes of each node's value, in canonical order.
+    pub axes: Vec<Vec<Axis>>,
+    index: HashMap<Op, Node>,
+    /// Set axes and where their rows come from, for sizing.
+    pub set_axes: Vec<(Axis, SetSource)>,
+}
+
+impl Graph {
+    /// Adds an operation (or returns the identical one already present) with its axes.
+    pub fn add(&mut self, op: Op, axes: Vec<Axis>) -> Node {
+        if let Some(&n) = self.index.get(&op) {
+            return n;
+        }
+        let n = Node(self.ops.len() as u32);
+        self.ops.push(op.clone());
+        self.axes.push(axes);
+        self.index.insert(op, n);
+        n
+    }
+
+    /// The operation of a node.
+    pub fn op(&self, n: Node) -> &Op {
+        &self.ops[n.0 as usize]
+    }
+
+    /// The axes of a node.
+    pub fn axes_of(&self, n: Node) -> &[Axis] {
+        &self.axes[n.0 as usize]
+    }
+
+    /// The source of a set axis.
+    pub fn source_of(&self, axis: Axis) -> Option<SetSource> {
+        self.set_axes.iter().find(|(a, _)| *a == axis).map(|(_, s)| *s)
+    }
+}
+
+/// The lowered objective: one graph, and the roots the plan evaluates.
+#[derive(Clone, Debug)]
+pub struct Lowered {
+    /// All nodes.
+    pub graph: Graph,
+    /// positive + balance · negative, [N, D].
+    pub gradient: Node,
+    /// The positive term, [N, D].
+    pub positive: Node,
+    /// balance · negative, [N, D] (or a zero constant when there is no negative).
+    pub push: Node,
+    /// The per-sample loss [N], when the objective has one.
+    pub loss: Option<Node>,
+    /// Each ema state's batch value and rate, by state index, in declaration order.
+    pub ema_values: Vec<(usize, Node, Node)>,
+    /// Each fifo state's pushed rows [K, D], by state index.
+    pub fifo_pushes: Vec<(usize, Node)>,
+}
+
+impl fmt::Display for Lowered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let g = &self.graph;
+        for (i, op) in g.ops.iter().enumerate() {
+            let axes: Vec<String> = g.axes[i].iter().map(|a| a.to_string()).collect();
+            let text = match op {
+                Op::Const(x) => format!("const {x}"),
+                Op::Param(p) => format!("param #{p}"),
+                Op::BatchSize => "N".into(),
+                Op::Dim => "D".into(),
+                Op::AxisSize(a) => format!("size({a})"),
+                Op::Feature(x) => format!("{x:?}"),
+                Op::SetRows(s, a) => format!("rows {s:?} along {a}"),
+                Op::Ema(s) => format!("ema state #{s}"),
+                Op::Eye => "eye".into(),
+                Op::Rename(n, a, b) => format!("%{} with {a} as {b}", n.0),
+                Op::Unary(u, n) => format!("{u:?} %{}", n.0).to_lowercase(),
+                Op::Binary(b, x, y) => format!("{} %{} %{}", format!("{b:?}").to_lowercase(), x.0, y.0),
+                Op::Contract(x, y, axes) => {
+                    let over: Vec<String> = axes.iter().map(|a| a.to_string()).collect();
+                    format!("contract %{} %{} over {}", x.0, y.0, over.join(","))
+                }
+                Op::Reduce(r, n, a) => format!("{} %{} over {a}", format!("{r:?}").to_lowercase(), n.0),
+            };
+            writeln!(f, "%{i:<4} [{}] = {text}", axes.join(", "))?;
+        }
+        writeln!(f, "gradient = %{}", self.gradient.0)?;
+        if let Some(l) = self.loss {
+            writeln!(f, "loss     = %{}", l.0)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,193 @@
+//! The plan the runtime calls once per training step: update the ema states, evaluate the
+//! gradient for both view orders, push the fifos. Order within a step follows DESIGN §3: emas are
+//! updated first and the gradient sees the new value; fifos are read first and pushed after.
+
+use crate::backend::reference::{evaluate, Inputs};
+use crate::check::typed::{Objective, StateKind};
+use crate::ir::{self, Lowered, Node};
+use candle_core::{Result, Tensor};
+
+/// The four feature matrices of a step, each [N, D], L2-normalised by the caller.
+#[derive(Clone, Debug)]
+pub struct Features {
+    /// Online features, view 1.
+    pub u1: Tensor,
+    /// Online features, view 2.
+    pub u2: Tensor,
+    /// Target features, view 1.
+    pub t1: Tensor,
+    /// Target features, view 2.
+    pub t2: Tensor,
+}
+
+/// The objective's states between steps, by state index (`None`: not yet set, or not that kind).
+#[derive(Clone, Debug, Default)]
+pub struct ObjectiveState {
+    /// Ema values.
+    pub ema: Vec<Option<Tensor>>,
+    /// Fifo contents, newest rows first.
+    pub fifo: Vec<Option<Tensor>>,
+}
+
+/// What the health metrics read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stats {
+    /// Mean of u1·t2 over the batch (view 1).
+    pub positive_similarity: f64,
+    /// Mean ‖positive‖ per view.
+    pub positive_norm: [f64; 2],
+    /// Mean ‖balance · negative‖ per view.
+    pub push_norm: [f64; 2],
+}
+
+/// One step's result. `g1`, `g2` are dL/du1 and dL/du2 per sample, [N, D], already averaged over
+/// the two view orders when the objective is symmetric (each view's gradient times ½).
+#[derive(Clone, Debug)]
+pub struct Gradients {
+    /// Gradient at the view-1 online features.
+    pub g1: Tensor,
+    /// Gradient at the view-2 online features (zero when not symmetric).
+    pub g2: Tensor,
+    /// Per-sample loss [N], averaged over view orders, when the objective has one.
+    pub loss: Option<Tensor>,
+    /// Health statistics.
+    pub stats: Stats,
+}
+
+/// A lowered objective with its current param values.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The checked objective.
+    pub objective: Objective,
+    /// Its IR.
+    pub lowered: Lowered,
+    /// Param values by index (defaults, or overrides).
+    pub params: Vec<f64>,
+}
+
+impl Plan {
+    /// Lowers an objective.
+    pub fn new(objective: &Objective) -> Plan {
+        Plan {
+            lowered: ir::lower(objective),
+            params: objective.params.iter().map(|p| p.value).collect(),
+            objective: objective.clone(),
+        }
+    }
+
+    /// Empty states: emas unset (the first step takes the value), fifos empty.
+    pub fn initial_state(&self) -> ObjectiveState {
+        let n = self.objective.states.len();
+        ObjectiveState { ema: vec![None; n], fifo: vec![None; n] }
+    }
+
+    fn inputs<'a>(&'a self, features: [&'a Tensor; 4], state: &'a ObjectiveState) -> Inputs<'a> {
+        Inputs { features, params: &self.params, ema: &state.ema, fifo: &state.fifo }
+    }
+
+    /// Updates every ema state from this batch (in declaration order, so later ones see earlier).
+    pub fn update_emas(&self, f: &Features, state: &mut ObjectiveState) -> Result<()> {
+        for &(i, value, rate) in &self.lowered.ema_values {
+            let [value, rate] = <[Tensor; 2]>::try_from(self.eval(&[value, rate], view(f, false), state)?)
+                .expect("two roots, two values");
+            let new = match &state.ema[i] {
+                None => value,
+                Some(old) => {
+                    let r = rate.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+                    ((old * r)? + (value * (1.0 - r))?)?
+                }
+            };
+            state.ema[i] = Some(new.detach());
+        }
+        Ok(())
+    }
+
+    /// Evaluates `roots` for one view order.
+    pub fn eval(&self, roots: &[Node], features: [&Tensor; 4], state: &ObjectiveState) -> Result<Vec<Tensor>> {
+        evaluate(&self.lowered.graph, roots, &self.inputs(features, state))
+    }
+
+    /// The unscaled gradient `positive + balance · negative` of one view order, [N, D], with the
+    /// positive and push terms (for statistics).
+    pub fn view_gradient(&self, features: [&Tensor; 4], state: &ObjectiveState) -> Result<[Tensor; 3]> {
+        let l = &self.lowered;
+        let shape = features[0].dims().to_vec();
+        let out = self.eval(&[l.gradient, l.positive, l.push], features, state)?;
+        let mut full = out.into_iter().zip([l.gradient, l.positive, l.push]).map(|(t, n)| {
+            let t = crate::backend::reference::align(&t, l.graph.axes_of(n), &[ir::Axis::N, ir::Axis::D])?;
+            t.broadcast_as(shape.as_slice())?.contiguous()
+        });
+        let mut next = || full.next().expect("three roots");
+        Ok([next()?, next()?, next()?])
+    }
+
+    /// The per-sample loss [N] of one view order.
+    pub fn view_loss(&self, loss: Node, features: [&Tensor; 4], state: &ObjectiveState) -> Result<Tensor> {
+        let t = self.eval(&[loss], features, state)?.remove(0);
+        let t = crate::backend::reference::align(&t, self.lowered.graph.axes_of(loss), &[ir::Axis::N])?;
+        t.broadcast_as(features[0].dims()[0])
+    }
+
+    /// One training step: emas, both view orders, fifo pushes.
+    pub fn step(&self, f: &Features, state: &mut ObjectiveState) -> Result<Gradients> {
+        self.update_emas(f, state)?;
+        let symmetric = self.objective.symmetric;
+        let [g_a, pos_a, push_a] = self.view_gradient(view(f, false), state)?;
+        let mean_norm = |t: &Tensor| -> Result<f64> {
+            t.sqr()?.sum(1)?.sqrt()?.mean_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()
+        };
+        let positive_similarity =
+            (&f.u1 * &f.t2)?.sum(1)?.mean_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        let mut stats = Stats {
+            positive_similarity,
+            positive_norm: [mean_norm(&pos_a)?, 0.0],
+            push_norm: [mean_norm(&push_a)?, 0.0],
+        };
+        let loss_a = match self.lowered.loss {
+            Some(l) => Some(self.view_loss(l, view(f, false), state)?),
+            None => None,
+        };
+        let (g1, g2, loss) = if symmetric {
+            let [g_b, pos_b, push_b] = self.view_gradient(view(f, true), state)?;
+            stats.positive_norm[1] = mean_norm(&pos_b)?;
+            stats.push_norm[1] = mean_norm(&push_b)?;
+            let loss = match (self.lowered.loss, loss_a) {
+                (Some(l), Some(a)) => Some(((a + self.view_loss(l, view(f, true), state)?)? * 0.5)?),
+                _ => None,
+            };
+            ((g_a * 0.5)?, (g_b * 0.5)?, loss)
+        } else {
+            let zeros = g_a.zeros_like()?;
+            (g_a, zeros, loss_a)
+        };
+        self.push_fifos(f, state)?;
+        Ok(Gradients { g1, g2, loss, stats })
+    }
+
+    /// Pushes this step's rows into every fifo, newest first, dropping the oldest beyond capacity.
+    pub fn push_fifos(&self, f: &Features, state: &mut ObjectiveState) -> Result<()> {
+        for (i, s) in self.objective.states.iter().enumerate() {
+            let StateKind::Fifo { size, .. } = s.kind else { continue };
+            let roots: Vec<Node> = self.lowered.fifo_pushes.iter().filter(|(j, _)| *j == i).map(|(_, n)| *n).collect();
+            let parts = self.eval(&roots, view(f, false), state)?;
+            let d = f.u1.dims()[1];
+            let mut rows: Vec<Tensor> = parts.iter().map(|p| p.reshape(((), d))).collect::<Result<_>>()?;
+            if let Some(old) = &state.fifo[i] {
+                rows.push(old.clone());
+            }
+            let all = Tensor::cat(&rows, 0)?;
+            let keep = all.dims()[0].min(size);
+            state.fifo[i] = Some(all.narrow(0, 0, keep)?.detach());
+        }
+        Ok(())
+    }
+}
+
+/// The features in view order: (u1, u2, t1, t2), or mirrored (u2, u1, t2, t1).
+pub fn view(f: &Features, mirrored: bool) -> [&Tensor; 4] {
+    if mirrored {
+        [&f.u2, &f.u1, &f.t2, &f.t1]
+    } else {
+        [&f.u1, &f.u2, &f.t1, &f.t2]
+    }
+}

@@ -1,0 +1,203 @@
+//! The gradient machinery: lowering + reference backend + plan, against the reference formulas of
+//! `shared/reference/unigrad.md` written out by hand, against central finite differences for every
+//! builtin, and exact checks of the state rules. All in f64; tolerances are stated per test.
+
+use candle_core::{Tensor, Var};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use ssl_lang::check::typed::Objective;
+use ssl_lang::plan::{view, Features, Plan};
+use ssl_lang::verify::{random_features, relative_error, verify};
+
+fn objective(source: &str) -> Objective {
+    let (program, diagnostics) = ssl_lang::compile(source);
+    assert!(!ssl_lang::diagnostic::has_errors(&diagnostics), "{diagnostics:#?}");
+    program.objectives.into_iter().next().expect("one objective")
+}
+
+fn standard(name: &str) -> Objective {
+    let path = format!("{}/objectives/{name}.ssl", env!("CARGO_MANIFEST_DIR"));
+    objective(&std::fs::read_to_string(path).expect("standard objective"))
+}
+
+fn features(seed: u64, n: usize, d: usize) -> Features {
+    random_features(&mut StdRng::seed_from_u64(seed), n, d).expect("features")
+}
+
+/// Hand formula vs plan: 1e-10 relative in f64 (the two differ only by summation order).
+const HAND_TOLERANCE: f64 = 1e-10;
+
+#[test]
+fn unigrad_matches_the_paper_formula_including_the_ema() {
+    let plan = Plan::new(&standard("unigrad"));
+    let (n, d) = (12, 6);
+    let (lambda, rho) = (100.0, 0.99);
+    let mut state = plan.initial_state();
+    let first = features(1, n, d);
+    let second = features(2, n, d);
+    let corr = |f: &Features| -> Tensor {
+        let t = Tensor::cat(&[&f.t1, &f.t2], 0).unwrap();
+        (t.t().unwrap().matmul(&t).unwrap() / (2 * n) as f64).unwrap()
+    };
+    plan.update_emas(&first, &mut state).unwrap();
+    plan.update_emas(&second, &mut state).unwrap();
+    let f = ((corr(&first) * rho).unwrap() + (corr(&second) * (1.0 - rho)).unwrap()).unwrap();
+    let [g, _, _] = plan.view_gradient(view(&second, false), &state).unwrap();
+    let push = (second.u1.matmul(&f).unwrap() * (lambda * d as f64 / 2048.0)).unwrap();
+    let hand = (push - &second.t2).unwrap();
+    assert!(relative_error(&g, &hand).unwrap() < HAND_TOLERANCE);
+}
+
+#[test]
+fn simclr_matches_infonce_by_hand() {
+    let plan = Plan::new(&standard("simclr"));
+    let (n, d, tau) = (9, 5, 0.2);
+    let f = features(3, n, d);
+    let [g, _, _] = plan.view_gradient(view(&f, false), &plan.initial_state()).unwrap();
+    let v = Tensor::cat(&[&f.t1, &f.t2], 0).unwrap();
+    let logits = (f.u1.matmul(&v.t().unwrap()).unwrap() / tau).unwrap();
+    let e = logits.exp().unwrap();
+    let s = e.broadcast_div(&e.sum_keepdim(1).unwrap()).unwrap();
+    let hand = ((s.matmul(&v).unwrap() - &f.t2).unwrap() / tau).unwrap();
+    assert!(relative_error(&g, &hand).unwrap() < HAND_TOLERANCE);
+}
+
+#[test]
+fn barlow_twins_matches_the_official_gradient_by_hand() {
+    let plan = Plan::new(&standard("barlow_twins"));
+    let (n, d, lambda) = (10, 7, 50.0);
+    let f = features(4, n, d);
+    let [g, _, _] = plan.view_gradient(view(&f, false), &plan.initial_state()).unwrap();
+    // g = -t2 + lambda' (t2 · T2ᵀ) U1 / N, lambda' = lambda D / 2048.
+    let w = f.t2.matmul(&f.t2.t().unwrap()).unwrap();
+    let push = (w.matmul(&f.u1).unwrap() * (lambda * d as f64 / 2048.0 / n as f64)).unwrap();
+    let hand = (push - &f.t2).unwrap();
+    assert!(relative_error(&g, &hand).unwrap() < HAND_TOLERANCE);
+}
+
+/// Each builtin inside a loss: candle autodiff through our lowering vs central finite differences
+/// of the same evaluated loss (step 1e-6, tolerance 1e-6 relative).
+#[test]
+fn every_builtin_differentiates_like_finite_differences() {
+    let losses = [
+        "exp(dot(u1, t2))",
+        "log(2 + dot(u1, t2))",
+        "sqrt(2 + dot(u1, t2))",
+        "sum(relu(u1 - t2))",
+        "norm(u1 + 2 * t2)",
+        "dot(normalize(u1 + t2), t1)",
+        "sum(min(u1, t2)) + mean(max(u1, t1))",
+        "dot(u1, outer(t1, t2) @ u1)",
+        "dot(u1, (outer(t1, t1) @ outer(t2, t2)) @ u1)",
+        "logsumexp(dot(u1, v) / 0.3 for v in targets)",
+        "sum(softmax(dot(u1, v)) * dot(u1, v) for v in [t2, t1] ++ targets)",
+        "mean(dot(u1, v) for v in [t2] ++ targets)",
+        "dot(u1, eye() @ t2) - dot(u1, u1) / 2",
+        // (b.u1 is detached by design, so finite differences of U1 would also move it: use b.t1.)
+        "sum(dot(t2, b.t2) * dot(u1, b.t1) for b in batch) / N",
+        "dot(u1, u2) / D",
+    ];
+    for loss in losses {
+        let o = objective(&format!("objective probe {{ positive = -t2\n negative = u1\n loss = {loss} }}"));
+        let plan = Plan::new(&o);
+        let f = features(5, 3, 4);
+        let state = plan.initial_state();
+        let node = plan.lowered.loss.expect("loss lowered");
+        let u1 = Var::from_tensor(&f.u1).unwrap();
+        let total = plan.view_loss(node, [u1.as_tensor(), &f.u2, &f.t1, &f.t2], &state).unwrap().sum_all().unwrap();
+        let grads = total.backward().unwrap();
+        let autodiff = grads.get(u1.as_tensor()).expect("u1 gets a gradient").clone();
+
+        let base: Vec<Vec<f64>> = f.u1.to_vec2().unwrap();
+        let eval = |rows: &Vec<Vec<f64>>| -> f64 {
+            let u = Tensor::new(rows.clone(), &candle_core::Device::Cpu).unwrap();
+            let t = plan.view_loss(node, [&u, &f.u2, &f.t1, &f.t2], &state).unwrap();
+            t.sum_all().unwrap().to_scalar::<f64>().unwrap()
+        };
+        let h = 1e-6;
+        let mut fd = base.clone();
+        for i in 0..base.len() {
+            for j in 0..base[0].len() {
+                let (mut plus, mut minus) = (base.clone(), base.clone());
+                plus[i][j] += h;
+                minus[i][j] -= h;
+                fd[i][j] = (eval(&plus) - eval(&minus)) / (2.0 * h);
+            }
+        }
+        let fd = Tensor::new(fd, &candle_core::Device::Cpu).unwrap();
+        let err = relative_error(&autodiff, &fd).unwrap();
+        assert!(err < 1e-6, "loss `{loss}`: autodiff vs finite differences, relative error {err:e}");
+    }
+}
+
+#[test]
+fn ema_takes_the_first_value_then_blends_exactly() {
+    let o = objective("objective e { param rho = 0.75 in [0, 1)\n state M = ema(rho, mean(t for t in targets))\n positive = -t2\n negative = M * dot(u1, M) }");
+    let plan = Plan::new(&o);
+    let mut state = plan.initial_state();
+    let (a, b) = (features(6, 4, 3), features(7, 4, 3));
+    let mean = |f: &Features| Tensor::cat(&[&f.t1, &f.t2], 0).unwrap().mean(0).unwrap();
+    plan.update_emas(&a, &mut state).unwrap();
+    let first = state.ema[0].clone().unwrap();
+    assert_eq!(first.to_vec1::<f64>().unwrap(), mean(&a).to_vec1::<f64>().unwrap());
+    plan.update_emas(&b, &mut state).unwrap();
+    let blended = ((mean(&a) * 0.75).unwrap() + (mean(&b) * 0.25).unwrap()).unwrap();
+    assert!(relative_error(state.ema[0].as_ref().unwrap(), &blended).unwrap() < 1e-15);
+}
+
+#[test]
+fn fifo_is_read_before_and_pushed_after_and_wraps_around() {
+    let o =
+        objective("objective q { state Q = fifo(5, targets)\n positive = -t2\n negative = sum(v for v in [t2] ++ Q) }");
+    let plan = Plan::new(&o);
+    let mut state = plan.initial_state();
+    let (a, b) = (features(8, 2, 3), features(9, 2, 3));
+    // Step 1 reads an empty queue: the negative is t2 alone, for each view.
+    let g = plan.step(&a, &mut state).unwrap();
+    assert!(relative_error(&g.g1, &a.u1.zeros_like().unwrap()).unwrap() < 1e-15);
+    let pushed_a = Tensor::cat(&[&a.t1, &a.t2], 0).unwrap();
+    assert_eq!(state.fifo[0].as_ref().unwrap().to_vec2::<f64>().unwrap(), pushed_a.to_vec2::<f64>().unwrap());
+    // Step 2 reads the four rows of step 1, then keeps the newest five: b's four and a's first.
+    let g = plan.step(&b, &mut state).unwrap();
+    let queued = pushed_a.sum(0).unwrap().unsqueeze(0).unwrap();
+    let hand = (queued.broadcast_as((2, 3)).unwrap() * 0.5).unwrap();
+    assert!(relative_error(&g.g1, &hand).unwrap() < 1e-12);
+    let expected = Tensor::cat(&[&b.t1, &b.t2, &a.t1.narrow(0, 0, 1).unwrap()], 0).unwrap();
+    assert_eq!(state.fifo[0].as_ref().unwrap().to_vec2::<f64>().unwrap(), expected.to_vec2::<f64>().unwrap());
+}
+
+#[test]
+fn verify_passes_for_the_standard_and_extra_objectives() {
+    let mut sources: Vec<String> = ["simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg", "unigrad"]
+        .iter()
+        .map(|n| std::fs::read_to_string(format!("{}/objectives/{n}.ssl", env!("CARGO_MANIFEST_DIR"))).unwrap())
+        .collect();
+    sources.extend(
+        [
+            // Alignment + uniformity (Wang & Isola): the uniformity push as a logsumexp over targets.
+            "objective align_uniform { param t = 2.0 in (0, inf)\n weight w(v in targets) = softmax(-t * dot(u1 - v, u1 - v))\n positive = -2 * t2\n negative = sum(w(v) * 2 * t * (v - u1) for v in targets)\n loss = dot(u1 - t2, u1 - t2) + logsumexp(-t * dot(u1 - v, u1 - v) for v in targets) - dot(u1, u1) }",
+            // Contrastive against a queue and the other view's online feature, with a per-sample balance.
+            "objective mixed { param tau = 0.5 in (0, inf)\n state Q = fifo(64, targets)\n weight s(v in [t2, u2] ++ Q) = softmax(dot(u1, v) / tau)\n positive = -t2 / tau\n negative = sum(s(v) * v for v in [t2, u2] ++ Q) / tau\n balance = 1\n loss = -dot(u1, t2) / tau + logsumexp(dot(u1, v) / tau for v in [t2, u2] ++ Q) }",
+            // UniGrad with a centred correlation matrix and a global ema mean.
+            "objective centred { param rho = 0.9 in [0, 1)\n state m = ema(rho, mean(t for t in targets))\n state F = ema(rho, mean(outer(t - m, t - m) for t in targets))\n positive = -t2\n negative = F @ u1\n balance = 3\n loss = -dot(u1, t2) + 1.5 * dot(u1, F @ u1) }",
+        ]
+        .map(String::from),
+    );
+    for source in sources {
+        let o = objective(&source);
+        for row in verify(&o).unwrap() {
+            assert!(row.pass, "{}: {} failed with error {:?}", row.objective, row.check, row.max_error);
+            if o.loss.is_some() {
+                assert!(row.max_error.is_some_and(|e| e < ssl_lang::verify::LOSS_TOLERANCE));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_wrong_gradient_fails_verification() {
+    // The loss says -u1·t2 + u1·u1, so the gradient is -t2 + 2 u1; the objective claims -t2 + u1.
+    let o = objective("objective wrong { positive = -t2\n negative = u1\n loss = -dot(u1, t2) + dot(u1, u1) }");
+    let rows = verify(&o).unwrap();
+    assert!(!rows[0].pass);
+}
