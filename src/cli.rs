@@ -42,6 +42,25 @@ enum Command {
         #[arg(long)]
         ir: bool,
     },
+    /// Evaluate one step of an objective on given features: reads `u1 u2 t1 t2` ([N, D] f32 or
+    /// f64) and optional initial states (by state name) from a safetensors file; writes `g1`, `g2`,
+    /// the updated states and, where the objective has one, the per-sample `loss`.
+    Grad {
+        /// The .ssl file.
+        file: PathBuf,
+        /// Which objective, when the file holds several.
+        #[arg(long)]
+        objective: Option<String>,
+        /// Input tensors (safetensors).
+        #[arg(long)]
+        inputs: PathBuf,
+        /// Where to write the results (safetensors).
+        #[arg(long)]
+        out: PathBuf,
+        /// L2-normalise the rows of the inputs first.
+        #[arg(long)]
+        normalize: bool,
+    },
     /// Prove each objective's gradient: autodiff of its `loss` (f64) against positive + balance *
     /// negative on fresh random inputs. Prints a table; exit 1 on any failure.
     Verify {
@@ -63,6 +82,26 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check { files, deny_warnings, format } => check(&files, deny_warnings, format),
         Command::Explain { file, objective, ir } => explain_cmd(&file, objective.as_deref(), ir),
         Command::Verify { files } => verify_cmd(&files),
+        Command::Grad { file, objective, inputs, out, normalize } => {
+            let (_, program) = match compile_file(&file) {
+                Ok(x) => x,
+                Err(code) => return code,
+            };
+            let Some(o) = program.objective(objective.as_deref()) else {
+                eprintln!("error: no objective `{}` in `{}`", objective.as_deref().unwrap_or("?"), file.display());
+                return ExitCode::from(2);
+            };
+            match crate::grad::run(o, &inputs, &out, normalize) {
+                Ok(summary) => {
+                    println!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
     }
 }
 

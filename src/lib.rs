@@ -22,6 +22,7 @@ pub fn compile(source: &str) -> (check::typed::Program, Vec<Diagnostic>) {
 pub mod backend;
 pub mod cli;
 pub mod explain;
+pub mod grad;
 pub mod ir;
 pub mod plan;
 pub mod render;

@@ -1,0 +1,141 @@
+//! `ssl-lang grad`: one step of an objective on tensors from a file, for debugging an objective or
+//! comparing with another framework. Shape and name problems are coded errors, not panics.
+
+use crate::check::typed::{Objective, StateKind};
+use crate::plan::{Features, Plan};
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Why a `grad` run failed; each variant's text says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum GradError {
+    /// The input file could not be read as safetensors.
+    #[error("ssl::grad::read: cannot read `{path}` as safetensors: {reason}\n  help: write the inputs with safetensors (e.g. `safetensors.torch.save_file`)")]
+    Read {
+        /// File.
+        path: String,
+        /// Underlying error.
+        reason: String,
+    },
+    /// A required tensor is absent.
+    #[error("ssl::grad::missing: the inputs have no tensor `{name}` (found: {found})\n  help: provide u1, u2, t1 and t2, each [N, D]")]
+    Missing {
+        /// Missing tensor.
+        name: String,
+        /// What the file holds.
+        found: String,
+    },
+    /// A tensor has the wrong shape or type.
+    #[error("ssl::grad::shape: tensor `{name}` is {found}, expected {expected}\n  help: {help}")]
+    Shape {
+        /// Tensor.
+        name: String,
+        /// Its shape and dtype.
+        found: String,
+        /// What was expected.
+        expected: String,
+        /// How to fix it.
+        help: String,
+    },
+    /// A tensor names no input and no state.
+    #[error("ssl::grad::unknown: the inputs hold `{name}`, which is neither u1 u2 t1 t2 nor a state of the objective ({states})\n  help: remove it or rename it after a state")]
+    Unknown {
+        /// Tensor.
+        name: String,
+        /// The objective's states.
+        states: String,
+    },
+    /// Evaluation or writing failed.
+    #[error("ssl::grad::eval: {0}")]
+    Eval(#[from] candle_core::Error),
+}
+
+/// Runs one step and writes the results; returns a one-line summary.
+pub fn run(o: &Objective, inputs: &Path, out: &Path, normalize: bool) -> Result<String, GradError> {
+    let tensors = candle_core::safetensors::load(inputs, &Device::Cpu)
+        .map_err(|e| GradError::Read { path: inputs.display().to_string(), reason: e.to_string() })?;
+    let found = || {
+        let mut names: Vec<&str> = tensors.keys().map(String::as_str).collect();
+        names.sort();
+        names.join(", ")
+    };
+    let plan = Plan::new(o);
+    let get = |name: &str| -> Result<Tensor, GradError> {
+        let t = tensors.get(name).ok_or_else(|| GradError::Missing { name: name.into(), found: found() })?;
+        let shape = t.dims();
+        if shape.len() != 2 || !matches!(t.dtype(), DType::F32 | DType::F64) {
+            return Err(GradError::Shape {
+                name: name.into(),
+                found: format!("{:?} {:?}", shape, t.dtype()),
+                expected: "[N, D] f32 or f64".into(),
+                help: "store each feature matrix as a 2-D float tensor, one row per sample".into(),
+            });
+        }
+        let t = t.to_dtype(DType::F64)?;
+        Ok(if normalize { t.broadcast_div(&t.sqr()?.sum_keepdim(1)?.sqrt()?)? } else { t })
+    };
+    let f = Features { u1: get("u1")?, u2: get("u2")?, t1: get("t1")?, t2: get("t2")? };
+    let (n, d) = (f.u1.dims()[0], f.u1.dims()[1]);
+    for (name, t) in [("u2", &f.u2), ("t1", &f.t1), ("t2", &f.t2)] {
+        if t.dims() != [n, d] {
+            return Err(GradError::Shape {
+                name: name.into(),
+                found: format!("{:?}", t.dims()),
+                expected: format!("[{n}, {d}] like u1"),
+                help: "all four feature matrices share N and D".into(),
+            });
+        }
+    }
+    let mut state = plan.initial_state();
+    let state_names: Vec<&str> = o.states.iter().map(|s| s.name.as_str()).collect();
+    for (name, t) in &tensors {
+        if ["u1", "u2", "t1", "t2"].contains(&name.as_str()) {
+            continue;
+        }
+        let Some(i) = o.states.iter().position(|s| &s.name == name) else {
+            return Err(GradError::Unknown { name: name.clone(), states: state_names.join(", ") });
+        };
+        let t = t.to_dtype(DType::F64)?;
+        let expected: Vec<usize> = match (&o.states[i].kind, o.states[i].ty) {
+            (StateKind::Fifo { size, .. }, _) => vec![t.dims().first().copied().unwrap_or(0).min(*size), d],
+            (_, crate::check::types::Type::Mat) => vec![d, d],
+            (_, crate::check::types::Type::Vec) => vec![d],
+            _ => vec![],
+        };
+        if t.dims() != expected.as_slice() {
+            return Err(GradError::Shape {
+                name: name.clone(),
+                found: format!("{:?}", t.dims()),
+                expected: format!("{expected:?}"),
+                help: "a fifo is [rows ≤ capacity, D], a matrix ema [D, D], a vector ema [D], a scalar ema []".into(),
+            });
+        }
+        match o.states[i].kind {
+            StateKind::Fifo { .. } => state.fifo[i] = Some(t),
+            StateKind::Ema { .. } => state.ema[i] = Some(t),
+        }
+    }
+    let g = plan.step(&f, &mut state)?;
+    let mut outputs: HashMap<String, Tensor> = HashMap::new();
+    outputs.insert("g1".into(), g.g1.to_dtype(DType::F32)?);
+    outputs.insert("g2".into(), g.g2.to_dtype(DType::F32)?);
+    if let Some(l) = &g.loss {
+        outputs.insert("loss".into(), l.to_dtype(DType::F32)?);
+    }
+    for (i, s) in o.states.iter().enumerate() {
+        if let Some(t) = state.ema[i].as_ref().or(state.fifo[i].as_ref()) {
+            outputs.insert(s.name.clone(), t.to_dtype(DType::F32)?);
+        }
+    }
+    candle_core::safetensors::save(&outputs, out)?;
+    let mut names: Vec<&String> = outputs.keys().collect();
+    names.sort();
+    Ok(format!(
+        "{}: N = {n}, D = {d}; wrote {} to {} (mean positive similarity {:.4})",
+        o.name,
+        names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+        out.display(),
+        g.stats.positive_similarity
+    ))
+}
