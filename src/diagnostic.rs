@@ -156,14 +156,24 @@ pub fn has_errors(diagnostics: &[Diagnostic]) -> bool {
 }
 
 /// The closest candidate to a misspelt name, if one is close enough to be a plausible typo.
+/// A candidate that differs only in case wins; otherwise the nearest within a third of the name's
+/// length, and never one that shares no character with a one-letter name (`Q` is not a typo of `N`).
+/// When several candidates are equally near (`t3`: `t1` or `t2`?), none is suggested.
 pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let limit = (name.chars().count() / 3).max(1);
-    candidates
+    let len = name.chars().count();
+    let limit = (len / 3).max(1);
+    let mut near: Vec<(usize, &str)> = candidates
         .into_iter()
-        .map(|c| (edit_distance(name, c), c))
-        .filter(|&(d, c)| d <= limit && c != name)
-        .min_by_key(|&(d, _)| d)
-        .map(|(_, c)| c)
+        .filter(|&c| c != name)
+        .map(|c| (if c.eq_ignore_ascii_case(name) { 0 } else { edit_distance(name, c) }, c))
+        .filter(|&(d, _)| d <= limit && d < len)
+        .collect();
+    near.sort();
+    near.dedup();
+    match near.as_slice() {
+        [(best, c), rest @ ..] if rest.first().is_none_or(|(d, _)| d > best) => Some(c),
+        _ => None,
+    }
 }
 
 /// Levenshtein distance over chars (with adjacent transpositions counted as one edit).
@@ -196,6 +206,10 @@ mod tests {
         assert_eq!(did_you_mean("rh", ["lambda", "rho"]), Some("rho"));
         assert_eq!(did_you_mean("tua", ["tau"]), Some("tau"));
         assert_eq!(did_you_mean("banana", ["lambda", "rho"]), None);
+        assert_eq!(did_you_mean("n", ["b", "N", "D"]), Some("N"));
+        assert_eq!(did_you_mean("T2", ["u2", "t2"]), Some("t2"));
+        assert_eq!(did_you_mean("Q", ["N", "D"]), None);
+        assert_eq!(did_you_mean("t3", ["u1", "t1", "t2"]), None);
     }
 
     #[test]

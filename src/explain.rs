@@ -1,14 +1,14 @@
 //! `ssl-lang explain`: the typed unified form of an objective, as a researcher reads it.
 
-use crate::check::typed::{Objective, Program, Show, StateKind, TExpr};
+use crate::check::typed::{Objective, Program, Show, StateKind, TExpr, TKind};
 use crate::check::types::Type;
 use std::fmt::Write;
 
 /// The explanation of one objective of a checked program.
 pub fn explain(program: &Program, objective: &Objective) -> String {
     let mut out = String::new();
-    let show = |e: &TExpr| Show { expr: e, objective }.to_string();
     let o = objective;
+    let show = |e: &TExpr| Show { expr: e, objective: o }.to_string();
     let _ = writeln!(out, "objective {}  ({} family)", o.name, o.family);
     let _ = writeln!(out, "  dL/du1 = positive + balance * negative");
     if o.symmetric {
@@ -16,72 +16,94 @@ pub fn explain(program: &Program, objective: &Objective) -> String {
     } else {
         let _ = writeln!(out, "  not symmetric: evaluated for view 1 only");
     }
+
     let _ = writeln!(out, "\nterms");
-    let term = |out: &mut String, role: &str, e: Option<&TExpr>, default: &str| {
-        let _ = match e {
-            Some(e) => writeln!(out, "  {role:<9}{:<26}= {}", describe(e), show(e)),
-            None => writeln!(out, "  {role:<9}{default}"),
-        };
+    let term = |role: &str, e: Option<&TExpr>, default: &str| match e {
+        Some(e) => [role.to_string(), describe(e, o), format!("= {}", show(e))],
+        None => [role.to_string(), default.to_string(), String::new()],
     };
-    term(&mut out, "positive", Some(&o.positive), "");
-    term(&mut out, "negative", o.negative.as_ref(), "none (zero)");
-    term(&mut out, "balance", o.balance.as_ref(), "1 (default)");
-    term(&mut out, "loss", o.loss.as_ref(), "none (gradient form only; `verify` checks no closed form)");
+    let terms = [
+        term("positive", Some(&o.positive), ""),
+        term("negative", o.negative.as_ref(), "none (zero)"),
+        term("balance", o.balance.as_ref(), "1 (default)"),
+        term("loss", o.loss.as_ref(), "none (gradient form only; `verify` checks no closed form)"),
+    ];
+    // Defaults are prose, not a column entry: they do not widen the column.
+    let width = terms.iter().filter(|t| !t[2].is_empty()).map(|t| t[1].len()).max().unwrap_or(0);
+    for [role, what, value] in &terms {
+        if value.is_empty() {
+            let _ = writeln!(out, "  {role:<9}{what}");
+        } else {
+            let _ = writeln!(out, "  {role:<9}{what:<width$}  {value}");
+        }
+    }
 
     if !o.params.is_empty() {
         let _ = writeln!(out, "\nparams");
-        for p in &o.params {
-            let range = p.range.as_ref().map_or("unbounded".to_string(), |r| format!("in {r}"));
-            let _ = writeln!(out, "  {} = {}  {range}", p.name, p.value);
-        }
+        let rows: Vec<[String; 3]> = o
+            .params
+            .iter()
+            .map(|p| {
+                let range = p.range.as_ref().map_or("unbounded".to_string(), |r| format!("in {r}"));
+                [p.name.clone(), p.value.to_string(), range]
+            })
+            .collect();
+        table(&mut out, &rows, " = ", "  ");
     }
+
     if !o.lets.is_empty() || !o.weights.is_empty() {
         let _ = writeln!(out, "\nnames");
+        let mut rows: Vec<[String; 3]> = Vec::new();
         for l in &o.lets {
-            let _ = writeln!(out, "  let {:<8}{:<26}= {}", l.name, describe(&l.value), show(&l.value));
+            rows.push([format!("let {}", l.name), describe(&l.value, o), format!("= {}", show(&l.value))]);
         }
         for w in &o.weights {
             let size = match w.set.ty {
                 Type::Set(_, s) => s.to_string(),
                 _ => "?".into(),
             };
-            let _ = writeln!(
-                out,
-                "  weight {}(v in {}): {size} weights per sample, = {}",
-                w.name,
-                show(&w.set),
-                show(&w.body)
-            );
+            let up_to = if involves_fifo(&w.set, o) { "up to " } else { "" };
+            rows.push([
+                format!("weight {}({} in {})", w.name, index_name(w), show(&w.set)),
+                format!("{up_to}{size} weights per sample"),
+                format!("= {}", show(&w.body)),
+            ]);
         }
+        table(&mut out, &rows, "  ", "  ");
     }
+
     if !o.states.is_empty() {
         let _ = writeln!(out, "\nstates");
         for s in &o.states {
             let _ = match &s.kind {
-                StateKind::Ema { rate, value } => writeln!(
-                    out,
-                    "  {} : {} {}  ema: {0} <- r*{0} + (1 - r)*({}), r = {}; first step {0} <- value; updated before the gradient",
-                    s.name,
-                    s.ty,
-                    s.ty.shape(),
-                    show(value),
-                    show(rate)
-                ),
+                StateKind::Ema { rate, value } => {
+                    let _ = writeln!(out, "  {} : {} {}, ema, updated before the gradient", s.name, s.ty, s.ty.shape());
+                    let pad = " ".repeat(s.name.len() + 5);
+                    let _ = writeln!(
+                        out,
+                        "{pad}{0} <- r*{0} + (1 - r)*value, r = {1}; first step {0} <- value",
+                        s.name,
+                        show(rate)
+                    );
+                    writeln!(out, "{pad}value = {}", show(value))
+                }
                 StateKind::Fifo { size, set } => {
                     let pushed = match set.ty {
                         Type::Set(_, p) => p.to_string(),
                         _ => "?".into(),
                     };
-                    writeln!(
+                    let _ = writeln!(
                         out,
-                        "  {} : set of {size} vec [{size}, D]  fifo: read before the gradient, then push {} ({pushed} vectors per step), oldest dropped; starts empty",
-                        s.name,
-                        show(set)
-                    )
+                        "  {} : set of up to {size} vec [{size}, D], fifo, read before the gradient; starts empty",
+                        s.name
+                    );
+                    let pad = " ".repeat(s.name.len() + 5);
+                    writeln!(out, "{pad}then pushed {} ({pushed} vectors per step), oldest dropped", show(set))
                 }
             };
         }
     }
+
     let from = match &program.recipe_target {
         Some(t) if *t == o.name => "from the train block",
         _ => "defaults: this file has no train block for it",
@@ -93,12 +115,58 @@ pub fn explain(program: &Program, objective: &Objective) -> String {
     out
 }
 
-/// "vec [D] per sample" / "scalar, global".
-fn describe(e: &TExpr) -> String {
+/// Writes rows of three columns, the first two padded to their widest entry.
+fn table(out: &mut String, rows: &[[String; 3]], gap1: &str, gap2: &str) {
+    let w0 = rows.iter().map(|r| r[0].len()).max().unwrap_or(0);
+    let w1 = rows.iter().map(|r| r[1].len()).max().unwrap_or(0);
+    for [a, b, c] in rows {
+        let line = format!("  {a:<w0$}{gap1}{b:<w1$}{gap2}{c}");
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+}
+
+/// "vec [D] per sample -> [N, D]" / "scalar, global"; sets read from a fifo say "up to".
+fn describe(e: &TExpr, o: &Objective) -> String {
     let scope = if e.per_sample { "per sample" } else { "global" };
     match e.ty {
         Type::Scalar => format!("scalar, {scope}"),
         Type::Vec if e.per_sample => "vec [D] per sample -> [N, D]".into(),
+        Type::Set(..) if involves_fifo(e, o) => {
+            format!("{} {}, {scope}", e.ty, e.ty.shape()).replacen("of ", "of up to ", 1)
+        }
         ty => format!("{ty} {}, {scope}", ty.shape()),
     }
+}
+
+/// Whether the expression reads a fifo state, directly or through lets: its size is then a
+/// capacity, reached only once the queue has filled.
+fn involves_fifo(e: &TExpr, o: &Objective) -> bool {
+    let mut stack = vec![e];
+    let mut seen = 0;
+    let mut found = false;
+    while let Some(e) = stack.pop() {
+        seen += 1;
+        if found || seen > 10_000 {
+            break;
+        }
+        e.walk(&mut |s| match &s.kind {
+            TKind::State(i) => found |= matches!(o.states[*i].kind, StateKind::Fifo { .. }),
+            TKind::Let(i) => stack.push(&o.lets[*i].value),
+            _ => {}
+        });
+    }
+    found
+}
+
+/// The name the weight's declaration gave its index variable (as its body uses it).
+fn index_name(w: &crate::check::typed::Weight) -> String {
+    let mut name = None;
+    w.body.walk(&mut |e| {
+        if let TKind::Index(id, n) = &e.kind {
+            if *id == w.var && name.is_none() {
+                name = Some(n.clone());
+            }
+        }
+    });
+    name.unwrap_or_else(|| "v".to_string())
 }

@@ -6,10 +6,11 @@ use crate::syntax::ast::{Arg, Expr};
 
 /// Matches `args` to `params` by position, then by keyword. Unknown keywords, repeated arguments
 /// and too many arguments are reported; missing ones are left `None` for the caller to judge.
-/// Returns `None` when the call is too broken to check further.
+/// `func_span` is where the function's name is written. Returns `None` when the call is too
+/// broken to check further.
 pub fn bind<'a>(
     func: &str,
-    call_span: Span,
+    func_span: Span,
     params: &[&str],
     args: &'a [Arg],
     diagnostics: &mut Vec<Diagnostic>,
@@ -23,14 +24,15 @@ pub fn bind<'a>(
             Diagnostic::new(
                 Code::Arity,
                 format!(
-                    "`{func}` takes {} argument{}, but {positional} were given",
+                    "`{func}` takes {} argument{}, but {positional} {} given",
                     params.len(),
-                    if params.len() == 1 { "" } else { "s" }
+                    if params.len() == 1 { "" } else { "s" },
+                    if positional == 1 { "was" } else { "were" }
                 ),
                 extra.span.to(args[positional - 1].value.span),
-                "unexpected argument",
+                if positional - params.len() == 1 { "unexpected argument" } else { "unexpected arguments" },
             )
-            .label(call_span, "in this call")
+            .label(func_span, format!("takes {}", params.len()))
             .help(format!("call it as {}", signature(func, params))),
         );
         return None;

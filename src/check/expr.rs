@@ -118,15 +118,18 @@ impl Checker<'_> {
             self.error(
                 Diagnostic::new(
                     Code::OutOfScope,
-                    format!("`{name}` is an index variable, but it is used outside its comprehension"),
+                    format!("`{name}` is an index variable, but it is used outside the comprehension or weight that binds it"),
                     span,
                     "not bound here",
                 )
-                .help(format!("`{name}` only exists inside `sum(... for {name} in SET)` or its weight declaration")),
+                .help(format!(
+                    "`{name}` only exists inside `sum(... for {name} in SET)`, or in the body of `weight w({name} in SET)`"
+                )),
             );
             return poisoned(span);
         }
-        let visible = self.visible_names();
+        let mut visible = self.visible_names();
+        visible.extend(["true".to_string(), "false".to_string()]);
         let help = match did_you_mean(name, visible.iter().map(String::as_str)) {
             Some(s) => format!("did you mean `{s}`?"),
             None => "declare it with `param`, `let` or `state`, or use a builtin: u1 u2 t1 t2 targets batch N D".into(),
@@ -171,6 +174,7 @@ impl Checker<'_> {
                         "`@` needs a matrix on the left; for an inner product write `dot(a, b)`".into()
                     }
                     (BinOp::MatMul, _) => "`@` multiplies a matrix with a vector or a matrix; scale with `*`".into(),
+                    (BinOp::Mul, Mat) => "`*` is elementwise; for a matrix product write `@`, e.g. `F @ u1`".into(),
                     (BinOp::Concat, _) => "`++` joins two sets of the same kind, e.g. `[t2] ++ Q`".into(),
                     _ => format!(
                         "`{}` works elementwise on two values of one type, or a scalar with anything",
@@ -303,7 +307,7 @@ impl Checker<'_> {
             }
             _ => {}
         }
-        let Some(bound) = bind(name, span, params, args, self.diagnostics) else {
+        let Some(bound) = bind(name, func.span, params, args, self.diagnostics) else {
             return poisoned(span);
         };
         if let Some(missing) = bound.iter().position(Option::is_none) {
@@ -311,10 +315,11 @@ impl Checker<'_> {
                 Diagnostic::new(
                     Code::Arity,
                     format!(
-                        "`{name}` takes {} argument{}, but {} were given",
+                        "`{name}` takes {} argument{}, but {} {} given",
                         params.len(),
                         plural(params.len()),
-                        args.len()
+                        args.len(),
+                        if args.len() == 1 { "was" } else { "were" }
                     ),
                     span,
                     format!("`{}` is missing", params[missing]),
@@ -391,11 +396,14 @@ impl Checker<'_> {
 
     fn arg_mismatch(&mut self, name: &str, args: &[TExpr], wanted: &str, span: Span) -> TExpr {
         let got: Vec<String> = args.iter().map(|a| a.ty.to_string()).collect();
+        // A call's span starts with the function's name: label the name, not the whole call, so
+        // that the labels of the arguments stay readable.
+        let name_span = Span::new(span.start, (span.start + name.len()).min(span.end));
         let mut d = Diagnostic::new(
             Code::Mismatch,
             format!("`{name}` takes {wanted}, but was given ({})", got.join(", ")),
-            span,
-            "in this call",
+            name_span,
+            format!("takes {wanted}"),
         );
         for a in args {
             d = d.label(a.span, a.ty.to_string());
@@ -416,7 +424,7 @@ impl Checker<'_> {
             other => {
                 let help = match did_you_mean(other, ["sum", "mean", "logsumexp"]) {
                     Some(s) => format!("did you mean `{s}`? comprehensions reduce with sum, mean or logsumexp"),
-                    None => "comprehensions reduce with sum, mean or logsumexp".into(),
+                    None => "comprehensions reduce with sum, mean or logsumexp (a smooth maximum)".into(),
                 };
                 self.error(
                     Diagnostic::new(

@@ -48,13 +48,16 @@ pub fn check(file: &ast::File) -> (Program, Vec<Diagnostic>) {
                     "second train block",
                 )
                 .label(file.trains[0].name.span, "first train block")
-                .help("move the other objective and its recipe to a file of its own"),
+                .help("keep one recipe per file; put another objective and its recipe in a file of their own"),
             );
             continue;
         }
         let (decoded, fields) = recipe::decode(train, &mut diagnostics);
         recipe = decoded;
-        if !file.objectives.iter().any(|o| o.name.name == train.name.name) {
+        let no_objective_at_all = file.objectives.is_empty() && !file.unparsed.iter().any(|u| u.keyword == "objective");
+        let named = file.objectives.iter().any(|o| o.name.name == train.name.name)
+            || file.may_have_unparsed_objective(&train.name.name);
+        if !named && !no_objective_at_all {
             let names = file.objectives.iter().map(|o| o.name.name.as_str());
             let help = match did_you_mean(&train.name.name, names) {
                 Some(s) => format!("did you mean `{s}`?"),
@@ -77,9 +80,34 @@ pub fn check(file: &ast::File) -> (Program, Vec<Diagnostic>) {
         }
     }
 
+    if file.objectives.is_empty() && !file.unparsed.iter().any(|u| u.keyword == "objective") {
+        let d = match file.trains.first() {
+            Some(train) => Diagnostic::new(
+                Code::NoObjective,
+                "this file has no objective",
+                train.name.span,
+                format!("a recipe for `{}`, which is not here", train.name.name),
+            )
+            .help(format!(
+                "a recipe lives in the file of its objective: add `objective {} {{ positive = ... }}` above it",
+                train.name.name
+            )),
+            None => Diagnostic::new(
+                Code::NoObjective,
+                "this file has no objective",
+                Span::new(0, 0),
+                "no `objective` block in this file",
+            )
+            .help("write one: `objective NAME { positive = -t2 }`"),
+        };
+        diagnostics.push(d);
+    }
+
     for o in &objectives {
         let trains_with_predictor = recipe_target.as_deref() == Some(o.name.as_str()) && recipe.predictor.is_some();
-        if o.negative.is_none() && !trains_with_predictor {
+        // When its train block failed to parse, whether it has a predictor is unknown.
+        let recipe_unknown = file.may_have_unparsed_train(&o.name);
+        if o.negative.is_none() && !trains_with_predictor && !recipe_unknown {
             let span = file.objectives.iter().find(|a| a.name.name == o.name).map_or(Span::default(), |a| a.name.span);
             diagnostics.push(
                 Diagnostic::new(
@@ -88,7 +116,19 @@ pub fn check(file: &ast::File) -> (Program, Vec<Diagnostic>) {
                     span,
                     "may collapse",
                 )
-                .help("add a negative term, or a predictor to the train block: `predictor = mlp(hidden = 512)`"),
+                .help(match recipe_target.as_deref() {
+                    Some(t) if t == o.name => {
+                        "add a negative term, or a predictor to the train block: `predictor = mlp(hidden = 512)`".into()
+                    }
+                    Some(t) => format!(
+                        "add a negative term: the train block trains `{t}`, so `{}` gets the default recipe, which has no predictor",
+                        o.name
+                    ),
+                    None => format!(
+                        "add a negative term, or a train block with a predictor: `train {} {{ predictor = mlp(hidden = 512) }}`",
+                        o.name
+                    ),
+                }),
             );
         }
     }

@@ -47,7 +47,9 @@ pub struct Checker<'a> {
     weights: Vec<Status<Weight>>,
     state_decls: Vec<(&'a Ident, &'a ast::Expr)>,
     states: Vec<Status<State>>,
-    used: HashSet<(u8, usize)>,
+    referenced: HashSet<String>,
+    bad_params: HashSet<usize>,
+    misspelt_positive: bool,
     depth: usize,
     next_var: usize,
 }
@@ -68,7 +70,9 @@ pub fn check_objective(o: &ast::Objective, diagnostics: &mut Vec<Diagnostic>) ->
         weights: Vec::new(),
         state_decls: Vec::new(),
         states: Vec::new(),
-        used: HashSet::new(),
+        referenced: referenced_names(o),
+        bad_params: HashSet::new(),
+        misspelt_positive: false,
         depth: 0,
         next_var: 0,
     };
@@ -77,7 +81,9 @@ pub fn check_objective(o: &ast::Objective, diagnostics: &mut Vec<Diagnostic>) ->
         match decl {
             Decl::Param { name, default, default_span, range } => {
                 if cx.declare(name, Sym::Param(cx.params.len())) {
-                    cx.check_param(name, *default, *default_span, range.as_ref());
+                    if !cx.check_param(name, *default, *default_span, range.as_ref()) {
+                        cx.bad_params.insert(cx.params.len());
+                    }
                     cx.params.push(Param { name: name.name.clone(), value: *default, range: range.clone() });
                 }
             }
@@ -157,7 +163,8 @@ pub fn check_objective(o: &ast::Objective, diagnostics: &mut Vec<Diagnostic>) ->
         }
         _ => true,
     };
-    if positive.is_none() {
+    // A misspelt `positive = ...` is already reported as an unknown entry with a suggestion.
+    if positive.is_none() && !cx.misspelt_positive {
         cx.error(
             Diagnostic::new(
                 Code::MissingPositive,
@@ -211,6 +218,58 @@ fn has_errors_since(diagnostics: &[Diagnostic], before: usize) -> bool {
     crate::diagnostic::has_errors(&diagnostics[before..])
 }
 
+/// What a builtin name stands for, for messages.
+fn builtin_meaning(name: &str) -> &'static str {
+    match name {
+        "u1" => "the online feature of this view",
+        "u2" => "the online feature of the other view",
+        "t1" => "the target feature of this view",
+        "t2" => "the target feature of the other view",
+        "N" => "the batch size",
+        "D" => "the feature dimension",
+        "targets" => "the target features of the batch",
+        _ => "the batch's samples",
+    }
+}
+
+/// Names referenced anywhere in the objective's expressions (as names or as called weights).
+fn referenced_names(o: &ast::Objective) -> HashSet<String> {
+    fn walk(e: &ast::Expr, out: &mut HashSet<String>) {
+        match &e.kind {
+            ExprKind::Name(n) => {
+                out.insert(n.clone());
+            }
+            ExprKind::Comprehension { body, set, .. } => {
+                walk(body, out);
+                walk(set, out);
+            }
+            ExprKind::Neg(a) | ExprKind::Field(a, _) => walk(a, out),
+            ExprKind::Binary(_, a, b) => {
+                walk(a, out);
+                walk(b, out);
+            }
+            ExprKind::Call(f, args) => {
+                out.insert(f.name.clone());
+                args.iter().for_each(|a| walk(&a.value, out));
+            }
+            ExprKind::List(items) => items.iter().for_each(|i| walk(i, out)),
+            ExprKind::Number(_) | ExprKind::Str(_) | ExprKind::Bool(_) | ExprKind::Error => {}
+        }
+    }
+    let mut out = HashSet::new();
+    for d in &o.decls {
+        match d {
+            Decl::Let { value, .. } | Decl::State { value, .. } | Decl::Assign { value, .. } => walk(value, &mut out),
+            Decl::Weight { set, body, .. } => {
+                walk(set, &mut out);
+                walk(body, &mut out);
+            }
+            Decl::Param { .. } => {}
+        }
+    }
+    out
+}
+
 /// Names bound by comprehensions and weights anywhere in the objective, to explain out-of-scope uses.
 fn index_names(o: &ast::Objective) -> HashSet<String> {
     fn walk(e: &ast::Expr, out: &mut HashSet<String>) {
@@ -254,8 +313,11 @@ impl<'a> Checker<'a> {
         self.symbols.get(name).map(|(s, _)| *s)
     }
 
+    /// Declared names in declaration order (so suggestions do not depend on hashing).
     pub(super) fn declared_names(&self) -> Vec<String> {
-        self.symbols.keys().cloned().collect()
+        let mut names: Vec<(&String, Span)> = self.symbols.iter().map(|(n, (_, span))| (n, *span)).collect();
+        names.sort_by_key(|(_, span)| span.start);
+        names.into_iter().map(|(n, _)| n.clone()).collect()
     }
 
     pub(super) fn weight_names(&self) -> Vec<String> {
@@ -310,7 +372,7 @@ impl<'a> Checker<'a> {
                     name.span,
                     "builtin",
                 )
-                .help("pick another name"),
+                .help(format!("`{}` is {}; pick another name", name.name, builtin_meaning(&name.name))),
             );
             return false;
         }
@@ -332,8 +394,9 @@ impl<'a> Checker<'a> {
         true
     }
 
-    fn check_param(&mut self, name: &Ident, default: f64, default_span: Span, range: Option<&ast::Range>) {
-        let Some(range) = range else { return };
+    /// Reports an empty range or a default outside it; false when the default is not usable.
+    fn check_param(&mut self, name: &Ident, default: f64, default_span: Span, range: Option<&ast::Range>) -> bool {
+        let Some(range) = range else { return true };
         let empty = range.lo > range.hi || (range.lo == range.hi && !(range.lo_closed && range.hi_closed));
         if empty {
             self.error(
@@ -345,6 +408,7 @@ impl<'a> Checker<'a> {
                 )
                 .help("write the smaller bound first"),
             );
+            false
         } else if !range.contains(default) {
             self.error(
                 Diagnostic::new(
@@ -356,6 +420,9 @@ impl<'a> Checker<'a> {
                 .label(range.span, "allowed range")
                 .help("change the default or widen the range"),
             );
+            false
+        } else {
+            true
         }
     }
 
@@ -366,8 +433,12 @@ impl<'a> Checker<'a> {
         assigns: &mut HashMap<&'d str, (&'d Ident, &'d ast::Expr)>,
     ) {
         let Some(&k) = KEYS.iter().find(|k| **k == key.name) else {
-            let help = match did_you_mean(&key.name, KEYS.iter().copied()) {
-                Some(s) => format!("did you mean `{s}`? to name a value, write `let {} = ...`", key.name),
+            let suggestion = did_you_mean(&key.name, KEYS.iter().copied());
+            if suggestion == Some("positive") {
+                self.misspelt_positive = true;
+            }
+            let help = match suggestion {
+                Some(s) => format!("did you mean `{s}`?"),
                 None => format!("an objective sets positive, negative, balance, loss and symmetric; to name a value, write `let {} = ...`", key.name),
             };
             self.error(
@@ -399,10 +470,7 @@ impl<'a> Checker<'a> {
     pub(super) fn reference(&mut self, sym: Sym, span: Span) -> TExpr {
         let at = Some(span);
         let (kind, ty, per_sample) = match sym {
-            Sym::Param(i) => {
-                self.used.insert((0, i));
-                (TKind::Param(i), Type::Scalar, false)
-            }
+            Sym::Param(i) => (TKind::Param(i), Type::Scalar, false),
             Sym::Let(i) => match self.resolve_let(i, at) {
                 Some(e) => (TKind::Let(i), e.ty, e.per_sample),
                 None => return poisoned(span),
@@ -438,9 +506,6 @@ impl<'a> Checker<'a> {
         status: fn(&mut Self) -> &mut Vec<Status<T>>,
         f: impl FnOnce(&mut Self) -> Option<T>,
     ) -> Option<T> {
-        if site.is_some() {
-            self.used.insert(key);
-        }
         match &status(self)[key.1] {
             Status::Done(v) => return v.clone(),
             Status::InProgress => {
@@ -569,7 +634,7 @@ impl<'a> Checker<'a> {
                 return None;
             }
         };
-        let bound = super::args::bind(&func.name, value.span, params, args, self.diagnostics)?;
+        let bound = super::args::bind(&func.name, func.span, params, args, self.diagnostics)?;
         let [Some(first), Some(second)] = bound[..] else {
             self.error(
                 Diagnostic::new(
@@ -695,6 +760,8 @@ impl<'a> Checker<'a> {
         use crate::syntax::ast::BinOp::*;
         match &e.kind {
             TKind::Const(x) => Some(*x),
+            // A default already reported as invalid says nothing about the expressions using it.
+            TKind::Param(i) if self.bad_params.contains(i) => None,
             TKind::Param(i) => Some(self.params[*i].value),
             TKind::Neg(a) => Some(-self.constant(a)?),
             TKind::Binary(op, a, b) => {
@@ -712,15 +779,17 @@ impl<'a> Checker<'a> {
     }
 
     fn warn_unused(&mut self) {
+        // Unused means never referenced in the source, not merely never reached: a name used only
+        // inside an erroneous expression is not reported again.
         let mut unused: Vec<(Span, String, &str)> = Vec::new();
         for (name, (sym, span)) in &self.symbols {
-            let (key, what) = match sym {
-                Sym::Param(i) => ((0, *i), "param"),
-                Sym::Let(i) => ((1, *i), "let"),
-                Sym::Weight(i) => ((2, *i), "weight"),
-                Sym::State(i) => ((3, *i), "state"),
+            let what = match sym {
+                Sym::Param(_) => "param",
+                Sym::Let(_) => "let",
+                Sym::Weight(_) => "weight",
+                Sym::State(_) => "state",
             };
-            if !self.used.contains(&key) {
+            if !self.referenced.contains(name) {
                 unused.push((*span, name.clone(), what));
             }
         }

@@ -285,7 +285,7 @@ pub fn set_field(recipe: &mut Recipe, field: &Field, diagnostics: &mut Vec<Diagn
     let _decoded: Option<()> = match field.name.name.as_str() {
         "data" => d.data(v).map(|x| recipe.data = x),
         "encoder" => d.encoder(v).map(|x| recipe.encoder = x),
-        "projector" => d.mlp(v, "projector", 512, Some(128)).map(|x| recipe.projector = x),
+        "projector" => d.mlp(v, "a projector (`mlp(...)`)", 512, Some(128)).map(|x| recipe.projector = x),
         "predictor" => d.predictor(v, recipe.projector.out).map(|x| recipe.predictor = x),
         "momentum" => d.momentum(v).map(|x| recipe.momentum = x),
         "batch" => d.int(v, 1, 1 << 20).map(|x| recipe.batch = x),
@@ -328,7 +328,11 @@ struct Decoder<'d> {
 
 impl Decoder<'_> {
     fn wrong<T>(&mut self, e: &Expr, what: String, help: impl Into<String>) -> Option<T> {
-        self.diagnostics.push(Diagnostic::new(Code::RecipeValue, what, e.span, "here").help(help));
+        self.wrong_labelled(e, what, "here", help)
+    }
+
+    fn wrong_labelled<T>(&mut self, e: &Expr, what: String, label: &str, help: impl Into<String>) -> Option<T> {
+        self.diagnostics.push(Diagnostic::new(Code::RecipeValue, what, e.span, label).help(help));
         None
     }
 
@@ -337,6 +341,7 @@ impl Decoder<'_> {
             ExprKind::Number(x) => Some(*x),
             ExprKind::Neg(inner) => match inner.kind {
                 ExprKind::Number(x) => Some(-x),
+                ExprKind::Error => None,
                 _ => self.wrong(e, "expected a number".into(), "write a literal such as `0.5`"),
             },
             ExprKind::Error => None,
@@ -351,7 +356,13 @@ impl Decoder<'_> {
             Some(x)
         } else {
             let range = format!("[{lo}, {hi}{}", if hi_open { ")" } else { "]" });
-            self.wrong(e, format!("{x} is outside {range}"), format!("use a value in {range}"))
+            let label = format!("not in {range}");
+            self.wrong_labelled(
+                e,
+                format!("expected a number in {range}, found {x}"),
+                &label,
+                format!("use a value in {range}"),
+            )
         }
     }
 
@@ -359,10 +370,19 @@ impl Decoder<'_> {
         let x = self.number(e)?;
         if x.fract() == 0.0 && x >= min as f64 && x <= max as f64 {
             Some(x as usize)
+        } else if x.fract() == 0.0 && x > max as f64 {
+            self.wrong_labelled(
+                e,
+                format!("expected a whole number of at most {max}, found {x}"),
+                "too large",
+                format!("write a whole number ≤ {max}"),
+            )
         } else {
-            self.wrong(
+            let label = if x.fract() != 0.0 { "not a whole number" } else { "too small" };
+            self.wrong_labelled(
                 e,
                 format!("expected a whole number of at least {min}, found {x}"),
+                label,
                 format!("write a whole number ≥ {min}"),
             )
         }
@@ -409,14 +429,14 @@ impl Decoder<'_> {
             let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
             let help = match did_you_mean(name, names.iter().copied()) {
                 Some(s) => format!("did you mean `{s}`?"),
-                None => format!("{what} is one of {}", names.join(", ")),
+                None => format!("choose one of {}", names.join(", ")),
             };
             self.diagnostics.push(
-                Diagnostic::new(Code::RecipeValue, format!("unknown {what} `{name}`"), span, "unknown").help(help),
+                Diagnostic::new(Code::RecipeValue, format!("`{name}` is not {what}"), span, "unknown").help(help),
             );
             return None;
         };
-        let args = bind(name, e.span, params, args, self.diagnostics)?;
+        let args = bind(name, span, params, args, self.diagnostics)?;
         Some(Ctor { name, span, args })
     }
 

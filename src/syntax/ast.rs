@@ -18,6 +18,30 @@ pub struct File {
     pub objectives: Vec<Objective>,
     /// `train` blocks (the checker accepts at most one).
     pub trains: Vec<Train>,
+    /// Blocks left out because they failed to parse (already reported), so that the checker does
+    /// not report follow-on errors about them, such as a train block's objective being missing.
+    pub unparsed: Vec<Unparsed>,
+}
+
+/// What is known of a block that failed to parse.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Unparsed {
+    /// `objective` or `train`; empty for text before the first block.
+    pub keyword: String,
+    /// The block's name, when one follows the keyword.
+    pub name: Option<String>,
+}
+
+impl File {
+    /// Whether a block that failed to parse may be the objective called `name`.
+    pub fn may_have_unparsed_objective(&self, name: &str) -> bool {
+        self.unparsed.iter().any(|u| u.keyword == "objective" && u.name.as_deref().is_none_or(|n| n == name))
+    }
+
+    /// Whether a block that failed to parse may be the train block of `name`.
+    pub fn may_have_unparsed_train(&self, name: &str) -> bool {
+        self.unparsed.iter().any(|u| u.keyword == "train" && u.name.as_deref().is_none_or(|n| n == name))
+    }
 }
 
 /// `objective NAME { ... }`.

@@ -57,10 +57,11 @@ impl Converter<'_> {
         Ident { name: pair.as_str().to_string(), span: self.span(&pair) }
     }
 
-    fn number(&mut self, pair: &Pair<Rule>) -> f64 {
+    /// The literal's value; `None` (reported) when it does not fit in an f64.
+    fn number(&mut self, pair: &Pair<Rule>) -> Option<f64> {
         let text: String = pair.as_str().chars().filter(|c| !c.is_whitespace()).collect();
         match text.parse::<f64>() {
-            Ok(x) if x.is_finite() || text.ends_with("inf") => x,
+            Ok(x) if x.is_finite() || text.ends_with("inf") => Some(x),
             _ => {
                 self.diagnostics.push(
                     Diagnostic::new(
@@ -71,7 +72,7 @@ impl Converter<'_> {
                     )
                     .help("write a smaller number; every value in ssl-lang is an f64"),
                 );
-                0.0
+                None
             }
         }
     }
@@ -86,8 +87,10 @@ impl Converter<'_> {
                 let default_pair = next();
                 let default_span = self.span(&default_pair);
                 let default = self.number(&default_pair);
-                let range = inner.next().map(|r| self.range(r));
-                Decl::Param { name, default, default_span, range }
+                let range = inner.next().and_then(|r| self.range(r));
+                // An unreadable default or bound is reported once; the range is not checked too.
+                let range = if default.is_some() { range } else { None };
+                Decl::Param { name, default: default.unwrap_or(0.0), default_span, range }
             }
             Rule::let_decl => {
                 let name = self.ident(next());
@@ -111,17 +114,13 @@ impl Converter<'_> {
         }
     }
 
-    fn range(&mut self, pair: Pair<Rule>) -> Range {
+    /// The range, or `None` when a bound is unreadable (already reported).
+    fn range(&mut self, pair: Pair<Rule>) -> Option<Range> {
         let span = self.span(&pair);
         let parts: Vec<Pair<Rule>> = pair.into_inner().collect();
         let [open, lo, hi, close] = parts.as_slice() else { unreachable!("grammar: range has four parts") };
-        Range {
-            lo: self.number(lo),
-            lo_closed: open.as_str() == "[",
-            hi: self.number(hi),
-            hi_closed: close.as_str() == "]",
-            span,
-        }
+        let (lo, hi) = (self.number(lo), self.number(hi));
+        Some(Range { lo: lo?, lo_closed: open.as_str() == "[", hi: hi?, hi_closed: close.as_str() == "]", span })
     }
 
     /// Builds a node, or an error node when it would be deeper than the limit.
@@ -209,8 +208,8 @@ impl Converter<'_> {
         let span = self.span(&pair);
         match pair.as_rule() {
             Rule::number => {
-                let x = self.number(&pair);
-                (Expr { kind: ExprKind::Number(x), span }, 1)
+                let kind = self.number(&pair).map_or(ExprKind::Error, ExprKind::Number);
+                (Expr { kind, span }, 1)
             }
             Rule::string => {
                 let s = pair.as_str();
@@ -272,18 +271,21 @@ impl Converter<'_> {
         let Some((var, set)) = comprehension else {
             return self.node(ExprKind::Call(func, args), span, depth);
         };
-        let Some(Arg { name: None, value: body }) = args.pop() else {
-            let at = args.first().and_then(|a| a.name.as_ref()).map_or(span, |n| n.span);
-            self.diagnostics.push(
-                Diagnostic::new(
-                    Code::Syntax,
-                    "a comprehension's body cannot be a keyword argument",
-                    at,
-                    "keyword argument here",
-                )
-                .help(format!("write `{}(EXPR for {} in SET)`", func.name, var.name)),
-            );
-            return (Expr { kind: ExprKind::Error, span }, 1);
+        let body = match args.pop() {
+            Some(Arg { name: None, value }) => value,
+            popped => {
+                let at = popped.as_ref().and_then(|a| a.name.as_ref()).map_or(span, |n| n.span);
+                self.diagnostics.push(
+                    Diagnostic::new(
+                        Code::Syntax,
+                        "a comprehension's body cannot be a keyword argument",
+                        at,
+                        "keyword argument here",
+                    )
+                    .help(format!("write `{}(EXPR for {} in SET)`", func.name, var.name)),
+                );
+                return (Expr { kind: ExprKind::Error, span }, 1);
+            }
         };
         let kind = ExprKind::Comprehension { func, body: Box::new(body), var, set: Box::new(set) };
         self.node(kind, span, depth)

@@ -11,10 +11,13 @@ pub const MAX_NESTING: usize = 64;
 pub struct Block {
     /// The block's byte range in the file.
     pub span: Span,
+    /// Whether it nests too deep to be parsed (already reported).
+    pub too_deep: bool,
 }
 
 /// Splits `source` into blocks at the top-level keywords `objective` and `train`, and reports
-/// over-deep nesting. A block with a nesting error is dropped; the others are still returned.
+/// over-deep nesting. A block with a nesting error is marked, not to be parsed; the others are not
+/// affected.
 pub fn scan(source: &str) -> (Vec<Block>, Vec<Diagnostic>) {
     let bytes = source.as_bytes();
     let mut starts = Vec::new();
@@ -54,10 +57,13 @@ pub fn scan(source: &str) -> (Vec<Block>, Vec<Diagnostic>) {
     if !is_blank(&source[..first]) {
         starts.insert(0, 0);
     }
-    let mut blocks: Vec<Block> = starts
+    let blocks: Vec<Block> = starts
         .iter()
         .enumerate()
-        .map(|(k, &start)| Block { span: Span::new(start, starts.get(k + 1).copied().unwrap_or(bytes.len())) })
+        .map(|(k, &start)| {
+            let span = Span::new(start, starts.get(k + 1).copied().unwrap_or(bytes.len()));
+            Block { span, too_deep: too_deep.iter().any(|&at| span.start <= at && at < span.end) }
+        })
         .collect();
 
     let diagnostics = too_deep
@@ -72,7 +78,6 @@ pub fn scan(source: &str) -> (Vec<Block>, Vec<Diagnostic>) {
             .help("split the expression into `let` declarations")
         })
         .collect();
-    blocks.retain(|b| !too_deep.iter().any(|&at| b.span.start <= at && at < b.span.end));
     (blocks, diagnostics)
 }
 
@@ -123,7 +128,7 @@ mod tests {
     fn rejects_deep_nesting_once_per_run() {
         let src = format!("objective a {{ positive = {}u1{} }}", "(".repeat(100), ")".repeat(100));
         let (blocks, diags) = scan(&src);
-        assert!(blocks.is_empty());
+        assert!(blocks.iter().all(|b| b.too_deep));
         assert_eq!(diags.len(), 1);
         assert_eq!(diags[0].code, Code::TooDeep);
         // The brace of the block is level 1, so level 65 is the 64th parenthesis.
