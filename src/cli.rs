@@ -38,9 +38,16 @@ enum Command {
         /// Which objective, when the file holds several.
         #[arg(long)]
         objective: Option<String>,
-        /// Also print the gradient IR the objective lowers to.
+        /// Also print the gradient IR the objective lowers to, as lowered and as optimised, with
+        /// FLOP and byte counts per step at the sizes below.
         #[arg(long)]
         ir: bool,
+        /// Batch size N for the IR's costs (default: the recipe's batch).
+        #[arg(long)]
+        n: Option<usize>,
+        /// Feature dimension D for the IR's costs (default: the recipe's projector output).
+        #[arg(long)]
+        d: Option<usize>,
     },
     /// Evaluate one step of an objective on given features: reads `u1 u2 t1 t2` ([N, D] f32 or
     /// f64) and optional initial states (by state name) from a safetensors file; writes `g1`, `g2`,
@@ -80,7 +87,7 @@ enum Format {
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Check { files, deny_warnings, format } => check(&files, deny_warnings, format),
-        Command::Explain { file, objective, ir } => explain_cmd(&file, objective.as_deref(), ir),
+        Command::Explain { file, objective, ir, n, d } => explain_cmd(&file, objective.as_deref(), ir, n, d),
         Command::Verify { files } => verify_cmd(&files),
         Command::Grad { file, objective, inputs, out, normalize } => {
             let (_, program) = match compile_file(&file) {
@@ -192,7 +199,7 @@ fn compile_file(path: &Path) -> Result<(Source, crate::check::typed::Program), E
     Ok((source, program))
 }
 
-fn explain_cmd(path: &Path, objective: Option<&str>, ir: bool) -> ExitCode {
+fn explain_cmd(path: &Path, objective: Option<&str>, ir: bool, n: Option<usize>, d: Option<usize>) -> ExitCode {
     let (source, program) = match compile_file(path) {
         Ok(x) => x,
         Err(code) => return code,
@@ -201,8 +208,24 @@ fn explain_cmd(path: &Path, objective: Option<&str>, ir: bool) -> ExitCode {
         Some(o) => {
             print!("{}", explain::explain(&program, o));
             if ir {
-                println!("\ngradient IR (axes: N batch, K set elements, D and E feature dimensions)");
-                print!("{}", crate::ir::lower(o));
+                let sizes = crate::ir::cost::Sizes {
+                    n: n.unwrap_or(program.recipe.batch),
+                    d: d.unwrap_or(program.recipe.projector.out),
+                    fifo: o
+                        .states
+                        .iter()
+                        .map(|s| match s.kind {
+                            crate::check::typed::StateKind::Fifo { size, .. } => size,
+                            _ => 0,
+                        })
+                        .collect(),
+                };
+                let lowered = crate::ir::lower(o);
+                println!("\ngradient IR (axes: N batch, K set elements, D E J feature dimensions); costs at N = {}, D = {}, fifos full", sizes.n, sizes.d);
+                println!("\nlowered:");
+                print!("{}", lowered.dump(Some(&sizes)));
+                println!("\noptimised (matrix chains reassociated at these sizes):");
+                print!("{}", crate::ir::reassociate::reassociate(&lowered, &sizes).dump(Some(&sizes)));
             }
             ExitCode::SUCCESS
         }

@@ -3,7 +3,7 @@
 //! contractions are permuted and reshaped into one batched matrix product. Works in f32 and f64,
 //! and keeps candle's autodiff graph (so `verify` can differentiate a loss through it).
 
-use crate::ir::{Axis, Binary, Feature, Graph, Node, Op, Reduction, SetSource, Unary};
+use crate::ir::{operands, Axis, Binary, Feature, Graph, Node, Op, Reduction, SetSource, Unary};
 use candle_core::{DType, Device, Result, Tensor};
 
 /// Everything a step's evaluation reads besides the graph.
@@ -76,15 +76,6 @@ pub fn evaluate(g: &Graph, roots: &[Node], inputs: &Inputs) -> Result<Vec<Tensor
         }
     }
     Ok(roots.iter().map(|r| values[r.0 as usize].clone().expect("root evaluated")).collect())
-}
-
-/// The operands of an operation.
-pub fn operands(op: &Op) -> Vec<Node> {
-    match op {
-        Op::Rename(n, ..) | Op::Unary(_, n) | Op::Reduce(_, n, _) => vec![*n],
-        Op::Binary(_, a, b) | Op::Contract(a, b, _) => vec![*a, *b],
-        _ => vec![],
-    }
 }
 
 /// Reshapes `t` (laid out over `from`) to the rank of `to`, with unit axes where `from` lacks one.

@@ -5,9 +5,12 @@
 //! `mean(outer(t, t) for t in targets)` is `TᵀT / 2N`. Nodes are hash-consed on insertion, which
 //! shares every common subexpression.
 
+mod build;
+pub mod cost;
 pub mod fold;
 mod lower;
 pub mod prune;
+pub mod reassociate;
 
 pub use lower::lower;
 
@@ -106,6 +109,27 @@ pub enum Reduction {
     Sum,
     /// log Σ exp, computed stably.
     LogSumExp,
+}
+
+/// The operands of an operation.
+pub fn operands(op: &Op) -> Vec<Node> {
+    match op {
+        Op::Rename(n, ..) | Op::Unary(_, n) | Op::Reduce(_, n, _) => vec![*n],
+        Op::Binary(_, a, b) | Op::Contract(a, b, _) => vec![*a, *b],
+        _ => vec![],
+    }
+}
+
+/// The same operation with its operands replaced through `f`.
+pub fn map_operands(op: &Op, f: impl Fn(Node) -> Node) -> Op {
+    match op {
+        Op::Rename(n, a, b) => Op::Rename(f(*n), *a, *b),
+        Op::Unary(u, n) => Op::Unary(*u, f(*n)),
+        Op::Binary(b, x, y) => Op::Binary(*b, f(*x), f(*y)),
+        Op::Contract(x, y, over) => Op::Contract(f(*x), f(*y), over.clone()),
+        Op::Reduce(r, n, a) => Op::Reduce(*r, f(*n), *a),
+        other => other.clone(),
+    }
 }
 
 /// A node index into a [`Graph`].
@@ -226,9 +250,36 @@ pub struct Lowered {
     pub fifo_pushes: Vec<(usize, Node)>,
 }
 
-impl fmt::Display for Lowered {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Lowered {
+    /// Every root, for passes that must keep them.
+    pub fn roots(&self) -> Vec<Node> {
+        let mut roots = vec![self.gradient, self.positive, self.push];
+        roots.extend(self.loss);
+        roots.extend(self.ema_values.iter().flat_map(|&(_, v, r)| [v, r]));
+        roots.extend(self.fifo_pushes.iter().map(|&(_, n)| n));
+        roots
+    }
+
+    /// The same roots through a node map (after a pass rebuilt the graph).
+    pub fn with_graph(&self, graph: Graph, map: impl Fn(Node) -> Node) -> Lowered {
+        Lowered {
+            gradient: map(self.gradient),
+            positive: map(self.positive),
+            push: map(self.push),
+            loss: self.loss.map(&map),
+            ema_values: self.ema_values.iter().map(|&(i, v, r)| (i, map(v), map(r))).collect(),
+            fifo_pushes: self.fifo_pushes.iter().map(|&(i, n)| (i, map(n))).collect(),
+            graph,
+        }
+    }
+
+    /// A readable dump, one node per line; with sizes, each line carries its FLOPs and bytes and
+    /// the dump ends with the totals.
+    pub fn dump(&self, sizes: Option<&cost::Sizes>) -> String {
+        use std::fmt::Write;
         let g = &self.graph;
+        let mut out = String::new();
+        let (mut total_flops, mut total_bytes) = (0u64, 0u64);
         for (i, op) in g.ops.iter().enumerate() {
             let axes: Vec<String> = g.axes[i].iter().map(|a| a.to_string()).collect();
             let text = match op {
@@ -250,12 +301,27 @@ impl fmt::Display for Lowered {
                 }
                 Op::Reduce(r, n, a) => format!("{} %{} over {a}", format!("{r:?}").to_lowercase(), n.0),
             };
-            writeln!(f, "%{i:<4} [{}] = {text}", axes.join(", "))?;
+            let line = format!("%{i:<4} [{}] = {text}", axes.join(", "));
+            match sizes {
+                Some(s) => {
+                    let (flops, bytes) = cost::node_cost(g, Node(i as u32), s);
+                    total_flops += flops;
+                    total_bytes += bytes;
+                    let _ = writeln!(out, "{line:<56} {:>12} flop {:>12} B", flops, bytes);
+                }
+                None => {
+                    let _ = writeln!(out, "{line}");
+                }
+            }
         }
-        writeln!(f, "gradient = %{}", self.gradient.0)?;
+        let _ = writeln!(out, "gradient = %{}", self.gradient.0);
         if let Some(l) = self.loss {
-            writeln!(f, "loss     = %{}", l.0)?;
+            let _ = writeln!(out, "loss     = %{}", l.0);
         }
-        Ok(())
+        if sizes.is_some() {
+            let _ =
+                writeln!(out, "total: {:.3} MFLOP, {:.3} MB moved", total_flops as f64 / 1e6, total_bytes as f64 / 1e6);
+        }
+        out
     }
 }
