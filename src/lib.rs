@@ -1,13 +1,23 @@
 //! ssl-lang: Siamese self-supervised objectives as data.
 //!
-//! The pipeline: [`syntax::parse`] → [`check::check`] → (lowering and kernels follow).
+//! The pipeline, one module per arrow: [`syntax::parse`] (source → syntax tree) →
+//! [`check::check`] (→ typed objective) → [`ir::lower`] (→ gradient IR) → passes
+//! ([`ir::reassociate`], [`ir::fuse`]) → [`plan::Plan`] (run on a [`backend`] once per step).
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod backend;
 pub mod check;
+pub mod cli;
 pub mod diagnostic;
+pub mod explain;
+pub mod grad;
+pub mod ir;
+pub mod plan;
+pub mod render;
 pub mod syntax;
+pub mod verify;
 
 use diagnostic::Diagnostic;
 
@@ -19,11 +29,3 @@ pub fn compile(source: &str) -> (check::typed::Program, Vec<Diagnostic>) {
     diagnostics.sort_by_key(|d| d.span().start);
     (program, diagnostics)
 }
-pub mod backend;
-pub mod cli;
-pub mod explain;
-pub mod grad;
-pub mod ir;
-pub mod plan;
-pub mod render;
-pub mod verify;

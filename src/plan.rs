@@ -2,10 +2,13 @@
 //! gradient for both view orders, push the fifos. Order within a step follows DESIGN §3: emas are
 //! updated first and the gradient sees the new value; fifos are read first and pushed after.
 
-use crate::backend::reference::{evaluate, Inputs};
+use crate::backend::reference::Inputs;
+use crate::backend::{evaluate, fused, Backend};
 use crate::check::typed::{Objective, StateKind};
-use crate::ir::{self, Lowered, Node};
+use crate::ir::fuse::Kernel;
+use crate::ir::{self, cost::Sizes, Lowered, Node};
 use candle_core::{Result, Tensor};
+use std::collections::HashMap;
 
 /// The four feature matrices of a step, each [N, D], L2-normalised by the caller.
 #[derive(Clone, Debug)]
@@ -54,25 +57,43 @@ pub struct Gradients {
     pub stats: Stats,
 }
 
-/// A lowered objective with its current param values.
+/// A lowered objective with its current param values, ready to run on one backend.
 #[derive(Clone, Debug)]
 pub struct Plan {
     /// The checked objective.
     pub objective: Objective,
-    /// Its IR.
+    /// Its IR (reassociated for the plan's sizes on the fused backend).
     pub lowered: Lowered,
     /// Param values by index (defaults, or overrides).
     pub params: Vec<f64>,
+    /// Which backend runs it.
+    pub backend: Backend,
+    /// The fused kernels, by the node each computes (empty on the reference backend).
+    pub kernels: HashMap<Node, Kernel>,
 }
 
 impl Plan {
-    /// Lowers an objective.
+    /// The reference plan: the IR as lowered, run op by op.
     pub fn new(objective: &Objective) -> Plan {
         Plan {
             lowered: ir::lower(objective),
             params: objective.params.iter().map(|p| p.value).collect(),
             objective: objective.clone(),
+            backend: Backend::Reference,
+            kernels: HashMap::new(),
         }
+    }
+
+    /// A plan for `backend`; the fused one reassociates matrix chains for `sizes` (the batch and
+    /// dimension it will mostly run at — any size stays correct) and picks its kernels.
+    pub fn with_backend(objective: &Objective, backend: Backend, sizes: &Sizes) -> Plan {
+        let mut plan = Plan::new(objective);
+        if backend == Backend::Fused {
+            plan.lowered = ir::reassociate::reassociate(&plan.lowered, sizes);
+            plan.kernels = ir::fuse::fuse(&plan.lowered);
+            plan.backend = Backend::Fused;
+        }
+        plan
     }
 
     /// Empty states: emas unset (the first step takes the value), fifos empty.
@@ -87,14 +108,22 @@ impl Plan {
 
     /// Updates every ema state from this batch (in declaration order, so later ones see earlier).
     pub fn update_emas(&self, f: &Features, state: &mut ObjectiveState) -> Result<()> {
-        for &(i, value, rate) in &self.lowered.ema_values {
-            let [value, rate] = <[Tensor; 2]>::try_from(self.eval(&[value, rate], view(f, false), state)?)
-                .expect("two roots, two values");
-            let new = match &state.ema[i] {
-                None => value,
-                Some(old) => {
-                    let r = rate.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-                    ((old * r)? + (value * (1.0 - r))?)?
+        for &(i, value_node, rate_node) in &self.lowered.ema_values {
+            let rate = self.eval(&[rate_node], view(f, false), state)?.remove(0);
+            let rate = rate.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            let fused = match (&state.ema[i], self.backend) {
+                (Some(old), Backend::Fused) => {
+                    let inputs = self.inputs(view(f, false), state);
+                    fused::ema_update(&self.lowered.graph, value_node, old, rate, &inputs).transpose()?
+                }
+                _ => None,
+            };
+            let new = match (fused, &state.ema[i]) {
+                (Some(new), _) => new,
+                (None, None) => self.eval(&[value_node], view(f, false), state)?.remove(0),
+                (None, Some(old)) => {
+                    let value = self.eval(&[value_node], view(f, false), state)?.remove(0);
+                    ((old * rate)? + (value * (1.0 - rate))?)?
                 }
             };
             state.ema[i] = Some(new.detach());
@@ -104,7 +133,7 @@ impl Plan {
 
     /// Evaluates `roots` for one view order.
     pub fn eval(&self, roots: &[Node], features: [&Tensor; 4], state: &ObjectiveState) -> Result<Vec<Tensor>> {
-        evaluate(&self.lowered.graph, roots, &self.inputs(features, state))
+        evaluate(&self.lowered.graph, &self.kernels, roots, &self.inputs(features, state))
     }
 
     /// The unscaled gradient `positive + balance · negative` of one view order, [N, D], with the

@@ -1,9 +1,12 @@
-//! `ssl-lang verify`: proves, on fresh random inputs, that an objective's gradient form is the
+//! `ssl-lang verify`: checks, on fresh random inputs, that the fused backend computes what the
+//! reference backend does (1e-5 relative, f32), and proves that an objective's gradient form is the
 //! gradient of its closed-form loss — autodiff of `loss` at u1 in f64 against
 //! `positive + balance · negative` — over several seeds and sizes (N = 1, D = 1, fifos longer than
 //! the batch, emas after a blend step).
 
+use crate::backend::Backend;
 use crate::check::typed::{Family, Objective, StateKind};
+use crate::ir::cost::Sizes;
 use crate::plan::{view, Features, Plan};
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::rngs::StdRng;
@@ -50,8 +53,88 @@ pub fn random_features(rng: &mut StdRng, n: usize, d: usize) -> Result<Features>
     })
 }
 
-/// Checks one objective.
+/// The tolerance of fused against reference (relative, f32).
+pub const FUSED_TOLERANCE: f64 = 1e-5;
+
+/// Checks one objective: fused against reference, and the loss gradient.
 pub fn verify(objective: &Objective) -> Result<Vec<Row>> {
+    let mut rows = vec![fused_matches_reference(objective)?];
+    rows.extend(loss_gradient(objective)?);
+    Ok(rows)
+}
+
+/// A fresh state for a check: fifos hold more rows than the batch, emas have seen one batch.
+fn prepared_state(plan: &Plan, rng: &mut StdRng, n: usize, d: usize) -> Result<crate::plan::ObjectiveState> {
+    let mut state = plan.initial_state();
+    for (i, s) in plan.objective.states.iter().enumerate() {
+        if let StateKind::Fifo { size, .. } = s.kind {
+            state.fifo[i] = Some(unit_rows(rng, (3 * n + 2).min(size), d)?);
+        }
+    }
+    let warmup = random_features(rng, n, d)?;
+    plan.update_emas(&warmup, &mut state)?;
+    Ok(state)
+}
+
+/// One whole step (emas, both views, fifo pushes) on both backends, in f32: every output agrees.
+fn fused_matches_reference(objective: &Objective) -> Result<Row> {
+    let reference = Plan::new(objective);
+    let mut worst = 0.0f64;
+    let mut kernels = std::collections::BTreeMap::new();
+    for &(n, d) in SIZES {
+        for seed in 0..SEEDS {
+            let fifo = objective
+                .states
+                .iter()
+                .map(|s| match s.kind {
+                    StateKind::Fifo { size, .. } => (3 * n + 2).min(size),
+                    _ => 0,
+                })
+                .collect();
+            let fused = Plan::with_backend(objective, Backend::Fused, &Sizes { n, d, fifo });
+            for k in fused.kernels.values() {
+                *kernels.entry(k.name()).or_insert(0) += 1;
+            }
+            let mut rng = StdRng::seed_from_u64(seed * 7919 + (n * 31 + d) as u64);
+            let state = prepared_state(&reference, &mut rng, n, d)?;
+            let f = random_features(&mut rng, n, d)?;
+            let to32 = |t: &Tensor| t.to_dtype(DType::F32);
+            let f = Features { u1: to32(&f.u1)?, u2: to32(&f.u2)?, t1: to32(&f.t1)?, t2: to32(&f.t2)? };
+            let cast =
+                |v: &[Option<Tensor>]| v.iter().map(|t| t.as_ref().map(to32).transpose()).collect::<Result<Vec<_>>>();
+            let mut a = crate::plan::ObjectiveState { ema: cast(&state.ema)?, fifo: cast(&state.fifo)? };
+            let mut b = a.clone();
+            let ga = reference.step(&f, &mut a)?;
+            let gb = fused.step(&f, &mut b)?;
+            // Gradients and losses are sums of O(1) terms (unit features) that may cancel to ~0,
+            // so their error is taken relative to max(|reference|, 1).
+            let unit = |x: &Tensor, y: &Tensor| error_against(x, y, 1.0);
+            worst = worst.max(unit(&gb.g1, &ga.g1)?).max(unit(&gb.g2, &ga.g2)?);
+            if let (Some(la), Some(lb)) = (&ga.loss, &gb.loss) {
+                worst = worst.max(unit(lb, la)?);
+            }
+            for (x, y) in a.ema.iter().chain(&a.fifo).zip(b.ema.iter().chain(&b.fifo)) {
+                if let (Some(x), Some(y)) = (x, y) {
+                    worst = worst.max(relative_error(y, x)?);
+                }
+            }
+        }
+    }
+    let used: Vec<String> = kernels.keys().map(|k| k.to_string()).collect();
+    Ok(Row {
+        objective: objective.name.clone(),
+        check: "fused = reference".into(),
+        max_error: Some(worst),
+        pass: worst <= FUSED_TOLERANCE,
+        note: format!(
+            "one whole step in f32: gradients and loss vs max(|ref|, 1), states relative; kernels: {}",
+            if used.is_empty() { "none (reference ops throughout)".to_string() } else { used.join(", ") }
+        ),
+    })
+}
+
+/// Autodiff of `loss` at u1 (f64) against positive + balance · negative.
+fn loss_gradient(objective: &Objective) -> Result<Vec<Row>> {
     let plan = Plan::new(objective);
     let name = objective.name.clone();
     let Some(loss) = plan.lowered.loss else {
@@ -72,15 +155,7 @@ pub fn verify(objective: &Objective) -> Result<Vec<Row>> {
     for &(n, d) in SIZES {
         for seed in 0..SEEDS {
             let mut rng = StdRng::seed_from_u64(seed * 1000 + (n * 31 + d) as u64);
-            let mut state = plan.initial_state();
-            // Fifos hold more rows than the batch; emas have seen one earlier batch.
-            for (i, s) in objective.states.iter().enumerate() {
-                if let StateKind::Fifo { size, .. } = s.kind {
-                    state.fifo[i] = Some(unit_rows(&mut rng, (3 * n + 2).min(size), d)?);
-                }
-            }
-            let warmup = random_features(&mut rng, n, d)?;
-            plan.update_emas(&warmup, &mut state)?;
+            let mut state = prepared_state(&plan, &mut rng, n, d)?;
             let f = random_features(&mut rng, n, d)?;
             plan.update_emas(&f, &mut state)?;
 
@@ -112,9 +187,17 @@ pub fn verify(objective: &Objective) -> Result<Vec<Row>> {
 /// max |a − b| / max(max |b|, 1e-6): relative to the largest entry, floored so that a gradient
 /// that is exactly zero (D = 1 makes every unit vector ±1) compares in absolute terms.
 pub fn relative_error(a: &Tensor, b: &Tensor) -> Result<f64> {
+    error_against(a, b, 1e-6)
+}
+
+/// max |a − b| / max(max |b|, floor).
+pub fn error_against(a: &Tensor, b: &Tensor, floor: f64) -> Result<f64> {
     let a = a.to_dtype(DType::F64)?;
     let b = b.to_dtype(DType::F64)?;
+    if a.elem_count() == 0 && b.elem_count() == 0 {
+        return Ok(0.0);
+    }
     let diff = (&a - &b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
-    let scale = b.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?.max(1e-6);
+    let scale = b.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?.max(floor);
     Ok(diff / scale)
 }

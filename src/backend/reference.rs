@@ -3,7 +3,7 @@
 //! contractions are permuted and reshaped into one batched matrix product. Works in f32 and f64,
 //! and keeps candle's autodiff graph (so `verify` can differentiate a loss through it).
 
-use crate::ir::{operands, Axis, Binary, Feature, Graph, Node, Op, Reduction, SetSource, Unary};
+use crate::ir::{Axis, Binary, Feature, Graph, Node, Op, Reduction, SetSource, Unary};
 use candle_core::{DType, Device, Result, Tensor};
 
 /// Everything a step's evaluation reads besides the graph.
@@ -40,7 +40,7 @@ impl Inputs<'_> {
     }
 
     /// The run-time length of an axis.
-    fn size(&self, g: &Graph, axis: Axis) -> Result<usize> {
+    pub fn size(&self, g: &Graph, axis: Axis) -> Result<usize> {
         Ok(match axis {
             Axis::N => self.n(),
             Axis::D | Axis::E | Axis::J => self.d(),
@@ -53,29 +53,10 @@ impl Inputs<'_> {
         })
     }
 
-    fn scalar(&self, x: f64) -> Result<Tensor> {
+    /// A rank-0 tensor of the inputs' dtype.
+    pub fn scalar(&self, x: f64) -> Result<Tensor> {
         Tensor::new(x, self.device())?.to_dtype(self.dtype())
     }
-}
-
-/// Evaluates `roots`, computing only the nodes they need.
-pub fn evaluate(g: &Graph, roots: &[Node], inputs: &Inputs) -> Result<Vec<Tensor>> {
-    let mut needed = vec![false; g.ops.len()];
-    let mut stack: Vec<Node> = roots.to_vec();
-    while let Some(n) = stack.pop() {
-        if std::mem::replace(&mut needed[n.0 as usize], true) {
-            continue;
-        }
-        stack.extend(operands(g.op(n)));
-    }
-    let mut values: Vec<Option<Tensor>> = vec![None; g.ops.len()];
-    for i in 0..g.ops.len() {
-        if needed[i] {
-            let value = eval_node(g, Node(i as u32), &values, inputs)?;
-            values[i] = Some(value);
-        }
-    }
-    Ok(roots.iter().map(|r| values[r.0 as usize].clone().expect("root evaluated")).collect())
 }
 
 /// Reshapes `t` (laid out over `from`) to the rank of `to`, with unit axes where `from` lacks one.
@@ -88,7 +69,8 @@ pub fn align(t: &Tensor, from: &[Axis], to: &[Axis]) -> Result<Tensor> {
     t.reshape(shape)
 }
 
-fn eval_node(g: &Graph, n: Node, values: &[Option<Tensor>], x: &Inputs) -> Result<Tensor> {
+/// Evaluates one node from its operands' values.
+pub fn eval_node(g: &Graph, n: Node, values: &[Option<Tensor>], x: &Inputs) -> Result<Tensor> {
     let get = |m: &Node| values[m.0 as usize].as_ref().expect("operands precede users");
     let axes = g.axes_of(n);
     Ok(match g.op(n) {

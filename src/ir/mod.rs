@@ -8,6 +8,7 @@
 mod build;
 pub mod cost;
 pub mod fold;
+pub mod fuse;
 mod lower;
 pub mod prune;
 pub mod reassociate;
