@@ -10,7 +10,9 @@
 pub mod backend;
 pub mod check;
 pub mod cli;
+pub mod data;
 pub mod diagnostic;
+pub mod eval;
 pub mod explain;
 pub mod grad;
 pub mod ir;

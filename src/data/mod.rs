@@ -1,0 +1,289 @@
+//! The images: Fashion-MNIST from the recipe's directory, `--data DIR`, the Debian package, or the subset
+//! bundled in the repository (DESIGN §5), plus the augmentations that make a Siamese pair of views.
+//!
+//! Images stay u8 in memory (47 MB for the full training set instead of 188 MB as f32); [`to_tensor`] and
+//! [`augment::augment`] turn a batch into f32 in [0, 1] when it is needed.
+
+pub mod augment;
+pub mod idx;
+
+use crate::check::recipe::Data;
+use candle_core::{Device, Tensor};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Side of a Fashion-MNIST image in pixels.
+pub const SIDE: usize = 28;
+/// Pixels of one image (28 × 28).
+pub const PIXELS: usize = SIDE * SIDE;
+/// Fashion-MNIST classes (T-shirt/top, Trouser, Pullover, Dress, Coat, Sandal, Shirt, Sneaker, Bag, Ankle boot).
+pub const CLASSES: usize = 10;
+/// Where the Debian package `dataset-fashion-mnist` installs the data set.
+pub const DEBIAN_DIR: &str = "/usr/share/datasets/fashion-mnist";
+/// The subset bundled in the repository: 1,000 training and 200 test images per class.
+pub const BUNDLED_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/fashion-mnist-subset");
+
+/// The standard file names (each also accepted without `.gz`, i.e. decompressed).
+pub const TRAIN_IMAGES: &str = "train-images-idx3-ubyte.gz";
+/// Training labels file name.
+pub const TRAIN_LABELS: &str = "train-labels-idx1-ubyte.gz";
+/// Test images file name.
+pub const TEST_IMAGES: &str = "t10k-images-idx3-ubyte.gz";
+/// Test labels file name.
+pub const TEST_LABELS: &str = "t10k-labels-idx1-ubyte.gz";
+
+const HOW_TO_GET: &str = "get Fashion-MNIST one of three ways: install the Debian package \
+     (`apt-get install dataset-fashion-mnist`, which fills /usr/share/datasets/fashion-mnist/), pass `--data DIR` \
+     (or `data = fashion_mnist(\"DIR\")`) for a directory with the four IDX files, or use the subset bundled in \
+     the repository (data/fashion-mnist-subset/, the default when neither is there)";
+
+/// Why images could not be loaded or augmented; each message starts with a stable code and ends with a help line.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// A data file does not exist.
+    #[error("ssl::data::missing: cannot find `{path}`\n  help: {HOW_TO_GET}")]
+    Missing {
+        /// The file looked for.
+        path: String,
+    },
+    /// A data file exists but could not be read (permissions, corrupt gzip).
+    #[error("ssl::data::read: cannot read `{path}`: {reason}\n  help: check the file's permissions, or replace it with a fresh copy (`apt-get install --reinstall dataset-fashion-mnist`)")]
+    Read {
+        /// The file.
+        path: String,
+        /// The underlying error.
+        reason: String,
+    },
+    /// The file ends before the data its header announces.
+    #[error("ssl::data::truncated: `{path}` is truncated: {detail}\n  help: the file was cut short (an interrupted download or copy); replace it with a complete copy")]
+    Truncated {
+        /// The file.
+        path: String,
+        /// What is short.
+        detail: String,
+    },
+    /// More bytes follow the data the header announces.
+    #[error("ssl::data::trailing: `{path}` has {found} data bytes where its header announces {expected}\n  help: the file is not a well-formed IDX file; replace it with an original copy")]
+    Trailing {
+        /// The file.
+        path: String,
+        /// Bytes announced.
+        expected: usize,
+        /// Bytes present.
+        found: usize,
+    },
+    /// The file does not start with the expected IDX magic number.
+    #[error("ssl::data::magic: `{path}` starts with magic {found:#010x}, expected {expected} ({expected:#010x})\n  help: image files have magic 2051 and label files 2049; check that the files are IDX files and are not swapped")]
+    Magic {
+        /// The file.
+        path: String,
+        /// The first four bytes, big-endian.
+        found: u32,
+        /// The magic expected.
+        expected: u32,
+    },
+    /// The header's dimensions are not those of Fashion-MNIST.
+    #[error("ssl::data::dims: `{path}` has dimensions {found:?}, expected {expected}\n  help: ssl-lang reads 28×28 grayscale images (Fashion-MNIST); convert other data to that shape")]
+    Dims {
+        /// The file.
+        path: String,
+        /// Dimensions in the header.
+        found: Vec<usize>,
+        /// What was expected.
+        expected: String,
+    },
+    /// The image and label files hold different numbers of samples.
+    #[error("ssl::data::count: `{images}` holds {n_images} images but `{labels}` holds {n_labels} labels\n  help: the image and label files must come from the same split and the same copy of the data set")]
+    Count {
+        /// Image file.
+        images: String,
+        /// Images in it.
+        n_images: usize,
+        /// Label file.
+        labels: String,
+        /// Labels in it.
+        n_labels: usize,
+    },
+    /// A label is not a Fashion-MNIST class.
+    #[error("ssl::data::label: `{path}` has label {label} at index {index}, outside 0..=9\n  help: Fashion-MNIST has 10 classes numbered 0 to 9; the file is damaged or from another data set")]
+    Label {
+        /// The file.
+        path: String,
+        /// Position of the first bad label.
+        index: usize,
+        /// Its value.
+        label: u8,
+    },
+    /// An IDX file could not be written.
+    #[error("ssl::data::write: cannot write `{path}`: {reason}\n  help: check the directory exists and is writable, and that the dimensions match the data")]
+    Write {
+        /// The file.
+        path: String,
+        /// The underlying error.
+        reason: String,
+    },
+    /// A batch or an augmentation parameter does not have the required shape.
+    #[error("ssl::data::shape: {detail}\n  help: {help}")]
+    Shape {
+        /// What is wrong.
+        detail: String,
+        /// How to fix it.
+        help: String,
+    },
+    /// Making a tensor failed.
+    #[error(
+        "ssl::data::tensor: {0}\n  help: this is a bug or an out-of-memory condition; report it with the batch size"
+    )]
+    Tensor(#[from] candle_core::Error),
+}
+
+/// Where a data set was loaded from, so a run can say so (and warn when it is only the bundled subset).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// `--data DIR` on the command line.
+    Override(PathBuf),
+    /// `data = fashion_mnist("DIR")` in the recipe.
+    Recipe(PathBuf),
+    /// The Debian package's directory.
+    Debian(PathBuf),
+    /// The subset bundled in the repository.
+    Bundled(PathBuf),
+}
+
+impl Source {
+    /// The directory the files came from.
+    pub fn dir(&self) -> &Path {
+        match self {
+            Source::Override(d) | Source::Recipe(d) | Source::Debian(d) | Source::Bundled(d) => d,
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Override(d) => write!(f, "Fashion-MNIST from --data {}", d.display()),
+            Source::Recipe(d) => write!(f, "Fashion-MNIST from the recipe's directory {}", d.display()),
+            Source::Debian(d) => {
+                write!(f, "Fashion-MNIST from the Debian package (dataset-fashion-mnist) in {}", d.display())
+            }
+            Source::Bundled(d) => write!(
+                f,
+                "the bundled Fashion-MNIST subset (1,000 train / 200 test images per class) in {}; \
+                 install dataset-fashion-mnist for the full data set",
+                d.display()
+            ),
+        }
+    }
+}
+
+/// A loaded data set: u8 images, row-major `[n, 28, 28]` (`n × 784` bytes), and their labels 0..=9.
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    /// Training images, `n_train × 784` bytes.
+    pub train_images: Vec<u8>,
+    /// Training labels, `n_train`.
+    pub train_labels: Vec<u8>,
+    /// Test images, `n_test × 784` bytes.
+    pub test_images: Vec<u8>,
+    /// Test labels, `n_test`.
+    pub test_labels: Vec<u8>,
+    /// Where they came from.
+    pub source: Source,
+}
+
+impl Dataset {
+    /// Training images.
+    pub fn train_len(&self) -> usize {
+        self.train_labels.len()
+    }
+
+    /// Test images.
+    pub fn test_len(&self) -> usize {
+        self.test_labels.len()
+    }
+
+    /// The training images as f32 `[n, 1, 28, 28]` in [0, 1], e.g. to embed the kNN bank.
+    pub fn train_tensor(&self, device: &Device) -> Result<Tensor, DataError> {
+        to_tensor(&self.train_images, device)
+    }
+
+    /// The test images as f32 `[n, 1, 28, 28]` in [0, 1].
+    pub fn test_tensor(&self, device: &Device) -> Result<Tensor, DataError> {
+        to_tensor(&self.test_images, device)
+    }
+}
+
+/// Converts u8 images (`n × 784` bytes) to an f32 tensor `[n, 1, 28, 28]` in [0, 1].
+pub fn to_tensor(images: &[u8], device: &Device) -> Result<Tensor, DataError> {
+    let n = batch_len(images.len())?;
+    let x: Vec<f32> = images.iter().map(|&p| p as f32 / 255.0).collect();
+    Ok(Tensor::from_vec(x, (n, 1, SIDE, SIDE), device)?)
+}
+
+/// Copies the images at `indices` (e.g. a shuffled mini-batch) into one contiguous buffer.
+pub fn gather(images: &[u8], indices: &[usize]) -> Result<Vec<u8>, DataError> {
+    let n = batch_len(images.len())?;
+    let mut out = Vec::with_capacity(indices.len() * PIXELS);
+    for &i in indices {
+        let Some(img) = images.get(i * PIXELS..(i + 1) * PIXELS) else {
+            return Err(DataError::Shape {
+                detail: format!("index {i} is outside the {n} images"),
+                help: "draw indices from 0..n".into(),
+            });
+        };
+        out.extend_from_slice(img);
+    }
+    Ok(out)
+}
+
+fn batch_len(len: usize) -> Result<usize, DataError> {
+    if !len.is_multiple_of(PIXELS) {
+        return Err(DataError::Shape {
+            detail: format!("{len} values are not a whole number of 28×28 images"),
+            help: "pass images as a flat row-major buffer of n × 784 values".into(),
+        });
+    }
+    Ok(len / PIXELS)
+}
+
+/// The file `name` in `dir`, or its decompressed twin (name without `.gz`) when only that exists.
+fn find(dir: &Path, name: &str) -> PathBuf {
+    let gz = dir.join(name);
+    if gz.exists() {
+        return gz;
+    }
+    let plain = dir.join(name.trim_end_matches(".gz"));
+    if plain.exists() {
+        plain
+    } else {
+        gz
+    }
+}
+
+/// Loads the four Fashion-MNIST IDX files from a directory (gzip or plain, standard names).
+pub fn load_dir(dir: &Path, source: Source) -> Result<Dataset, DataError> {
+    let (train_images, train_labels) = idx::read_pair(&find(dir, TRAIN_IMAGES), &find(dir, TRAIN_LABELS))?;
+    let (test_images, test_labels) = idx::read_pair(&find(dir, TEST_IMAGES), &find(dir, TEST_LABELS))?;
+    Ok(Dataset { train_images, train_labels, test_images, test_labels, source })
+}
+
+/// Loads the subset bundled in the repository, whatever else is installed (tests, quick runs).
+pub fn load_bundled() -> Result<Dataset, DataError> {
+    load_dir(Path::new(BUNDLED_DIR), Source::Bundled(PathBuf::from(BUNDLED_DIR)))
+}
+
+/// Loads the recipe's data, choosing in order: `dir_override` (`--data DIR`); the recipe's directory
+/// (`fashion_mnist("DIR")`); the Debian package's directory when it exists; the bundled subset.
+/// A chosen directory with missing or bad files is an error, never a silent fall-back.
+/// `dataset.source` says which was used.
+pub fn load(source: &Data, dir_override: Option<&Path>) -> Result<Dataset, DataError> {
+    let source = match (dir_override, source) {
+        (Some(d), _) => Source::Override(d.to_path_buf()),
+        (None, Data::FashionMnistDir(d)) => Source::Recipe(PathBuf::from(d)),
+        (None, Data::FashionMnist) if Path::new(DEBIAN_DIR).is_dir() => Source::Debian(PathBuf::from(DEBIAN_DIR)),
+        (None, Data::FashionMnist) => Source::Bundled(PathBuf::from(BUNDLED_DIR)),
+    };
+    let dir = source.dir().to_path_buf();
+    load_dir(&dir, source)
+}
