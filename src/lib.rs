@@ -18,6 +18,7 @@ pub mod grad;
 pub mod ir;
 pub mod plan;
 pub mod render;
+pub mod runtime;
 pub mod syntax;
 pub mod verify;
 

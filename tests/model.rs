@@ -1,0 +1,588 @@
+//! The Siamese model: shapes, BatchNorm semantics, gradients against finite differences, parameter count, EMA
+//! target, initialisation, checkpoints, bad input; and (ignored, run by hand) the forward+backward timing.
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use ssl_lang::check::recipe::{Encoder, Mlp, Recipe};
+use ssl_lang::runtime::model::{
+    batch_norm_eval, batch_norm_train, conv2d, global_avg_pool, linear, Outputs, ParamKind, SiameseNet, Target, BN_EPS,
+    BN_MOMENTUM,
+};
+
+fn randn(shape: &[usize], seed: u64, dtype: DType) -> Result<Tensor> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n = shape.iter().product();
+    // Uniform noise with unit variance is enough for these tests and keeps them independent of the model's sampler.
+    let data: Vec<f64> = (0..n).map(|_| rng.gen_range(-3f64.sqrt()..3f64.sqrt())).collect();
+    Tensor::from_vec(data, shape, &Device::Cpu)?.to_dtype(dtype)
+}
+
+fn tiny_net(predictor: bool) -> Result<SiameseNet> {
+    let enc = Encoder { widths: vec![2, 3], blocks: 1 };
+    let proj = Mlp { hidden: 4, out: 3 };
+    let pred = Mlp { hidden: 5, out: 3 };
+    SiameseNet::new(&enc, &proj, predictor.then_some(&pred), 7, DType::F64, &Device::Cpu)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Shapes.
+
+#[test]
+fn default_network_shapes() -> Result<()> {
+    let net = SiameseNet::from_recipe(&Recipe::default(), DType::F32, &Device::Cpu)?;
+    assert_eq!((net.backbone_dim(), net.projection_dim(), net.has_predictor()), (128, 128, false));
+    let out = net.forward(&randn(&[3, 1, 28, 28], 1, DType::F32)?, true)?;
+    assert_eq!(out.backbone.dims(), [3, 128]);
+    assert_eq!(out.projection.dims(), [3, 128]);
+    assert!(out.prediction.is_none());
+    let x = randn(&[1, 1, 28, 28], 2, DType::F32)?;
+    let out = net.forward(&x, false)?;
+    assert_eq!((out.backbone.dims(), out.projection.dims()), (&[1, 128][..], &[1, 128][..]));
+    // Evaluation features: the eval-mode backbone, without a graph.
+    let features = net.features(&x)?;
+    assert_eq!(features.to_vec2::<f32>()?, out.backbone.to_vec2::<f32>()?);
+    assert!(out.backbone.track_op() && !features.track_op());
+    Ok(())
+}
+
+#[test]
+fn custom_network_shapes_and_names() -> Result<()> {
+    let enc = Encoder { widths: vec![8, 16, 24, 12], blocks: 2 };
+    let net = SiameseNet::new(
+        &enc,
+        &Mlp { hidden: 32, out: 16 },
+        Some(&Mlp { hidden: 20, out: 16 }),
+        3,
+        DType::F32,
+        &Device::Cpu,
+    )?;
+    for (b, train) in [(4, true), (1, false)] {
+        let out = net.forward(&randn(&[b, 1, 28, 28], 5, DType::F32)?, train)?;
+        assert_eq!(out.backbone.dims(), [b, 12]);
+        assert_eq!(out.projection.dims(), [b, 16]);
+        assert_eq!(out.prediction.as_ref().map(|p| p.dims().to_vec()), Some(vec![b, 16]));
+    }
+    let names: Vec<&str> = net.params().iter().map(|p| p.name.as_str()).collect();
+    // Stage 1 keeps 8 channels at stride 1: no shortcut; every later stage's first block has one, its second none.
+    assert!(!names.contains(&"encoder.stage1.block1.shortcut.conv.weight"));
+    for s in 2..=4 {
+        assert!(names.contains(&format!("encoder.stage{s}.block1.shortcut.conv.weight").as_str()));
+        assert!(!names.contains(&format!("encoder.stage{s}.block2.shortcut.conv.weight").as_str()));
+    }
+    let shape = |n: &str| net.params().get(n).map(|p| p.var.dims().to_vec());
+    assert_eq!(shape("encoder.stem.conv.weight"), Some(vec![8, 1, 3, 3]));
+    assert_eq!(shape("encoder.stage4.block1.conv1.weight"), Some(vec![12, 24, 3, 3]));
+    assert_eq!(shape("encoder.stage4.block1.shortcut.conv.weight"), Some(vec![12, 24, 1, 1]));
+    assert_eq!(shape("projector.fc1.weight"), Some(vec![32, 12]));
+    assert_eq!(shape("predictor.fc2.bias"), Some(vec![16]));
+    assert!(net.params().get("projector.fc1.bias").is_none(), "the first MLP layer has no bias");
+    let kind = |n: &str| net.params().get(n).map(|p| p.kind);
+    assert_eq!(kind("encoder.stage2.block1.bn2.bias"), Some(ParamKind::Norm));
+    assert_eq!(kind("predictor.fc2.bias"), Some(ParamKind::Bias));
+    assert_eq!(kind("projector.fc2.weight"), Some(ParamKind::Weight));
+    Ok(())
+}
+
+#[test]
+fn default_parameter_count_matches_the_architecture() -> Result<()> {
+    let net = SiameseNet::from_recipe(&Recipe::default(), DType::F32, &Device::Cpu)?;
+    let conv = |cin: usize, cout: usize, k: usize| cin * cout * k * k;
+    let bn = |c: usize| 2 * c;
+    let block = |cin: usize, cout: usize| {
+        let shortcut = if cin != cout { conv(cin, cout, 1) + bn(cout) } else { 0 };
+        conv(cin, cout, 3) + bn(cout) + conv(cout, cout, 3) + bn(cout) + shortcut
+    };
+    let encoder = conv(1, 32, 3) + bn(32) + block(32, 32) + block(32, 64) + block(64, 128);
+    let projector = 128 * 512 + bn(512) + 512 * 128 + 128;
+    // 288 + 64 + 18 560 + 57 728 + 230 144 = 306 784 in the encoder, 132 224 in the projector.
+    assert_eq!(encoder, 306_784);
+    assert_eq!(projector, 132_224);
+    assert_eq!(net.params().numel(), encoder + projector);
+    // Two running-statistics vectors per BatchNorm: stem, 2 per block, 2 shortcuts, projector.
+    assert_eq!(net.buffers().len(), 2 * (1 + 6 + 2 + 1));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// BatchNorm.
+
+/// Per-channel (mean, biased variance, unbiased variance) of [B, C, H, W] values, by plain loops.
+fn channel_stats(x: &Tensor) -> Result<Vec<(f64, f64, f64)>> {
+    let (b, c, h, w) = x.dims4()?;
+    let v = x.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    let n = (b * h * w) as f64;
+    Ok((0..c)
+        .map(|ch| {
+            let vals: Vec<f64> =
+                (0..b).flat_map(|i| (0..h * w).map(move |j| (i * c + ch) * h * w + j)).map(|k| v[k]).collect();
+            let mean = vals.iter().sum::<f64>() / n;
+            let ss = vals.iter().map(|x| (x - mean).powi(2)).sum::<f64>();
+            (mean, ss / n, ss / (n - 1.0))
+        })
+        .collect())
+}
+
+#[test]
+fn batch_norm_train_normalises_and_updates_running_stats_exactly() -> Result<()> {
+    let dev = Device::Cpu;
+    let x = (randn(&[4, 3, 5, 5], 11, DType::F64)?.affine(2.0, 1.5))?;
+    let (gamma, beta) = (Tensor::ones(3, DType::F64, &dev)?, Tensor::zeros(3, DType::F64, &dev)?);
+    let (mut rm, mut rv) = (Tensor::new(&[0.5f64, -1.0, 2.0], &dev)?, Tensor::new(&[1.0f64, 2.0, 0.5], &dev)?);
+    let (rm0, rv0) = (rm.to_vec1::<f64>()?, rv.to_vec1::<f64>()?);
+    let y = batch_norm_train(&x, &gamma, &beta, Some((&mut rm, &mut rv)))?;
+    for (c, (mean, var, _)) in channel_stats(&y)?.into_iter().enumerate() {
+        assert!(mean.abs() < 1e-4, "channel {c}: mean {mean}");
+        assert!((var - 1.0).abs() < 1e-4, "channel {c}: var {var}");
+    }
+    let stats = channel_stats(&x)?;
+    let (rm, rv) = (rm.to_vec1::<f64>()?, rv.to_vec1::<f64>()?);
+    for (c, &(mean, _, unbiased)) in stats.iter().enumerate() {
+        let want_m = (1.0 - BN_MOMENTUM) * rm0[c] + BN_MOMENTUM * mean;
+        let want_v = (1.0 - BN_MOMENTUM) * rv0[c] + BN_MOMENTUM * unbiased;
+        assert!((rm[c] - want_m).abs() < 1e-12, "running mean {c}: {} vs {want_m}", rm[c]);
+        assert!((rv[c] - want_v).abs() < 1e-12, "running var {c}: {} vs {want_v}", rv[c]);
+    }
+    // γ and β scale and shift the normalised output.
+    let (g2, b2) = (Tensor::new(&[2.0f64, 0.5, 3.0], &dev)?, Tensor::new(&[1.0f64, -1.0, 0.0], &dev)?);
+    let y = batch_norm_train(&x, &g2, &b2, None)?;
+    for (c, (mean, var, _)) in channel_stats(&y)?.into_iter().enumerate() {
+        let (g, b) = ([2.0, 0.5, 3.0][c], [1.0, -1.0, 0.0][c]);
+        assert!((mean - b).abs() < 1e-4 && (var - g * g).abs() < 1e-3 * g * g, "channel {c}: {mean} {var}");
+    }
+    Ok(())
+}
+
+#[test]
+fn batch_norm_1d_and_eval_mode_known_values() -> Result<()> {
+    let dev = Device::Cpu;
+    // One channel with values 1, 3: mean 2, biased var 1, unbiased var 2 → y = ±1/√(1 + eps).
+    let x = Tensor::new(&[[1.0f64, 10.0], [3.0, 10.0]], &dev)?;
+    let (gamma, beta) = (Tensor::ones(2, DType::F64, &dev)?, Tensor::zeros(2, DType::F64, &dev)?);
+    let (mut rm, mut rv) = (Tensor::zeros(2, DType::F64, &dev)?, Tensor::ones(2, DType::F64, &dev)?);
+    let y = batch_norm_train(&x, &gamma, &beta, Some((&mut rm, &mut rv)))?.to_vec2::<f64>()?;
+    let s = 1.0 / (1.0 + BN_EPS).sqrt();
+    assert!((y[0][0] + s).abs() < 1e-15 && (y[1][0] - s).abs() < 1e-15, "{y:?}");
+    assert_eq!((y[0][1], y[1][1]), (0.0, 0.0), "a constant channel normalises to β");
+    assert_eq!(rm.to_vec1::<f64>()?, vec![0.2, 1.0]);
+    let rv = rv.to_vec1::<f64>()?;
+    assert!((rv[0] - 1.1).abs() < 1e-15 && (rv[1] - 0.9).abs() < 1e-15, "{rv:?}");
+    // Eval: (x − mean)/√(var + eps)·γ + β with the running statistics.
+    let (mean, var) = (Tensor::new(&[2.0f64, 0.0], &dev)?, Tensor::new(&[4.0f64, 1.0], &dev)?);
+    let (g, b) = (Tensor::new(&[3.0f64, 1.0], &dev)?, Tensor::new(&[0.5f64, -1.0], &dev)?);
+    let y = batch_norm_eval(&x, &g, &b, &mean, &var)?.to_vec2::<f64>()?;
+    let want = [
+        [(1.0 - 2.0) / (4.0 + BN_EPS).sqrt() * 3.0 + 0.5, 10.0 / (1.0 + BN_EPS).sqrt() - 1.0],
+        [(3.0 - 2.0) / (4.0 + BN_EPS).sqrt() * 3.0 + 0.5, 10.0 / (1.0 + BN_EPS).sqrt() - 1.0],
+    ];
+    for (r, w) in y.iter().zip(&want) {
+        for (a, b) in r.iter().zip(w) {
+            assert!((a - b).abs() < 1e-14, "{y:?} vs {want:?}");
+        }
+    }
+    // A single value per channel has no variance: an error, as in torch, not a NaN or a panic.
+    let one = Tensor::new(&[[1.0f64, 2.0]], &dev)?;
+    assert!(batch_norm_train(&one, &gamma, &beta, None).is_err());
+    assert!(batch_norm_train(&Tensor::zeros((2, 3, 4), DType::F64, &dev)?, &gamma, &beta, None).is_err());
+    Ok(())
+}
+
+#[test]
+fn small_layers_known_values() -> Result<()> {
+    let dev = Device::Cpu;
+    // linear: x·wᵀ + b.
+    let x = Tensor::new(&[[1.0f64, 2.0]], &dev)?;
+    let w = Tensor::new(&[[1.0f64, 0.0], [2.0, -1.0], [0.5, 0.5]], &dev)?;
+    let b = Tensor::new(&[0.0f64, 1.0, -1.0], &dev)?;
+    assert_eq!(linear(&x, &w, Some(&b))?.to_vec2::<f64>()?, vec![vec![1.0, 1.0, 0.5]]);
+    assert_eq!(linear(&x, &w, None)?.to_vec2::<f64>()?, vec![vec![1.0, 0.0, 1.5]]);
+    // conv2d with a 3×3 box kernel, padding 1, stride 2 on a 4×4 ramp: sums of the in-bounds neighbourhoods.
+    let img = Tensor::arange(0.0f64, 16.0, &dev)?.reshape((1, 1, 4, 4))?;
+    let k = Tensor::ones((1, 1, 3, 3), DType::F64, &dev)?;
+    let y = conv2d(&img, &k, 2, 1)?;
+    assert_eq!(y.dims(), [1, 1, 2, 2]);
+    // (0,0): 0+1+4+5; (0,1): 1+2+3+5+6+7; (1,0): 4+5+8+9+12+13; (1,1): 5+6+7+9+10+11+13+14+15.
+    assert_eq!(y.flatten_all()?.to_vec1::<f64>()?, vec![10.0, 24.0, 51.0, 90.0]);
+    assert_eq!(global_avg_pool(&img)?.to_vec2::<f64>()?, vec![vec![7.5]]);
+    Ok(())
+}
+
+/// A direct NCHW convolution by loops: the oracle for `conv2d`.
+#[allow(clippy::too_many_arguments)]
+fn naive_conv(
+    x: &[f64],
+    w: &[f64],
+    b: usize,
+    ci: usize,
+    co: usize,
+    h: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+) -> Vec<f64> {
+    let oh = (h + 2 * p - k) / s + 1;
+    let mut out = vec![0.0; b * co * oh * oh];
+    for n in 0..b {
+        for o in 0..co {
+            for i in 0..oh {
+                for j in 0..oh {
+                    let mut acc = 0.0;
+                    for c in 0..ci {
+                        for ki in 0..k {
+                            for kj in 0..k {
+                                let (y, xx) = ((i * s + ki) as isize - p as isize, (j * s + kj) as isize - p as isize);
+                                if y >= 0 && xx >= 0 && (y as usize) < h && (xx as usize) < h {
+                                    let xi = ((n * ci + c) * h + y as usize) * h + xx as usize;
+                                    acc += x[xi] * w[((o * ci + c) * k + ki) * k + kj];
+                                }
+                            }
+                        }
+                    }
+                    out[((n * co + o) * oh + i) * oh + j] = acc;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn conv2d_matches_a_direct_convolution_including_c_eq_h_eq_w() -> Result<()> {
+    // candle 0.9.2 alone gets C == H == W wrong (huggingface/candle#3404); `conv2d` must not.
+    let cases = [
+        (3, 3, 3, 3, 3, 1, 1),
+        (2, 4, 5, 4, 3, 2, 1),
+        (2, 8, 8, 8, 3, 1, 1),
+        (2, 4, 6, 4, 1, 2, 0),
+        (3, 2, 3, 6, 3, 2, 1),
+    ];
+    for (seed, (b, ci, co, h, k, s, p)) in cases.into_iter().enumerate() {
+        let x = randn(&[b, ci, h, h], 70 + seed as u64, DType::F64)?;
+        let w = randn(&[co, ci, k, k], 80 + seed as u64, DType::F64)?;
+        let got = conv2d(&x, &w, s, p)?.flatten_all()?.to_vec1::<f64>()?;
+        let want = naive_conv(&x.flatten_all()?.to_vec1()?, &w.flatten_all()?.to_vec1()?, b, ci, co, h, k, s, p);
+        let err = got.iter().zip(&want).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(got.len() == want.len() && err < 1e-12, "case {:?}: error {err:e}", (b, ci, co, h, k, s, p));
+        // f32 goes through the same path.
+        let got32 = conv2d(&x.to_dtype(DType::F32)?, &w.to_dtype(DType::F32)?, s, p)?;
+        let got32 = got32.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        let err32 = got32.iter().zip(&want).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err32 < 1e-4, "f32 case {:?}: error {err32:e}", (b, ci, co, h, k, s, p));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Gradients against central finite differences, in f64.
+//
+// Step h = 1e-5: truncation error ~h²·f'''/6 ≈ 1e-10 and rounding ≈ 1e-16·|L|/h ≈ 1e-10, so each parameter tensor's
+// largest error must stay below 1e-6 relative to its largest gradient entry (plus 1e-9 absolute for entries that are
+// zero by symmetry, e.g. a BatchNorm input gradient summed over a channel).
+
+const H: f64 = 1e-5;
+const REL_TOL: f64 = 1e-6;
+
+fn assert_grad_matches(name: &str, analytic: &[f64], numeric: &[f64]) {
+    let scale = numeric.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    let err = analytic.iter().zip(numeric).fold(0.0f64, |m, (a, n)| m.max((a - n).abs()));
+    assert!(err <= REL_TOL * scale + 1e-9, "{name}: max error {err:e} against gradient scale {scale:e}");
+}
+
+/// Central differences of `loss` in every entry of `var`.
+fn numeric_grad(var: &Var, loss: &dyn Fn() -> Result<f64>) -> Result<Vec<f64>> {
+    let base = var.as_detached_tensor().copy()?;
+    let shape = base.dims().to_vec();
+    let mut v = base.flatten_all()?.to_vec1::<f64>()?;
+    let mut out = Vec::with_capacity(v.len());
+    for i in 0..v.len() {
+        let x = v[i];
+        v[i] = x + H;
+        var.set(&Tensor::from_slice(&v, shape.as_slice(), &Device::Cpu)?)?;
+        let up = loss()?;
+        v[i] = x - H;
+        var.set(&Tensor::from_slice(&v, shape.as_slice(), &Device::Cpu)?)?;
+        let down = loss()?;
+        v[i] = x;
+        out.push((up - down) / (2.0 * H));
+    }
+    var.set(&base)?;
+    Ok(out)
+}
+
+#[test]
+fn batch_norm_gradient_matches_finite_differences() -> Result<()> {
+    let dev = Device::Cpu;
+    for shape in [&[3usize, 2, 3, 2][..], &[5, 3][..]] {
+        let c = shape[1];
+        let x = Var::from_tensor(&randn(shape, 21, DType::F64)?)?;
+        let gamma = Var::from_tensor(&(randn(&[c], 22, DType::F64)? + 1.5)?)?;
+        let beta = Var::from_tensor(&randn(&[c], 23, DType::F64)?)?;
+        let r = randn(shape, 24, DType::F64)?; // a random cotangent, so no gradient is zero by symmetry
+        let (rm, rv) = (Tensor::zeros(c, DType::F64, &dev)?, Tensor::ones(c, DType::F64, &dev)?);
+        for train in [true, false] {
+            let loss_t = || -> Result<Tensor> {
+                let y = if train {
+                    batch_norm_train(&x, &gamma, &beta, None)?
+                } else {
+                    batch_norm_eval(&x, &gamma, &beta, &rm, &rv)?
+                };
+                (y * &r)?.sum_all()
+            };
+            let grads = loss_t()?.backward()?;
+            let loss = || loss_t()?.to_scalar::<f64>();
+            for (name, v) in [("x", &x), ("gamma", &gamma), ("beta", &beta)] {
+                let analytic = grads.get(v).expect("gradient").flatten_all()?.to_vec1::<f64>()?;
+                assert_grad_matches(&format!("{name} {shape:?} train={train}"), &analytic, &numeric_grad(v, &loss)?);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Σ backbone⊙R₁ + Σ projection⊙R₂ (+ Σ prediction⊙R₃): every output carries a random cotangent.
+fn weighted_loss(out: &Outputs, r: &[Tensor; 3]) -> Result<Tensor> {
+    let mut l = ((&out.backbone * &r[0])?.sum_all()? + (&out.projection * &r[1])?.sum_all()?)?;
+    if let Some(p) = &out.prediction {
+        l = (l + (p * &r[2])?.sum_all()?)?;
+    }
+    Ok(l)
+}
+
+#[test]
+fn network_gradient_matches_finite_differences() -> Result<()> {
+    // widths [2, 3]: stem, a stride-1 block and a stride-2 block with a 1×1 shortcut; projector and predictor.
+    let net = tiny_net(true)?;
+    let x = randn(&[3, 1, 6, 6], 31, DType::F64)?;
+    let r = [randn(&[3, 3], 32, DType::F64)?, randn(&[3, 3], 33, DType::F64)?, randn(&[3, 3], 34, DType::F64)?];
+    for train in [true, false] {
+        let grads = weighted_loss(&net.forward(&x, train)?, &r)?.backward()?;
+        let loss = || weighted_loss(&net.forward(&x, train)?, &r)?.to_scalar::<f64>();
+        for p in net.params() {
+            let Some(g) = grads.get(&p.var) else { panic!("no gradient for {}", p.name) };
+            let analytic = g.flatten_all()?.to_vec1::<f64>()?;
+            assert_grad_matches(&format!("{} train={train}", p.name), &analytic, &numeric_grad(&p.var, &loss)?);
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Target network.
+
+#[test]
+fn target_starts_as_a_copy_and_ema_update_is_exact() -> Result<()> {
+    let net = tiny_net(true)?;
+    let mut target = Target::new(&net)?;
+    // The predictor is online-only.
+    let n_target = net.params().iter().filter(|p| !p.name.starts_with("predictor.")).count();
+    assert_eq!(target.params().count(), n_target);
+    let x = randn(&[4, 1, 6, 6], 41, DType::F64)?;
+    // Eval first: the online train-mode forward moves the running statistics the target copied.
+    for train in [false, true] {
+        let (o, t) = (net.forward(&x, train)?, target.forward_no_grad(&x, train)?);
+        assert_eq!(o.projection.to_vec2::<f64>()?, t.projection.to_vec2::<f64>()?, "train={train}");
+        assert_eq!(o.backbone.to_vec2::<f64>()?, t.backbone.to_vec2::<f64>()?, "train={train}");
+        assert!(t.prediction.is_none());
+        assert!(!t.projection.track_op(), "the target builds no graph");
+    }
+    // Move the online network: new parameter values and, through a train-mode forward, new running statistics.
+    for (i, p) in net.params().iter().enumerate() {
+        let moved = (randn(p.var.dims(), 100 + i as u64, DType::F64)? + p.var.as_detached_tensor())?;
+        p.var.set(&moved)?;
+    }
+    net.forward(&x, true)?;
+    let before: Vec<(String, Vec<f64>)> =
+        target.params().map(|(n, t)| Ok((n.to_string(), t.flatten_all()?.to_vec1::<f64>()?))).collect::<Result<_>>()?;
+    let m = 0.75;
+    target.ema_update(&net, m)?;
+    for ((name, t), (old_name, old)) in target.params().zip(&before) {
+        assert_eq!(name, old_name);
+        let online = net.params().get(name).expect("online").var.flatten_all()?.to_vec1::<f64>()?;
+        let want: Vec<f64> = old.iter().zip(&online).map(|(t, o)| m * t + (1.0 - m) * o).collect();
+        assert_eq!(t.flatten_all()?.to_vec1::<f64>()?, want, "{name}");
+    }
+    let online_buffers = net.buffers();
+    let target_buffers = target.buffers();
+    assert_eq!(target_buffers.len(), online_buffers.len() - 2, "the predictor's BatchNorm stays online");
+    for (name, t) in target_buffers.iter() {
+        let o = online_buffers.get(name).expect("online buffer");
+        assert_eq!(t.to_vec1::<f64>()?, o.to_vec1::<f64>()?, "{name} is copied");
+    }
+    // m = 1 freezes the target; m = 0 copies the online network.
+    let frozen = target.to_map();
+    target.ema_update(&net, 1.0)?;
+    for (name, t) in target.params() {
+        assert_eq!(t.flatten_all()?.to_vec1::<f64>()?, frozen[name].flatten_all()?.to_vec1::<f64>()?);
+    }
+    target.ema_update(&net, 0.0)?;
+    for (name, t) in target.params() {
+        let o = net.params().get(name).expect("online").var.flatten_all()?.to_vec1::<f64>()?;
+        assert_eq!(t.flatten_all()?.to_vec1::<f64>()?, o);
+    }
+    assert!(target.ema_update(&net, 1.5).is_err());
+    assert!(target.ema_update(&tiny_net(false)?, 0.5).is_ok(), "same encoder and projector, no predictor");
+    let other = SiameseNet::new(
+        &Encoder { widths: vec![2, 4], blocks: 1 },
+        &Mlp { hidden: 4, out: 3 },
+        None,
+        7,
+        DType::F64,
+        &Device::Cpu,
+    )?;
+    assert!(target.ema_update(&other, 0.5).is_err(), "another architecture");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Initialisation, checkpoints, bad input.
+
+#[test]
+fn initialisation_is_seeded_and_follows_torch() -> Result<()> {
+    let recipe = Recipe::default();
+    let a = SiameseNet::from_recipe(&recipe, DType::F32, &Device::Cpu)?;
+    let b = SiameseNet::from_recipe(&recipe, DType::F32, &Device::Cpu)?;
+    let c = SiameseNet::new(&recipe.encoder, &recipe.projector, None, 1, DType::F32, &Device::Cpu)?;
+    let values = |n: &SiameseNet, name: &str| -> Result<Vec<f32>> {
+        n.params().get(name).expect("param").var.flatten_all()?.to_vec1::<f32>()
+    };
+    let conv = "encoder.stage3.block1.conv2.weight"; // 128·128·9 = 147 456 values
+    assert_eq!(values(&a, conv)?, values(&b, conv)?, "same seed, same weights");
+    assert_ne!(values(&a, conv)?, values(&c, conv)?, "another seed, other weights");
+    // Kaiming normal, fan_out = 128·9: std √(2/1152) = 0.041667; the sample std of 147 456 draws is within 1%.
+    let w = values(&a, conv)?;
+    let n = w.len() as f64;
+    let mean = w.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let std = (w.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let want = (2.0f64 / 1152.0).sqrt();
+    assert!((std - want).abs() < 0.01 * want && mean.abs() < 0.01 * want, "std {std}, mean {mean}");
+    // Linear: U(−1/√fan_in, 1/√fan_in) for weight and bias; variance bound²/3.
+    for (name, fan_in) in
+        [("projector.fc1.weight", 128.0f64), ("projector.fc2.weight", 512.0), ("projector.fc2.bias", 512.0)]
+    {
+        let v = values(&a, name)?;
+        let bound = 1.0 / fan_in.sqrt();
+        assert!(v.iter().all(|&x| (x as f64).abs() <= bound), "{name} within ±{bound}");
+        let max = v.iter().fold(0.0f64, |m, &x| m.max((x as f64).abs()));
+        assert!(max > 0.9 * bound, "{name} fills its range: max {max}");
+    }
+    assert!(values(&a, "encoder.stem.bn.weight")?.iter().all(|&x| x == 1.0));
+    assert!(values(&a, "encoder.stem.bn.bias")?.iter().all(|&x| x == 0.0));
+    let buffers = a.buffers();
+    assert!(buffers.get("encoder.stem.bn.running_var").expect("var").to_vec1::<f32>()?.iter().all(|&x| x == 1.0));
+    Ok(())
+}
+
+#[test]
+fn checkpoint_maps_round_trip() -> Result<()> {
+    let a = tiny_net(true)?;
+    let x = randn(&[4, 1, 6, 6], 51, DType::F64)?;
+    a.forward(&x, true)?; // running statistics move away from their initial values
+    let b = SiameseNet::new(
+        &Encoder { widths: vec![2, 3], blocks: 1 },
+        &Mlp { hidden: 4, out: 3 },
+        Some(&Mlp { hidden: 5, out: 3 }),
+        99,
+        DType::F64,
+        &Device::Cpu,
+    )?;
+    b.params().load(&a.params().to_map()?)?;
+    b.load_buffers(&a.buffers().to_map())?;
+    let (oa, ob) = (a.forward(&x, false)?, b.forward(&x, false)?);
+    assert_eq!(oa.prediction.expect("a").to_vec2::<f64>()?, ob.prediction.expect("b").to_vec2::<f64>()?);
+    let mut t = Target::new(&b)?;
+    let saved = Target::new(&a)?.to_map();
+    t.load(&saved)?;
+    assert_eq!(
+        t.forward_no_grad(&x, false)?.projection.to_vec2::<f64>()?,
+        a.forward(&x, false)?.projection.to_vec2::<f64>()?
+    );
+    // Missing or misshapen entries are errors that change nothing.
+    let mut partial = a.params().to_map()?;
+    partial.remove("projector.fc2.bias");
+    assert!(b.params().load(&partial).is_err());
+    let mut wrong = a.params().to_map()?;
+    wrong.insert("projector.fc2.bias".into(), Tensor::zeros(7, DType::F64, &Device::Cpu)?);
+    assert!(b.params().load(&wrong).is_err());
+    assert!(b.load_buffers(&Default::default()).is_err());
+    Ok(())
+}
+
+#[test]
+fn bad_input_is_an_error_not_a_panic() -> Result<()> {
+    let net = tiny_net(true)?;
+    let dev = Device::Cpu;
+    assert!(net.forward(&Tensor::zeros((2, 3, 8, 8), DType::F64, &dev)?, true).is_err(), "3 channels");
+    assert!(net.forward(&Tensor::zeros((2, 8, 8), DType::F64, &dev)?, true).is_err(), "rank 3");
+    assert!(net.forward(&Tensor::zeros((2, 1, 8, 8), DType::F32, &dev)?, true).is_err(), "f32 into f64");
+    assert!(net.forward(&Tensor::zeros((0, 1, 8, 8), DType::F64, &dev)?, false).is_err(), "empty batch");
+    // Batch 1 in train mode: the projector's BatchNorm1d sees one value per channel.
+    assert!(net.forward(&Tensor::zeros((1, 1, 8, 8), DType::F64, &dev)?, true).is_err());
+    assert!(net.forward(&Tensor::zeros((1, 1, 8, 8), DType::F64, &dev)?, false).is_ok());
+    let bad = |widths: Vec<usize>, blocks: usize, hidden: usize| {
+        SiameseNet::new(&Encoder { widths, blocks }, &Mlp { hidden, out: 4 }, None, 0, DType::F32, &dev).is_err()
+    };
+    assert!(bad(vec![], 1, 4) && bad(vec![4, 0], 1, 4) && bad(vec![4, 4], 0, 4) && bad(vec![4, 4], 1, 0));
+    let enc = Encoder { widths: vec![4], blocks: 1 };
+    assert!(SiameseNet::new(&enc, &Mlp { hidden: 4, out: 4 }, None, 0, DType::U8, &dev).is_err());
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Timing (not asserted). Run with:
+//     cargo test --release --test model -- --ignored --nocapture forward_backward_timing
+
+#[test]
+#[ignore]
+fn forward_backward_timing() -> Result<()> {
+    let batch: usize = std::env::var("SSL_BENCH_BATCH").ok().and_then(|b| b.parse().ok()).unwrap_or(256);
+    let net = SiameseNet::from_recipe(&Recipe::default(), DType::F32, &Device::Cpu)?;
+    let x = randn(&[batch, 1, 28, 28], 61, DType::F32)?;
+    let r = randn(&[batch, 128], 62, DType::F32)?;
+    for i in 0..4 {
+        let t0 = std::time::Instant::now();
+        let out = net.forward(&x, true)?;
+        let loss = (&out.projection * &r)?.sum_all()?;
+        let _ = loss.to_scalar::<f32>()?;
+        let t1 = std::time::Instant::now();
+        let grads = loss.backward()?;
+        let t2 = std::time::Instant::now();
+        assert!(grads.get(&net.params().iter().next().expect("param").var).is_some());
+        let (f, b) = ((t1 - t0).as_secs_f64() * 1e3, (t2 - t1).as_secs_f64() * 1e3);
+        println!("iteration {i}: batch {batch}, forward {f:.0} ms, backward {b:.0} ms, total {:.0} ms", f + b);
+    }
+    // Where the time goes: each convolution of the default encoder alone (forward, then backward of Σ y⊙r), and
+    // one BatchNorm2d at the largest activation.
+    let convs = [
+        ("stem 1→32 @28", 1, 32, 28, 3, 1, 1),
+        ("stage1 32→32 @28 (×2)", 32, 32, 28, 3, 1, 1),
+        ("stage2 conv1 32→64 s2", 32, 64, 28, 3, 2, 1),
+        ("stage2 conv2 64→64 @14", 64, 64, 14, 3, 1, 1),
+        ("stage2 shortcut 1×1 s2", 32, 64, 28, 1, 2, 0),
+        ("stage3 conv1 64→128 s2", 64, 128, 14, 3, 2, 1),
+        ("stage3 conv2 128→128 @7", 128, 128, 7, 3, 1, 1),
+        ("stage3 shortcut 1×1 s2", 64, 128, 14, 1, 2, 0),
+    ];
+    for (name, ci, co, h, k, s, p) in convs {
+        let x = Var::from_tensor(&randn(&[batch, ci, h, h], 63, DType::F32)?)?;
+        let w = Var::from_tensor(&randn(&[co, ci, k, k], 64, DType::F32)?)?;
+        let t0 = std::time::Instant::now();
+        let y = conv2d(&x, &w, s, p)?;
+        let t1 = std::time::Instant::now();
+        let r = y.ones_like()?;
+        let t2 = std::time::Instant::now();
+        (y * r)?.sum_all()?.backward()?;
+        let t3 = std::time::Instant::now();
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        println!("{name:<26} forward {:>6.0} ms, backward {:>6.0} ms", ms(t1 - t0), ms(t3 - t2));
+    }
+    let x = Var::from_tensor(&randn(&[batch, 32, 28, 28], 65, DType::F32)?)?;
+    let (g, b) = (Var::ones(32, DType::F32, &Device::Cpu)?, Var::zeros(32, DType::F32, &Device::Cpu)?);
+    let t0 = std::time::Instant::now();
+    let y = batch_norm_train(&x, &g, &b, None)?.relu()?;
+    let t1 = std::time::Instant::now();
+    y.sum_all()?.backward()?;
+    let t2 = std::time::Instant::now();
+    let (f, bw) = ((t1 - t0).as_secs_f64() * 1e3, (t2 - t1).as_secs_f64() * 1e3);
+    println!("{:<26} forward {f:>6.0} ms, backward {bw:>6.0} ms", "BN2d+ReLU 32 @28");
+    Ok(())
+}
