@@ -67,6 +67,9 @@ enum Command {
         /// L2-normalise the rows of the inputs first.
         #[arg(long)]
         normalize: bool,
+        /// `fused` kernels (default) or the op-by-op `reference`.
+        #[arg(long, value_enum, default_value_t = crate::backend::Backend::Fused)]
+        backend: crate::backend::Backend,
     },
     /// Prove each objective's gradient: autodiff of its `loss` (f64) against positive + balance *
     /// negative on fresh random inputs. Prints a table; exit 1 on any failure.
@@ -89,7 +92,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check { files, deny_warnings, format } => check(&files, deny_warnings, format),
         Command::Explain { file, objective, ir, n, d } => explain_cmd(&file, objective.as_deref(), ir, n, d),
         Command::Verify { files } => verify_cmd(&files),
-        Command::Grad { file, objective, inputs, out, normalize } => {
+        Command::Grad { file, objective, inputs, out, normalize, backend } => {
             let (_, program) = match compile_file(&file) {
                 Ok(x) => x,
                 Err(code) => return code,
@@ -98,7 +101,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 eprintln!("error: no objective `{}` in `{}`", objective.as_deref().unwrap_or("?"), file.display());
                 return ExitCode::from(2);
             };
-            match crate::grad::run(o, &inputs, &out, normalize) {
+            match crate::grad::run(o, &inputs, &out, normalize, backend) {
                 Ok(summary) => {
                     println!("{summary}");
                     ExitCode::SUCCESS

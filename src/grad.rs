@@ -1,7 +1,9 @@
 //! `ssl-lang grad`: one step of an objective on tensors from a file, for debugging an objective or
 //! comparing with another framework. Shape and name problems are coded errors, not panics.
 
+use crate::backend::Backend;
 use crate::check::typed::{Objective, StateKind};
+use crate::ir::cost::Sizes;
 use crate::plan::{Features, Plan};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
@@ -52,7 +54,7 @@ pub enum GradError {
 }
 
 /// Runs one step and writes the results; returns a one-line summary.
-pub fn run(o: &Objective, inputs: &Path, out: &Path, normalize: bool) -> Result<String, GradError> {
+pub fn run(o: &Objective, inputs: &Path, out: &Path, normalize: bool, backend: Backend) -> Result<String, GradError> {
     let tensors = candle_core::safetensors::load(inputs, &Device::Cpu)
         .map_err(|e| GradError::Read { path: inputs.display().to_string(), reason: e.to_string() })?;
     let found = || {
@@ -60,7 +62,6 @@ pub fn run(o: &Objective, inputs: &Path, out: &Path, normalize: bool) -> Result<
         names.sort();
         names.join(", ")
     };
-    let plan = Plan::new(o);
     let get = |name: &str| -> Result<Tensor, GradError> {
         let t = tensors.get(name).ok_or_else(|| GradError::Missing { name: name.into(), found: found() })?;
         let shape = t.dims();
@@ -87,6 +88,9 @@ pub fn run(o: &Objective, inputs: &Path, out: &Path, normalize: bool) -> Result<
             });
         }
     }
+    let fifo =
+        o.states.iter().map(|s| tensors.get(&s.name).map_or(0, |t| t.dims().first().copied().unwrap_or(0))).collect();
+    let plan = Plan::with_backend(o, backend, &Sizes { n, d, fifo });
     let mut state = plan.initial_state();
     let state_names: Vec<&str> = o.states.iter().map(|s| s.name.as_str()).collect();
     for (name, t) in &tensors {
