@@ -554,7 +554,7 @@ fn forward_backward_timing() -> Result<()> {
     // one BatchNorm2d at the largest activation.
     let convs = [
         ("stem 1→32 @28", 1, 32, 28, 3, 1, 1),
-        ("stage1 32→32 @28 (×2)", 32, 32, 28, 3, 1, 1),
+        ("stage1 32→32 @28 (each of 2)", 32, 32, 28, 3, 1, 1),
         ("stage2 conv1 32→64 s2", 32, 64, 28, 3, 2, 1),
         ("stage2 conv2 64→64 @14", 64, 64, 14, 3, 1, 1),
         ("stage2 shortcut 1×1 s2", 32, 64, 28, 1, 2, 0),
