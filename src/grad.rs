@@ -120,7 +120,7 @@ pub fn run(o: &Objective, inputs: &Path, out: &Path, normalize: bool, backend: B
             StateKind::Ema { .. } => state.ema[i] = Some(t),
         }
     }
-    let g = plan.step(&f, &mut state)?;
+    let g = plan.step_with_loss(&f, &mut state)?;
     let mut outputs: HashMap<String, Tensor> = HashMap::new();
     outputs.insert("g1".into(), g.g1.to_dtype(DType::F32)?);
     outputs.insert("g2".into(), g.g2.to_dtype(DType::F32)?);

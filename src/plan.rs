@@ -157,8 +157,18 @@ impl Plan {
         t.broadcast_as(features[0].dims()[0])
     }
 
-    /// One training step: emas, both view orders, fifo pushes.
+    /// One training step: emas, both view orders, fifo pushes. The loss is not evaluated (it can
+    /// cost as much as the gradient); see [`Plan::step_with_loss`].
     pub fn step(&self, f: &Features, state: &mut ObjectiveState) -> Result<Gradients> {
+        self.run_step(f, state, false)
+    }
+
+    /// [`Plan::step`], also evaluating the per-sample loss where the objective has one.
+    pub fn step_with_loss(&self, f: &Features, state: &mut ObjectiveState) -> Result<Gradients> {
+        self.run_step(f, state, true)
+    }
+
+    fn run_step(&self, f: &Features, state: &mut ObjectiveState, with_loss: bool) -> Result<Gradients> {
         self.update_emas(f, state)?;
         let symmetric = self.objective.symmetric;
         let [g_a, pos_a, push_a] = self.view_gradient(view(f, false), state)?;
@@ -172,7 +182,8 @@ impl Plan {
             positive_norm: [mean_norm(&pos_a)?, 0.0],
             push_norm: [mean_norm(&push_a)?, 0.0],
         };
-        let loss_a = match self.lowered.loss {
+        let loss_node = self.lowered.loss.filter(|_| with_loss);
+        let loss_a = match loss_node {
             Some(l) => Some(self.view_loss(l, view(f, false), state)?),
             None => None,
         };
@@ -180,7 +191,7 @@ impl Plan {
             let [g_b, pos_b, push_b] = self.view_gradient(view(f, true), state)?;
             stats.positive_norm[1] = mean_norm(&pos_b)?;
             stats.push_norm[1] = mean_norm(&push_b)?;
-            let loss = match (self.lowered.loss, loss_a) {
+            let loss = match (loss_node, loss_a) {
                 (Some(l), Some(a)) => Some(((a + self.view_loss(l, view(f, true), state)?)? * 0.5)?),
                 _ => None,
             };

@@ -104,8 +104,8 @@ fn fused_matches_reference(objective: &Objective) -> Result<Row> {
                 |v: &[Option<Tensor>]| v.iter().map(|t| t.as_ref().map(to32).transpose()).collect::<Result<Vec<_>>>();
             let mut a = crate::plan::ObjectiveState { ema: cast(&state.ema)?, fifo: cast(&state.fifo)? };
             let mut b = a.clone();
-            let ga = reference.step(&f, &mut a)?;
-            let gb = fused.step(&f, &mut b)?;
+            let ga = reference.step_with_loss(&f, &mut a)?;
+            let gb = fused.step_with_loss(&f, &mut b)?;
             // Gradients and losses are sums of O(1) terms (unit features) that may cancel to ~0,
             // so their error is taken relative to max(|reference|, 1).
             let unit = |x: &Tensor, y: &Tensor| error_against(x, y, 1.0);

@@ -92,8 +92,22 @@ pub fn fuse(l: &Lowered) -> HashMap<Node, Kernel> {
     let mut kernels = HashMap::new();
     for i in 0..g.ops.len() {
         let n = Node(i as u32);
-        if let Some(k) = softmax_sum(g, n).or_else(|| gemm_accumulate(g, n)) {
+        if let Some(k) = softmax_sum(g, n) {
             kernels.insert(n, k);
+        }
+    }
+    // A GEMM epilogue must not recompute a product another kernel already computes.
+    for i in 0..g.ops.len() {
+        let n = Node(i as u32);
+        if kernels.contains_key(&n) {
+            continue;
+        }
+        if let Some(k @ Kernel::GemmAccumulate { a, b, .. }) = gemm_accumulate(g, n) {
+            let product_is_fused =
+                kernels.keys().any(|m| matches!(g.op(*m), Op::Contract(x, y, _) if (*x, *y) == (a, b)));
+            if !product_is_fused {
+                kernels.insert(n, k);
+            }
         }
     }
     kernels
