@@ -71,6 +71,56 @@ enum Command {
         #[arg(long, value_enum, default_value_t = crate::backend::Backend::Fused)]
         backend: crate::backend::Backend,
     },
+    /// Train a Siamese encoder with an objective and its recipe on Fashion-MNIST, writing
+    /// runs/NAME/ (metrics.jsonl, config.json, checkpoints, SVG plots).
+    Train {
+        /// The .ssl file.
+        file: PathBuf,
+        /// Which objective (default: the one the train block names, else the first).
+        #[arg(long)]
+        objective: Option<String>,
+        /// A directory of Fashion-MNIST IDX files (default: the recipe's, the Debian package's, or the bundled subset).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Override a recipe field or an objective param, e.g. `--set batch=128`, `--set unigrad.lambda=50`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// The run's name (default: objective and timestamp).
+        #[arg(long)]
+        name: Option<String>,
+        /// Where runs are written.
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
+        /// Continue the run named by --name from its last checkpoint.
+        #[arg(long, requires = "name")]
+        resume: bool,
+        /// Stop after this many steps (the schedules still span the recipe's epochs).
+        #[arg(long)]
+        max_steps: Option<usize>,
+        /// Use only the first N training and test images.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Gradient backend.
+        #[arg(long, value_enum, default_value_t = crate::backend::Backend::Fused)]
+        backend: crate::backend::Backend,
+        /// Log metrics every this many steps.
+        #[arg(long, default_value_t = 10)]
+        log_every: usize,
+    },
+    /// Evaluate a run's latest checkpoint: weighted kNN and/or a linear probe on frozen features.
+    Eval {
+        /// A run directory (or a file inside it).
+        run: PathBuf,
+        /// Weighted kNN (the default when neither is asked for).
+        #[arg(long)]
+        knn: bool,
+        /// A linear probe.
+        #[arg(long)]
+        linear: bool,
+        /// A directory of Fashion-MNIST IDX files.
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
     /// Prove each objective's gradient: autodiff of its `loss` (f64) against positive + balance *
     /// negative on fresh random inputs. Prints a table; exit 1 on any failure.
     Verify {
@@ -92,6 +142,68 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check { files, deny_warnings, format } => check(&files, deny_warnings, format),
         Command::Explain { file, objective, ir, n, d } => explain_cmd(&file, objective.as_deref(), ir, n, d),
         Command::Verify { files } => verify_cmd(&files),
+        Command::Train { file, objective, data, set, name, runs, resume, max_steps, limit, backend, log_every } => {
+            let (source, program) = match compile_file(&file) {
+                Ok(x) => x,
+                Err(code) => return code,
+            };
+            let name_wanted = objective.or_else(|| program.recipe_target.clone());
+            let Some(o) = program.objective(name_wanted.as_deref()) else {
+                eprintln!("error: no objective `{}` in `{}`", name_wanted.as_deref().unwrap_or("?"), file.display());
+                return ExitCode::from(2);
+            };
+            let mut objective = o.clone();
+            let mut recipe = if program.recipe_target.as_deref() == Some(o.name.as_str()) {
+                program.recipe.clone()
+            } else {
+                Default::default()
+            };
+            let overrides = match crate::runtime::overrides::apply(&mut recipe, &mut objective, &set) {
+                Ok(applied) => applied,
+                Err(e) => {
+                    eprint!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let opts = crate::runtime::train::TrainOptions {
+                data_dir: data,
+                runs_root: runs,
+                name,
+                resume,
+                max_steps,
+                limit,
+                backend,
+                log_every,
+                overrides,
+            };
+            match crate::runtime::train::train(&source.text, &objective, &recipe, &opts) {
+                Ok(summary) => {
+                    let knn = summary.knn.map_or("-".to_string(), |k| format!("{:.2} %", k * 100.0));
+                    println!(
+                        "done: {} steps, final kNN top-1 {knn}; run in {}",
+                        summary.steps,
+                        summary.run_dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Eval { run, knn, linear, data } => {
+            match crate::runtime::evaluate::evaluate(&run, knn, linear, data.as_deref()) {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Grad { file, objective, inputs, out, normalize, backend } => {
             let (_, program) = match compile_file(&file) {
                 Ok(x) => x,

@@ -204,6 +204,15 @@ impl Plan {
         Ok(Gradients { g1, g2, loss, stats })
     }
 
+    /// The gradient at an extra online view (a multi-crop local crop): the local feature stands in
+    /// for u1 against each global target in turn, and the two are averaged. States are read, not
+    /// updated (the global views already updated them this step).
+    pub fn local_gradient(&self, u_local: &Tensor, f: &Features, state: &ObjectiveState) -> Result<Tensor> {
+        let [a, _, _] = self.view_gradient([u_local, &f.u2, &f.t1, &f.t2], state)?;
+        let [b, _, _] = self.view_gradient([u_local, &f.u1, &f.t2, &f.t1], state)?;
+        (a + b)? * 0.5
+    }
+
     /// Pushes this step's rows into every fifo, newest first, dropping the oldest beyond capacity.
     pub fn push_fifos(&self, f: &Features, state: &mut ObjectiveState) -> Result<()> {
         for (i, s) in self.objective.states.iter().enumerate() {

@@ -1,5 +1,11 @@
-//! The training runtime: the Siamese model and its EMA target, optimisers and schedules (DESIGN §5).
+//! The training runtime: the Siamese model and its EMA target, optimisers and schedules, `--set`
+//! overrides, the run directory, and the training loop (DESIGN §5).
 
+pub mod evaluate;
 pub mod model;
 pub mod optim;
+pub mod overrides;
+pub mod plot;
+pub mod run;
 pub mod schedule;
+pub mod train;

@@ -1,0 +1,585 @@
+//! The run directory `runs/NAME/` (DESIGN §5): `config.json`, `metrics.jsonl`, the checkpoint and the plots.
+//!
+//! Everything here is written so that a crash or Ctrl-C at any instant leaves a directory that `--resume` can
+//! continue from: whole files are replaced atomically (temp file, fsync, rename), the metrics log is append-only and a
+//! torn last line is ignored on reading, and the checkpoint keeps its predecessor until the new one is complete. The
+//! checkpoint's JSON names the SHA-256 and size of its tensor file, so a torn or mismatched pair is detected on load
+//! and the previous checkpoint is used instead. Bad files are coded errors, never panics.
+
+use candle_core::{Device, Tensor};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The run's configuration (recipe, objective, overrides), written once when the run starts.
+pub const CONFIG_FILE: &str = "config.json";
+/// One JSON object per line: step records, evaluation records, baselines.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+/// The latest checkpoint's tensors.
+pub const CHECKPOINT_TENSORS: &str = "checkpoint.safetensors";
+/// The latest checkpoint's metadata, naming its tensor file's size and SHA-256.
+pub const CHECKPOINT_META: &str = "checkpoint.json";
+/// The previous checkpoint's tensors, kept until the next checkpoint is complete.
+pub const PREV_CHECKPOINT_TENSORS: &str = "checkpoint.prev.safetensors";
+/// The previous checkpoint's metadata.
+pub const PREV_CHECKPOINT_META: &str = "checkpoint.prev.json";
+/// The `format` field of `checkpoint.json`, so a future layout change is detected instead of misread.
+pub const CHECKPOINT_FORMAT: &str = "ssl-lang checkpoint 1";
+
+/// Why reading or writing a run directory failed; the text starts with a stable code and ends with what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// `create` found a run already in the directory: reusing it would mix two runs' metrics and checkpoints.
+    #[error("ssl::run::exists: `{path}` already holds a run ({found})\n  help: choose another name with --name, continue this run with --resume, or delete the directory")]
+    Exists {
+        /// The run directory.
+        path: String,
+        /// The file that shows a run is there.
+        found: String,
+    },
+    /// `open` or `read_config` found no run where one was expected.
+    #[error("ssl::run::missing: {what}\n  help: {help}")]
+    Missing {
+        /// What is missing, with its path.
+        what: String,
+        /// What to do.
+        help: String,
+    },
+    /// A run name that is not a single directory name.
+    #[error("ssl::run::name: `{name}` is not a valid run name: {reason}\n  help: use a plain directory name such as `simclr-1` (letters, digits, `-`, `_`, `.`)")]
+    Name {
+        /// The rejected name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The operating system refused a read or write.
+    #[error("ssl::run::io: cannot {action} `{path}`: {source}\n  help: check that the directory exists and is writable and that the disk is not full")]
+    Io {
+        /// What was being done (`write`, `read`, `rename ... to`).
+        action: String,
+        /// The file or directory.
+        path: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A file of the run exists but cannot be understood.
+    #[error("ssl::run::corrupt: `{path}`: {detail}\n  help: {help}")]
+    Corrupt {
+        /// The file.
+        path: String,
+        /// What is wrong, with a line number where there is one.
+        detail: String,
+        /// What to do.
+        help: String,
+    },
+    /// A metrics record that is not a JSON object, which `read_metrics` would later reject.
+    #[error("ssl::run::record: a metrics record must be a JSON object, got `{found}`\n  help: log records as `json!({{\"kind\": ..., \"step\": ...}})`")]
+    Record {
+        /// The record, abbreviated.
+        found: String,
+    },
+    /// The tensors could not be serialised to safetensors.
+    #[error("ssl::run::tensor: cannot write the checkpoint tensors to `{path}`: {reason}\n  help: checkpoint tensors must be dense tensors of a safetensors dtype (f32, f64, f16, bf16, integers)")]
+    Tensor {
+        /// The file being written.
+        path: String,
+        /// The underlying error.
+        reason: String,
+    },
+    /// A plot could not be rendered.
+    #[error("ssl::run::plot: cannot render `{path}`: {reason}\n  help: the metrics are intact in metrics.jsonl; plot them again with the run's plot command or another tool")]
+    Plot {
+        /// The plot file.
+        path: String,
+        /// The underlying error.
+        reason: String,
+    },
+}
+
+impl RunError {
+    fn io(action: &str, path: &Path, source: io::Error) -> Self {
+        RunError::Io { action: action.into(), path: path.display().to_string(), source }
+    }
+}
+
+/// A run directory: where one training run's configuration, metrics, checkpoint and plots live.
+#[derive(Clone, Debug)]
+pub struct RunDir {
+    /// The directory, `runs_root/NAME`.
+    pub path: PathBuf,
+}
+
+impl RunDir {
+    /// Creates `runs_root/name` (and `runs_root`) for a new run. Errs with `ssl::run::exists` if the directory
+    /// already holds a run — a `config.json`, a `metrics.jsonl` or a checkpoint — so two runs never mix; an empty
+    /// or unrelated existing directory is reused.
+    pub fn create(runs_root: &Path, name: &str) -> Result<RunDir, RunError> {
+        validate_name(name)?;
+        let path = runs_root.join(name);
+        let run = RunDir { path };
+        for file in [CONFIG_FILE, METRICS_FILE, CHECKPOINT_META, CHECKPOINT_TENSORS] {
+            if run.file(file).exists() {
+                return Err(RunError::Exists { path: run.path.display().to_string(), found: file.into() });
+            }
+        }
+        fs::create_dir_all(&run.path).map_err(|e| RunError::io("create directory", &run.path, e))?;
+        Ok(run)
+    }
+
+    /// Opens an existing run directory (one that contains `config.json`), or, if `path` is a file inside one (a
+    /// checkpoint, say), its directory — so commands accept whichever the user has at hand.
+    pub fn open(path: &Path) -> Result<RunDir, RunError> {
+        let meta = fs::metadata(path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => RunError::Missing {
+                what: format!("there is no run at `{}`", path.display()),
+                help: "give the run directory (`runs/NAME`) or a checkpoint inside it; `ls runs/` lists the runs"
+                    .into(),
+            },
+            _ => RunError::io("open", path, e),
+        })?;
+        let dir = if meta.is_dir() {
+            path.to_path_buf()
+        } else {
+            match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            }
+        };
+        let run = RunDir { path: dir };
+        if !run.file(CONFIG_FILE).is_file() {
+            return Err(RunError::Missing {
+                what: format!("`{}` is not a run directory (it has no {CONFIG_FILE})", run.path.display()),
+                help: "give a directory that `ssl-lang train` wrote (`runs/NAME`), or a checkpoint inside one".into(),
+            });
+        }
+        Ok(run)
+    }
+
+    /// The path of a file in the run directory.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Writes `config.json` atomically (temp file, fsync, rename), so it is either the old or the new one.
+    pub fn write_config(&self, config: &Value) -> Result<(), RunError> {
+        let mut text = serde_json::to_string_pretty(config).expect("a serde_json::Value always serialises");
+        text.push('\n');
+        write_atomic(&self.file(CONFIG_FILE), text.as_bytes())?;
+        sync_dir(&self.path);
+        Ok(())
+    }
+
+    /// Reads `config.json`, so `--resume` and `eval` rebuild the run's recipe and model.
+    pub fn read_config(&self) -> Result<Value, RunError> {
+        let path = self.file(CONFIG_FILE);
+        let bytes = fs::read(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => RunError::Missing {
+                what: format!("`{}` has no {CONFIG_FILE}", self.path.display()),
+                help: "the run was never started or its configuration was deleted; start a new run".into(),
+            },
+            _ => RunError::io("read", &path, e),
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| RunError::Corrupt {
+            path: path.display().to_string(),
+            detail: format!("not valid JSON: {e}"),
+            help: "restore the file or start a new run; the recipe is also in the .ssl file it came from".into(),
+        })
+    }
+
+    /// Appends one JSON object as a line to `metrics.jsonl` and flushes it, so the log survives a crash up to the
+    /// last record. A torn last line left by an earlier crash is cut off first, so it never becomes a corrupt
+    /// middle line.
+    pub fn append_metrics(&self, record: &Value) -> Result<(), RunError> {
+        if !record.is_object() {
+            let mut found = record.to_string();
+            if found.len() > 60 {
+                let mut cut = 60;
+                while !found.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                found.truncate(cut);
+                found.push('…');
+            }
+            return Err(RunError::Record { found });
+        }
+        let path = self.file(METRICS_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| RunError::io("open", &path, e))?;
+        repair_tail(&mut file, &path)?;
+        let mut line = serde_json::to_string(record).expect("a serde_json::Value always serialises");
+        line.push('\n');
+        file.seek(SeekFrom::End(0)).map_err(|e| RunError::io("seek in", &path, e))?;
+        file.write_all(line.as_bytes()).map_err(|e| RunError::io("append to", &path, e))?;
+        file.flush().map_err(|e| RunError::io("flush", &path, e))?;
+        Ok(())
+    }
+
+    /// Every record of `metrics.jsonl`, in order (none if the file does not exist yet). A torn last line (no final
+    /// newline and not valid JSON: a crash mid-write) is ignored; any other bad line is `ssl::run::corrupt` with
+    /// its line number. Blank lines are skipped.
+    pub fn read_metrics(&self) -> Result<Vec<Value>, RunError> {
+        let path = self.file(METRICS_FILE);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(RunError::io("read", &path, e)),
+        };
+        Ok(parse_metrics(&bytes, &path)?.0)
+    }
+
+    /// Rewrites `metrics.jsonl` (atomically) keeping only the records with `"step" <= step`, and those without a
+    /// step, so that after `--resume` from the checkpoint at `step` the log has no records from the lost steps.
+    pub fn truncate_metrics(&self, step: u64) -> Result<(), RunError> {
+        let path = self.file(METRICS_FILE);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(RunError::io("read", &path, e)),
+        };
+        let (records, _) = parse_metrics(&bytes, &path)?;
+        let mut text = String::new();
+        for r in records.iter().filter(|r| r.get("step").and_then(Value::as_f64).is_none_or(|s| s <= step as f64)) {
+            text.push_str(&serde_json::to_string(r).expect("a serde_json::Value always serialises"));
+            text.push('\n');
+        }
+        write_atomic(&path, text.as_bytes())?;
+        sync_dir(&self.path);
+        Ok(())
+    }
+
+    /// Writes the checkpoint: `checkpoint.safetensors` (all tensors, under the names given) and `checkpoint.json`
+    /// (`{"format", "tensors": {"bytes", "sha256"}, "meta"}`), each through a temp file and fsync, tensors first.
+    /// A good current checkpoint is first renamed to `checkpoint.prev.*`, and only then replaced, so a crash at any
+    /// point leaves at least one complete checkpoint that `load_checkpoint` finds.
+    pub fn save_checkpoint(&self, tensors: &HashMap<String, Tensor>, meta: &Value) -> Result<(), RunError> {
+        let st_tmp = self.file(&format!("{CHECKPOINT_TENSORS}.tmp"));
+        let json_tmp = self.file(&format!("{CHECKPOINT_META}.tmp"));
+        candle_core::safetensors::save(tensors, &st_tmp)
+            .map_err(|e| RunError::Tensor { path: st_tmp.display().to_string(), reason: e.to_string() })?;
+        let bytes = fs::read(&st_tmp).map_err(|e| RunError::io("read back", &st_tmp, e))?;
+        sync_file(&st_tmp)?;
+        let doc = serde_json::json!({
+            "format": CHECKPOINT_FORMAT,
+            "tensors": {"bytes": bytes.len(), "sha256": sha256_hex(&bytes)},
+            "meta": meta,
+        });
+        drop(bytes);
+        let mut text = serde_json::to_string_pretty(&doc).expect("a serde_json::Value always serialises");
+        text.push('\n');
+        write_file_synced(&json_tmp, text.as_bytes())?;
+
+        // Keep the current checkpoint as the previous one, but only if it is good: a torn current one must not
+        // displace a good previous one.
+        let (cur_json, cur_st) = (self.file(CHECKPOINT_META), self.file(CHECKPOINT_TENSORS));
+        if self.verify_pair(&cur_json, &cur_st) {
+            rename(&cur_st, &self.file(PREV_CHECKPOINT_TENSORS))?;
+            rename(&cur_json, &self.file(PREV_CHECKPOINT_META))?;
+        }
+        rename(&st_tmp, &cur_st)?;
+        rename(&json_tmp, &cur_json)?;
+        sync_dir(&self.path);
+        Ok(())
+    }
+
+    /// The latest good checkpoint as (tensors on the CPU, meta), or `None` if the run has none yet. A checkpoint
+    /// whose tensor file is torn or does not match the size and SHA-256 its JSON names is skipped for the previous
+    /// one; if checkpoint files exist but none is good, the error is `ssl::run::corrupt`.
+    #[allow(clippy::type_complexity)]
+    pub fn load_checkpoint(&self) -> Result<Option<(HashMap<String, Tensor>, Value)>, RunError> {
+        let jsons = [self.file(CHECKPOINT_META), self.file(PREV_CHECKPOINT_META)];
+        let tensor_files = [self.file(CHECKPOINT_TENSORS), self.file(PREV_CHECKPOINT_TENSORS)];
+        if !jsons.iter().chain(&tensor_files).any(|p| p.exists()) {
+            return Ok(None);
+        }
+        let mut problems = Vec::new();
+        let mut hashes: HashMap<usize, Option<(usize, String)>> = HashMap::new();
+        for (j, json_path) in jsons.iter().enumerate() {
+            let doc = match read_checkpoint_json(json_path) {
+                Ok(Some(doc)) => doc,
+                Ok(None) => continue,
+                Err(detail) => {
+                    problems.push(format!("{}: {detail}", file_name(json_path)));
+                    continue;
+                }
+            };
+            let (Some(want_len), Some(want_sha)) = tensor_identity(&doc) else { continue };
+            // The same generation's tensor file first; the other covers a crash between the two renames of a save.
+            let order = if j == 0 { [0, 1] } else { [1, 0] };
+            let matched = order.into_iter().find(|&t| {
+                let id = hashes.entry(t).or_insert_with(|| hash_file(&tensor_files[t]));
+                id.as_ref().is_some_and(|(len, sha)| *len == want_len && *sha == want_sha)
+            });
+            let Some(t) = matched else {
+                problems.push(format!(
+                    "{}: no tensor file matches it ({})",
+                    file_name(json_path),
+                    describe_tensor_files(&tensor_files, &hashes, want_len)
+                ));
+                continue;
+            };
+            let loaded = fs::read(&tensor_files[t]).map_err(|e| e.to_string()).and_then(|bytes| {
+                if sha256_hex(&bytes) != want_sha {
+                    return Err("it changed while being read".into());
+                }
+                candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+                    .map_err(|e| format!("not a readable safetensors file: {e}"))
+            });
+            match loaded {
+                Ok(tensors) => {
+                    let mut doc = doc;
+                    let meta = doc.get_mut("meta").map(Value::take).unwrap_or(Value::Null);
+                    return Ok(Some((tensors, meta)));
+                }
+                Err(detail) => problems.push(format!("{}: {detail}", file_name(&tensor_files[t]))),
+            }
+        }
+        if problems.is_empty() {
+            problems.push(format!("tensor files without a {CHECKPOINT_META} to describe them"));
+        }
+        Err(RunError::Corrupt {
+            path: self.file(CHECKPOINT_META).display().to_string(),
+            detail: format!("no good checkpoint: {}", problems.join("; ")),
+            help: "the checkpoint was torn (a crash or full disk while writing) and there is no good previous one; \
+                   start the run again without --resume, under a new name"
+                .into(),
+        })
+    }
+
+    /// Renders the plots of `metrics.jsonl` into the run directory (see [`super::plot`]); returns the files written.
+    pub fn plot(&self) -> Result<Vec<PathBuf>, RunError> {
+        let records = self.read_metrics()?;
+        super::plot::plot_metrics(&records, &self.path)
+    }
+
+    /// Whether `json` is a readable checkpoint JSON whose size and hash match `tensors`.
+    fn verify_pair(&self, json: &Path, tensors: &Path) -> bool {
+        let Ok(Some(doc)) = read_checkpoint_json(json) else { return false };
+        let (len, sha) = tensor_identity(&doc);
+        match hash_file(tensors) {
+            Some((l, s)) => Some(l) == len && sha.as_deref() == Some(s.as_str()),
+            None => false,
+        }
+    }
+}
+
+/// A default run name, `<objective>-<YYYYmmdd-HHMMSS>` in UTC, so runs sort by start time without a date crate.
+pub fn default_name(objective: &str) -> String {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    format!("{objective}-{}", utc_timestamp(secs))
+}
+
+/// Seconds since the Unix epoch as `YYYYmmdd-HHMMSS` in UTC (the proleptic Gregorian calendar), for run names.
+pub fn utc_timestamp(unix_secs: u64) -> String {
+    let days = (unix_secs / 86_400) as i64;
+    let rem = unix_secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}{month:02}{day:02}-{:02}{:02}{:02}", rem / 3_600, rem % 3_600 / 60, rem % 60)
+}
+
+fn validate_name(name: &str) -> Result<(), RunError> {
+    let reason = if name.is_empty() {
+        Some("it is empty")
+    } else if name == "." || name == ".." {
+        Some("it names the current or parent directory")
+    } else if name.contains(['/', '\\']) {
+        Some("it contains a path separator")
+    } else if name.chars().any(char::is_control) {
+        Some("it contains a control character")
+    } else {
+        None
+    };
+    match reason {
+        Some(r) => Err(RunError::Name { name: name.escape_debug().to_string(), reason: r.into() }),
+        None => Ok(()),
+    }
+}
+
+/// Parses metrics bytes; returns the records and the byte length of the good prefix (everything but a torn tail).
+fn parse_metrics(bytes: &[u8], path: &Path) -> Result<(Vec<Value>, usize), RunError> {
+    let mut records = Vec::new();
+    let mut start = 0;
+    let mut line_no = 0;
+    while start < bytes.len() {
+        line_no += 1;
+        let (end, terminated) = match bytes[start..].iter().position(|&b| b == b'\n') {
+            Some(i) => (start + i, true),
+            None => (bytes.len(), false),
+        };
+        let line = &bytes[start..end];
+        if !line.iter().all(u8::is_ascii_whitespace) {
+            match serde_json::from_slice::<Value>(line) {
+                Ok(v) if v.is_object() => records.push(v),
+                // A last line without its newline that does not parse: a write cut short by a crash.
+                _ if !terminated => return Ok((records, start)),
+                Ok(_) => return Err(corrupt_line(path, line_no, "is not a JSON object".into())),
+                Err(e) => return Err(corrupt_line(path, line_no, format!("is not valid JSON ({e})"))),
+            }
+        }
+        start = if terminated { end + 1 } else { end };
+    }
+    Ok((records, bytes.len()))
+}
+
+fn corrupt_line(path: &Path, line: usize, what: String) -> RunError {
+    RunError::Corrupt {
+        path: path.display().to_string(),
+        detail: format!("line {line} {what}"),
+        help: format!("fix or delete line {line} (each line must be one JSON object); the checkpoint is unaffected"),
+    }
+}
+
+/// Makes the file end at a line boundary before an append: a complete last line without its newline gets one, a
+/// torn one is cut off.
+fn repair_tail(file: &mut File, path: &Path) -> Result<(), RunError> {
+    let len = file.metadata().map_err(|e| RunError::io("stat", path, e))?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut last = [0u8];
+    file.seek(SeekFrom::Start(len - 1)).map_err(|e| RunError::io("seek in", path, e))?;
+    file.read_exact(&mut last).map_err(|e| RunError::io("read", path, e))?;
+    if last[0] == b'\n' {
+        return Ok(());
+    }
+    let mut bytes = Vec::new();
+    file.seek(SeekFrom::Start(0)).map_err(|e| RunError::io("seek in", path, e))?;
+    file.read_to_end(&mut bytes).map_err(|e| RunError::io("read", path, e))?;
+    let tail_start = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let tail = &bytes[tail_start..];
+    let complete =
+        tail.iter().all(u8::is_ascii_whitespace) || serde_json::from_slice::<Value>(tail).is_ok_and(|v| v.is_object());
+    if complete {
+        file.seek(SeekFrom::End(0)).map_err(|e| RunError::io("seek in", path, e))?;
+        file.write_all(b"\n").map_err(|e| RunError::io("append to", path, e))?;
+    } else {
+        file.set_len(tail_start as u64).map_err(|e| RunError::io("truncate", path, e))?;
+    }
+    Ok(())
+}
+
+/// Reads and checks a checkpoint JSON: `Ok(None)` if absent, `Err(reason)` if unusable.
+fn read_checkpoint_json(path: &Path) -> Result<Option<Value>, String> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let doc: Value = serde_json::from_slice(&bytes).map_err(|e| format!("not valid JSON ({e})"))?;
+    match doc.get("format").and_then(Value::as_str) {
+        Some(CHECKPOINT_FORMAT) => {}
+        Some(other) => return Err(format!("format `{other}` is not `{CHECKPOINT_FORMAT}`")),
+        None => return Err("no `format` field".into()),
+    }
+    if tensor_identity(&doc).0.is_none() || tensor_identity(&doc).1.is_none() {
+        return Err("no `tensors.bytes` and `tensors.sha256`".into());
+    }
+    Ok(Some(doc))
+}
+
+/// The tensor file size and SHA-256 that a checkpoint JSON names.
+fn tensor_identity(doc: &Value) -> (Option<usize>, Option<String>) {
+    let t = &doc["tensors"];
+    (t["bytes"].as_u64().map(|b| b as usize), t["sha256"].as_str().map(str::to_owned))
+}
+
+/// Size and SHA-256 of a file, streamed; `None` if it cannot be read.
+fn hash_file(path: &Path) -> Option<(usize, String)> {
+    let mut file = File::open(path).ok()?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0;
+    loop {
+        let n = file.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        len += n;
+    }
+    Some((len, hex(&hasher.finalize())))
+}
+
+fn describe_tensor_files(
+    files: &[PathBuf; 2],
+    hashes: &HashMap<usize, Option<(usize, String)>>,
+    want: usize,
+) -> String {
+    files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| match hashes.get(&i).and_then(Option::as_ref) {
+            Some((len, _)) if *len != want => format!("{} has {len} bytes, expected {want}", file_name(f)),
+            Some(_) => format!("{} has a different SHA-256", file_name(f)),
+            None => format!("{} is absent or unreadable", file_name(f)),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+/// Replaces `path` with `bytes` atomically: a sibling temp file, fsync, rename.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    write_file_synced(&tmp, bytes)?;
+    rename(&tmp, path)
+}
+
+fn write_file_synced(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
+    let mut file = File::create(path).map_err(|e| RunError::io("create", path, e))?;
+    file.write_all(bytes).map_err(|e| RunError::io("write", path, e))?;
+    file.sync_all().map_err(|e| RunError::io("fsync", path, e))
+}
+
+fn sync_file(path: &Path) -> Result<(), RunError> {
+    OpenOptions::new().write(true).open(path).and_then(|f| f.sync_all()).map_err(|e| RunError::io("fsync", path, e))
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), RunError> {
+    fs::rename(from, to).map_err(|e| RunError::Io {
+        action: format!("rename `{}` to", from.display()),
+        path: to.display().to_string(),
+        source: e,
+    })
+}
+
+/// Makes renames in `dir` durable; best effort, since not every platform can open a directory.
+fn sync_dir(dir: &Path) {
+    #[cfg(unix)]
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+}

@@ -1,0 +1,498 @@
+//! The training loop (DESIGN §5): data → two augmented views → online and target networks →
+//! normalise → the objective's plan → inject the gradient at the normalised features → backward →
+//! optimiser → EMA target. Every random choice derives from (seed, step), so `--resume` continues a
+//! run exactly; a NaN stops the run with the last good checkpoint intact; Ctrl-C checkpoints.
+
+use super::model::{SiameseNet, Target};
+use super::optim::Optimizer;
+use super::run::{RunDir, RunError};
+use super::schedule::{target_momentum, LrSchedule};
+use crate::backend::Backend;
+use crate::check::recipe::{Momentum, Recipe};
+use crate::check::typed::{Objective, StateKind};
+use crate::data::{self, augment, DataError, Dataset};
+use crate::eval::{self, health, EvalError};
+use crate::ir::cost::Sizes;
+use crate::plan::{Features, ObjectiveState, Plan};
+use candle_core::{DType, Device, Tensor};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Why training stopped early; each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The data could not be loaded.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// The run directory could not be written or read.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// Evaluation failed.
+    #[error(transparent)]
+    Eval(#[from] EvalError),
+    /// A tensor operation failed.
+    #[error("ssl::train::tensor: {0}")]
+    Tensor(#[from] candle_core::Error),
+    /// A NaN or infinity appeared.
+    #[error("ssl::train::nonfinite: {quantity} became {value} at step {step}; the run stopped, {}\n  help: {cause}", match last_good { Some(s) => format!("and the last good checkpoint (step {s}) is intact"), None => "before any checkpoint was written".to_string() })]
+    NonFinite {
+        /// The step.
+        step: usize,
+        /// What became non-finite.
+        quantity: String,
+        /// NaN or inf.
+        value: f64,
+        /// The step of the last checkpoint, if one was written.
+        last_good: Option<usize>,
+        /// The likely cause and remedy.
+        cause: String,
+    },
+    /// A setting cannot work.
+    #[error("ssl::train::config: {0}")]
+    Config(String),
+}
+
+/// How to run, beyond the recipe.
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    /// A directory of Fashion-MNIST IDX files, overriding the recipe and the defaults.
+    pub data_dir: Option<PathBuf>,
+    /// Where runs live (`runs/`).
+    pub runs_root: PathBuf,
+    /// The run's name (default: objective + timestamp).
+    pub name: Option<String>,
+    /// Continue the named run from its checkpoint.
+    pub resume: bool,
+    /// Stop after this many steps in total (smoke tests, benchmarks); the schedules still span the recipe's epochs.
+    pub max_steps: Option<usize>,
+    /// Use only the first this-many training images (and test images) — quick experiments.
+    pub limit: Option<usize>,
+    /// Gradient backend.
+    pub backend: Backend,
+    /// Log a metrics line every this many steps.
+    pub log_every: usize,
+    /// Overrides applied, for the record.
+    pub overrides: Vec<String>,
+}
+
+/// What a finished (or stopped) run reports.
+#[derive(Clone, Debug)]
+pub struct TrainSummary {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// Steps done in total.
+    pub steps: usize,
+    /// kNN top-1 after the last evaluation.
+    pub knn: Option<f64>,
+    /// Whether Ctrl-C stopped it.
+    pub interrupted: bool,
+}
+
+/// Everything that changes during training.
+struct Trainer<'a> {
+    recipe: &'a Recipe,
+    plan: Plan,
+    data: Dataset,
+    net: SiameseNet,
+    target: Option<Target>,
+    optimizer: Optimizer,
+    lr: LrSchedule,
+    state: ObjectiveState,
+    run: RunDir,
+    steps_per_epoch: usize,
+    total_steps: usize,
+    last_checkpoint: Option<usize>,
+    last_knn: Option<f64>,
+}
+
+/// Trains `objective` with `recipe`, writing the run directory.
+pub fn train(
+    source: &str,
+    objective: &Objective,
+    recipe: &Recipe,
+    opts: &TrainOptions,
+) -> Result<TrainSummary, TrainError> {
+    let device = Device::Cpu;
+    let mut data = data::load(&recipe.data, opts.data_dir.as_deref())?;
+    limit_dataset(&mut data, opts.limit);
+    let n_train = data.train_len();
+    if recipe.batch > n_train {
+        return Err(TrainError::Config(format!(
+            "batch {} is larger than the {n_train} training images\n  help: lower it with `--set batch=...`",
+            recipe.batch
+        )));
+    }
+    if recipe.batch < 2 {
+        return Err(TrainError::Config("batch must be at least 2 (BatchNorm needs two samples)".into()));
+    }
+    let steps_per_epoch = n_train / recipe.batch;
+    let total_steps = steps_per_epoch * recipe.epochs;
+    let net = SiameseNet::from_recipe(recipe, DType::F32, &device)?;
+    let target = match recipe.momentum {
+        Momentum::None => None,
+        _ => Some(Target::new(&net)?),
+    };
+    let optimizer = Optimizer::new(&recipe.optimizer, net.params())?;
+    let fifo = objective
+        .states
+        .iter()
+        .map(|s| match s.kind {
+            StateKind::Fifo { size, .. } => size,
+            _ => 0,
+        })
+        .collect();
+    let plan = Plan::with_backend(objective, opts.backend, &Sizes { n: recipe.batch, d: net.projection_dim(), fifo });
+    let state = plan.initial_state();
+    let name = opts.name.clone().unwrap_or_else(|| super::run::default_name(&objective.name));
+    let run =
+        if opts.resume { RunDir::open(&opts.runs_root.join(&name))? } else { RunDir::create(&opts.runs_root, &name)? };
+    let mut t = Trainer {
+        recipe,
+        plan,
+        net,
+        target,
+        optimizer,
+        lr: LrSchedule::from_recipe(recipe, steps_per_epoch),
+        state,
+        run,
+        steps_per_epoch,
+        total_steps,
+        last_checkpoint: None,
+        last_knn: None,
+        data,
+    };
+    let mut step = 0;
+    if opts.resume {
+        step = t.restore()?;
+        println!("resumed {} at step {step} of {total_steps}", t.run.path.display());
+    } else {
+        t.run.write_config(&json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "objective": objective.name,
+            "source": source,
+            "recipe": recipe,
+            "recipe_text": recipe.to_string(),
+            "overrides": opts.overrides,
+            "limit": opts.limit,
+            "params": objective.params.iter().map(|p| (p.name.clone(), p.value)).collect::<HashMap<_, _>>(),
+            "seed": recipe.seed,
+            "backend": format!("{:?}", opts.backend).to_lowercase(),
+            "data": t.data.source.to_string(),
+            "train_images": n_train,
+            "test_images": t.data.test_len(),
+            "threads": candle_core::utils::get_num_threads(),
+        }))?;
+        println!(
+            "run {} — {} ({} training, {} test images)",
+            t.run.path.display(),
+            t.data.source,
+            n_train,
+            t.data.test_len()
+        );
+        if let Some(knn) = &recipe.eval {
+            let raw = eval::raw_pixel_knn(&t.data, knn.k, knn.t)?;
+            println!("baseline: raw-pixel kNN {:.2} % ({})", raw * 100.0, knn_protocol(recipe, &t.data));
+            let init = t.knn()?;
+            println!("baseline: random-init encoder kNN {:.2} %", init * 100.0);
+            t.run.append_metrics(
+                &json!({"kind": "baseline", "step": 0, "raw_pixel_knn": raw, "random_init_knn": init}),
+            )?;
+        }
+    }
+
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = interrupted.clone();
+    // A second handler registration (a second run in one process) is not an error worth stopping for.
+    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    let stop = opts.max_steps.map_or(total_steps, |m| m.min(total_steps));
+    let started = Instant::now();
+    let first = step;
+    while step < stop {
+        if interrupted.load(Ordering::SeqCst) {
+            t.checkpoint(step)?;
+            println!("interrupted: checkpoint saved at step {step}; continue with --resume");
+            return Ok(TrainSummary { run_dir: t.run.path.clone(), steps: step, knn: t.last_knn, interrupted: true });
+        }
+        let log = step.is_multiple_of(opts.log_every.max(1)) || step + 1 == stop;
+        let record = t.step(step, log)?;
+        step += 1;
+        if let Some(mut record) = record {
+            let rate = (step - first) as f64 * t.recipe.batch as f64 / started.elapsed().as_secs_f64();
+            let eta = (stop - step) as f64 * t.recipe.batch as f64 / rate.max(1e-9);
+            record["pairs_per_s"] = json!(rate);
+            println!(
+                "epoch {:>3} step {:>6}/{stop}  {}  z-std {:.4}  pairs/s {:.1}  eta {:.0}s",
+                step / t.steps_per_epoch,
+                step,
+                match record.get("loss").and_then(|l| l.as_f64()) {
+                    Some(l) => format!("loss {l:.4}"),
+                    None => format!("pos-sim {:.4}", record["pos_sim"].as_f64().unwrap_or(f64::NAN)),
+                },
+                record["z_std_online"].as_f64().unwrap_or(f64::NAN),
+                rate,
+                eta
+            );
+            t.warn_collapse(&record);
+            t.run.append_metrics(&record)?;
+        }
+        let epoch_done = step.is_multiple_of(t.steps_per_epoch);
+        let epoch = step / t.steps_per_epoch;
+        if epoch_done || step == stop {
+            if let Some(knn) = &t.recipe.eval {
+                if epoch.is_multiple_of(knn.every) || step == stop {
+                    let top1 = t.knn()?;
+                    println!("epoch {epoch:>3}: kNN top-1 {:.2} % ({})", top1 * 100.0, knn_protocol(t.recipe, &t.data));
+                    t.run.append_metrics(&json!({"kind": "eval", "epoch": epoch, "step": step, "knn_top1": top1}))?;
+                }
+            }
+            if epoch.is_multiple_of(t.recipe.checkpoint) || step == stop {
+                t.checkpoint(step)?;
+            }
+        }
+    }
+    t.run.plot()?;
+    Ok(TrainSummary { run_dir: t.run.path.clone(), steps: step, knn: t.last_knn, interrupted: false })
+}
+
+/// The evaluation protocol, printed with every number.
+pub fn knn_protocol(recipe: &Recipe, data: &Dataset) -> String {
+    match &recipe.eval {
+        Some(k) => format!(
+            "weighted kNN, k = {}, t = {}, cosine on L2-normalised backbone features, bank = {} un-augmented training images, {} test queries",
+            k.k,
+            k.t,
+            data.train_len(),
+            data.test_len()
+        ),
+        None => "no evaluation".into(),
+    }
+}
+
+/// Rows divided by their L2 norm (with the graph, for the online branch).
+fn normalize(z: &Tensor) -> candle_core::Result<Tensor> {
+    z.broadcast_div(&z.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?)
+}
+
+/// Σ over the batch of ⟨u, g⟩ / B: its gradient at u is g / B, which backward carries into the encoder.
+fn surrogate(u: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
+    (u * g.detach())?.sum_all()? / u.dims()[0] as f64
+}
+
+impl Trainer<'_> {
+    /// One optimisation step; with `log`, the metrics record of the step.
+    fn step(&mut self, step: usize, log: bool) -> Result<Option<serde_json::Value>, TrainError> {
+        let recipe = self.recipe;
+        let batch = recipe.batch;
+        let epoch = step / self.steps_per_epoch;
+        let mut order: Vec<usize> = (0..self.data.train_len()).collect();
+        order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
+            recipe.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        ));
+        let within = step % self.steps_per_epoch;
+        let images = data::gather(&self.data.train_images, &order[within * batch..(within + 1) * batch])?;
+        let v1 = augment::augment(&images, &recipe.augment, &mut augment::view_rng(recipe.seed, step as u64, 0))?;
+        let v2 = augment::augment(&images, &recipe.augment, &mut augment::view_rng(recipe.seed, step as u64, 1))?;
+        let device = Device::Cpu;
+        let (x1, x2) = (v1.global_tensor(&device)?, v2.global_tensor(&device)?);
+
+        let o1 = self.net.forward(&x1, true)?;
+        let o2 = self.net.forward(&x2, true)?;
+        let head = |o: &super::model::Outputs| o.prediction.clone().unwrap_or_else(|| o.projection.clone());
+        let (u1, u2) = (normalize(&head(&o1))?, normalize(&head(&o2))?);
+        let (t1, t2) = match &self.target {
+            Some(target) => {
+                (target.forward_no_grad(&x1, true)?.projection, target.forward_no_grad(&x2, true)?.projection)
+            }
+            None => (o1.projection.detach(), o2.projection.detach()),
+        };
+        let (mut t1, mut t2) = (normalize(&t1)?.detach(), normalize(&t2)?.detach());
+        // CutMix: a mixed image's partner target is the same mix of the partners' targets.
+        if let Some(c) = &v1.cutmix {
+            t2 = mix_targets(&t2, &c.perm, c.lambda)?;
+        }
+        if let Some(c) = &v2.cutmix {
+            t1 = mix_targets(&t1, &c.perm, c.lambda)?;
+        }
+        let features = Features { u1: u1.detach(), u2: u2.detach(), t1, t2 };
+        let grads = if log && self.plan.lowered.loss.is_some() {
+            self.plan.step_with_loss(&features, &mut self.state)?
+        } else {
+            self.plan.step(&features, &mut self.state)?
+        };
+        let mut objective = (surrogate(&u1, &grads.g1)? + surrogate(&u2, &grads.g2)?)?;
+        // Multi-crop: local crops are online views only, each pulled toward both global targets and
+        // weighted as one global view (whose gradient carries the ½ of the two view orders).
+        let locals = v1.local_tensors(&device)?;
+        for local in &locals {
+            let o = self.net.forward(local, true)?;
+            let u = normalize(&head(&o))?;
+            let g = self.plan.local_gradient(&u.detach(), &features, &self.state)?;
+            objective = (objective + surrogate(&u, &(g * 0.5)?)?)?;
+        }
+        let value = objective.to_scalar::<f32>()? as f64;
+        if !value.is_finite() {
+            return Err(self.non_finite(step, "the gradient injected at the normalised features", value));
+        }
+        let store = objective.backward()?;
+        let lr = self.lr.at(step);
+        self.optimizer.step(&store, lr)?;
+        let momentum = target_momentum(&recipe.momentum, step, self.total_steps);
+        if let (Some(target), Some(m)) = (&mut self.target, momentum) {
+            target.ema_update(&self.net, m)?;
+        }
+        if !log {
+            return Ok(None);
+        }
+        let d = features.u1.dims()[1];
+        let mut record = json!({
+            "kind": "step",
+            "step": step,
+            "epoch": epoch,
+            "lr": lr,
+            "momentum": momentum,
+            "pos_sim": grads.stats.positive_similarity,
+            "positive_norm": grads.stats.positive_norm,
+            "push_norm": grads.stats.push_norm,
+            "z_std_online": health::z_std(&features.u1)?,
+            "z_std_target": health::z_std(&features.t1)?,
+            "z_std_healthy": 1.0 / (d as f64).sqrt(),
+            "effective_rank": health::effective_rank(&features.u1)?,
+        });
+        if let Some(loss) = &grads.loss {
+            let l = loss.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            if !l.is_finite() {
+                return Err(self.non_finite(step, "the objective's loss", l));
+            }
+            record["loss"] = json!(l);
+        }
+        Ok(Some(record))
+    }
+
+    fn non_finite(&self, step: usize, quantity: &str, value: f64) -> TrainError {
+        TrainError::NonFinite {
+            step,
+            quantity: quantity.into(),
+            value,
+            last_good: self.last_checkpoint,
+            cause: "usually a learning rate or balance too large for this batch and dimension (try `--set optimizer=sgd(lr = ...)` with a smaller lr, or a smaller lambda), or features collapsing to zero before normalisation".into(),
+        }
+    }
+
+    /// Warns when the online features' spread falls far below 1/√D.
+    fn warn_collapse(&self, record: &serde_json::Value) {
+        let (Some(z), Some(h)) = (record["z_std_online"].as_f64(), record["z_std_healthy"].as_f64()) else { return };
+        if z < 0.1 * h {
+            eprintln!(
+                "warning[ssl::train::collapse]: z-std {z:.5} is far below the healthy {h:.4} (1/sqrt(D)): the features are collapsing\n  help: add a negative term or a predictor, or lower the learning rate"
+            );
+        }
+    }
+
+    fn knn(&mut self) -> Result<f64, TrainError> {
+        let Some(k) = &self.recipe.eval else { return Ok(f64::NAN) };
+        let bank = backbone_features(&self.net, &self.data.train_images)?;
+        let queries = backbone_features(&self.net, &self.data.test_images)?;
+        let top1 = eval::knn_accuracy(&bank, &self.data.train_labels, &queries, &self.data.test_labels, k.k, k.t)?;
+        self.last_knn = Some(top1);
+        Ok(top1)
+    }
+
+    /// Saves everything the next step needs: weights, BatchNorm statistics, target, optimiser, states.
+    fn checkpoint(&mut self, step: usize) -> Result<(), TrainError> {
+        let mut tensors: HashMap<String, Tensor> = HashMap::new();
+        for (name, t) in self.net.params().to_map()? {
+            tensors.insert(format!("online.{name}"), t);
+        }
+        for (name, t) in self.net.buffers().to_map() {
+            tensors.insert(format!("buffer.{name}"), t);
+        }
+        if let Some(target) = &self.target {
+            for (name, t) in target.to_map() {
+                tensors.insert(format!("target.{name}"), t);
+            }
+        }
+        for (name, t) in self.optimizer.state() {
+            tensors.insert(format!("optim.{name}"), t);
+        }
+        for (i, s) in self.plan.objective.states.iter().enumerate() {
+            if let Some(t) = self.state.ema[i].as_ref().or(self.state.fifo[i].as_ref()) {
+                tensors.insert(format!("state.{}", s.name), t.clone());
+            }
+        }
+        let meta = json!({"step": step, "epoch": step / self.steps_per_epoch, "knn_top1": self.last_knn});
+        self.run.save_checkpoint(&tensors, &meta)?;
+        self.last_checkpoint = Some(step);
+        Ok(())
+    }
+
+    /// Loads the latest checkpoint; returns its step.
+    fn restore(&mut self) -> Result<usize, TrainError> {
+        let Some((tensors, meta)) = self.run.load_checkpoint()? else {
+            return Err(TrainError::Config(format!(
+                "run {} has no checkpoint to resume from\n  help: start it again without --resume",
+                self.run.path.display()
+            )));
+        };
+        let part = |prefix: &str| -> HashMap<String, Tensor> {
+            tensors.iter().filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v.clone()))).collect()
+        };
+        self.net.params().load(&part("online."))?;
+        self.net.load_buffers(&part("buffer."))?;
+        if let Some(target) = &mut self.target {
+            target.load(&part("target."))?;
+        }
+        self.optimizer.load_state(&part("optim."))?;
+        let states = part("state.");
+        for (i, s) in self.plan.objective.states.iter().enumerate() {
+            if let Some(t) = states.get(&s.name) {
+                match s.kind {
+                    StateKind::Ema { .. } => self.state.ema[i] = Some(t.clone()),
+                    StateKind::Fifo { .. } => self.state.fifo[i] = Some(t.clone()),
+                }
+            }
+        }
+        let step = meta["step"].as_u64().unwrap_or(0) as usize;
+        self.last_knn = meta["knn_top1"].as_f64();
+        self.last_checkpoint = Some(step);
+        self.run.truncate_metrics(step as u64)?;
+        Ok(step)
+    }
+}
+
+/// Backbone features of 28×28 images, in eval mode, in chunks of 512.
+pub fn backbone_features(net: &SiameseNet, images: &[u8]) -> Result<Tensor, TrainError> {
+    let n = images.len() / 784;
+    let mut chunks = Vec::new();
+    for start in (0..n).step_by(512) {
+        let end = (start + 512).min(n);
+        let x = data::to_tensor(&images[start * 784..end * 784], &Device::Cpu)?;
+        chunks.push(net.features(&x)?);
+    }
+    Ok(Tensor::cat(&chunks, 0)?)
+}
+
+/// Keeps the first `limit` training and test images.
+pub fn limit_dataset(data: &mut Dataset, limit: Option<usize>) {
+    if let Some(limit) = limit {
+        let keep = |images: &mut Vec<u8>, labels: &mut Vec<u8>| {
+            let n = limit.min(labels.len());
+            images.truncate(n * 784);
+            labels.truncate(n);
+        };
+        keep(&mut data.train_images, &mut data.train_labels);
+        keep(&mut data.test_images, &mut data.test_labels);
+    }
+}
+
+/// λ·t + (1 − λ)·t[perm], renormalised.
+fn mix_targets(t: &Tensor, perm: &[usize], lambda: f64) -> candle_core::Result<Tensor> {
+    let idx = Tensor::from_vec(perm.iter().map(|&i| i as u32).collect::<Vec<_>>(), perm.len(), t.device())?;
+    let partner = t.index_select(&idx, 0)?;
+    normalize(&((t * lambda)? + (partner * (1.0 - lambda))?)?)
+}

@@ -1,0 +1,410 @@
+//! The run directory: creation and opening, config and metrics files (torn and corrupt lines, truncation for
+//! `--resume`), atomic checkpoints with fallback to the previous one, and the SVG plots.
+
+use candle_core::{DType, Device, Tensor};
+use serde_json::{json, Value};
+use ssl_lang::runtime::plot::plot_metrics;
+use ssl_lang::runtime::run::{default_name, utc_timestamp, RunDir, RunError};
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A fresh directory under the system temp dir, removed on drop (also when a test fails).
+struct TempRoot(PathBuf);
+
+impl TempRoot {
+    fn new(tag: &str) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let path = std::env::temp_dir().join(format!("ssl-lang-run-{tag}-{}-{n}-{nanos}", std::process::id()));
+        fs::create_dir_all(&path).unwrap();
+        TempRoot(path)
+    }
+}
+
+impl Drop for TempRoot {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn new_run(root: &TempRoot) -> RunDir {
+    let run = RunDir::create(&root.0, "r").unwrap();
+    run.write_config(&json!({"objective": "simclr"})).unwrap();
+    run
+}
+
+fn assert_code(e: &RunError, expected: &str) {
+    let text = e.to_string();
+    assert!(text.starts_with(expected), "expected {expected}, got: {text}");
+    assert!(text.contains("\n  help: "), "no help line in: {text}");
+}
+
+#[test]
+fn create_open_and_exists() {
+    let root = TempRoot::new("create");
+    let runs = root.0.join("runs");
+    let run = RunDir::create(&runs, "first").unwrap();
+    assert_eq!(run.path, runs.join("first"));
+    assert!(run.path.is_dir());
+
+    // Without a config.json it is not yet a run: open refuses, create may be repeated.
+    assert_code(&RunDir::open(&run.path).unwrap_err(), "ssl::run::missing");
+    RunDir::create(&runs, "first").unwrap();
+
+    run.write_config(&json!({"a": 1})).unwrap();
+    let err = RunDir::create(&runs, "first").unwrap_err();
+    assert_code(&err, "ssl::run::exists");
+    assert!(matches!(err, RunError::Exists { .. }));
+
+    assert_eq!(RunDir::open(&run.path).unwrap().path, run.path);
+    // A file inside the run (a checkpoint, the config) opens its directory.
+    assert_eq!(RunDir::open(&run.path.join("config.json")).unwrap().path, run.path);
+    let ckpt = run.path.join("checkpoint.safetensors");
+    fs::write(&ckpt, b"x").unwrap();
+    assert_eq!(RunDir::open(&ckpt).unwrap().path, run.path);
+
+    assert_code(&RunDir::open(&runs.join("nope")).unwrap_err(), "ssl::run::missing");
+    for bad in ["", "..", "a/b"] {
+        assert_code(&RunDir::create(&runs, bad).unwrap_err(), "ssl::run::name");
+    }
+}
+
+#[test]
+fn config_round_trip() {
+    let root = TempRoot::new("config");
+    let run = RunDir::create(&root.0, "c").unwrap();
+    assert_code(&run.read_config().unwrap_err(), "ssl::run::missing");
+    let config =
+        json!({"objective": "byol", "recipe": {"batch": 256, "lr": 0.06}, "overrides": ["epochs=2"], "x": null});
+    run.write_config(&config).unwrap();
+    assert_eq!(run.read_config().unwrap(), config);
+    let config2 = json!({"objective": "moco"});
+    run.write_config(&config2).unwrap();
+    assert_eq!(RunDir::open(&run.path).unwrap().read_config().unwrap(), config2);
+    assert!(!run.path.join("config.json.tmp").exists());
+
+    fs::write(run.path.join("config.json"), b"{ not json").unwrap();
+    assert_code(&run.read_config().unwrap_err(), "ssl::run::corrupt");
+}
+
+fn step(i: u64) -> Value {
+    json!({"kind": "step", "step": i, "epoch": i / 10, "loss": 1.0 / (i as f64 + 1.0)})
+}
+
+#[test]
+fn metrics_append_and_read() {
+    let root = TempRoot::new("metrics");
+    let run = new_run(&root);
+    assert!(run.read_metrics().unwrap().is_empty());
+    let records: Vec<Value> = (0..5).map(step).collect();
+    for r in &records {
+        run.append_metrics(r).unwrap();
+    }
+    assert_eq!(run.read_metrics().unwrap(), records);
+    let text = fs::read_to_string(run.path.join("metrics.jsonl")).unwrap();
+    assert_eq!(text.lines().count(), 5);
+    assert!(text.ends_with('\n'));
+    assert_code(&run.append_metrics(&json!([1, 2])).unwrap_err(), "ssl::run::record");
+}
+
+#[test]
+fn torn_last_line_is_ignored_and_repaired_on_append() {
+    let root = TempRoot::new("torn");
+    let run = new_run(&root);
+    for i in 0..3 {
+        run.append_metrics(&step(i)).unwrap();
+    }
+    let path = run.path.join("metrics.jsonl");
+    fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(br#"{"kind":"step","st"#).unwrap();
+    assert_eq!(run.read_metrics().unwrap(), (0..3).map(step).collect::<Vec<_>>());
+    // The next append cuts the torn tail off instead of gluing onto it.
+    run.append_metrics(&step(3)).unwrap();
+    assert_eq!(run.read_metrics().unwrap(), (0..4).map(step).collect::<Vec<_>>());
+
+    // A complete last record missing only its newline is kept, and the next append starts a new line.
+    fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(step(4).to_string().as_bytes()).unwrap();
+    assert_eq!(run.read_metrics().unwrap().len(), 5);
+    run.append_metrics(&step(5)).unwrap();
+    assert_eq!(run.read_metrics().unwrap(), (0..6).map(step).collect::<Vec<_>>());
+}
+
+#[test]
+fn corrupt_middle_line_reports_its_line_number() {
+    let root = TempRoot::new("corrupt");
+    let run = new_run(&root);
+    let path = run.path.join("metrics.jsonl");
+    fs::write(&path, format!("{}\n{}\n{{oops\n{}\n", step(0), step(1), step(2))).unwrap();
+    let err = run.read_metrics().unwrap_err();
+    assert_code(&err, "ssl::run::corrupt");
+    assert!(err.to_string().contains("line 3"), "{err}");
+    assert!(matches!(err, RunError::Corrupt { .. }));
+    // A bad last line that does end in a newline was completely written: corrupt, not torn.
+    fs::write(&path, format!("{}\n[1]\n", step(0))).unwrap();
+    let err = run.read_metrics().unwrap_err();
+    assert!(err.to_string().contains("line 2"), "{err}");
+    // Invalid UTF-8 is an error, not a panic.
+    fs::write(&path, b"\xff\xfe\n").unwrap();
+    assert_code(&run.read_metrics().unwrap_err(), "ssl::run::corrupt");
+    assert_code(&run.truncate_metrics(3).unwrap_err(), "ssl::run::corrupt");
+}
+
+#[test]
+fn truncate_metrics_keeps_steps_up_to_the_checkpoint() {
+    let root = TempRoot::new("truncate");
+    let run = new_run(&root);
+    run.truncate_metrics(3).unwrap(); // no file yet: nothing to do
+    run.append_metrics(&json!({"kind": "baseline", "step": 0, "raw_pixel_knn": 0.7})).unwrap();
+    for i in 0..10 {
+        run.append_metrics(&step(i)).unwrap();
+    }
+    run.append_metrics(&json!({"kind": "eval", "epoch": 1, "step": 5, "knn_top1": 0.5})).unwrap();
+    run.append_metrics(&json!({"kind": "note"})).unwrap();
+    let path = run.path.join("metrics.jsonl");
+    fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"kind\":").unwrap();
+    run.truncate_metrics(5).unwrap();
+    let kept = run.read_metrics().unwrap();
+    let steps: Vec<u64> = kept.iter().filter_map(|r| r["step"].as_u64()).collect();
+    assert_eq!(steps, [0, 0, 1, 2, 3, 4, 5, 5]);
+    assert_eq!(kept.last().unwrap()["kind"], "note");
+    assert!(fs::read_to_string(&path).unwrap().ends_with('\n'));
+    run.append_metrics(&step(6)).unwrap();
+    assert_eq!(run.read_metrics().unwrap().len(), kept.len() + 1);
+}
+
+fn sample_tensors() -> HashMap<String, Tensor> {
+    let dev = Device::Cpu;
+    let mut t = HashMap::new();
+    let a: Vec<f32> = (0..12).map(|i| (i as f32 * 0.37).sin() / 3.0 + f32::EPSILON).collect();
+    t.insert("online.encoder.weight".to_string(), Tensor::from_vec(a, (3, 4), &dev).unwrap());
+    let b: Vec<f64> = vec![std::f64::consts::PI, -1e-300, 1e300, 0.1 + 0.2, -0.0];
+    t.insert("optim.momentum.0".to_string(), Tensor::from_vec(b, 5, &dev).unwrap());
+    t.insert("state.F".to_string(), Tensor::new(&[[1.5f64, 2.5], [3.5, 4.5]], &dev).unwrap().t().unwrap());
+    t.insert("scalar".to_string(), Tensor::new(7.25f32, &dev).unwrap());
+    t
+}
+
+/// The values' bit patterns, so that equality is exact (−0.0 ≠ 0.0, subnormals kept).
+fn bits(t: &Tensor) -> Vec<u64> {
+    let flat = t.flatten_all().unwrap();
+    match t.dtype() {
+        DType::F32 => flat.to_vec1::<f32>().unwrap().iter().map(|v| u64::from(v.to_bits())).collect(),
+        DType::F64 => flat.to_vec1::<f64>().unwrap().iter().map(|v| v.to_bits()).collect(),
+        d => panic!("unexpected dtype {d:?}"),
+    }
+}
+
+fn assert_same(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) {
+    let mut ka: Vec<_> = a.keys().collect();
+    let mut kb: Vec<_> = b.keys().collect();
+    ka.sort();
+    kb.sort();
+    assert_eq!(ka, kb);
+    for (k, ta) in a {
+        let tb = &b[k];
+        assert_eq!(ta.dtype(), tb.dtype(), "{k}");
+        assert_eq!(ta.dims(), tb.dims(), "{k}");
+        assert_eq!(bits(ta), bits(tb), "{k} differs");
+    }
+}
+
+#[test]
+fn checkpoint_round_trip_is_exact() {
+    let root = TempRoot::new("ckpt");
+    let run = new_run(&root);
+    assert!(run.load_checkpoint().unwrap().is_none());
+    let tensors = sample_tensors();
+    let meta = json!({"step": 40, "epoch": 2, "knn_top1": 0.8125, "nested": {"a": [1, 2, 3]}});
+    run.save_checkpoint(&tensors, &meta).unwrap();
+    let (loaded, loaded_meta) = run.load_checkpoint().unwrap().unwrap();
+    assert_same(&tensors, &loaded);
+    assert_eq!(loaded_meta, meta);
+    for f in ["checkpoint.safetensors", "checkpoint.json"] {
+        assert!(run.path.join(f).is_file(), "{f}");
+    }
+    assert!(!run.path.join("checkpoint.safetensors.tmp").exists());
+    assert!(!run.path.join("checkpoint.json.tmp").exists());
+
+    // A second save keeps the first as checkpoint.prev.* and loads the second.
+    let mut second = sample_tensors();
+    second.insert("extra".into(), Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap());
+    run.save_checkpoint(&second, &json!({"step": 80})).unwrap();
+    assert!(run.path.join("checkpoint.prev.safetensors").is_file());
+    assert!(run.path.join("checkpoint.prev.json").is_file());
+    let (loaded, meta2) = run.load_checkpoint().unwrap().unwrap();
+    assert_same(&second, &loaded);
+    assert_eq!(meta2["step"], 80);
+}
+
+fn truncate_file(path: &Path, keep: u64) {
+    fs::OpenOptions::new().write(true).open(path).unwrap().set_len(keep).unwrap();
+}
+
+#[test]
+fn torn_checkpoint_falls_back_to_the_previous_one() {
+    let root = TempRoot::new("fallback");
+    let run = new_run(&root);
+    let first = sample_tensors();
+    run.save_checkpoint(&first, &json!({"step": 10})).unwrap();
+    let mut second = sample_tensors();
+    second.insert("scalar".into(), Tensor::new(99f32, &Device::Cpu).unwrap());
+    run.save_checkpoint(&second, &json!({"step": 20})).unwrap();
+
+    let st = run.path.join("checkpoint.safetensors");
+    let len = fs::metadata(&st).unwrap().len();
+    truncate_file(&st, len / 2);
+    let (loaded, meta) = run.load_checkpoint().unwrap().unwrap();
+    assert_eq!(meta["step"], 10);
+    assert_same(&first, &loaded);
+
+    // The next save must not displace the good previous checkpoint with the torn one.
+    run.save_checkpoint(&second, &json!({"step": 30})).unwrap();
+    assert_eq!(run.load_checkpoint().unwrap().unwrap().1["step"], 30);
+    truncate_file(&st, 3);
+    assert_eq!(run.load_checkpoint().unwrap().unwrap().1["step"], 10);
+
+    // Same size, different bytes: the hash catches it.
+    run.save_checkpoint(&second, &json!({"step": 40})).unwrap(); // the torn current is replaced, prev stays 10
+    let mut third = second.clone();
+    third.insert("scalar".into(), Tensor::new(-3f32, &Device::Cpu).unwrap());
+    run.save_checkpoint(&third, &json!({"step": 50})).unwrap(); // 40 becomes prev
+    let mut bytes = fs::read(&st).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    fs::write(&st, &bytes).unwrap();
+    assert_eq!(run.load_checkpoint().unwrap().unwrap().1["step"], 40);
+}
+
+#[test]
+fn crash_between_renames_still_loads() {
+    // A save renames the current pair to prev one file at a time; a crash between the two renames leaves
+    // checkpoint.json beside checkpoint.prev.safetensors, which must still be found.
+    let root = TempRoot::new("renames");
+    let run = new_run(&root);
+    run.save_checkpoint(&sample_tensors(), &json!({"step": 1})).unwrap();
+    run.save_checkpoint(&sample_tensors(), &json!({"step": 2})).unwrap();
+    fs::rename(run.path.join("checkpoint.safetensors"), run.path.join("checkpoint.prev.safetensors")).unwrap();
+    let (tensors, meta) = run.load_checkpoint().unwrap().unwrap();
+    assert_eq!(meta["step"], 2);
+    assert_same(&sample_tensors(), &tensors);
+}
+
+#[test]
+fn torn_checkpoint_without_previous_is_corrupt_not_a_panic() {
+    let root = TempRoot::new("noprev");
+    let run = new_run(&root);
+    run.save_checkpoint(&sample_tensors(), &json!({"step": 5})).unwrap();
+    let st = run.path.join("checkpoint.safetensors");
+    let len = fs::metadata(&st).unwrap().len();
+    truncate_file(&st, len - 7);
+    let err = run.load_checkpoint().unwrap_err();
+    assert_code(&err, "ssl::run::corrupt");
+    assert!(err.to_string().contains("bytes"), "{err}");
+
+    // Garbage in every file: still an error, never a panic.
+    fs::write(&st, b"garbage").unwrap();
+    fs::write(run.path.join("checkpoint.json"), b"{\"format\": 3").unwrap();
+    assert_code(&run.load_checkpoint().unwrap_err(), "ssl::run::corrupt");
+    fs::write(run.path.join("checkpoint.json"), b"{}").unwrap();
+    assert_code(&run.load_checkpoint().unwrap_err(), "ssl::run::corrupt");
+    fs::remove_file(run.path.join("checkpoint.json")).unwrap();
+    assert_code(&run.load_checkpoint().unwrap_err(), "ssl::run::corrupt");
+
+    // A json whose hash matches a file that is not safetensors at all.
+    run.save_checkpoint(&sample_tensors(), &json!({"step": 6})).unwrap();
+    let json_path = run.path.join("checkpoint.json");
+    let mut doc: Value = serde_json::from_slice(&fs::read(&json_path).unwrap()).unwrap();
+    let junk = b"\xff\xff\xff\xff\xff\xff\xff\x7fjunk".to_vec();
+    let sha = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&junk).iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    doc["tensors"] = json!({"bytes": junk.len(), "sha256": sha});
+    fs::write(&json_path, doc.to_string()).unwrap();
+    fs::write(&st, &junk).unwrap();
+    fs::remove_file(run.path.join("checkpoint.prev.json")).ok();
+    fs::remove_file(run.path.join("checkpoint.prev.safetensors")).ok();
+    let err = run.load_checkpoint().unwrap_err();
+    assert_code(&err, "ssl::run::corrupt");
+    assert!(err.to_string().contains("safetensors"), "{err}");
+}
+
+#[test]
+fn default_name_is_objective_and_utc_time() {
+    assert_eq!(utc_timestamp(0), "19700101-000000");
+    assert_eq!(utc_timestamp(951_782_400), "20000229-000000"); // leap day of a leap century
+    assert_eq!(utc_timestamp(1_709_251_199), "20240229-235959");
+    assert_eq!(utc_timestamp(4_102_444_800), "21000101-000000");
+    assert_eq!(utc_timestamp(1_234_567_890), "20090213-233130");
+    let name = default_name("simclr");
+    let stamp = name.strip_prefix("simclr-").unwrap();
+    assert_eq!(stamp.len(), 15);
+    assert!(stamp.chars().enumerate().all(|(i, c)| if i == 8 { c == '-' } else { c.is_ascii_digit() }), "{name}");
+}
+
+fn synthetic_metrics(with_loss: bool) -> Vec<Value> {
+    let mut records = vec![json!({"kind": "baseline", "step": 0, "raw_pixel_knn": 0.62, "random_init_knn": 0.41})];
+    for i in 0..30u64 {
+        let mut r = json!({
+            "kind": "step", "step": i, "epoch": i / 10,
+            "z_std_online": 0.05 + 0.001 * i as f64, "z_std_target": 0.06, "z_std_healthy": 1.0 / 128f64.sqrt(),
+            "pos_sim": 0.5 + 0.01 * i as f64,
+        });
+        if with_loss {
+            r["loss"] = json!(if i == 7 { f64::NAN } else { 5.0 - 0.1 * i as f64 });
+        }
+        records.push(r);
+        if i % 10 == 9 {
+            records
+                .push(json!({"kind": "eval", "epoch": i / 10 + 1, "step": i + 1, "knn_top1": 0.6 + 0.02 * i as f64}));
+        }
+    }
+    // Non-finite values that arrive as strings or nulls are skipped too.
+    records.push(json!({"kind": "step", "step": 30, "pos_sim": null, "loss": "inf"}));
+    records
+}
+
+#[test]
+fn plots_are_written_as_svg() {
+    let root = TempRoot::new("plot");
+    let written = plot_metrics(&synthetic_metrics(true), &root.0).unwrap();
+    let names: Vec<String> = written.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, ["loss.svg", "knn.svg", "zstd.svg", "similarity.svg"]);
+    for p in &written {
+        let svg = fs::read_to_string(p).unwrap();
+        assert!(svg.contains("<svg"), "{}", p.display());
+        assert!(svg.contains("<polyline") || svg.contains("<path"), "{}", p.display());
+        assert!(svg.contains("<text"), "{}", p.display());
+        assert!(!svg.contains("NaN") && !svg.contains("inf"), "{}", p.display());
+    }
+    let zstd = fs::read_to_string(root.0.join("zstd.svg")).unwrap();
+    assert!(zstd.contains("healthy"), "the 1/sqrt(D) line is labelled");
+}
+
+#[test]
+fn absent_fields_produce_no_plot() {
+    let root = TempRoot::new("noloss");
+    let written = plot_metrics(&synthetic_metrics(false), &root.0).unwrap();
+    assert!(!root.0.join("loss.svg").exists());
+    assert_eq!(written.len(), 3);
+    assert!(plot_metrics(&[], &root.0).unwrap().is_empty());
+    // One point is still a plot.
+    let one = plot_metrics(&[json!({"step": 3, "loss": 0.5})], &root.0.join("one")).unwrap();
+    assert_eq!(one.len(), 1);
+    assert!(fs::read_to_string(&one[0]).unwrap().contains("<circle"));
+}
+
+#[test]
+fn run_dir_plot_reads_its_metrics() {
+    let root = TempRoot::new("runplot");
+    let run = new_run(&root);
+    for r in synthetic_metrics(true) {
+        run.append_metrics(&r).unwrap();
+    }
+    let written = run.plot().unwrap();
+    assert_eq!(written.len(), 4);
+    assert!(written.iter().all(|p| p.parent() == Some(run.path.as_path()) && p.is_file()));
+}

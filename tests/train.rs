@@ -1,0 +1,117 @@
+//! End-to-end training on a tiny network and a slice of the data (fast enough for CI): a run writes
+//! its directory, resuming continues bit for bit, a NaN stops the run with a coded error, `eval`
+//! reads the checkpoint, and bad overrides are coded errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn ssl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ssl-lang")).args(args).output().expect("binary runs")
+}
+
+fn runs_root(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ssl-train-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+const TINY: &[&str] = &[
+    "--set",
+    "batch=32",
+    "--set",
+    "encoder=resnet_mini(widths = [8, 16, 16])",
+    "--set",
+    "projector=mlp(hidden = 64, out = 32)",
+    "--set",
+    "epochs=1",
+    "--limit",
+    "512",
+    "--log-every",
+    "1",
+];
+
+fn train(objective: &str, root: &Path, name: &str, extra: &[&str]) -> Output {
+    let file = format!("{}/objectives/{objective}.ssl", env!("CARGO_MANIFEST_DIR"));
+    let mut args = vec!["train", file.as_str(), "--runs", root.to_str().unwrap(), "--name", name];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(extra);
+    ssl(&args)
+}
+
+fn records(root: &Path, name: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(root.join(name).join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn resume_continues_exactly_and_eval_reads_the_checkpoint() {
+    let root = runs_root("resume");
+    let whole = train("moco", &root, "whole", &["--max-steps", "4"]);
+    assert!(whole.status.success(), "{}", String::from_utf8_lossy(&whole.stderr));
+    let first = train("moco", &root, "split", &["--max-steps", "2"]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let rest = train("moco", &root, "split", &["--max-steps", "4", "--resume"]);
+    assert!(rest.status.success(), "{}", String::from_utf8_lossy(&rest.stderr));
+
+    let steps = |name: &str| -> Vec<(u64, f64)> {
+        records(&root, name)
+            .iter()
+            .filter(|r| r["kind"] == "step")
+            .map(|r| (r["step"].as_u64().unwrap(), r["loss"].as_f64().unwrap()))
+            .collect()
+    };
+    let (a, b) = (steps("whole"), steps("split"));
+    assert_eq!(a.len(), 4);
+    assert_eq!(a, b, "a resumed run reproduces the uninterrupted one exactly");
+    assert!(a.iter().all(|(_, l)| l.is_finite()));
+    let last_eval = |name: &str| records(&root, name).into_iter().rfind(|r| r["kind"] == "eval").unwrap();
+    assert_eq!(last_eval("whole")["knn_top1"], last_eval("split")["knn_top1"]);
+
+    for file in ["config.json", "metrics.jsonl", "checkpoint.safetensors", "checkpoint.json", "zstd.svg", "knn.svg"] {
+        assert!(root.join("whole").join(file).exists(), "{file} written");
+    }
+    let step = records(&root, "whole").into_iter().find(|r| r["kind"] == "step").unwrap();
+    for field in
+        ["lr", "momentum", "pos_sim", "z_std_online", "z_std_target", "effective_rank", "positive_norm", "push_norm"]
+    {
+        assert!(!step[field].is_null(), "metrics carry {field}");
+    }
+    let baseline = records(&root, "whole").into_iter().find(|r| r["kind"] == "baseline").unwrap();
+    assert!(baseline["raw_pixel_knn"].as_f64().unwrap() > 0.3, "raw pixels beat chance on 10 classes");
+
+    let eval = ssl(&["eval", root.join("whole").to_str().unwrap(), "--knn"]);
+    assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
+    let report = String::from_utf8_lossy(&eval.stdout);
+    let expected = format!("{:.2} %", last_eval("whole")["knn_top1"].as_f64().unwrap() * 100.0);
+    assert!(report.contains(&expected), "eval of the final checkpoint gives the run's last kNN {expected}:\n{report}");
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn a_nan_stops_the_run_with_a_coded_error() {
+    let root = runs_root("nan");
+    let out = train("unigrad", &root, "nan", &["--max-steps", "4", "--set", "unigrad.lambda=1e30"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ssl::train::nonfinite"), "{err}");
+    assert!(err.contains("step"), "{err}");
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn bad_overrides_are_coded_errors() {
+    let root = runs_root("set");
+    let out = train("unigrad", &root, "x", &["--set", "unigrad.lamda=3"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean `lambda`?"));
+    let out = train("unigrad", &root, "y", &["--set", "batch=0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ssl::recipe::value"));
+    let out = train("unigrad", &root, "z", &["--set", "unigrad.rho=1.5"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("outside"));
+    std::fs::remove_dir_all(&root).ok();
+}
