@@ -6,6 +6,7 @@ pub mod model;
 pub mod optim;
 pub mod overrides;
 pub mod plot;
+pub mod progress;
 pub mod run;
 pub mod schedule;
 pub mod train;

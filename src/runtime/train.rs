@@ -213,20 +213,25 @@ pub fn train(
     let stop = opts.max_steps.map_or(total_steps, |m| m.min(total_steps));
     let started = Instant::now();
     let first = step;
+    let progress = super::progress::Progress::new(stop as u64, step as u64);
     while step < stop {
         if interrupted.load(Ordering::SeqCst) {
             t.checkpoint(step)?;
+            progress.finish();
             println!("interrupted: checkpoint saved at step {step}; continue with --resume");
             return Ok(TrainSummary { run_dir: t.run.path.clone(), steps: step, knn: t.last_knn, interrupted: true });
         }
         let log = step.is_multiple_of(opts.log_every.max(1)) || step + 1 == stop;
         let record = t.step(step, log)?;
         step += 1;
+        if record.is_none() {
+            progress.step(step as u64, None);
+        }
         if let Some(mut record) = record {
             let rate = (step - first) as f64 * t.recipe.batch as f64 / started.elapsed().as_secs_f64();
             let eta = (stop - step) as f64 * t.recipe.batch as f64 / rate.max(1e-9);
             record["pairs_per_s"] = json!(rate);
-            println!(
+            let line = format!(
                 "epoch {:>3} step {:>6}/{stop}  {}  z-std {:.4}  pairs/s {:.1}  eta {:.0}s",
                 step / t.steps_per_epoch,
                 step,
@@ -238,6 +243,7 @@ pub fn train(
                 rate,
                 eta
             );
+            progress.step(step as u64, Some(&line));
             t.warn_collapse(&record);
             t.run.append_metrics(&record)?;
         }
@@ -247,7 +253,11 @@ pub fn train(
             if let Some(knn) = &t.recipe.eval {
                 if epoch.is_multiple_of(knn.every) || step == stop {
                     let top1 = t.knn()?;
-                    println!("epoch {epoch:>3}: kNN top-1 {:.2} % ({})", top1 * 100.0, knn_protocol(t.recipe, &t.data));
+                    progress.println(&format!(
+                        "epoch {epoch:>3}: kNN top-1 {:.2} % ({})",
+                        top1 * 100.0,
+                        knn_protocol(t.recipe, &t.data)
+                    ));
                     t.run.append_metrics(&json!({"kind": "eval", "epoch": epoch, "step": step, "knn_top1": top1}))?;
                 }
             }
@@ -256,6 +266,7 @@ pub fn train(
             }
         }
     }
+    progress.finish();
     t.run.plot()?;
     Ok(TrainSummary { run_dir: t.run.path.clone(), steps: step, knn: t.last_knn, interrupted: false })
 }
