@@ -234,71 +234,30 @@ fn builtin_meaning(name: &str) -> &'static str {
 
 /// Names referenced anywhere in the objective's expressions (as names or as called weights).
 fn referenced_names(o: &ast::Objective) -> HashSet<String> {
-    fn walk(e: &ast::Expr, out: &mut HashSet<String>) {
-        match &e.kind {
-            ExprKind::Name(n) => {
-                out.insert(n.clone());
-            }
-            ExprKind::Comprehension { body, set, .. } => {
-                walk(body, out);
-                walk(set, out);
-            }
-            ExprKind::Neg(a) | ExprKind::Field(a, _) => walk(a, out),
-            ExprKind::Binary(_, a, b) => {
-                walk(a, out);
-                walk(b, out);
-            }
-            ExprKind::Call(f, args) => {
-                out.insert(f.name.clone());
-                args.iter().for_each(|a| walk(&a.value, out));
-            }
-            ExprKind::List(items) => items.iter().for_each(|i| walk(i, out)),
-            ExprKind::Number(_) | ExprKind::Str(_) | ExprKind::Bool(_) | ExprKind::Error => {}
-        }
-    }
     let mut out = HashSet::new();
-    for d in &o.decls {
-        match d {
-            Decl::Let { value, .. } | Decl::State { value, .. } | Decl::Assign { value, .. } => walk(value, &mut out),
-            Decl::Weight { set, body, .. } => {
-                walk(set, &mut out);
-                walk(body, &mut out);
-            }
-            Decl::Param { .. } => {}
+    o.walk_exprs(&mut |e| match &e.kind {
+        ExprKind::Name(n) => {
+            out.insert(n.clone());
         }
-    }
+        ExprKind::Call(f, _) => {
+            out.insert(f.name.clone());
+        }
+        _ => {}
+    });
     out
 }
 
 /// Names bound by comprehensions and weights anywhere in the objective, to explain out-of-scope uses.
 fn index_names(o: &ast::Objective) -> HashSet<String> {
-    fn walk(e: &ast::Expr, out: &mut HashSet<String>) {
-        match &e.kind {
-            ExprKind::Comprehension { body, var, set, .. } => {
-                out.insert(var.name.clone());
-                walk(body, out);
-                walk(set, out);
-            }
-            ExprKind::Neg(a) | ExprKind::Field(a, _) => walk(a, out),
-            ExprKind::Binary(_, a, b) => {
-                walk(a, out);
-                walk(b, out);
-            }
-            ExprKind::Call(_, args) => args.iter().for_each(|a| walk(&a.value, out)),
-            ExprKind::List(items) => items.iter().for_each(|i| walk(i, out)),
-            _ => {}
-        }
-    }
     let mut out = HashSet::new();
+    o.walk_exprs(&mut |e| {
+        if let ExprKind::Comprehension { var, .. } = &e.kind {
+            out.insert(var.name.clone());
+        }
+    });
     for d in &o.decls {
-        match d {
-            Decl::Let { value, .. } | Decl::State { value, .. } | Decl::Assign { value, .. } => walk(value, &mut out),
-            Decl::Weight { var, set, body, .. } => {
-                out.insert(var.name.clone());
-                walk(set, &mut out);
-                walk(body, &mut out);
-            }
-            Decl::Param { .. } => {}
+        if let Decl::Weight { var, .. } = d {
+            out.insert(var.name.clone());
         }
     }
     out

@@ -103,6 +103,44 @@ pub enum Decl {
     },
 }
 
+impl Objective {
+    /// Visits every expression of every declaration, parents before children.
+    pub fn walk_exprs(&self, f: &mut impl FnMut(&Expr)) {
+        for d in &self.decls {
+            match d {
+                Decl::Let { value, .. } | Decl::State { value, .. } | Decl::Assign { value, .. } => value.walk(f),
+                Decl::Weight { set, body, .. } => {
+                    set.walk(f);
+                    body.walk(f);
+                }
+                Decl::Param { .. } => {}
+            }
+        }
+    }
+}
+
+impl Expr {
+    /// Visits this expression and its sub-expressions, parents first. Depth is bounded by the
+    /// parser's nesting limit.
+    pub fn walk(&self, f: &mut impl FnMut(&Expr)) {
+        f(self);
+        match &self.kind {
+            ExprKind::Neg(a) | ExprKind::Field(a, _) => a.walk(f),
+            ExprKind::Binary(_, a, b) => {
+                a.walk(f);
+                b.walk(f);
+            }
+            ExprKind::Call(_, args) => args.iter().for_each(|a| a.value.walk(f)),
+            ExprKind::Comprehension { body, set, .. } => {
+                body.walk(f);
+                set.walk(f);
+            }
+            ExprKind::List(items) => items.iter().for_each(|i| i.walk(f)),
+            ExprKind::Number(_) | ExprKind::Str(_) | ExprKind::Bool(_) | ExprKind::Name(_) | ExprKind::Error => {}
+        }
+    }
+}
+
 /// `in [lo, hi)` and friends; `inf` is written as an infinite bound.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Range {

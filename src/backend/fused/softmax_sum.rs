@@ -63,13 +63,7 @@ impl SoftmaxSum {
         let mut logits: Vec<T> = Vec::new();
         for part in &self.parts {
             match part {
-                Part::Item(t) => {
-                    let t = t.contiguous()?;
-                    let (guard, layout) = t.storage_and_layout();
-                    let candle_core::Storage::Cpu(storage) = &*guard else {
-                        candle_core::bail!("fused: CPU tensors only")
-                    };
-                    let item = Matrix::<T>::view(storage, layout)?;
+                Part::Item(t) => with_matrix(t, |item: Matrix<T>| {
                     let shared = item.rows == 1 && n != 1;
                     for i in 0..n {
                         let v_row = if shared { 0 } else { i };
@@ -82,14 +76,9 @@ impl SoftmaxSum {
                         *r.sum += p;
                         r.acc.iter_mut().zip(v).for_each(|(a, b)| *a += p * *b);
                     }
-                }
-                Part::Rows(t) => {
-                    let t = t.contiguous()?;
-                    let (guard, layout) = t.storage_and_layout();
-                    let candle_core::Storage::Cpu(storage) = &*guard else {
-                        candle_core::bail!("fused: CPU tensors only")
-                    };
-                    let rows = Matrix::<T>::view(storage, layout)?;
+                    Ok(())
+                })?,
+                Part::Rows(t) => with_matrix(t, |rows: Matrix<T>| {
                     if rows.cols != d {
                         candle_core::bail!("fused softmax-sum: candidates have {} columns, features {d}", rows.cols);
                     }
@@ -120,7 +109,8 @@ impl SoftmaxSum {
                         gemm_into(&mut acc, &p, &tile, true, T::one(), T::one())?;
                         k0 += kt;
                     }
-                }
+                    Ok(())
+                })?,
             }
         }
         acc.par_chunks_mut(d).zip(sum.par_iter()).for_each(|(a, s)| {
@@ -129,6 +119,14 @@ impl SoftmaxSum {
         });
         Ok((T::to_cpu_storage_owned(acc), Shape::from((n, d))))
     }
+}
+
+/// Runs `f` on a CPU tensor's data viewed as a matrix (made contiguous first).
+fn with_matrix<T: Float, R>(t: &Tensor, f: impl FnOnce(Matrix<T>) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (guard, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(storage) = &*guard else { candle_core::bail!("fused: CPU tensors only") };
+    f(Matrix::view(storage, layout)?)
 }
 
 impl CustomOp1 for SoftmaxSum {
