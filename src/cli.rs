@@ -378,7 +378,8 @@ fn verify_cmd(files: &[PathBuf]) -> ExitCode {
             }
         }
     }
-    println!("{:<14} {:<15} {:>12}  {:<6} note", "objective", "check", "max rel err", "result");
+    let w = rows.iter().map(|r| r.objective.len()).max().unwrap_or(0).max(9);
+    println!("{:<w$} {:<17} {:>12}  {:<6} note", "objective", "check", "max rel err", "result");
     for r in &rows {
         let err = r.max_error.map_or("-".to_string(), |e| format!("{e:.2e}"));
         let result = match (r.pass, r.max_error) {
@@ -386,7 +387,7 @@ fn verify_cmd(files: &[PathBuf]) -> ExitCode {
             (true, None) => "n/a",
             (false, _) => "FAIL",
         };
-        println!("{:<14} {:<15} {:>12}  {:<6} {}", r.objective, r.check, err, result, r.note);
+        println!("{:<w$} {:<17} {:>12}  {:<6} {}", r.objective, r.check, err, result, r.note);
         if !r.pass {
             worst = worst.max(1);
         }
