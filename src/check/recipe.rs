@@ -280,6 +280,14 @@ pub fn decode(train: &Train, diagnostics: &mut Vec<Diagnostic>) -> (Recipe, Vec<
 
 /// Sets one field from its expression (also used for `--set field=value`).
 pub fn set_field(recipe: &mut Recipe, field: &Field, diagnostics: &mut Vec<Diagnostic>) {
+    decode_field(recipe, field, diagnostics);
+    // The predictor maps the projection space to itself, whatever order the fields were set in.
+    if let Some(p) = &mut recipe.predictor {
+        p.out = recipe.projector.out;
+    }
+}
+
+fn decode_field(recipe: &mut Recipe, field: &Field, diagnostics: &mut Vec<Diagnostic>) {
     let mut d = Decoder { diagnostics };
     let v = &field.value;
     let _decoded: Option<()> = match field.name.name.as_str() {
@@ -489,15 +497,15 @@ impl Decoder<'_> {
         Some(Mlp { hidden, out })
     }
 
+    /// `none` or `mlp(hidden = h)`: the output width is always the projector's (the prediction is
+    /// compared with the target's projection), so it is not a setting.
     fn predictor(&mut self, e: &Expr, projector_out: usize) -> Option<Option<Mlp>> {
-        if matches!(&e.kind, ExprKind::Name(n) if n == "none") {
+        let c = self.ctor(e, "a predictor", &[("none", &[]), ("mlp", &["hidden"])])?;
+        if c.name == "none" {
             return Some(None);
         }
-        let mut mlp = self.mlp(e, "a predictor (`none` or `mlp(...)`)", 512, Some(projector_out))?;
-        if mlp.out == 0 {
-            mlp.out = projector_out;
-        }
-        Some(Some(mlp))
+        let hidden = c.args[0].map_or(Some(512), |h| self.int(h, 1, 65536))?;
+        Some(Some(Mlp { hidden, out: projector_out }))
     }
 
     fn momentum(&mut self, e: &Expr) -> Option<Momentum> {
@@ -717,7 +725,11 @@ impl std::fmt::Display for Recipe {
         writeln!(f, "data       = {data}")?;
         writeln!(f, "encoder    = resnet_mini(widths = [{}], blocks = {})", widths.join(", "), self.encoder.blocks)?;
         writeln!(f, "projector  = {}", mlp(&self.projector))?;
-        writeln!(f, "predictor  = {}", self.predictor.as_ref().map_or("none".to_string(), mlp))?;
+        writeln!(
+            f,
+            "predictor  = {}",
+            self.predictor.as_ref().map_or("none".to_string(), |p| format!("mlp(hidden = {})", p.hidden))
+        )?;
         writeln!(f, "momentum   = {momentum}")?;
         writeln!(f, "batch      = {}", self.batch)?;
         writeln!(f, "epochs     = {}", self.epochs)?;

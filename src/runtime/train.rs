@@ -363,7 +363,8 @@ impl Trainer<'_> {
         let d = features.u1.dims()[1];
         let mut record = json!({
             "kind": "step",
-            "step": step,
+            // Steps completed, as checkpoints and evaluations count them.
+            "step": step + 1,
             "epoch": epoch,
             "lr": lr,
             "momentum": momentum,
