@@ -121,12 +121,38 @@ enum Command {
         #[arg(long)]
         data: Option<PathBuf>,
     },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
     /// Prove each objective's gradient: autodiff of its `loss` (f64) against positive + balance *
     /// negative on fresh random inputs. Prints a table; exit 1 on any failure.
     Verify {
         /// The .ssl files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Training throughput (pairs/s) per objective, with the share of each phase of the step and peak memory.
+    Train {
+        /// Objective files (default: every file in objectives/).
+        files: Vec<PathBuf>,
+        /// Batch size.
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        /// Steps measured per objective (after one warm-up step).
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        /// Data directory (default: the bundled subset).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Extra recipe overrides for every objective.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
     },
 }
 
@@ -184,6 +210,32 @@ pub fn run(cli: Cli) -> ExitCode {
                         summary.steps,
                         summary.run_dir.display()
                     );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Bench { what: BenchCommand::Train { files, batch, steps, data, set } } => {
+            let files = if files.is_empty() {
+                let mut all: Vec<PathBuf> = std::fs::read_dir("objectives")
+                    .map(|d| {
+                        d.filter_map(|e| e.ok().map(|e| e.path()))
+                            .filter(|p| p.extension().is_some_and(|x| x == "ssl"))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                all.sort();
+                all
+            } else {
+                files
+            };
+            let data = data.unwrap_or_else(|| PathBuf::from(crate::data::BUNDLED_DIR));
+            match crate::runtime::bench::bench_train(&files, batch, steps, &data, &set) {
+                Ok(table) => {
+                    print!("{table}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

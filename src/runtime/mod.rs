@@ -1,6 +1,7 @@
 //! The training runtime: the Siamese model and its EMA target, optimisers and schedules, `--set`
 //! overrides, the run directory, and the training loop (DESIGN §5).
 
+pub mod bench;
 pub mod evaluate;
 pub mod model;
 pub mod optim;

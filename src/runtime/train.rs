@@ -267,6 +267,7 @@ pub fn train(
         }
     }
     progress.finish();
+    t.run.append_metrics(&json!({"kind": "end", "step": step, "peak_rss_mb": peak_rss_mb()}))?;
     t.run.plot()?;
     Ok(TrainSummary { run_dir: t.run.path.clone(), steps: step, knn: t.last_knn, interrupted: false })
 }
@@ -306,16 +307,19 @@ impl Trainer<'_> {
             recipe.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
         ));
         let within = step % self.steps_per_epoch;
+        let mut clock = Phases::start();
         let images = data::gather(&self.data.train_images, &order[within * batch..(within + 1) * batch])?;
         let v1 = augment::augment(&images, &recipe.augment, &mut augment::view_rng(recipe.seed, step as u64, 0))?;
         let v2 = augment::augment(&images, &recipe.augment, &mut augment::view_rng(recipe.seed, step as u64, 1))?;
         let device = Device::Cpu;
         let (x1, x2) = (v1.global_tensor(&device)?, v2.global_tensor(&device)?);
+        clock.lap("augment");
 
         let o1 = self.net.forward(&x1, true)?;
         let o2 = self.net.forward(&x2, true)?;
         let head = |o: &super::model::Outputs| o.prediction.clone().unwrap_or_else(|| o.projection.clone());
         let (u1, u2) = (normalize(&head(&o1))?, normalize(&head(&o2))?);
+        clock.lap("online_forward");
         let (t1, t2) = match &self.target {
             Some(target) => {
                 (target.forward_no_grad(&x1, true)?.projection, target.forward_no_grad(&x2, true)?.projection)
@@ -331,11 +335,13 @@ impl Trainer<'_> {
             t1 = mix_targets(&t1, &c.perm, c.lambda)?;
         }
         let features = Features { u1: u1.detach(), u2: u2.detach(), t1, t2 };
+        clock.lap("target_forward");
         let grads = if log && self.plan.lowered.loss.is_some() {
             self.plan.step_with_loss(&features, &mut self.state)?
         } else {
             self.plan.step(&features, &mut self.state)?
         };
+        clock.lap("plan");
         let mut objective = (surrogate(&u1, &grads.g1)? + surrogate(&u2, &grads.g2)?)?;
         // Multi-crop: local crops are online views only, each pulled toward both global targets and
         // weighted as one global view (whose gradient carries the ½ of the two view orders).
@@ -350,13 +356,17 @@ impl Trainer<'_> {
         if !value.is_finite() {
             return Err(self.non_finite(step, "the gradient injected at the normalised features", value));
         }
+        clock.lap("local_crops");
         let store = objective.backward()?;
+        clock.lap("backward");
         let lr = self.lr.at(step);
         self.optimizer.step(&store, lr)?;
+        clock.lap("optimizer");
         let momentum = target_momentum(&recipe.momentum, step, self.total_steps);
         if let (Some(target), Some(m)) = (&mut self.target, momentum) {
             target.ema_update(&self.net, m)?;
         }
+        clock.lap("ema");
         if !log {
             return Ok(None);
         }
@@ -375,6 +385,7 @@ impl Trainer<'_> {
             "z_std_target": health::z_std(&features.t1)?,
             "z_std_healthy": 1.0 / (d as f64).sqrt(),
             "effective_rank": health::effective_rank(&features.u1)?,
+            "phase_ms": clock.millis(),
         });
         if let Some(loss) = &grads.loss {
             let l = loss.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
@@ -475,6 +486,37 @@ impl Trainer<'_> {
         self.run.truncate_metrics(step as u64)?;
         Ok(step)
     }
+}
+
+/// Wall time per phase of a step, for the throughput benchmark and the metrics.
+struct Phases {
+    last: Instant,
+    laps: Vec<(&'static str, f64)>,
+}
+
+impl Phases {
+    fn start() -> Self {
+        Phases { last: Instant::now(), laps: Vec::new() }
+    }
+
+    /// Ends the phase called `name`.
+    fn lap(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.laps.push((name, (now - self.last).as_secs_f64() * 1e3));
+        self.last = now;
+    }
+
+    fn millis(&self) -> serde_json::Value {
+        serde_json::Value::Object(self.laps.iter().map(|(k, v)| (k.to_string(), json!(v))).collect())
+    }
+}
+
+/// Peak resident memory of this process in MB (Linux `VmHWM`), if readable.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 /// Backbone features of 28×28 images, in eval mode, in chunks of 512.
