@@ -2,7 +2,9 @@
 //!
 //! The pipeline, one module per arrow: [`syntax::parse`] (source → syntax tree) →
 //! [`check::check`] (→ typed objective) → [`ir::lower`] (→ gradient IR) → passes
-//! ([`ir::reassociate`], [`ir::fuse`]) → [`plan::Plan`] (run on a [`backend`] once per step).
+//! ([`ir::reassociate`], [`ir::fuse`]) → [`plan::Plan`] (run on a [`backend`] once per step) →
+//! [`runtime::train`] (data, augmentation, online and target networks, optimiser), evaluated by
+//! [`eval`].
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
