@@ -2,6 +2,7 @@
 //! overrides, the run directory, and the training loop (DESIGN §5).
 
 pub mod bench;
+pub mod conv;
 pub mod evaluate;
 pub mod model;
 pub mod optim;

@@ -162,20 +162,17 @@ impl Buffers {
 // ---------------------------------------------------------------------------------------------------------------
 // Layers as functions.
 
-/// 2-D convolution, NCHW input and [out, in, k, k] kernel, no bias. Every convolution of the model goes through here
-/// so that candle's slow CPU conv backward can be swapped for our own kernels in one place.
-///
-/// Works around candle 0.9.2's CPU bug huggingface/candle#3404 (fixed upstream by PR #3405, not in 0.9.2): its tiled
-/// conv reads any input whose strides equal those of a contiguous NHWC tensor as NHWC data, and a contiguous NCHW
-/// input with C == H == W has exactly those strides, so its output is garbage. Such an input is handed over stored
-/// as NHWC instead (one copy, only in that case), which candle's general path reads correctly.
+/// 2-D convolution, NCHW input and [out, in, k, k] kernel, no bias. Every convolution of the model goes through here,
+/// so the implementation is chosen in one place: our GEMM kernels ([`crate::runtime::conv::conv2d`], forward and both backward
+/// products), or candle's own conv2d and autodiff when the environment variable `SSL_CONV=candle` is set (read once;
+/// [`crate::runtime::conv::set_conv_impl`] switches at run time). candle's path carries the workaround for its C == H == W bug
+/// ([`crate::runtime::conv::candle_conv2d`]).
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
-    let (_, c, h, wd) = x.dims4()?;
-    if x.stride() == [h * wd * c, wd * c, c, 1] && c > 1 {
-        let nhwc = x.permute((0, 2, 3, 1))?.contiguous()?.permute((0, 3, 1, 2))?;
-        return nhwc.conv2d(w, pad, stride, 1, 1);
+    use crate::runtime::conv;
+    match conv::conv_impl() {
+        conv::ConvImpl::Ours => conv::conv2d(x, w, stride, pad),
+        conv::ConvImpl::Candle => conv::candle_conv2d(x, w, stride, pad),
     }
-    x.conv2d(w, pad, stride, 1, 1)
 }
 
 /// `x · wᵀ (+ b)` with torch's [out, in] weight layout; the transpose is a free stride change.
