@@ -172,6 +172,11 @@ fn verify_passes_for_the_standard_and_extra_objectives() {
         .iter()
         .map(|n| std::fs::read_to_string(format!("{}/objectives/{n}.ssl", env!("CARGO_MANIFEST_DIR"))).unwrap())
         .collect();
+    // The README's worked example: a decorrelation form with a per-sample balance.
+    sources.push(
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/hard_positive_decorrelation.ssl"))
+            .unwrap(),
+    );
     sources.extend(
         [
             // Alignment + uniformity (Wang & Isola): the uniformity push as a logsumexp over targets.
