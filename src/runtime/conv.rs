@@ -23,7 +23,7 @@
 //! Which implementation `model::conv2d` runs is [`conv_impl`]: ours unless the environment variable
 //! `SSL_CONV=candle` is set when it is first read; [`set_conv_impl`] switches at run time (benchmarks).
 
-use crate::backend::fused::gemm::{Float, Matrix};
+use crate::backend::fused::gemm::{gemm_strided, Float, Matrix};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::borrow::Cow;
@@ -240,52 +240,7 @@ fn gemm<T: Float>(
     accumulate: bool,
     par: gemm::Parallelism,
 ) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(b.rows, k, "conv gemm: inner dimensions differ");
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(dst_rs >= n && dst.len() >= (m - 1) * dst_rs + n, "conv gemm: destination too small");
-    if k == 0 {
-        if !accumulate {
-            for r in 0..m {
-                dst[r * dst_rs..r * dst_rs + n].fill(T::zero());
-            }
-        }
-        return;
-    }
-    let last = |x: &Matrix<'_, T>| {
-        assert!(x.row_stride >= 0 && x.col_stride >= 0, "conv gemm: negative strides");
-        (x.rows - 1) * x.row_stride as usize + (x.cols - 1) * x.col_stride as usize
-    };
-    assert!(last(&a) < a.data.len() && last(&b) < b.data.len(), "conv gemm: operand out of bounds");
-    // SAFETY: the asserts above keep every element gemm reads (a, b) or writes (dst rows of n elements at stride
-    // dst_rs ≥ n, so rows do not overlap) inside its slice; strides are non-negative, and `dst` is borrowed
-    // mutably, so it aliases neither operand.
-    #[allow(unsafe_code)]
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.col_stride,
-            a.row_stride,
-            b.data.as_ptr(),
-            b.col_stride,
-            b.row_stride,
-            T::one(),
-            T::one(),
-            false,
-            false,
-            false,
-            par,
-        );
-    }
+    gemm_strided(dst, dst_rs, a, b, accumulate, T::one(), T::one(), par);
 }
 
 /// A row-major matrix view.

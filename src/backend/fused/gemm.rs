@@ -71,17 +71,45 @@ pub fn gemm_into<T: Float>(
     if b.rows != k || dst.len() != m * n {
         candle_core::bail!("fused gemm: shapes [{m}, {k}] x [{}, {n}] into {} elements", b.rows, dst.len());
     }
+    gemm_strided(dst, n, *a, *b, accumulate, alpha, beta, parallelism());
+    Ok(())
+}
+
+/// The one safe entry to the `gemm` crate: `dst[m×n] (row stride dst_rs) ← alpha·dst + beta·a·b`
+/// (alpha ignored unless `accumulate`). Shapes and extents are invariants of the callers, asserted.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_strided<T: Float>(
+    dst: &mut [T],
+    dst_rs: usize,
+    a: Matrix<'_, T>,
+    b: Matrix<'_, T>,
+    accumulate: bool,
+    alpha: T,
+    beta: T,
+    par: gemm::Parallelism,
+) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "gemm: inner dimensions differ");
     if m == 0 || n == 0 {
-        return Ok(());
+        return;
     }
+    assert!(dst_rs >= n && dst.len() >= (m - 1) * dst_rs + n, "gemm: destination too small");
     if k == 0 {
         if !accumulate {
-            dst.fill(T::zero());
+            for r in 0..m {
+                dst[r * dst_rs..r * dst_rs + n].fill(T::zero());
+            }
         }
-        return Ok(());
+        return;
     }
-    // SAFETY: every pointer is valid for the extents given by its view: `Matrix::view` takes them
-    // from candle's layout of a live storage, and `dst` is checked above to hold m·n elements.
+    let last = |x: &Matrix<'_, T>| {
+        assert!(x.row_stride >= 0 && x.col_stride >= 0, "gemm: negative strides");
+        (x.rows - 1) * x.row_stride as usize + (x.cols - 1) * x.col_stride as usize
+    };
+    assert!(last(&a) < a.data.len() && last(&b) < b.data.len(), "gemm: operand out of bounds");
+    // SAFETY: the asserts above keep every element gemm reads (a, b) or writes (dst rows of n
+    // elements at stride dst_rs ≥ n, so rows do not overlap) inside its slice; strides are
+    // non-negative, and `dst` is borrowed mutably, so it aliases neither operand.
     #[allow(unsafe_code)]
     unsafe {
         gemm::gemm(
@@ -90,7 +118,7 @@ pub fn gemm_into<T: Float>(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_rs as isize,
             accumulate,
             a.data.as_ptr(),
             a.col_stride,
@@ -103,10 +131,9 @@ pub fn gemm_into<T: Float>(
             false,
             false,
             false,
-            parallelism(),
+            par,
         );
     }
-    Ok(())
 }
 
 /// `addend + beta · op(A)·op(B)` with `op` an optional transpose, as a candle custom op.
