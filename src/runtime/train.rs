@@ -109,6 +109,8 @@ struct Trainer<'a> {
     total_steps: usize,
     last_checkpoint: Option<usize>,
     last_knn: Option<f64>,
+    /// The current epoch's sample order, drawn once per epoch.
+    order: (Option<usize>, Vec<usize>),
 }
 
 /// Trains `objective` with `recipe`, writing the run directory.
@@ -165,6 +167,7 @@ pub fn train(
         total_steps,
         last_checkpoint: None,
         last_knn: None,
+        order: (None, Vec::new()),
         data,
     };
     let mut step = 0;
@@ -302,13 +305,17 @@ impl Trainer<'_> {
         let recipe = self.recipe;
         let batch = recipe.batch;
         let epoch = step / self.steps_per_epoch;
-        let mut order: Vec<usize> = (0..self.data.train_len()).collect();
-        order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
-            recipe.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        ));
+        if self.order.0 != Some(epoch) {
+            // The epoch's permutation depends only on (seed, epoch), so a resumed run draws the same one.
+            let mut order: Vec<usize> = (0..self.data.train_len()).collect();
+            order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
+                recipe.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            ));
+            self.order = (Some(epoch), order);
+        }
         let within = step % self.steps_per_epoch;
         let mut clock = Phases::start();
-        let images = data::gather(&self.data.train_images, &order[within * batch..(within + 1) * batch])?;
+        let images = data::gather(&self.data.train_images, &self.order.1[within * batch..(within + 1) * batch])?;
         let v1 = augment::augment(&images, &recipe.augment, &mut augment::view_rng(recipe.seed, step as u64, 0))?;
         let v2 = augment::augment(&images, &recipe.augment, &mut augment::view_rng(recipe.seed, step as u64, 1))?;
         let device = Device::Cpu;
