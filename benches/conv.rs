@@ -14,7 +14,8 @@ use candle_core::{DType, Device, Result, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use ssl_lang::check::recipe::Recipe;
-use ssl_lang::runtime::conv::{self, ConvGeom, ConvImpl};
+use ssl_lang::runtime::conv::{self, ConvGeom};
+use ssl_lang::runtime::kernels::{self, Kernels};
 use ssl_lang::runtime::model::SiameseNet;
 use std::time::Instant;
 
@@ -223,10 +224,10 @@ fn main() -> Result<()> {
     let net = SiameseNet::from_recipe(&Recipe::default(), DType::F32, &Device::Cpu)?;
     let x = randn(&mut rng, &[batch, 1, 28, 28])?;
     let r = randn(&mut rng, &[batch, net.projection_dim()])?;
-    let before = conv::conv_impl();
+    let before = kernels::kernels();
     let mut rows = Vec::new();
-    for choice in [ConvImpl::Candle, ConvImpl::Ours] {
-        conv::set_conv_impl(choice);
+    for choice in [Kernels::Candle, Kernels::Ours] {
+        kernels::set_kernels(choice);
         let (mut fwd, mut bwd) = (Vec::new(), Vec::new());
         for _ in 0..(if quick { 2 } else { 4 }) {
             let t0 = Instant::now();
@@ -248,7 +249,7 @@ fn main() -> Result<()> {
         };
         rows.push((choice, med(&mut fwd), med(&mut bwd)));
     }
-    conv::set_conv_impl(before);
+    kernels::set_kernels(before);
     println!("resnet_mini + projector, batch {batch}, forward (train) + backward:");
     for (choice, f, b) in &rows {
         println!(

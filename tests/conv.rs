@@ -9,7 +9,8 @@
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use ssl_lang::runtime::conv::{self, ConvGeom, ConvImpl};
+use ssl_lang::runtime::conv::{self, ConvGeom};
+use ssl_lang::runtime::kernels::{self, Kernels};
 
 /// A convolution: (B, C, H, W, O, kh, kw, stride, pad).
 type Shape = (usize, usize, usize, usize, usize, usize, usize, usize, usize);
@@ -270,17 +271,17 @@ fn bad_shapes_are_errors() -> Result<()> {
 #[test]
 fn model_conv2d_switches_implementation() -> Result<()> {
     let c = case(2, DType::F64)?;
-    if std::env::var("SSL_CONV").is_err() {
-        assert_eq!(conv::conv_impl(), ConvImpl::Ours);
+    if std::env::var("SSL_KERNELS").is_err() {
+        assert_eq!(kernels::kernels(), Kernels::Ours);
     }
-    let before = conv::conv_impl();
+    let before = kernels::kernels();
     let mut outs = Vec::new();
-    for choice in [ConvImpl::Candle, ConvImpl::Ours] {
-        conv::set_conv_impl(choice);
-        assert_eq!(conv::conv_impl(), choice);
+    for choice in [Kernels::Candle, Kernels::Ours] {
+        kernels::set_kernels(choice);
+        assert_eq!(kernels::kernels(), choice);
         outs.push(values(&ssl_lang::runtime::model::conv2d(&c.x, &c.w, c.g.stride, c.g.pad)?)?);
     }
-    conv::set_conv_impl(before);
+    kernels::set_kernels(before);
     assert!(rel_err(&outs[1], &outs[0]) <= 1e-12);
     Ok(())
 }

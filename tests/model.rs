@@ -130,7 +130,7 @@ fn batch_norm_train_normalises_and_updates_running_stats_exactly() -> Result<()>
     let (gamma, beta) = (Tensor::ones(3, DType::F64, &dev)?, Tensor::zeros(3, DType::F64, &dev)?);
     let (mut rm, mut rv) = (Tensor::new(&[0.5f64, -1.0, 2.0], &dev)?, Tensor::new(&[1.0f64, 2.0, 0.5], &dev)?);
     let (rm0, rv0) = (rm.to_vec1::<f64>()?, rv.to_vec1::<f64>()?);
-    let y = batch_norm_train(&x, &gamma, &beta, Some((&mut rm, &mut rv)))?;
+    let y = batch_norm_train(&x, &gamma, &beta, Some((&mut rm, &mut rv)), false)?;
     for (c, (mean, var, _)) in channel_stats(&y)?.into_iter().enumerate() {
         assert!(mean.abs() < 1e-4, "channel {c}: mean {mean}");
         assert!((var - 1.0).abs() < 1e-4, "channel {c}: var {var}");
@@ -145,7 +145,7 @@ fn batch_norm_train_normalises_and_updates_running_stats_exactly() -> Result<()>
     }
     // γ and β scale and shift the normalised output.
     let (g2, b2) = (Tensor::new(&[2.0f64, 0.5, 3.0], &dev)?, Tensor::new(&[1.0f64, -1.0, 0.0], &dev)?);
-    let y = batch_norm_train(&x, &g2, &b2, None)?;
+    let y = batch_norm_train(&x, &g2, &b2, None, false)?;
     for (c, (mean, var, _)) in channel_stats(&y)?.into_iter().enumerate() {
         let (g, b) = ([2.0, 0.5, 3.0][c], [1.0, -1.0, 0.0][c]);
         assert!((mean - b).abs() < 1e-4 && (var - g * g).abs() < 1e-3 * g * g, "channel {c}: {mean} {var}");
@@ -160,7 +160,7 @@ fn batch_norm_1d_and_eval_mode_known_values() -> Result<()> {
     let x = Tensor::new(&[[1.0f64, 10.0], [3.0, 10.0]], &dev)?;
     let (gamma, beta) = (Tensor::ones(2, DType::F64, &dev)?, Tensor::zeros(2, DType::F64, &dev)?);
     let (mut rm, mut rv) = (Tensor::zeros(2, DType::F64, &dev)?, Tensor::ones(2, DType::F64, &dev)?);
-    let y = batch_norm_train(&x, &gamma, &beta, Some((&mut rm, &mut rv)))?.to_vec2::<f64>()?;
+    let y = batch_norm_train(&x, &gamma, &beta, Some((&mut rm, &mut rv)), false)?.to_vec2::<f64>()?;
     let s = 1.0 / (1.0 + BN_EPS).sqrt();
     assert!((y[0][0] + s).abs() < 1e-15 && (y[1][0] - s).abs() < 1e-15, "{y:?}");
     assert_eq!((y[0][1], y[1][1]), (0.0, 0.0), "a constant channel normalises to β");
@@ -170,7 +170,7 @@ fn batch_norm_1d_and_eval_mode_known_values() -> Result<()> {
     // Eval: (x − mean)/√(var + eps)·γ + β with the running statistics.
     let (mean, var) = (Tensor::new(&[2.0f64, 0.0], &dev)?, Tensor::new(&[4.0f64, 1.0], &dev)?);
     let (g, b) = (Tensor::new(&[3.0f64, 1.0], &dev)?, Tensor::new(&[0.5f64, -1.0], &dev)?);
-    let y = batch_norm_eval(&x, &g, &b, &mean, &var)?.to_vec2::<f64>()?;
+    let y = batch_norm_eval(&x, &g, &b, &mean, &var, false)?.to_vec2::<f64>()?;
     let want = [
         [(1.0 - 2.0) / (4.0 + BN_EPS).sqrt() * 3.0 + 0.5, 10.0 / (1.0 + BN_EPS).sqrt() - 1.0],
         [(3.0 - 2.0) / (4.0 + BN_EPS).sqrt() * 3.0 + 0.5, 10.0 / (1.0 + BN_EPS).sqrt() - 1.0],
@@ -182,8 +182,8 @@ fn batch_norm_1d_and_eval_mode_known_values() -> Result<()> {
     }
     // A single value per channel has no variance: an error, as in torch, not a NaN or a panic.
     let one = Tensor::new(&[[1.0f64, 2.0]], &dev)?;
-    assert!(batch_norm_train(&one, &gamma, &beta, None).is_err());
-    assert!(batch_norm_train(&Tensor::zeros((2, 3, 4), DType::F64, &dev)?, &gamma, &beta, None).is_err());
+    assert!(batch_norm_train(&one, &gamma, &beta, None, false).is_err());
+    assert!(batch_norm_train(&Tensor::zeros((2, 3, 4), DType::F64, &dev)?, &gamma, &beta, None, false).is_err());
     Ok(())
 }
 
@@ -322,9 +322,9 @@ fn batch_norm_gradient_matches_finite_differences() -> Result<()> {
         for train in [true, false] {
             let loss_t = || -> Result<Tensor> {
                 let y = if train {
-                    batch_norm_train(&x, &gamma, &beta, None)?
+                    batch_norm_train(&x, &gamma, &beta, None, false)?
                 } else {
-                    batch_norm_eval(&x, &gamma, &beta, &rm, &rv)?
+                    batch_norm_eval(&x, &gamma, &beta, &rm, &rv, false)?
                 };
                 (y * &r)?.sum_all()
             };
@@ -578,7 +578,7 @@ fn forward_backward_timing() -> Result<()> {
     let x = Var::from_tensor(&randn(&[batch, 32, 28, 28], 65, DType::F32)?)?;
     let (g, b) = (Var::ones(32, DType::F32, &Device::Cpu)?, Var::zeros(32, DType::F32, &Device::Cpu)?);
     let t0 = std::time::Instant::now();
-    let y = batch_norm_train(&x, &g, &b, None)?.relu()?;
+    let y = batch_norm_train(&x, &g, &b, None, false)?.relu()?;
     let t1 = std::time::Instant::now();
     y.sum_all()?.backward()?;
     let t2 = std::time::Instant::now();

@@ -20,57 +20,12 @@
 //! share one GEMM when their pixel count is small, so that the GEMM stays wide); the weight gradient sums one
 //! partial per task in a fixed order, so results do not depend on scheduling.
 //!
-//! Which implementation `model::conv2d` runs is [`conv_impl`]: ours unless the environment variable
-//! `SSL_CONV=candle` is set when it is first read; [`set_conv_impl`] switches at run time (benchmarks).
+//! Which implementation `model::conv2d` runs is chosen by [`crate::runtime::kernels`].
 
 use crate::backend::fused::gemm::{gemm_strided, Float, Matrix};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicU8, Ordering};
-
-// ---------------------------------------------------------------------------------------------------------------
-// Selecting the implementation.
-
-/// Which convolution `model::conv2d` runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConvImpl {
-    /// This module's GEMM kernels (the default).
-    Ours,
-    /// candle's own `conv2d` and its autodiff (`SSL_CONV=candle`).
-    Candle,
-}
-
-/// 0: not read yet, 1: ours, 2: candle.
-static IMPL: AtomicU8 = AtomicU8::new(0);
-
-/// The convolution in use: set by [`set_conv_impl`], else read once from `SSL_CONV` (`candle` selects candle's
-/// convolution; anything else, or unset, ours).
-pub fn conv_impl() -> ConvImpl {
-    match IMPL.load(Ordering::Relaxed) {
-        1 => ConvImpl::Ours,
-        2 => ConvImpl::Candle,
-        _ => {
-            let candle = std::env::var("SSL_CONV").is_ok_and(|v| v.eq_ignore_ascii_case("candle"));
-            let chosen = if candle { ConvImpl::Candle } else { ConvImpl::Ours };
-            // Keep a value set concurrently by `set_conv_impl`.
-            let _ = IMPL.compare_exchange(0, code(chosen), Ordering::Relaxed, Ordering::Relaxed);
-            conv_impl()
-        }
-    }
-}
-
-/// Selects the convolution for the whole process (overrides `SSL_CONV`).
-pub fn set_conv_impl(choice: ConvImpl) {
-    IMPL.store(code(choice), Ordering::Relaxed);
-}
-
-fn code(choice: ConvImpl) -> u8 {
-    match choice {
-        ConvImpl::Ours => 1,
-        ConvImpl::Candle => 2,
-    }
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Tensor-level entry points.
@@ -633,7 +588,7 @@ fn im2col_weight_grad<T: Float>(g: &ConvGeom, x: &[T], dy: &[T]) -> Vec<T> {
 // candle custom ops.
 
 /// A tensor's elements in row-major order: borrowed when contiguous, gathered through its strides otherwise.
-fn read<'a, T: Float>(s: &'a CpuStorage, l: &Layout) -> Result<Cow<'a, [T]>> {
+pub(crate) fn read<'a, T: Float>(s: &'a CpuStorage, l: &Layout) -> Result<Cow<'a, [T]>> {
     let data = s.as_slice::<T>()?;
     if let Some((start, end)) = l.contiguous_offsets() {
         return Ok(Cow::Borrowed(&data[start..end]));

@@ -4,7 +4,9 @@
 pub mod bench;
 pub mod conv;
 pub mod evaluate;
+pub mod kernels;
 pub mod model;
+pub mod norm;
 pub mod optim;
 pub mod overrides;
 pub mod plot;

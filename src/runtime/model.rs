@@ -8,6 +8,8 @@
 //! forward pass, and the target's parameters line up one-for-one with a prefix of the online ones.
 
 use crate::check::recipe::{Encoder as EncoderSpec, Mlp as MlpSpec, Recipe};
+use crate::runtime::kernels::{self, Kernels};
+use crate::runtime::{conv, norm};
 use candle_core::{bail, DType, Device, Result, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -163,15 +165,13 @@ impl Buffers {
 // Layers as functions.
 
 /// 2-D convolution, NCHW input and [out, in, k, k] kernel, no bias. Every convolution of the model goes through here,
-/// so the implementation is chosen in one place: our GEMM kernels ([`crate::runtime::conv::conv2d`], forward and both backward
-/// products), or candle's own conv2d and autodiff when the environment variable `SSL_CONV=candle` is set (read once;
-/// [`crate::runtime::conv::set_conv_impl`] switches at run time). candle's path carries the workaround for its C == H == W bug
-/// ([`crate::runtime::conv::candle_conv2d`]).
+/// so the implementation is chosen in one place ([`kernels`]): our GEMM kernels ([`conv::conv2d`], forward and both
+/// backward products) or candle's own conv2d and autodiff ([`conv::candle_conv2d`], with the workaround for its
+/// C == H == W bug).
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
-    use crate::runtime::conv;
-    match conv::conv_impl() {
-        conv::ConvImpl::Ours => conv::conv2d(x, w, stride, pad),
-        conv::ConvImpl::Candle => conv::candle_conv2d(x, w, stride, pad),
+    match kernels::kernels() {
+        Kernels::Ours => conv::conv2d(x, w, stride, pad),
+        Kernels::Candle => conv::candle_conv2d(x, w, stride, pad),
     }
 }
 
@@ -190,9 +190,14 @@ pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
     x.flatten_from(2)?.mean(2)
 }
 
-/// The view BatchNorm works on: [B, C] (BatchNorm1d) or [B, C, H, W] (BatchNorm2d) as [B, C, S], S = 1 or H·W.
-/// Per-channel statistics are then a sum over the contiguous last axis followed by a small sum over the batch,
-/// about 25 times faster in candle than one reduction over (0, 2, 3).
+/// Whether a tensor runs through our fused kernels ([`norm`]): when selected, on the CPU, in f32 or f64.
+fn fused(x: &Tensor) -> bool {
+    kernels::kernels() == Kernels::Ours && x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// The view candle's composable BatchNorm works on: [B, C] (BatchNorm1d) or [B, C, H, W] (BatchNorm2d) as [B, C, S],
+/// S = 1 or H·W. Per-channel statistics are then a sum over the contiguous last axis followed by a small sum over the
+/// batch, about 25 times faster in candle than one reduction over (0, 2, 3).
 fn bn_view(x: &Tensor, gamma: &Tensor) -> Result<(Tensor, usize, usize)> {
     let dims = x.dims();
     let (b, c, s) = match *dims {
@@ -211,40 +216,79 @@ fn channel_mean(x: &Tensor, n: usize) -> Result<Tensor> {
     x.sum_keepdim(2)?.sum_keepdim(0)?.affine(1.0 / n as f64, 0.0)
 }
 
-/// BatchNorm in train mode: normalises with the batch mean and biased variance, and, when `running` is given, updates
-/// the running mean and (unbiased) variance with momentum [`BN_MOMENTUM`]. Works on [B, C] and [B, C, H, W]; the
-/// gradient flows to `x`, `gamma` and `beta` through the batch statistics. Errors (as torch does) when a channel has
-/// a single value, whose variance is undefined.
+fn maybe_relu(y: Tensor, relu: bool) -> Result<Tensor> {
+    if relu {
+        y.relu()
+    } else {
+        Ok(y)
+    }
+}
+
+/// BatchNorm in train mode, followed by a ReLU when `relu`: normalises with the batch mean and biased variance, and,
+/// when `running` is given, updates the running mean and (unbiased) variance with momentum [`BN_MOMENTUM`]. Works
+/// on [B, C] and [B, C, H, W]; the gradient flows to `x`, `gamma` and `beta` through the batch statistics. Errors
+/// (as torch does) when a channel has a single value, whose variance is undefined.
 pub fn batch_norm_train(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
     running: Option<(&mut Tensor, &mut Tensor)>,
+    relu: bool,
 ) -> Result<Tensor> {
     let (x3, c, n) = bn_view(x, gamma)?;
     if n < 2 {
         bail!("batch norm in train mode needs more than one value per channel, got input {:?}", x.dims());
     }
-    let mean = channel_mean(&x3, n)?;
-    let centred = x3.broadcast_sub(&mean)?;
-    let var = channel_mean(&centred.sqr()?, n)?;
-    let scale = (&var + BN_EPS)?.sqrt()?.recip()?.broadcast_mul(&gamma.reshape((1, c, 1))?)?;
-    let y = centred.broadcast_mul(&scale)?.broadcast_add(&beta.reshape((1, c, 1))?)?;
+    let (y, batch_mean, batch_var) = if fused(x) {
+        let stats = norm::channel_stats(x)?;
+        let y = norm::batch_norm(x, gamma, beta, &stats, BN_EPS, true, relu)?;
+        let device = x.device();
+        (y, Tensor::new(stats.mean, device)?, Tensor::new(stats.var, device)?)
+    } else {
+        let mean = channel_mean(&x3, n)?;
+        let centred = x3.broadcast_sub(&mean)?;
+        let var = channel_mean(&centred.sqr()?, n)?;
+        let scale = (&var + BN_EPS)?.sqrt()?.recip()?.broadcast_mul(&gamma.reshape((1, c, 1))?)?;
+        let y = centred.broadcast_mul(&scale)?.broadcast_add(&beta.reshape((1, c, 1))?)?;
+        (maybe_relu(y.reshape(x.dims())?, relu)?, mean.detach().flatten_all()?, var.detach().flatten_all()?)
+    };
     if let Some((rm, rv)) = running {
-        let batch_mean = mean.detach().flatten_all()?;
-        let batch_var = var.detach().flatten_all()?.affine(n as f64 / (n - 1) as f64, 0.0)?;
+        let batch_mean = batch_mean.to_dtype(rm.dtype())?;
+        let batch_var = batch_var.to_dtype(rv.dtype())?.affine(n as f64 / (n - 1) as f64, 0.0)?;
         *rm = (rm.affine(1.0 - BN_MOMENTUM, 0.0)? + batch_mean.affine(BN_MOMENTUM, 0.0)?)?;
         *rv = (rv.affine(1.0 - BN_MOMENTUM, 0.0)? + batch_var.affine(BN_MOMENTUM, 0.0)?)?;
     }
-    y.reshape(x.dims())
+    Ok(y)
 }
 
-/// BatchNorm in eval mode: normalises with the running statistics, folded into one scale and one shift.
-pub fn batch_norm_eval(x: &Tensor, gamma: &Tensor, beta: &Tensor, mean: &Tensor, var: &Tensor) -> Result<Tensor> {
-    let (x3, c, _) = bn_view(x, gamma)?;
+/// BatchNorm in eval mode (the running statistics), followed by a ReLU when `relu`.
+pub fn batch_norm_eval(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    relu: bool,
+) -> Result<Tensor> {
+    let (x3, c, n) = bn_view(x, gamma)?;
+    if fused(x) {
+        let mean = mean.to_dtype(DType::F64)?.to_vec1()?;
+        let var = var.to_dtype(DType::F64)?.to_vec1()?;
+        return norm::batch_norm(x, gamma, beta, &norm::ChannelStats { mean, var, count: n }, BN_EPS, false, relu);
+    }
     let scale = (var + BN_EPS)?.sqrt()?.recip()?.mul(gamma)?;
     let shift = (beta - mean.mul(&scale)?)?;
-    x3.broadcast_mul(&scale.reshape((1, c, 1))?)?.broadcast_add(&shift.reshape((1, c, 1))?)?.reshape(x.dims())
+    let y = x3.broadcast_mul(&scale.reshape((1, c, 1))?)?.broadcast_add(&shift.reshape((1, c, 1))?)?;
+    maybe_relu(y.reshape(x.dims())?, relu)
+}
+
+/// The residual join `relu(a + b)`: one fused pass each way with our kernels.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if fused(a) {
+        norm::add_relu(a, b)
+    } else {
+        (a + b)?.relu()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -325,16 +369,17 @@ impl Ctx<'_> {
         conv2d(x, &self.p[c.w], c.stride, c.pad)
     }
 
-    fn bn(&mut self, x: &Tensor, b: &Bn) -> Result<Tensor> {
+    /// BatchNorm, followed by a ReLU when `relu`.
+    fn bn(&mut self, x: &Tensor, b: &Bn, relu: bool) -> Result<Tensor> {
         let (gamma, beta) = (&self.p[b.gamma], &self.p[b.beta]);
         match (&mut self.stats, self.train) {
             (Stats::Mut(s), true) => match &mut s[b.stats..b.stats + 2] {
-                [rm, rv] => batch_norm_train(x, gamma, beta, Some((rm, rv))),
+                [rm, rv] => batch_norm_train(x, gamma, beta, Some((rm, rv)), relu),
                 _ => bail!("internal: running statistics out of range"),
             },
-            (Stats::Ref(_), true) => batch_norm_train(x, gamma, beta, None),
-            (Stats::Mut(s), false) => batch_norm_eval(x, gamma, beta, &s[b.stats], &s[b.stats + 1]),
-            (Stats::Ref(s), false) => batch_norm_eval(x, gamma, beta, &s[b.stats], &s[b.stats + 1]),
+            (Stats::Ref(_), true) => batch_norm_train(x, gamma, beta, None, relu),
+            (Stats::Mut(s), false) => batch_norm_eval(x, gamma, beta, &s[b.stats], &s[b.stats + 1], relu),
+            (Stats::Ref(s), false) => batch_norm_eval(x, gamma, beta, &s[b.stats], &s[b.stats + 1], relu),
         }
     }
 
@@ -343,21 +388,21 @@ impl Ctx<'_> {
     }
 
     fn resnet(&mut self, x: &Tensor, r: &ResNet) -> Result<Tensor> {
-        let mut h = self.bn(&self.conv(x, &r.stem)?, &r.stem_bn)?.relu()?;
+        let mut h = self.bn(&self.conv(x, &r.stem)?, &r.stem_bn, true)?;
         for b in &r.blocks {
-            let out = self.bn(&self.conv(&h, &b.conv1)?, &b.bn1)?.relu()?;
-            let out = self.bn(&self.conv(&out, &b.conv2)?, &b.bn2)?;
+            let out = self.bn(&self.conv(&h, &b.conv1)?, &b.bn1, true)?;
+            let out = self.bn(&self.conv(&out, &b.conv2)?, &b.bn2, false)?;
             let short = match &b.shortcut {
-                Some((c, n)) => self.bn(&self.conv(&h, c)?, n)?,
+                Some((c, n)) => self.bn(&self.conv(&h, c)?, n, false)?,
                 None => h,
             };
-            h = (out + short)?.relu()?;
+            h = add_relu(&out, &short)?;
         }
         global_avg_pool(&h)
     }
 
     fn mlp(&mut self, x: &Tensor, m: &MlpNet) -> Result<Tensor> {
-        let h = self.bn(&self.linear(x, &m.fc1)?, &m.bn)?.relu()?;
+        let h = self.bn(&self.linear(x, &m.fc1)?, &m.bn, true)?;
         self.linear(&h, &m.fc2)
     }
 

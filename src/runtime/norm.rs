@@ -1,0 +1,407 @@
+//! Fused BatchNorm (+ ReLU) and residual add + ReLU as candle custom ops with their own backward, for the CPU.
+//!
+//! Written with composable candle ops, one BatchNorm is about fifteen single-threaded passes forward and as many
+//! backward, each allocating its result; in `resnet_mini` those passes cost five times the convolutions. Here the
+//! forward is one reduction pass (per-channel sum and sum of squares, accumulated in f64) and one normalising pass
+//! with the ReLU fused in; the backward is one reduction (Σ dz, Σ dz·x) and one pass writing dx. Work is split over
+//! fixed groups of images with rayon, and per-group partial sums are combined in a fixed order, so results do not
+//! depend on the number of threads.
+//!
+//! Layout: NCHW [B, C, H, W] or [B, C], seen as [B, C, S] with S = H·W or 1. Other devices and dtypes than the CPU
+//! with f32/f64 are the caller's to route to candle's ops (see `model::batch_norm`).
+
+use crate::backend::fused::gemm::Float;
+use crate::runtime::conv::read;
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+
+/// Elements a parallel task should cover at least, so that rayon's overhead stays negligible.
+const TASK_ELEMS: usize = 1 << 15;
+
+/// The per-channel statistics a BatchNorm normalises with.
+#[derive(Clone, Debug)]
+pub struct ChannelStats {
+    /// Mean per channel.
+    pub mean: Vec<f64>,
+    /// Biased variance per channel (what train mode normalises with).
+    pub var: Vec<f64>,
+    /// Values per channel the statistics were taken over (B·S); the unbiased variance is var·n/(n − 1).
+    pub count: usize,
+}
+
+/// [B, C, S] from [B, C] or [B, C, H, W].
+fn bcs(dims: &[usize]) -> Result<(usize, usize, usize)> {
+    match *dims {
+        [b, c] => Ok((b, c, 1)),
+        [b, c, h, w] => Ok((b, c, h * w)),
+        _ => bail!("batch norm expects [B, C] or [B, C, H, W], got {dims:?}"),
+    }
+}
+
+/// Images per parallel task: a function of the shape only, so partial sums are combined the same way on any number
+/// of threads.
+fn images_per_task(c: usize, s: usize) -> usize {
+    TASK_ELEMS.div_ceil(c * s).max(1)
+}
+
+/// Per-channel mean and biased variance of x [B, C, (H, W)], in f64, in one pass. f32 or f64 on the CPU.
+pub fn channel_stats(x: &Tensor) -> Result<ChannelStats> {
+    let (b, c, s) = bcs(x.dims())?;
+    let sums = x.apply_op1_no_bwd(&SumsOp)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    let n = (b * s) as f64;
+    let mean: Vec<f64> = sums[..c].iter().map(|v| v / n).collect();
+    // Σx² / n − mean², accumulated in f64: exact enough unless |mean| / std exceeds ~1e6.
+    let var = sums[c..].iter().zip(&mean).map(|(q, m)| (q / n - m * m).max(0.0)).collect();
+    Ok(ChannelStats { mean, var, count: b * s })
+}
+
+/// `relu?(γ·(x − mean)/√(var + eps) + β)` per channel, recording the backward pass. With `batch` the statistics are
+/// the batch's own (train mode), so the gradient flows through them; otherwise they are constants (eval mode).
+pub fn batch_norm(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    stats: &ChannelStats,
+    eps: f64,
+    batch: bool,
+    relu: bool,
+) -> Result<Tensor> {
+    let (_, c, _) = bcs(x.dims())?;
+    if gamma.dims() != [c] || beta.dims() != [c] || stats.mean.len() != c || stats.var.len() != c {
+        bail!("batch norm over {c} channels got scale {:?} and shift {:?}", gamma.dims(), beta.dims());
+    }
+    let invstd = stats.var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    x.apply_op3(gamma, beta, BatchNormOp { mean: stats.mean.clone(), invstd, batch, relu })
+}
+
+/// `relu(a + b)`, recording the backward pass: the residual join of a BasicBlock in one pass each way.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.dims() != b.dims() {
+        bail!("add_relu: shapes {:?} and {:?} differ", a.dims(), b.dims());
+    }
+    a.apply_op2(b, AddReluOp)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Kernels.
+
+/// Σv and Σv² of a slice in f64, in eight independent lanes so that the loop vectorises.
+fn sum_and_squares<T: Float>(v: &[T]) -> (f64, f64) {
+    let (mut s, mut q) = ([0f64; 8], [0f64; 8]);
+    let chunks = v.chunks_exact(8);
+    let tail = chunks.remainder();
+    for ch in chunks {
+        for i in 0..8 {
+            let x = ch[i].to_f64();
+            s[i] += x;
+            q[i] += x * x;
+        }
+    }
+    for &t in tail {
+        let x = t.to_f64();
+        s[0] += x;
+        q[0] += x * x;
+    }
+    (s.iter().sum(), q.iter().sum())
+}
+
+/// Σdz and Σdz·x over a row, dz = dy masked by y > 0 when `relu`.
+fn grad_sums<T: Float>(dy: &[T], x: &[T], y: &[T], relu: bool) -> (f64, f64) {
+    let (mut s, mut p) = ([0f64; 8], [0f64; 8]);
+    for (i, ((&g, &xv), &yv)) in dy.iter().zip(x).zip(y).enumerate() {
+        let dz = if relu && yv <= T::zero() { 0.0 } else { g.to_f64() };
+        s[i % 8] += dz;
+        p[i % 8] += dz * xv.to_f64();
+    }
+    (s.iter().sum(), p.iter().sum())
+}
+
+/// Per-channel [Σa ‖ Σb] over [B, C, S] data, with `row(b, c)` giving each (image, channel) row's pair of sums.
+fn reduce_channels(b: usize, c: usize, s: usize, row: impl Fn(usize, usize) -> (f64, f64) + Sync) -> Vec<f64> {
+    let group = images_per_task(c, s);
+    let partials: Vec<Vec<f64>> = (0..b.div_ceil(group))
+        .into_par_iter()
+        .map(|g| {
+            let mut acc = vec![0f64; 2 * c];
+            for img in g * group..((g + 1) * group).min(b) {
+                for ch in 0..c {
+                    let (u, v) = row(img, ch);
+                    acc[ch] += u;
+                    acc[c + ch] += v;
+                }
+            }
+            acc
+        })
+        .collect();
+    let mut total = vec![0f64; 2 * c];
+    for p in &partials {
+        for (t, v) in total.iter_mut().zip(p) {
+            *t += v;
+        }
+    }
+    total
+}
+
+/// Writes `f(image, channel, out_row, row_index)` for every [S] row of a [B, C, S] output, in parallel.
+fn map_rows<T: Float>(out: &mut [T], c: usize, s: usize, f: impl Fn(usize, &mut [T], usize) + Sync) {
+    let group = images_per_task(c, s);
+    out.par_chunks_mut(group * c * s).enumerate().for_each(|(g, chunk)| {
+        for (r, row) in chunk.chunks_mut(s).enumerate() {
+            let flat = g * group * c + r;
+            f(flat % c, row, flat);
+        }
+    });
+}
+
+fn cast<T: Float>(v: &[f64]) -> Vec<T> {
+    v.iter().map(|&x| T::from_f64(x)).collect()
+}
+
+fn to_f64<T: Float>(v: &[T]) -> Vec<f64> {
+    v.iter().map(|x| WithDType::to_f64(*x)).collect()
+}
+
+fn forward<T: Float>(op: &BatchNormOp, x: &[T], gamma: &[T], beta: &[T], (c, s): (usize, usize)) -> Vec<T> {
+    let (gamma, beta) = (to_f64(gamma), to_f64(beta));
+    let scale: Vec<f64> = gamma.iter().zip(&op.invstd).map(|(g, i)| g * i).collect();
+    let shift: Vec<f64> = beta.iter().zip(&scale).zip(&op.mean).map(|((b, k), m)| b - m * k).collect();
+    let (scale, shift) = (cast::<T>(&scale), cast::<T>(&shift));
+    let mut y = vec![T::zero(); x.len()];
+    map_rows(&mut y, c, s, |ch, row, r| {
+        let (k, t) = (scale[ch], shift[ch]);
+        for (o, &v) in row.iter_mut().zip(&x[r * s..(r + 1) * s]) {
+            let z = v * k + t;
+            *o = if op.relu && z < T::zero() { T::zero() } else { z };
+        }
+    });
+    y
+}
+
+/// [dx ‖ dγ ‖ dβ] from dy, x and the forward's output y.
+fn backward<T: Float>(g: &BatchNormGradOp, dy: &[T], x: &[T], y: &[T], (b, c, s): (usize, usize, usize)) -> Vec<T> {
+    let op = &g.op;
+    let rows = |r: usize| r * s..(r + 1) * s;
+    let sums = reduce_channels(b, c, s, |img, ch| {
+        let r = rows(img * c + ch);
+        grad_sums(&dy[r.clone()], &x[r.clone()], &y[r], op.relu)
+    });
+    let n = (b * s) as f64;
+    // dβ = Σdz, dγ = Σdz·x̂ = invstd·(Σdz·x − mean·Σdz).
+    let dbeta: Vec<f64> = sums[..c].to_vec();
+    let dgamma: Vec<f64> = (0..c).map(|ch| op.invstd[ch] * (sums[c + ch] - op.mean[ch] * dbeta[ch])).collect();
+    // dx = k·(dz − dβ/n − x̂·dγ/n), k = γ·invstd, in train mode; dx = k·dz in eval mode.
+    let k: Vec<T> = cast(&(0..c).map(|ch| g.gamma[ch] * op.invstd[ch]).collect::<Vec<_>>());
+    let (db_n, dg_n): (Vec<T>, Vec<T>) = if op.batch {
+        (
+            cast(&dbeta.iter().map(|v| v / n).collect::<Vec<_>>()),
+            cast(&dgamma.iter().map(|v| v / n).collect::<Vec<_>>()),
+        )
+    } else {
+        (vec![T::zero(); c], vec![T::zero(); c])
+    };
+    let (mean, invstd): (Vec<T>, Vec<T>) = (cast(&op.mean), cast(&op.invstd));
+    let mut out = vec![T::zero(); x.len() + 2 * c];
+    let (dx, params) = out.split_at_mut(x.len());
+    map_rows(dx, c, s, |ch, row, r| {
+        let r = rows(r);
+        for ((o, (&gy, &yv)), &xv) in row.iter_mut().zip(dy[r.clone()].iter().zip(&y[r.clone()])).zip(&x[r]) {
+            let dz = if op.relu && yv <= T::zero() { T::zero() } else { gy };
+            let xhat = (xv - mean[ch]) * invstd[ch];
+            *o = k[ch] * (dz - db_n[ch] - xhat * dg_n[ch]);
+        }
+    });
+    params[..c].copy_from_slice(&cast::<T>(&dgamma));
+    params[c..].copy_from_slice(&cast::<T>(&dbeta));
+    out
+}
+
+fn add_relu_kernel<T: Float>(a: &[T], b: &[T]) -> Vec<T> {
+    let mut y = vec![T::zero(); a.len()];
+    y.par_chunks_mut(TASK_ELEMS).zip(a.par_chunks(TASK_ELEMS).zip(b.par_chunks(TASK_ELEMS))).for_each(|(o, (a, b))| {
+        for ((o, &u), &v) in o.iter_mut().zip(a).zip(b) {
+            let z = u + v;
+            *o = if z > T::zero() { z } else { T::zero() };
+        }
+    });
+    y
+}
+
+fn relu_grad_kernel<T: Float>(dy: &[T], y: &[T]) -> Vec<T> {
+    let mut dz = vec![T::zero(); dy.len()];
+    dz.par_chunks_mut(TASK_ELEMS).zip(dy.par_chunks(TASK_ELEMS).zip(y.par_chunks(TASK_ELEMS))).for_each(
+        |(o, (g, y))| {
+            for ((o, &g), &y) in o.iter_mut().zip(g).zip(y) {
+                *o = if y > T::zero() { g } else { T::zero() };
+            }
+        },
+    );
+    dz
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// candle custom ops.
+
+/// Per-channel [Σx ‖ Σx²] (f64 accumulation, returned in x's dtype... as f64 storage).
+struct SumsOp;
+
+impl candle_core::CustomOp1 for SumsOp {
+    fn name(&self) -> &'static str {
+        "ssl-channel-sums"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, c, sp) = bcs(l.dims())?;
+        let sums = match s {
+            CpuStorage::F32(_) => {
+                let x = read::<f32>(s, l)?;
+                reduce_channels(b, c, sp, |img, ch| sum_and_squares(&x[(img * c + ch) * sp..(img * c + ch + 1) * sp]))
+            }
+            CpuStorage::F64(_) => {
+                let x = read::<f64>(s, l)?;
+                reduce_channels(b, c, sp, |img, ch| sum_and_squares(&x[(img * c + ch) * sp..(img * c + ch + 1) * sp]))
+            }
+            _ => bail!("batch norm: f32 or f64 expected"),
+        };
+        Ok((CpuStorage::F64(sums), Shape::from_dims(&[2 * c])))
+    }
+}
+
+/// The normalisation with fixed per-channel statistics; its backward accounts for them being the batch's own when
+/// `batch` is set.
+struct BatchNormOp {
+    mean: Vec<f64>,
+    invstd: Vec<f64>,
+    batch: bool,
+    relu: bool,
+}
+
+impl CustomOp3 for BatchNormOp {
+    fn name(&self) -> &'static str {
+        "ssl-batch-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, c, s) = bcs(l1.dims())?;
+        let y = match (s1, s2, s3) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(forward(self, &read(s1, l1)?, &read(s2, l2)?, &read(s3, l3)?, (c, s)))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                CpuStorage::F64(forward(self, &read(s1, l1)?, &read(s2, l2)?, &read(s3, l3)?, (c, s)))
+            }
+            _ => bail!("batch norm: f32 or f64 operands of one dtype expected"),
+        };
+        Ok((y, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let c = gamma.elem_count();
+        let grad = BatchNormGradOp {
+            op: BatchNormOp { mean: self.mean.clone(), invstd: self.invstd.clone(), ..*self },
+            gamma: gamma.to_dtype(DType::F64)?.to_vec1()?,
+        };
+        let packed = dy.apply_op3_no_bwd(x, y, &grad)?;
+        let n = x.elem_count();
+        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+        Ok((Some(dx), Some(packed.narrow(0, n, c)?), Some(packed.narrow(0, n + c, c)?)))
+    }
+}
+
+/// The backward of [`BatchNormOp`]: (dy, x, y) → [dx ‖ dγ ‖ dβ], flat.
+struct BatchNormGradOp {
+    op: BatchNormOp,
+    gamma: Vec<f64>,
+}
+
+impl CustomOp3 for BatchNormGradOp {
+    fn name(&self) -> &'static str {
+        "ssl-batch-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = bcs(l2.dims())?;
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(backward(self, &read(s1, l1)?, &read(s2, l2)?, &read(s3, l3)?, dims))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                CpuStorage::F64(backward(self, &read(s1, l1)?, &read(s2, l2)?, &read(s3, l3)?, dims))
+            }
+            _ => bail!("batch norm backward: f32 or f64 operands of one dtype expected"),
+        };
+        Ok((out, Shape::from_dims(&[l2.shape().elem_count() + 2 * dims.1])))
+    }
+}
+
+/// relu(a + b).
+struct AddReluOp;
+
+impl CustomOp2 for AddReluOp {
+    fn name(&self) -> &'static str {
+        "ssl-add-relu"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok((elementwise(s1, l1, s2, l2, add_relu_kernel, add_relu_kernel)?, l1.shape().clone()))
+    }
+
+    fn bwd(&self, _a: &Tensor, _b: &Tensor, y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dz = dy.apply_op2_no_bwd(y, &ReluGradOp)?;
+        Ok((Some(dz.clone()), Some(dz)))
+    }
+}
+
+/// dy masked by y > 0.
+struct ReluGradOp;
+
+impl CustomOp2 for ReluGradOp {
+    fn name(&self) -> &'static str {
+        "ssl-relu-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok((elementwise(s1, l1, s2, l2, relu_grad_kernel, relu_grad_kernel)?, l1.shape().clone()))
+    }
+}
+
+/// Runs a two-operand elementwise kernel in the operands' float type.
+fn elementwise(
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+    f32: fn(&[f32], &[f32]) -> Vec<f32>,
+    f64: fn(&[f64], &[f64]) -> Vec<f64>,
+) -> Result<CpuStorage> {
+    if l1.dims() != l2.dims() {
+        bail!("elementwise op: shapes {:?} and {:?} differ", l1.dims(), l2.dims());
+    }
+    Ok(match (s1, s2) {
+        (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(f32(&read(s1, l1)?, &read(s2, l2)?)),
+        (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(f64(&read(s1, l1)?, &read(s2, l2)?)),
+        _ => bail!("elementwise op: f32 or f64 operands of one dtype expected"),
+    })
+}
