@@ -838,14 +838,13 @@ fn input_transform<T: Float>(g: &ConvGeom, x: &[T], v: &mut [T], ld: usize, t0: 
                 let row = &plane[iy as usize * g.w..][..g.w];
                 for bp in 0..2 {
                     let dst = &mut planes[2 * a + bp][yp * n1..(yp + 1) * n1];
-                    // ix = 2x' + b − pad must lie in [0, W).
-                    let first = (pad - bp as isize).max(0).div_euclid(2) + ((pad - bp as isize).max(0) % 2);
-                    for (xp, d) in dst.iter_mut().enumerate().skip(first as usize) {
-                        let ix = (2 * xp + bp) as isize - pad;
-                        if ix >= g.w as isize {
-                            break;
-                        }
-                        *d = row[ix as usize];
+                    // ix = 2x' + b − pad must lie in [0, W): the first x' is ⌈(pad − b) / 2⌉ (or 0), and from there
+                    // the source advances two columns per destination column.
+                    let skip = (pad - bp as isize).max(0) as usize;
+                    let first = skip.div_ceil(2);
+                    let start = 2 * first + bp - g.pad.min(2 * first + bp);
+                    for (d, &v) in dst[first..].iter_mut().zip(row[start..].iter().step_by(2)) {
+                        *d = v;
                     }
                 }
             }
