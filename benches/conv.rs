@@ -125,6 +125,7 @@ fn winograd_table(rng: &mut StdRng, batch: usize, reps: usize, budget: f64) -> R
 }
 
 fn main() -> Result<()> {
+    ssl_lang::runtime::alloc::retain_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "quick");
     let (only_layers, only_net) = (args.iter().any(|a| a == "layers"), args.iter().any(|a| a == "net"));

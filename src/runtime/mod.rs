@@ -1,6 +1,7 @@
 //! The training runtime: the Siamese model and its EMA target, optimisers and schedules, `--set`
 //! overrides, the run directory, and the training loop (DESIGN §5).
 
+pub mod alloc;
 pub mod bench;
 pub mod conv;
 pub mod evaluate;
