@@ -153,6 +153,9 @@ enum BenchCommand {
         /// Extra recipe overrides for every objective.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+        /// Also run every objective with candle's own conv2d, BatchNorm and ReLU, and report the ratio.
+        #[arg(long)]
+        baseline: bool,
     },
 }
 
@@ -218,7 +221,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
-        Command::Bench { what: BenchCommand::Train { files, batch, steps, data, set } } => {
+        Command::Bench { what: BenchCommand::Train { files, batch, steps, data, set, baseline } } => {
             let files = if files.is_empty() {
                 let mut all: Vec<PathBuf> = std::fs::read_dir("objectives")
                     .map(|d| {
@@ -233,7 +236,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 files
             };
             let data = data.unwrap_or_else(|| PathBuf::from(crate::data::BUNDLED_DIR));
-            match crate::runtime::bench::bench_train(&files, batch, steps, &data, &set) {
+            match crate::runtime::bench::bench_train(&files, batch, steps, &data, &set, baseline) {
                 Ok(table) => {
                     print!("{table}");
                     ExitCode::SUCCESS

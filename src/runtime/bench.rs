@@ -1,7 +1,8 @@
 //! `ssl-lang bench train`: training throughput per objective, measured side by side in one
 //! invocation. Each objective trains a few steps in a child process (so each reports its own peak
 //! memory) on the bundled subset with evaluation off; the first step is a warm-up and is dropped.
-//! Reports pairs/s, the share of each phase of the step, and peak resident memory.
+//! Reports pairs/s, the share of each phase of the step, the convolutions' share and achieved GFLOP/s beside a
+//! plain GEMM measured in the same run, peak resident memory, and optionally the same with candle's own layers.
 
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -11,71 +12,148 @@ use std::process::Command;
 pub const PHASES: &[&str] =
     &["augment", "online_forward", "target_forward", "plan", "local_crops", "backward", "optimizer", "ema"];
 
-/// Runs the benchmark; returns the table.
+/// One objective's measurement.
+struct Measured {
+    pairs_per_s: f64,
+    step_ms: f64,
+    phase_share: Vec<f64>,
+    conv_share: f64,
+    conv_gflops: f64,
+    has_target: bool,
+    peak_mb: Option<f64>,
+}
+
+/// Trains `steps + 1` steps of `file` in a child process (with `SSL_KERNELS=candle` when `candle`) and reads its
+/// metrics: medians over the steps after the first.
+fn measure(
+    file: &Path,
+    name: &str,
+    batch: usize,
+    steps: usize,
+    data: &Path,
+    extra: &[String],
+    candle: bool,
+) -> Result<Measured, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the ssl-lang executable: {e}"))?;
+    let root = std::env::temp_dir().join(format!("ssl-bench-{}", std::process::id()));
+    let mut cmd = Command::new(&exe);
+    cmd.arg("train").arg(file).args(["--set", &format!("batch={batch}"), "--set", "eval=none"]);
+    cmd.args(["--max-steps", &(steps + 1).to_string(), "--log-every", "1", "--name", name]);
+    cmd.arg("--runs").arg(&root).arg("--data").arg(data);
+    cmd.env("SSL_KERNELS", if candle { "candle" } else { "ours" });
+    for e in extra {
+        cmd.args(["--set", e]);
+    }
+    let run = cmd.output().map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
+    let metrics = std::fs::read_to_string(root.join(name).join("metrics.jsonl"));
+    let _ = std::fs::remove_dir_all(&root);
+    if !run.status.success() {
+        return Err(format!("{name}: training failed:\n{}", String::from_utf8_lossy(&run.stderr)));
+    }
+    let metrics = metrics.map_err(|e| e.to_string())?;
+    let records: Vec<serde_json::Value> = metrics.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let steps: Vec<&serde_json::Value> = records.iter().filter(|r| r["kind"] == "step").skip(1).collect();
+    let median = |value: &dyn Fn(&serde_json::Value) -> Option<f64>| -> f64 {
+        let mut v: Vec<f64> = steps.iter().filter_map(|r| value(r)).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let phases: Vec<f64> = PHASES.iter().map(|p| median(&|r| r["phase_ms"][p].as_f64())).collect();
+    let total: f64 = phases.iter().sum::<f64>().max(1e-9);
+    let conv_ms = median(&|r| r["conv_ms"].as_f64());
+    Ok(Measured {
+        pairs_per_s: batch as f64 / (total / 1e3),
+        step_ms: total,
+        phase_share: phases.iter().map(|p| 100.0 * p / total).collect(),
+        conv_share: 100.0 * conv_ms / total,
+        conv_gflops: median(&|r| r["conv_gflop"].as_f64()) / (conv_ms / 1e3).max(1e-12),
+        has_target: steps.first().is_some_and(|r| !r["momentum"].is_null()),
+        peak_mb: records.iter().find(|r| r["kind"] == "end").and_then(|r| r["peak_rss_mb"].as_f64()),
+    })
+}
+
+/// GFLOP/s of a plain square f32 GEMM (1024³, all cores): the ceiling the convolutions are compared with.
+fn plain_gemm_gflops() -> f64 {
+    use crate::backend::fused::gemm::{gemm_into, Matrix};
+    let n = 1024;
+    let a: Vec<f32> = (0..n * n).map(|i| (i % 7) as f32 * 0.1).collect();
+    let m = Matrix { data: &a, rows: n, cols: n, row_stride: n as isize, col_stride: 1 };
+    let mut c = vec![0f32; n * n];
+    let mut times: Vec<f64> = (0..6)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            let _ = gemm_into(&mut c, &m, &m, false, 0.0, 1.0);
+            t.elapsed().as_secs_f64()
+        })
+        .skip(1)
+        .collect();
+    times.sort_by(f64::total_cmp);
+    2.0 * (n * n * n) as f64 / times[times.len() / 2] / 1e9
+}
+
+/// Runs the benchmark; returns the table. With `baseline`, each objective is also run with candle's own layers
+/// (`SSL_KERNELS=candle`) and the ratio is reported.
 pub fn bench_train(
     files: &[PathBuf],
     batch: usize,
     steps: usize,
     data: &Path,
     extra: &[String],
+    baseline: bool,
 ) -> Result<String, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the ssl-lang executable: {e}"))?;
-    let root = std::env::temp_dir().join(format!("ssl-bench-{}", std::process::id()));
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<14} {:>8} {:>9} | {} | {:>8}",
+        "{:<14} {:>6} {:>8} {:>8} | {} | {:>5} {:>7} | {:>8}{}",
         "objective",
+        "target",
         "pairs/s",
         "step ms",
         PHASES.iter().map(|p| format!("{:>8}", short(p))).collect::<Vec<_>>().join(" "),
-        "peak MB"
+        "conv",
+        "GFLOP/s",
+        "peak MB",
+        if baseline { format!(" | {:>14} {:>6}", "candle pairs/s", "ratio") } else { String::new() }
     );
     for file in files {
         let name = file.file_stem().map_or("objective".into(), |s| s.to_string_lossy().into_owned());
-        let mut cmd = Command::new(&exe);
-        cmd.arg("train").arg(file).args(["--set", &format!("batch={batch}"), "--set", "eval=none"]);
-        cmd.args(["--max-steps", &(steps + 1).to_string(), "--log-every", "1", "--name", &name]);
-        cmd.arg("--runs").arg(&root).arg("--data").arg(data);
-        for e in extra {
-            cmd.args(["--set", e]);
-        }
-        let run = cmd.output().map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
-        if !run.status.success() {
-            return Err(format!("{name}: training failed:\n{}", String::from_utf8_lossy(&run.stderr)));
-        }
-        let metrics = std::fs::read_to_string(root.join(&name).join("metrics.jsonl")).map_err(|e| e.to_string())?;
-        let records: Vec<serde_json::Value> = metrics.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-        let steps_ms: Vec<&serde_json::Value> =
-            records.iter().filter(|r| r["kind"] == "step").skip(1).map(|r| &r["phase_ms"]).collect();
-        let median = |phase: &str| -> f64 {
-            let mut v: Vec<f64> = steps_ms.iter().filter_map(|p| p[phase].as_f64()).collect();
-            v.sort_by(f64::total_cmp);
-            v.get(v.len() / 2).copied().unwrap_or(0.0)
-        };
-        let phases: Vec<f64> = PHASES.iter().map(|p| median(p)).collect();
-        let total: f64 = phases.iter().sum();
-        let peak = records.iter().find(|r| r["kind"] == "end").and_then(|r| r["peak_rss_mb"].as_f64());
-        let _ = writeln!(
+        let m = measure(file, &name, batch, steps, data, extra, false)?;
+        let _ = write!(
             out,
-            "{:<14} {:>8.1} {:>9.0} | {} | {:>8}",
+            "{:<14} {:>6} {:>8.1} {:>8.0} | {} | {:>4.0}% {:>7.0} | {:>8}",
             name,
-            batch as f64 / (total / 1e3),
-            total,
-            phases.iter().map(|p| format!("{:>7.1}%", 100.0 * p / total.max(1e-9))).collect::<Vec<_>>().join(" "),
-            peak.map_or("-".into(), |p| format!("{p:.0}"))
+            if m.has_target { "ema" } else { "none" },
+            m.pairs_per_s,
+            m.step_ms,
+            m.phase_share.iter().map(|p| format!("{p:>7.1}%")).collect::<Vec<_>>().join(" "),
+            m.conv_share,
+            m.conv_gflops,
+            m.peak_mb.map_or("-".into(), |p| format!("{p:.0}"))
         );
+        if baseline {
+            let c = measure(file, &name, batch, steps, data, extra, true)?;
+            let _ = write!(out, " | {:>14.1} {:>5.1}×", c.pairs_per_s, m.pairs_per_s / c.pairs_per_s);
+        }
+        let _ = writeln!(out);
     }
-    let _ = std::fs::remove_dir_all(&root);
     let _ = writeln!(
         out,
         "\nbatch {batch}, median of {steps} steps after one warm-up step, resnet_mini + projector (+ predictor),"
     );
     let _ = writeln!(
         out,
-        "f32 on this CPU with {} threads; phases as shares of the step.",
+        "f32 on this CPU with {} threads; phases as shares of the step. conv: share of the step inside our",
         candle_core::utils::get_num_threads()
     );
+    let _ = writeln!(
+        out,
+        "convolution kernels, and their direct-convolution GFLOP/s (Winograd counts as the FLOPs it saves);"
+    );
+    let _ = writeln!(out, "a plain 1024³ f32 GEMM runs at {:.0} GFLOP/s on this machine now.", plain_gemm_gflops());
+    if baseline {
+        let _ =
+            writeln!(out, "candle: the same steps with candle's own conv2d, BatchNorm and ReLU (SSL_KERNELS=candle).");
+    }
     Ok(out)
 }
 

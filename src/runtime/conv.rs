@@ -26,6 +26,37 @@ use crate::backend::fused::gemm::{gemm_strided, Float, Matrix};
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+// ---------------------------------------------------------------------------------------------------------------
+// Work counters: what the training benchmark reports as the convolutions' achieved GFLOP/s.
+
+static NANOS: AtomicU64 = AtomicU64::new(0);
+static FLOPS: AtomicU64 = AtomicU64::new(0);
+
+/// Wall time and direct-convolution FLOPs (2·B·O·C·kh·kw·Ho·Wo per product, whatever the algorithm, so Winograd
+/// shows as faster than its multiplies) of every product our kernels have run in this process.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ConvWork {
+    /// Seconds spent inside the convolution kernels.
+    pub seconds: f64,
+    /// Direct-convolution FLOPs they computed.
+    pub flops: f64,
+}
+
+/// The convolution work done so far; differences of two readings give a step's share.
+pub fn work_done() -> ConvWork {
+    ConvWork { seconds: NANOS.load(Ordering::Relaxed) as f64 * 1e-9, flops: FLOPS.load(Ordering::Relaxed) as f64 }
+}
+
+/// Runs one product, adding its time and FLOPs to the counters.
+fn counted<R>(g: &ConvGeom, f: impl FnOnce() -> R) -> R {
+    let start = std::time::Instant::now();
+    let out = f();
+    NANOS.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    FLOPS.fetch_add(g.flops() as u64, Ordering::Relaxed);
+    out
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Tensor-level entry points.
@@ -639,7 +670,7 @@ impl CustomOp2 for Conv2dOp {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = ConvGeom::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
-        let out = run2(s1, l1, s2, l2, |x, w| forward(&g, x, w), |x, w| forward(&g, x, w))?;
+        let out = counted(&g, || run2(s1, l1, s2, l2, |x, w| forward(&g, x, w), |x, w| forward(&g, x, w)))?;
         Ok((out, Shape::from_dims(&[g.batch, g.c_out, g.ho, g.wo])))
     }
 
@@ -673,7 +704,7 @@ impl CustomOp2 for InputGradOp {
         if (g.c_out, g.ho, g.wo) != (o, ho, wo) {
             bail!("conv2d input grad: dy {:?} does not match the convolution {g:?}", l1.dims());
         }
-        let out = run2(s1, l1, s2, l2, |dy, w| input_grad(&g, dy, w), |dy, w| input_grad(&g, dy, w))?;
+        let out = counted(&g, || run2(s1, l1, s2, l2, |dy, w| input_grad(&g, dy, w), |dy, w| input_grad(&g, dy, w)))?;
         Ok((out, Shape::from_dims(&[b, c, self.h, self.w])))
     }
 }
@@ -699,7 +730,7 @@ impl CustomOp2 for WeightGradOp {
         if (g.batch, g.ho, g.wo) != (b, ho, wo) {
             bail!("conv2d weight grad: dy {:?} does not match the convolution {g:?}", l2.dims());
         }
-        let out = run2(s1, l1, s2, l2, |x, dy| weight_grad(&g, x, dy), |x, dy| weight_grad(&g, x, dy))?;
+        let out = counted(&g, || run2(s1, l1, s2, l2, |x, dy| weight_grad(&g, x, dy), |x, dy| weight_grad(&g, x, dy)))?;
         Ok((out, Shape::from_dims(&[o, c, self.kh, self.kw])))
     }
 }

@@ -314,6 +314,7 @@ impl Trainer<'_> {
             self.order = (Some(epoch), order);
         }
         let within = step % self.steps_per_epoch;
+        let conv_before = crate::runtime::conv::work_done();
         let mut clock = Phases::start();
         let images = data::gather(&self.data.train_images, &self.order.1[within * batch..(within + 1) * batch])?;
         let v1 = augment::augment(&images, &recipe.augment, &mut augment::view_rng(recipe.seed, step as u64, 0))?;
@@ -374,6 +375,7 @@ impl Trainer<'_> {
             target.ema_update(&self.net, m)?;
         }
         clock.lap("ema");
+        let conv = crate::runtime::conv::work_done();
         if !log {
             return Ok(None);
         }
@@ -393,6 +395,8 @@ impl Trainer<'_> {
             "z_std_healthy": 1.0 / (d as f64).sqrt(),
             "effective_rank": health::effective_rank(&features.u1)?,
             "phase_ms": clock.millis(),
+            "conv_ms": (conv.seconds - conv_before.seconds) * 1e3,
+            "conv_gflop": (conv.flops - conv_before.flops) * 1e-9,
         });
         if let Some(loss) = &grads.loss {
             let l = loss.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
