@@ -15,6 +15,38 @@ pub fn z_std(z: &Tensor) -> Result<f64> {
     var.sqrt()?.mean_all()?.to_scalar::<f64>()
 }
 
+/// Consecutive low readings before collapse is reported: one noisy batch is not a collapse.
+pub const COLLAPSE_READINGS: usize = 3;
+
+/// Watches the online z-std over logged steps and reports collapse once it has stayed far below the healthy 1/√D
+/// (under a tenth of it) for [`COLLAPSE_READINGS`] readings in a row; reports again only after a recovery.
+#[derive(Clone, Debug, Default)]
+pub struct CollapseMonitor {
+    streak: usize,
+    reported: bool,
+}
+
+impl CollapseMonitor {
+    /// Takes one reading; returns the warning when collapse has just been established.
+    pub fn observe(&mut self, z_std: f64, healthy: f64) -> Option<String> {
+        if z_std >= 0.1 * healthy {
+            *self = Self::default();
+            return None;
+        }
+        self.streak += 1;
+        if self.streak < COLLAPSE_READINGS || self.reported {
+            return None;
+        }
+        self.reported = true;
+        Some(format!(
+            "warning[ssl::train::collapse]: z-std has stayed far below the healthy {healthy:.4} (1/sqrt(D)) for \
+             {} logged steps (now {z_std:.5}): the features are collapsing\n  help: add a negative term or a \
+             predictor, or lower the learning rate",
+            self.streak
+        ))
+    }
+}
+
 /// exp(entropy) of the normalised eigenvalues of the features' covariance: 1 for a collapsed
 /// batch, D when every direction is used equally (Roy & Vetterli's effective rank).
 pub fn effective_rank(z: &Tensor) -> Result<f64> {

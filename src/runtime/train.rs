@@ -111,6 +111,7 @@ struct Trainer<'a> {
     last_knn: Option<f64>,
     /// The current epoch's sample order, drawn once per epoch.
     order: (Option<usize>, Vec<usize>),
+    collapse: health::CollapseMonitor,
 }
 
 /// Trains `objective` with `recipe`, writing the run directory.
@@ -168,6 +169,7 @@ pub fn train(
         last_checkpoint: None,
         last_knn: None,
         order: (None, Vec::new()),
+        collapse: health::CollapseMonitor::default(),
         data,
     };
     let mut step = 0;
@@ -418,13 +420,11 @@ impl Trainer<'_> {
         }
     }
 
-    /// Warns when the online features' spread falls far below 1/√D.
-    fn warn_collapse(&self, record: &serde_json::Value) {
+    /// Warns (once per episode) when the online features' spread stays far below 1/√D.
+    fn warn_collapse(&mut self, record: &serde_json::Value) {
         let (Some(z), Some(h)) = (record["z_std_online"].as_f64(), record["z_std_healthy"].as_f64()) else { return };
-        if z < 0.1 * h {
-            eprintln!(
-                "warning[ssl::train::collapse]: z-std {z:.5} is far below the healthy {h:.4} (1/sqrt(D)): the features are collapsing\n  help: add a negative term or a predictor, or lower the learning rate"
-            );
+        if let Some(warning) = self.collapse.observe(z, h) {
+            eprintln!("{warning}");
         }
     }
 
