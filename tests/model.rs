@@ -355,7 +355,8 @@ fn network_gradient_matches_finite_differences() -> Result<()> {
     let x = randn(&[3, 1, 6, 6], 31, DType::F64)?;
     let r = [randn(&[3, 3], 32, DType::F64)?, randn(&[3, 3], 33, DType::F64)?, randn(&[3, 3], 34, DType::F64)?];
     for train in [true, false] {
-        let grads = weighted_loss(&net.forward(&x, train)?, &r)?.backward()?;
+        let out = net.forward(&x, train)?;
+        let grads = net.backward(&weighted_loss(&out, &r)?, &[&out])?;
         let loss = || weighted_loss(&net.forward(&x, train)?, &r)?.to_scalar::<f64>();
         for p in net.params() {
             let Some(g) = grads.get(&p.var) else { panic!("no gradient for {}", p.name) };
@@ -524,65 +525,5 @@ fn bad_input_is_an_error_not_a_panic() -> Result<()> {
     assert!(bad(vec![], 1, 4) && bad(vec![4, 0], 1, 4) && bad(vec![4, 4], 0, 4) && bad(vec![4, 4], 1, 0));
     let enc = Encoder { widths: vec![4], blocks: 1 };
     assert!(SiameseNet::new(&enc, &Mlp { hidden: 4, out: 4 }, None, 0, DType::U8, &dev).is_err());
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Timing (not asserted). Run with:
-//     cargo test --release --test model -- --ignored --nocapture forward_backward_timing
-
-#[test]
-#[ignore]
-fn forward_backward_timing() -> Result<()> {
-    let batch: usize = std::env::var("SSL_BENCH_BATCH").ok().and_then(|b| b.parse().ok()).unwrap_or(256);
-    let net = SiameseNet::from_recipe(&Recipe::default(), DType::F32, &Device::Cpu)?;
-    let x = randn(&[batch, 1, 28, 28], 61, DType::F32)?;
-    let r = randn(&[batch, 128], 62, DType::F32)?;
-    for i in 0..4 {
-        let t0 = std::time::Instant::now();
-        let out = net.forward(&x, true)?;
-        let loss = (&out.projection * &r)?.sum_all()?;
-        let _ = loss.to_scalar::<f32>()?;
-        let t1 = std::time::Instant::now();
-        let grads = loss.backward()?;
-        let t2 = std::time::Instant::now();
-        assert!(grads.get(&net.params().iter().next().expect("param").var).is_some());
-        let (f, b) = ((t1 - t0).as_secs_f64() * 1e3, (t2 - t1).as_secs_f64() * 1e3);
-        println!("iteration {i}: batch {batch}, forward {f:.0} ms, backward {b:.0} ms, total {:.0} ms", f + b);
-    }
-    // Where the time goes: each convolution of the default encoder alone (forward, then backward of Σ y⊙r), and
-    // one BatchNorm2d at the largest activation.
-    let convs = [
-        ("stem 1→32 @28", 1, 32, 28, 3, 1, 1),
-        ("stage1 32→32 @28 (each of 2)", 32, 32, 28, 3, 1, 1),
-        ("stage2 conv1 32→64 s2", 32, 64, 28, 3, 2, 1),
-        ("stage2 conv2 64→64 @14", 64, 64, 14, 3, 1, 1),
-        ("stage2 shortcut 1×1 s2", 32, 64, 28, 1, 2, 0),
-        ("stage3 conv1 64→128 s2", 64, 128, 14, 3, 2, 1),
-        ("stage3 conv2 128→128 @7", 128, 128, 7, 3, 1, 1),
-        ("stage3 shortcut 1×1 s2", 64, 128, 14, 1, 2, 0),
-    ];
-    for (name, ci, co, h, k, s, p) in convs {
-        let x = Var::from_tensor(&randn(&[batch, ci, h, h], 63, DType::F32)?)?;
-        let w = Var::from_tensor(&randn(&[co, ci, k, k], 64, DType::F32)?)?;
-        let t0 = std::time::Instant::now();
-        let y = conv2d(&x, &w, s, p)?;
-        let t1 = std::time::Instant::now();
-        let r = y.ones_like()?;
-        let t2 = std::time::Instant::now();
-        (y * r)?.sum_all()?.backward()?;
-        let t3 = std::time::Instant::now();
-        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-        println!("{name:<26} forward {:>6.0} ms, backward {:>6.0} ms", ms(t1 - t0), ms(t3 - t2));
-    }
-    let x = Var::from_tensor(&randn(&[batch, 32, 28, 28], 65, DType::F32)?)?;
-    let (g, b) = (Var::ones(32, DType::F32, &Device::Cpu)?, Var::zeros(32, DType::F32, &Device::Cpu)?);
-    let t0 = std::time::Instant::now();
-    let y = batch_norm_train(&x, &g, &b, None, false)?.relu()?;
-    let t1 = std::time::Instant::now();
-    y.sum_all()?.backward()?;
-    let t2 = std::time::Instant::now();
-    let (f, bw) = ((t1 - t0).as_secs_f64() * 1e3, (t2 - t1).as_secs_f64() * 1e3);
-    println!("{:<26} forward {f:>6.0} ms, backward {bw:>6.0} ms", "BN2d+ReLU 32 @28");
     Ok(())
 }

@@ -10,6 +10,7 @@
 use crate::check::recipe::{Encoder as EncoderSpec, Mlp as MlpSpec, Recipe};
 use crate::runtime::kernels::{self, Kernels};
 use crate::runtime::{conv, norm};
+use candle_core::backprop::GradStore;
 use candle_core::{bail, DType, Device, Result, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -235,22 +236,33 @@ pub fn batch_norm_train(
     running: Option<(&mut Tensor, &mut Tensor)>,
     relu: bool,
 ) -> Result<Tensor> {
+    Ok(batch_norm_train_stats(x, gamma, beta, running, relu)?.0)
+}
+
+/// [`batch_norm_train`], also returning the batch statistics when our kernels ran it (for our backward).
+fn batch_norm_train_stats(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running: Option<(&mut Tensor, &mut Tensor)>,
+    relu: bool,
+) -> Result<(Tensor, Option<norm::ChannelStats>)> {
     let (x3, c, n) = bn_view(x, gamma)?;
     if n < 2 {
         bail!("batch norm in train mode needs more than one value per channel, got input {:?}", x.dims());
     }
-    let (y, batch_mean, batch_var) = if fused(x) {
+    let (y, batch_mean, batch_var, saved) = if fused(x) {
         let stats = norm::channel_stats(x)?;
         let y = norm::batch_norm(x, gamma, beta, &stats, BN_EPS, true, relu)?;
         let device = x.device();
-        (y, Tensor::new(stats.mean, device)?, Tensor::new(stats.var, device)?)
+        (y, Tensor::new(stats.mean.as_slice(), device)?, Tensor::new(stats.var.as_slice(), device)?, Some(stats))
     } else {
         let mean = channel_mean(&x3, n)?;
         let centred = x3.broadcast_sub(&mean)?;
         let var = channel_mean(&centred.sqr()?, n)?;
         let scale = (&var + BN_EPS)?.sqrt()?.recip()?.broadcast_mul(&gamma.reshape((1, c, 1))?)?;
         let y = centred.broadcast_mul(&scale)?.broadcast_add(&beta.reshape((1, c, 1))?)?;
-        (maybe_relu(y.reshape(x.dims())?, relu)?, mean.detach().flatten_all()?, var.detach().flatten_all()?)
+        (maybe_relu(y.reshape(x.dims())?, relu)?, mean.detach().flatten_all()?, var.detach().flatten_all()?, None)
     };
     if let Some((rm, rv)) = running {
         let batch_mean = batch_mean.to_dtype(rm.dtype())?;
@@ -258,7 +270,7 @@ pub fn batch_norm_train(
         *rm = (rm.affine(1.0 - BN_MOMENTUM, 0.0)? + batch_mean.affine(BN_MOMENTUM, 0.0)?)?;
         *rv = (rv.affine(1.0 - BN_MOMENTUM, 0.0)? + batch_var.affine(BN_MOMENTUM, 0.0)?)?;
     }
-    Ok(y)
+    Ok((y, saved))
 }
 
 /// BatchNorm in eval mode (the running statistics), followed by a ReLU when `relu`.
@@ -270,16 +282,29 @@ pub fn batch_norm_eval(
     var: &Tensor,
     relu: bool,
 ) -> Result<Tensor> {
+    Ok(batch_norm_eval_stats(x, gamma, beta, mean, var, relu)?.0)
+}
+
+/// [`batch_norm_eval`], also returning the statistics when our kernels ran it (for our backward).
+fn batch_norm_eval_stats(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    relu: bool,
+) -> Result<(Tensor, Option<norm::ChannelStats>)> {
     let (x3, c, n) = bn_view(x, gamma)?;
     if fused(x) {
         let mean = mean.to_dtype(DType::F64)?.to_vec1()?;
         let var = var.to_dtype(DType::F64)?.to_vec1()?;
-        return norm::batch_norm(x, gamma, beta, &norm::ChannelStats { mean, var, count: n }, BN_EPS, false, relu);
+        let stats = norm::ChannelStats { mean, var, count: n };
+        return Ok((norm::batch_norm(x, gamma, beta, &stats, BN_EPS, false, relu)?, Some(stats)));
     }
     let scale = (var + BN_EPS)?.sqrt()?.recip()?.mul(gamma)?;
     let shift = (beta - mean.mul(&scale)?)?;
     let y = x3.broadcast_mul(&scale.reshape((1, c, 1))?)?.broadcast_add(&shift.reshape((1, c, 1))?)?;
-    maybe_relu(y.reshape(x.dims())?, relu)
+    Ok((maybe_relu(y.reshape(x.dims())?, relu)?, None))
 }
 
 /// The residual join `relu(a + b)`: one fused pass each way with our kernels.
@@ -358,10 +383,39 @@ enum Stats<'a> {
     Ref(&'a [Tensor]),
 }
 
+/// What our backward of the encoder needs from one BatchNorm of the forward pass.
+#[derive(Clone, Debug)]
+struct NormSaved {
+    input: Tensor,
+    output: Tensor,
+    stats: norm::ChannelStats,
+    /// Batch statistics (train mode) rather than running ones.
+    batch: bool,
+    relu: bool,
+}
+
+/// The encoder's forward pass as our backward reads it: the images, every BatchNorm in forward order (stem, then
+/// per block bn1, bn2 and the shortcut's), and the output of every residual join.
+#[derive(Clone, Debug, Default)]
+struct Recorded {
+    norms: Vec<NormSaved>,
+    joins: Vec<Tensor>,
+}
+
+/// A recorded encoder pass and the leaf its backbone features became, where the heads' graph starts.
+#[derive(Clone, Debug)]
+struct EncoderTape {
+    images: Tensor,
+    recorded: Recorded,
+    leaf: Var,
+}
+
 struct Ctx<'a> {
     p: &'a [Tensor],
     stats: Stats<'a>,
     train: bool,
+    /// Set when the pass is recorded for our backward instead of candle's graph.
+    tape: Option<Recorded>,
 }
 
 impl Ctx<'_> {
@@ -372,15 +426,20 @@ impl Ctx<'_> {
     /// BatchNorm, followed by a ReLU when `relu`.
     fn bn(&mut self, x: &Tensor, b: &Bn, relu: bool) -> Result<Tensor> {
         let (gamma, beta) = (&self.p[b.gamma], &self.p[b.beta]);
-        match (&mut self.stats, self.train) {
+        let (y, stats) = match (&mut self.stats, self.train) {
             (Stats::Mut(s), true) => match &mut s[b.stats..b.stats + 2] {
-                [rm, rv] => batch_norm_train(x, gamma, beta, Some((rm, rv)), relu),
+                [rm, rv] => batch_norm_train_stats(x, gamma, beta, Some((rm, rv)), relu)?,
                 _ => bail!("internal: running statistics out of range"),
             },
-            (Stats::Ref(_), true) => batch_norm_train(x, gamma, beta, None, relu),
-            (Stats::Mut(s), false) => batch_norm_eval(x, gamma, beta, &s[b.stats], &s[b.stats + 1], relu),
-            (Stats::Ref(s), false) => batch_norm_eval(x, gamma, beta, &s[b.stats], &s[b.stats + 1], relu),
+            (Stats::Ref(_), true) => batch_norm_train_stats(x, gamma, beta, None, relu)?,
+            (Stats::Mut(s), false) => batch_norm_eval_stats(x, gamma, beta, &s[b.stats], &s[b.stats + 1], relu)?,
+            (Stats::Ref(s), false) => batch_norm_eval_stats(x, gamma, beta, &s[b.stats], &s[b.stats + 1], relu)?,
+        };
+        if let Some(tape) = &mut self.tape {
+            let Some(stats) = stats else { bail!("internal: a recorded pass ran candle's BatchNorm") };
+            tape.norms.push(NormSaved { input: x.clone(), output: y.clone(), stats, batch: self.train, relu });
         }
+        Ok(y)
     }
 
     fn linear(&self, x: &Tensor, l: &Linear) -> Result<Tensor> {
@@ -397,6 +456,9 @@ impl Ctx<'_> {
                 None => h,
             };
             h = add_relu(&out, &short)?;
+            if let Some(tape) = &mut self.tape {
+                tape.joins.push(h.clone());
+            }
         }
         global_avg_pool(&h)
     }
@@ -406,14 +468,20 @@ impl Ctx<'_> {
         self.linear(&h, &m.fc2)
     }
 
-    fn forward(&mut self, x: &Tensor, arch: &Arch, predictor: bool) -> Result<Outputs> {
-        let backbone = self.resnet(x, &arch.encoder)?;
-        let projection = self.mlp(&backbone, &arch.projector)?;
+    /// Projector and, when asked and present, predictor on backbone features.
+    fn heads(&mut self, backbone: &Tensor, arch: &Arch, predictor: bool) -> Result<(Tensor, Option<Tensor>)> {
+        let projection = self.mlp(backbone, &arch.projector)?;
         let prediction = match (&arch.predictor, predictor) {
             (Some(m), true) => Some(self.mlp(&projection, m)?),
             _ => None,
         };
-        Ok(Outputs { backbone, projection, prediction })
+        Ok((projection, prediction))
+    }
+
+    fn forward(&mut self, x: &Tensor, arch: &Arch, predictor: bool) -> Result<Outputs> {
+        let backbone = self.resnet(x, &arch.encoder)?;
+        let (projection, prediction) = self.heads(&backbone, arch, predictor)?;
+        Ok(Outputs { backbone, projection, prediction, tape: None })
     }
 }
 
@@ -543,6 +611,8 @@ pub struct Outputs {
     pub projection: Tensor,
     /// Predictor output, [B, predictor.out], when the network has a predictor (never for the target).
     pub prediction: Option<Tensor>,
+    /// The recorded encoder pass, when our kernels ran it: [`SiameseNet::backward`] differentiates it.
+    tape: Option<EncoderTape>,
 }
 
 /// The online network: encoder, projector and optional predictor, with `Var` parameters that optimisers update.
@@ -625,11 +695,106 @@ impl SiameseNet {
 
     /// Runs images [B, 1, H, W] through encoder, projector and predictor. `train` uses batch statistics in every
     /// BatchNorm and updates the running ones; otherwise the running statistics are used and nothing changes.
+    /// Differentiate what it produces with [`SiameseNet::backward`]: with our kernels the encoder is recorded for our
+    /// own backward rather than built into candle's graph (which would zero-fill and add every activation gradient).
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Outputs> {
         check_images(x, self.dtype)?;
         let mut buffers = self.buffers.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut ctx = Ctx { p: &self.tensors, stats: Stats::Mut(&mut buffers), train };
-        ctx.forward(x, &self.arch, true)
+        if !fused(x) {
+            let mut ctx = Ctx { p: &self.tensors, stats: Stats::Mut(&mut buffers), train, tape: None };
+            return ctx.forward(x, &self.arch, true);
+        }
+        let detached: Vec<Tensor> = self.tensors.iter().map(Tensor::detach).collect();
+        let images = x.detach();
+        let mut encoder = Ctx { p: &detached, stats: Stats::Mut(&mut buffers), train, tape: Some(Recorded::default()) };
+        let backbone = encoder.resnet(&images, &self.arch.encoder)?;
+        let recorded = encoder.tape.take().unwrap_or_default();
+        let leaf = Var::from_tensor(&backbone)?;
+        let mut heads = Ctx { p: &self.tensors, stats: Stats::Mut(&mut buffers), train, tape: None };
+        let (projection, prediction) = heads.heads(leaf.as_tensor(), &self.arch, true)?;
+        let backbone = leaf.as_tensor().clone();
+        Ok(Outputs { backbone, projection, prediction, tape: Some(EncoderTape { images, recorded, leaf }) })
+    }
+
+    /// The gradient of `loss` with respect to every parameter, through the forward passes `outputs` it was computed
+    /// from: candle differentiates the heads (and any pass run on candle's kernels); each recorded encoder pass is
+    /// then differentiated here from the gradient at its backbone features, and its parameter gradients added in.
+    pub fn backward(&self, loss: &Tensor, outputs: &[&Outputs]) -> Result<GradStore> {
+        let mut store = loss.backward()?;
+        for o in outputs {
+            let Some(tape) = &o.tape else { continue };
+            if let Some(df) = store.remove(tape.leaf.as_tensor()) {
+                self.encoder_backward(tape, &df, &mut store)?;
+            }
+        }
+        Ok(store)
+    }
+
+    /// The encoder's backward, mirroring [`Ctx::resnet`] in reverse with our kernels.
+    fn encoder_backward(&self, tape: &EncoderTape, df: &Tensor, store: &mut GradStore) -> Result<()> {
+        let (r, norms, joins) = (&self.arch.encoder, &tape.recorded.norms, &tape.recorded.joins);
+        let expected = 1 + r.blocks.iter().map(|b| 2 + usize::from(b.shortcut.is_some())).sum::<usize>();
+        let (Some(stem), Some(last)) = (norms.first(), joins.last()) else { bail!("internal: empty encoder tape") };
+        if norms.len() != expected || joins.len() != r.blocks.len() {
+            bail!("internal: encoder tape does not match the architecture");
+        }
+        // Global average pooling: every pixel receives df / (H·W).
+        let (b, c, h, w) = last.dims4()?;
+        let mut dh = (df.reshape((b, c, 1, 1))?.broadcast_as((b, c, h, w))? / (h * w) as f64)?.contiguous()?;
+        let mut next = norms.len();
+        for (i, block) in r.blocks.iter().enumerate().rev() {
+            let first = next - 2 - usize::from(block.shortcut.is_some());
+            next = first;
+            let input = if i == 0 { &stem.output } else { &joins[i - 1] };
+            let dz = norm::relu_backward(&dh, &joins[i])?;
+            let (bn1, bn2) = (&norms[first], &norms[first + 1]);
+            let da1 = self.conv_backward(
+                &self.norm_backward(&dz, bn2, &block.bn2, store)?,
+                &bn1.output,
+                &block.conv2,
+                store,
+            )?;
+            let dh1 =
+                self.conv_backward(&self.norm_backward(&da1, bn1, &block.bn1, store)?, input, &block.conv1, store)?;
+            let dshort = match &block.shortcut {
+                Some((conv, bn)) => {
+                    let dzs = self.norm_backward(&dz, &norms[first + 2], bn, store)?;
+                    self.conv_backward(&dzs, input, conv, store)?
+                }
+                None => dz,
+            };
+            dh = (dh1 + dshort)?;
+        }
+        let dz0 = self.norm_backward(&dh, stem, &r.stem_bn, store)?;
+        let w = &self.tensors[r.stem.w];
+        let (_, _, kh, kw) = w.dims4()?;
+        accumulate(store, w, conv::conv2d_weight_grad(&tape.images, &dz0, (kh, kw), r.stem.stride, r.stem.pad)?)
+    }
+
+    /// One BatchNorm's backward: adds dγ and dβ to the store, returns the gradient at its input.
+    fn norm_backward(&self, dy: &Tensor, saved: &NormSaved, bn: &Bn, store: &mut GradStore) -> Result<Tensor> {
+        let gamma = &self.tensors[bn.gamma];
+        let (dx, dgamma, dbeta) = norm::batch_norm_backward(
+            dy,
+            &saved.input,
+            &saved.output,
+            &gamma.detach(),
+            &saved.stats,
+            BN_EPS,
+            saved.batch,
+            saved.relu,
+        )?;
+        accumulate(store, gamma, dgamma)?;
+        accumulate(store, &self.tensors[bn.beta], dbeta)?;
+        Ok(dx)
+    }
+
+    /// One convolution's backward: adds the weight gradient to the store, returns the gradient at its input `x`.
+    fn conv_backward(&self, dy: &Tensor, x: &Tensor, c: &Conv, store: &mut GradStore) -> Result<Tensor> {
+        let w = &self.tensors[c.w];
+        let ((_, _, h, wd), (_, _, kh, kw)) = (x.dims4()?, w.dims4()?);
+        accumulate(store, w, conv::conv2d_weight_grad(x, dy, (kh, kw), c.stride, c.pad)?)?;
+        conv::conv2d_input_grad(dy, &w.detach(), (h, wd), c.stride, c.pad)
     }
 
     /// Eval-mode backbone features [B, widths.last()] with no graph (detached parameters, running statistics): what
@@ -638,7 +803,7 @@ impl SiameseNet {
         check_images(x, self.dtype)?;
         let p: Vec<Tensor> = self.tensors.iter().map(Tensor::detach).collect();
         let buffers = self.buffers.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut ctx = Ctx { p: &p, stats: Stats::Ref(&buffers), train: false };
+        let mut ctx = Ctx { p: &p, stats: Stats::Ref(&buffers), train: false, tape: None };
         ctx.resnet(&x.detach(), &self.arch.encoder)
     }
 
@@ -680,6 +845,16 @@ impl SiameseNet {
     pub fn dtype(&self) -> DType {
         self.dtype
     }
+}
+
+/// Adds `grad` to the gradient stored for `param` (several passes share parameters).
+fn accumulate(store: &mut GradStore, param: &Tensor, grad: Tensor) -> Result<()> {
+    let total = match store.remove(param) {
+        Some(g) => (g + grad)?,
+        None => grad,
+    };
+    store.insert(param, total);
+    Ok(())
 }
 
 /// Reads `names` from `map`, checking shapes against `current` and converting dtype and device to match.
@@ -760,7 +935,7 @@ impl Target {
     pub fn forward_no_grad(&self, x: &Tensor, train: bool) -> Result<Outputs> {
         check_images(x, self.dtype)?;
         let x = x.detach();
-        let mut ctx = Ctx { p: &self.tensors, stats: Stats::Ref(&self.buffers), train };
+        let mut ctx = Ctx { p: &self.tensors, stats: Stats::Ref(&self.buffers), train, tape: None };
         ctx.forward(&x, &self.arch, false)
     }
 

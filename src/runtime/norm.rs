@@ -82,6 +82,28 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a.apply_op2(b, AddReluOp)
 }
 
+/// The gradients (dx, dγ, dβ) of [`batch_norm`] from its input `x`, its output `y` and the gradient `dy` at the
+/// output, with the statistics and flags the forward pass used (no graph).
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_backward(
+    dy: &Tensor,
+    x: &Tensor,
+    y: &Tensor,
+    gamma: &Tensor,
+    stats: &ChannelStats,
+    eps: f64,
+    batch: bool,
+    relu: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let invstd = stats.var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    BatchNormOp { mean: stats.mean.clone(), invstd, batch, relu }.backward(x, gamma, y, dy)
+}
+
+/// `dy` where `y > 0`, else 0: the ReLU's backward from its output (no graph).
+pub fn relu_backward(dy: &Tensor, y: &Tensor) -> Result<Tensor> {
+    dy.apply_op2_no_bwd(y, &ReluGradOp)
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Kernels.
 
@@ -259,7 +281,7 @@ fn relu_grad_kernel<T: Float>(dy: &[T], y: &[T]) -> Vec<T> {
 // ---------------------------------------------------------------------------------------------------------------
 // candle custom ops.
 
-/// Per-channel [Σx ‖ Σx²] (f64 accumulation, returned in x's dtype... as f64 storage).
+/// Per-channel [Σx ‖ Σx²], accumulated and returned in f64.
 struct SumsOp;
 
 impl candle_core::CustomOp1 for SumsOp {
@@ -328,6 +350,14 @@ impl CustomOp3 for BatchNormOp {
         y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dgamma, dbeta) = self.backward(x, gamma, y, dy)?;
+        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+    }
+}
+
+impl BatchNormOp {
+    /// (dx, dγ, dβ) through one [`BatchNormGradOp`], whose flat result is split without copies.
+    fn backward(&self, x: &Tensor, gamma: &Tensor, y: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let c = gamma.elem_count();
         let grad = BatchNormGradOp {
             op: BatchNormOp { mean: self.mean.clone(), invstd: self.invstd.clone(), ..*self },
@@ -336,7 +366,7 @@ impl CustomOp3 for BatchNormOp {
         let packed = dy.apply_op3_no_bwd(x, y, &grad)?;
         let n = x.elem_count();
         let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
-        Ok((Some(dx), Some(packed.narrow(0, n, c)?), Some(packed.narrow(0, n + c, c)?)))
+        Ok((dx, packed.narrow(0, n, c)?, packed.narrow(0, n + c, c)?))
     }
 }
 
@@ -387,7 +417,7 @@ impl CustomOp2 for AddReluOp {
     }
 
     fn bwd(&self, _a: &Tensor, _b: &Tensor, y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dz = dy.apply_op2_no_bwd(y, &ReluGradOp)?;
+        let dz = relu_backward(dy, y)?;
         Ok((Some(dz.clone()), Some(dz)))
     }
 }

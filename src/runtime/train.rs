@@ -356,18 +356,21 @@ impl Trainer<'_> {
         // Multi-crop: local crops are online views only, each pulled toward both global targets and
         // weighted as one global view (whose gradient carries the ½ of the two view orders).
         let locals = v1.local_tensors(&device)?;
+        let mut local_outputs = Vec::with_capacity(locals.len());
         for local in &locals {
             let o = self.net.forward(local, true)?;
             let u = normalize(&head(&o))?;
             let g = self.plan.local_gradient(&u.detach(), &features, &self.state)?;
             objective = (objective + surrogate(&u, &(g * 0.5)?)?)?;
+            local_outputs.push(o);
         }
         let value = objective.to_scalar::<f32>()? as f64;
         if !value.is_finite() {
             return Err(self.non_finite(step, "the gradient injected at the normalised features", value));
         }
         clock.lap("local_crops");
-        let store = objective.backward()?;
+        let passes: Vec<&super::model::Outputs> = [&o1, &o2].into_iter().chain(&local_outputs).collect();
+        let store = self.net.backward(&objective, &passes)?;
         clock.lap("backward");
         let lr = self.lr.at(step);
         self.optimizer.step(&store, lr)?;
