@@ -229,18 +229,8 @@ fn maybe_relu(y: Tensor, relu: bool) -> Result<Tensor> {
 /// when `running` is given, updates the running mean and (unbiased) variance with momentum [`BN_MOMENTUM`]. Works
 /// on [B, C] and [B, C, H, W]; the gradient flows to `x`, `gamma` and `beta` through the batch statistics. Errors
 /// (as torch does) when a channel has a single value, whose variance is undefined.
+/// Returns the output and, when our kernels ran it, the statistics it normalised with (what our backward reads).
 pub fn batch_norm_train(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    running: Option<(&mut Tensor, &mut Tensor)>,
-    relu: bool,
-) -> Result<Tensor> {
-    Ok(batch_norm_train_stats(x, gamma, beta, running, relu)?.0)
-}
-
-/// [`batch_norm_train`], also returning the batch statistics when our kernels ran it (for our backward).
-fn batch_norm_train_stats(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
@@ -273,20 +263,9 @@ fn batch_norm_train_stats(
     Ok((y, saved))
 }
 
-/// BatchNorm in eval mode (the running statistics), followed by a ReLU when `relu`.
+/// BatchNorm in eval mode (the running statistics), followed by a ReLU when `relu`. Returns the output and, when our
+/// kernels ran it, the statistics it normalised with.
 pub fn batch_norm_eval(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    mean: &Tensor,
-    var: &Tensor,
-    relu: bool,
-) -> Result<Tensor> {
-    Ok(batch_norm_eval_stats(x, gamma, beta, mean, var, relu)?.0)
-}
-
-/// [`batch_norm_eval`], also returning the statistics when our kernels ran it (for our backward).
-fn batch_norm_eval_stats(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
@@ -428,12 +407,12 @@ impl Ctx<'_> {
         let (gamma, beta) = (&self.p[b.gamma], &self.p[b.beta]);
         let (y, stats) = match (&mut self.stats, self.train) {
             (Stats::Mut(s), true) => match &mut s[b.stats..b.stats + 2] {
-                [rm, rv] => batch_norm_train_stats(x, gamma, beta, Some((rm, rv)), relu)?,
+                [rm, rv] => batch_norm_train(x, gamma, beta, Some((rm, rv)), relu)?,
                 _ => bail!("internal: running statistics out of range"),
             },
-            (Stats::Ref(_), true) => batch_norm_train_stats(x, gamma, beta, None, relu)?,
-            (Stats::Mut(s), false) => batch_norm_eval_stats(x, gamma, beta, &s[b.stats], &s[b.stats + 1], relu)?,
-            (Stats::Ref(s), false) => batch_norm_eval_stats(x, gamma, beta, &s[b.stats], &s[b.stats + 1], relu)?,
+            (Stats::Ref(_), true) => batch_norm_train(x, gamma, beta, None, relu)?,
+            (Stats::Mut(s), false) => batch_norm_eval(x, gamma, beta, &s[b.stats], &s[b.stats + 1], relu)?,
+            (Stats::Ref(s), false) => batch_norm_eval(x, gamma, beta, &s[b.stats], &s[b.stats + 1], relu)?,
         };
         if let Some(tape) = &mut self.tape {
             let Some(stats) = stats else { bail!("internal: a recorded pass ran candle's BatchNorm") };

@@ -330,15 +330,8 @@ impl CustomOp3 for BatchNormOp {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (_, c, s) = bcs(l1.dims())?;
-        let y = match (s1, s2, s3) {
-            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(forward(self, &read(s1, l1)?, &read(s2, l2)?, &read(s3, l3)?, (c, s)))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(forward(self, &read(s1, l1)?, &read(s2, l2)?, &read(s3, l3)?, (c, s)))
-            }
-            _ => bail!("batch norm: f32 or f64 operands of one dtype expected"),
-        };
+        let operands = [(s1, l1), (s2, l2), (s3, l3)];
+        let y = ternary(operands, |x, g, b| forward(self, x, g, b, (c, s)), |x, g, b| forward(self, x, g, b, (c, s)))?;
         Ok((y, l1.shape().clone()))
     }
 
@@ -391,15 +384,8 @@ impl CustomOp3 for BatchNormGradOp {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let dims = bcs(l2.dims())?;
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(backward(self, &read(s1, l1)?, &read(s2, l2)?, &read(s3, l3)?, dims))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(backward(self, &read(s1, l1)?, &read(s2, l2)?, &read(s3, l3)?, dims))
-            }
-            _ => bail!("batch norm backward: f32 or f64 operands of one dtype expected"),
-        };
+        let operands = [(s1, l1), (s2, l2), (s3, l3)];
+        let out = ternary(operands, |d, x, y| backward(self, d, x, y, dims), |d, x, y| backward(self, d, x, y, dims))?;
         Ok((out, Shape::from_dims(&[l2.shape().elem_count() + 2 * dims.1])))
     }
 }
@@ -433,6 +419,23 @@ impl CustomOp2 for ReluGradOp {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         Ok((elementwise(s1, l1, s2, l2, relu_grad_kernel, relu_grad_kernel)?, l1.shape().clone()))
     }
+}
+
+/// Runs a three-operand kernel in the operands' float type.
+fn ternary(
+    [(s1, l1), (s2, l2), (s3, l3)]: [(&CpuStorage, &Layout); 3],
+    f32: impl FnOnce(&[f32], &[f32], &[f32]) -> Vec<f32>,
+    f64: impl FnOnce(&[f64], &[f64], &[f64]) -> Vec<f64>,
+) -> Result<CpuStorage> {
+    Ok(match (s1, s2, s3) {
+        (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
+            CpuStorage::F32(f32(&read(s1, l1)?, &read(s2, l2)?, &read(s3, l3)?))
+        }
+        (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
+            CpuStorage::F64(f64(&read(s1, l1)?, &read(s2, l2)?, &read(s3, l3)?))
+        }
+        _ => bail!("batch norm: f32 or f64 operands of one dtype expected"),
+    })
 }
 
 /// Runs a two-operand elementwise kernel in the operands' float type.
