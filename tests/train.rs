@@ -74,11 +74,22 @@ fn resume_continues_exactly_and_eval_reads_the_checkpoint() {
         assert!(root.join("whole").join(file).exists(), "{file} written");
     }
     let step = records(&root, "whole").into_iter().find(|r| r["kind"] == "step").unwrap();
-    for field in
-        ["lr", "momentum", "pos_sim", "z_std_online", "z_std_target", "effective_rank", "positive_norm", "push_norm"]
-    {
+    for field in [
+        "lr",
+        "momentum",
+        "pos_sim",
+        "z_std_online",
+        "z_std_target",
+        "effective_rank",
+        "positive_norm",
+        "push_norm",
+        "rss_mb",
+        "conv_ms",
+        "conv_gflop",
+    ] {
         assert!(!step[field].is_null(), "metrics carry {field}");
     }
+    assert!(step["conv_gflop"].as_f64().unwrap() > 0.0, "the step's convolutions are counted");
     let baseline = records(&root, "whole").into_iter().find(|r| r["kind"] == "baseline").unwrap();
     assert!(baseline["raw_pixel_knn"].as_f64().unwrap() > 0.3, "raw pixels beat chance on 10 classes");
 

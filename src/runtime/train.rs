@@ -400,6 +400,7 @@ impl Trainer<'_> {
             "z_std_healthy": 1.0 / (d as f64).sqrt(),
             "effective_rank": health::effective_rank(&features.u1)?,
             "phase_ms": clock.millis(),
+            "rss_mb": rss_mb(),
             "conv_ms": (conv.seconds - conv_before.seconds) * 1e3,
             "conv_gflop": (conv.flops - conv_before.flops) * 1e-9,
         });
@@ -527,8 +528,17 @@ impl Phases {
 
 /// Peak resident memory of this process in MB (Linux `VmHWM`), if readable.
 pub fn peak_rss_mb() -> Option<f64> {
+    proc_status_mb("VmHWM:")
+}
+
+/// Resident memory now, in MB (Linux), logged with every step so that growth over a long run shows.
+pub fn rss_mb() -> Option<f64> {
+    proc_status_mb("VmRSS:")
+}
+
+fn proc_status_mb(key: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
 }
