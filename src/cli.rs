@@ -70,6 +70,9 @@ enum Command {
         /// `fused` kernels (default) or the op-by-op `reference`.
         #[arg(long, value_enum, default_value_t = crate::backend::Backend::Fused)]
         backend: crate::backend::Backend,
+        /// Where to run: `cpu`, or `cuda[:N]` with a build that has the `cuda` feature.
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// Train a Siamese encoder with an objective and its recipe on Fashion-MNIST, writing
     /// runs/NAME/ (metrics.jsonl, config.json, checkpoints, SVG plots).
@@ -106,6 +109,9 @@ enum Command {
         /// Log metrics every this many steps.
         #[arg(long, default_value_t = 10)]
         log_every: usize,
+        /// Where to run: `cpu`, or `cuda[:N]` with a build that has the `cuda` feature.
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// Evaluate a run's latest checkpoint: weighted kNN and/or a linear probe on frozen features.
     Eval {
@@ -117,6 +123,10 @@ enum Command {
         /// A linear probe.
         #[arg(long)]
         linear: bool,
+        /// Where to run: `cpu`, or `cuda[:N]` with a build that has the `cuda` feature.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+
         /// A directory of Fashion-MNIST IDX files.
         #[arg(long)]
         data: Option<PathBuf>,
@@ -156,6 +166,9 @@ enum BenchCommand {
         /// Also run every objective with candle's own conv2d, BatchNorm and ReLU, and report the ratio.
         #[arg(long)]
         baseline: bool,
+        /// Where to run: `cpu`, or `cuda[:N]` with a build that has the `cuda` feature.
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
 }
 
@@ -171,7 +184,24 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check { files, deny_warnings, format } => check(&files, deny_warnings, format),
         Command::Explain { file, objective, ir, n, d } => explain_cmd(&file, objective.as_deref(), ir, n, d),
         Command::Verify { files } => verify_cmd(&files),
-        Command::Train { file, objective, data, set, name, runs, resume, max_steps, limit, backend, log_every } => {
+        Command::Train {
+            file,
+            objective,
+            data,
+            set,
+            name,
+            runs,
+            resume,
+            max_steps,
+            limit,
+            backend,
+            log_every,
+            device,
+        } => {
+            let device = match open_device(&device) {
+                Ok(d) => d,
+                Err(code) => return code,
+            };
             let (source, program) = match compile_file(&file) {
                 Ok(x) => x,
                 Err(code) => return code,
@@ -204,6 +234,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 backend,
                 log_every,
                 overrides,
+                device,
             };
             match crate::runtime::train::train(&source.text, &objective, &recipe, &opts) {
                 Ok(summary) => {
@@ -221,7 +252,10 @@ pub fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
-        Command::Bench { what: BenchCommand::Train { files, batch, steps, data, set, baseline } } => {
+        Command::Bench { what: BenchCommand::Train { files, batch, steps, data, set, baseline, device } } => {
+            if let Err(code) = open_device(&device) {
+                return code;
+            }
             let files = if files.is_empty() {
                 let mut all: Vec<PathBuf> = std::fs::read_dir("objectives")
                     .map(|d| {
@@ -236,7 +270,10 @@ pub fn run(cli: Cli) -> ExitCode {
                 files
             };
             let data = data.unwrap_or_else(|| PathBuf::from(crate::data::BUNDLED_DIR));
-            match crate::runtime::bench::bench_train(&files, batch, steps, &data, &set, baseline) {
+            match crate::runtime::bench::bench_train(
+                &files,
+                &crate::runtime::bench::Setup { batch, steps, data: &data, overrides: &set, device: &device, baseline },
+            ) {
                 Ok(table) => {
                     print!("{table}");
                     ExitCode::SUCCESS
@@ -247,8 +284,12 @@ pub fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
-        Command::Eval { run, knn, linear, data } => {
-            match crate::runtime::evaluate::evaluate(&run, knn, linear, data.as_deref()) {
+        Command::Eval { run, knn, linear, data, device } => {
+            let device = match open_device(&device) {
+                Ok(d) => d,
+                Err(code) => return code,
+            };
+            match crate::runtime::evaluate::evaluate(&run, knn, linear, data.as_deref(), &device) {
                 Ok(report) => {
                     print!("{report}");
                     ExitCode::SUCCESS
@@ -259,7 +300,11 @@ pub fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
-        Command::Grad { file, objective, inputs, out, normalize, backend } => {
+        Command::Grad { file, objective, inputs, out, normalize, backend, device } => {
+            let device = match open_device(&device) {
+                Ok(d) => d,
+                Err(code) => return code,
+            };
             let (_, program) = match compile_file(&file) {
                 Ok(x) => x,
                 Err(code) => return code,
@@ -268,7 +313,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 eprintln!("error: no objective `{}` in `{}`", objective.as_deref().unwrap_or("?"), file.display());
                 return ExitCode::from(2);
             };
-            match crate::grad::run(o, &inputs, &out, normalize, backend) {
+            match crate::grad::run(o, &inputs, &out, normalize, backend, &device) {
                 Ok(summary) => {
                     println!("{summary}");
                     ExitCode::SUCCESS
@@ -280,6 +325,14 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         }
     }
+}
+
+/// The device `--device` names, or exit code 2 with the reason.
+fn open_device(name: &str) -> Result<candle_core::Device, ExitCode> {
+    crate::device::open(name).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
 }
 
 /// A source file, read and decoded; or the exit code for why it could not be.

@@ -53,9 +53,18 @@ pub enum GradError {
     Eval(#[from] candle_core::Error),
 }
 
-/// Runs one step and writes the results; returns a one-line summary.
-pub fn run(o: &Objective, inputs: &Path, out: &Path, normalize: bool, backend: Backend) -> Result<String, GradError> {
-    let tensors = candle_core::safetensors::load(inputs, &Device::Cpu)
+/// Runs one step on `device` and writes the results; returns a one-line summary. The fused kernels are CPU-only, so
+/// elsewhere the reference backend (candle's ops) runs.
+pub fn run(
+    o: &Objective,
+    inputs: &Path,
+    out: &Path,
+    normalize: bool,
+    backend: Backend,
+    device: &Device,
+) -> Result<String, GradError> {
+    let backend = if device.is_cpu() { backend } else { Backend::Reference };
+    let tensors = candle_core::safetensors::load(inputs, device)
         .map_err(|e| GradError::Read { path: inputs.display().to_string(), reason: e.to_string() })?;
     let found = || {
         let mut names: Vec<&str> = tensors.keys().map(String::as_str).collect();

@@ -13,6 +13,7 @@ pub mod backend;
 pub mod check;
 pub mod cli;
 pub mod data;
+pub mod device;
 pub mod diagnostic;
 pub mod eval;
 pub mod explain;

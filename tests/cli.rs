@@ -158,3 +158,36 @@ fn explain_refuses_a_file_with_errors() {
     assert!(stderr(&out).contains("ssl::name::cycle"));
     assert!(stdout(&out).is_empty());
 }
+
+/// `--device`: a misspelt name and CUDA asked of a build without the `cuda` feature are coded errors (exit 2) that
+/// say what to do, for every command that takes the option; `cuda:N` parses.
+#[test]
+fn device_errors_are_coded() {
+    let unigrad = path("objectives/unigrad.ssl");
+    for args in [
+        vec!["train", unigrad.as_str(), "--max-steps", "1"],
+        vec!["grad", unigrad.as_str(), "--inputs", "missing.safetensors", "--out", "x.safetensors"],
+        vec!["eval", "runs/none"],
+        vec!["bench", "train", unigrad.as_str()],
+    ] {
+        let run = |device: &str| {
+            let mut a = args.clone();
+            a.extend(["--device", device]);
+            ssl_lang(&a)
+        };
+        let out = run("gpu0");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("ssl::device::name") && stderr(&out).contains("cuda:N"), "{}", stderr(&out));
+        if !cfg!(feature = "cuda") {
+            let out = run("cuda:1");
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+            assert!(stderr(&out).contains("ssl::device::not_built"), "{}", stderr(&out));
+            assert!(stderr(&out).contains("--features cuda"), "{}", stderr(&out));
+        }
+        assert_no_panic(&out);
+    }
+    assert_eq!(ssl_lang::device::parse("cuda:3").ok(), Some(Some(3)));
+    assert_eq!(ssl_lang::device::parse("cuda").ok(), Some(Some(0)));
+    assert_eq!(ssl_lang::device::parse("cpu").ok(), Some(None));
+    assert!(ssl_lang::device::parse("cuda:-1").is_err());
+}

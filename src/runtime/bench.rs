@@ -23,23 +23,33 @@ struct Measured {
     peak_mb: Option<f64>,
 }
 
+/// What `bench train` runs: the same for every objective.
+#[derive(Clone, Debug)]
+pub struct Setup<'a> {
+    /// Pairs per step.
+    pub batch: usize,
+    /// Steps measured after one warm-up step.
+    pub steps: usize,
+    /// The Fashion-MNIST directory.
+    pub data: &'a Path,
+    /// Recipe overrides (`KEY=VALUE`) for every objective.
+    pub overrides: &'a [String],
+    /// `--device` for the training runs.
+    pub device: &'a str,
+    /// Also run with candle's own layers and report the ratio.
+    pub baseline: bool,
+}
+
 /// Trains `steps + 1` steps of `file` in a child process (with `SSL_KERNELS=candle` when `candle`) and reads its
 /// metrics: medians over the steps after the first.
-fn measure(
-    file: &Path,
-    name: &str,
-    batch: usize,
-    steps: usize,
-    data: &Path,
-    extra: &[String],
-    candle: bool,
-) -> Result<Measured, String> {
+fn measure(file: &Path, name: &str, setup: &Setup, candle: bool) -> Result<Measured, String> {
+    let Setup { batch, steps, data, overrides: extra, device, .. } = *setup;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the ssl-lang executable: {e}"))?;
     let root = std::env::temp_dir().join(format!("ssl-bench-{}", std::process::id()));
     let mut cmd = Command::new(&exe);
     cmd.arg("train").arg(file).args(["--set", &format!("batch={batch}"), "--set", "eval=none"]);
     cmd.args(["--max-steps", &(steps + 1).to_string(), "--log-every", "1", "--name", name]);
-    cmd.arg("--runs").arg(&root).arg("--data").arg(data);
+    cmd.arg("--runs").arg(&root).arg("--data").arg(data).args(["--device", device]);
     cmd.env("SSL_KERNELS", if candle { "candle" } else { "ours" });
     for e in extra {
         cmd.args(["--set", e]);
@@ -93,14 +103,8 @@ fn plain_gemm_gflops() -> f64 {
 
 /// Runs the benchmark; returns the table. With `baseline`, each objective is also run with candle's own layers
 /// (`SSL_KERNELS=candle`) and the ratio is reported.
-pub fn bench_train(
-    files: &[PathBuf],
-    batch: usize,
-    steps: usize,
-    data: &Path,
-    extra: &[String],
-    baseline: bool,
-) -> Result<String, String> {
+pub fn bench_train(files: &[PathBuf], setup: &Setup) -> Result<String, String> {
+    let Setup { batch, steps, device, baseline, .. } = *setup;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -117,7 +121,7 @@ pub fn bench_train(
     );
     for file in files {
         let name = file.file_stem().map_or("objective".into(), |s| s.to_string_lossy().into_owned());
-        let m = measure(file, &name, batch, steps, data, extra, false)?;
+        let m = measure(file, &name, setup, false)?;
         let _ = write!(
             out,
             "{:<14} {:>6} {:>8.1} {:>8.0} | {} | {:>4.0}% {:>7.0} | {:>8}",
@@ -131,7 +135,7 @@ pub fn bench_train(
             m.peak_mb.map_or("-".into(), |p| format!("{p:.0}"))
         );
         if baseline {
-            let c = measure(file, &name, batch, steps, data, extra, true)?;
+            let c = measure(file, &name, setup, true)?;
             let _ = write!(out, " | {:>14.1} {:>5.1}×", c.pairs_per_s, m.pairs_per_s / c.pairs_per_s);
         }
         let _ = writeln!(out);
@@ -142,7 +146,7 @@ pub fn bench_train(
     );
     let _ = writeln!(
         out,
-        "f32 on this CPU with {} threads; phases as shares of the step. conv: share of the step inside our",
+        "f32 on {device} ({} CPU threads); phases as shares of the step. conv: share of the step inside our",
         candle_core::utils::get_num_threads()
     );
     let _ = writeln!(

@@ -12,8 +12,14 @@ use std::collections::HashMap;
 use std::fmt::Write;
 use std::path::Path;
 
-/// Evaluates the latest checkpoint of the run at `path`; returns the report.
-pub fn evaluate(path: &Path, knn: bool, linear: bool, data_dir: Option<&Path>) -> Result<String, TrainError> {
+/// Evaluates the latest checkpoint of the run at `path`, computing features on `device`; returns the report.
+pub fn evaluate(
+    path: &Path,
+    knn: bool,
+    linear: bool,
+    data_dir: Option<&Path>,
+    device: &Device,
+) -> Result<String, TrainError> {
     let run = RunDir::open(path)?;
     let config = run.read_config()?;
     let source = config["source"].as_str().unwrap_or_default();
@@ -38,7 +44,7 @@ pub fn evaluate(path: &Path, knn: bool, linear: bool, data_dir: Option<&Path>) -
         return Err(TrainError::Config(format!("run {} has no checkpoint yet", run.path.display())));
     };
     let step = meta["step"].as_u64().unwrap_or(0);
-    let net = SiameseNet::from_recipe(&recipe, DType::F32, &Device::Cpu)?;
+    let net = SiameseNet::from_recipe(&recipe, DType::F32, device)?;
     let part = |prefix: &str| -> HashMap<String, Tensor> {
         tensors.iter().filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v.clone()))).collect()
     };
@@ -53,8 +59,8 @@ pub fn evaluate(path: &Path, knn: bool, linear: bool, data_dir: Option<&Path>) -
             (m.remove("bank").expect("checked"), m.remove("queries").expect("checked"))
         }
         _ => {
-            let bank = backbone_features(&net, &data.train_images)?;
-            let queries = backbone_features(&net, &data.test_images)?;
+            let bank = backbone_features(&net, &data.train_images)?.to_device(&Device::Cpu)?;
+            let queries = backbone_features(&net, &data.test_images)?.to_device(&Device::Cpu)?;
             let map = HashMap::from([("bank".to_string(), bank.clone()), ("queries".to_string(), queries.clone())]);
             candle_core::safetensors::save(&map, &cache)?;
             (bank, queries)

@@ -824,6 +824,11 @@ impl SiameseNet {
     pub fn dtype(&self) -> DType {
         self.dtype
     }
+
+    /// Where the parameters live (inputs must be there too).
+    pub fn device(&self) -> &Device {
+        self.tensors.first().map_or(&Device::Cpu, Tensor::device)
+    }
 }
 
 /// Adds `grad` to the gradient stored for `param` (several passes share parameters).

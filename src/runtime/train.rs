@@ -79,6 +79,8 @@ pub struct TrainOptions {
     pub log_every: usize,
     /// Overrides applied, for the record.
     pub overrides: Vec<String>,
+    /// Where the networks and the plan run (`--device`); augmentation and kNN stay on the CPU.
+    pub device: Device,
 }
 
 /// What a finished (or stopped) run reports.
@@ -121,7 +123,7 @@ pub fn train(
     recipe: &Recipe,
     opts: &TrainOptions,
 ) -> Result<TrainSummary, TrainError> {
-    let device = Device::Cpu;
+    let device = opts.device.clone();
     let mut data = data::load(&recipe.data, opts.data_dir.as_deref())?;
     limit_dataset(&mut data, opts.limit);
     let n_train = data.train_len();
@@ -150,7 +152,11 @@ pub fn train(
             _ => 0,
         })
         .collect();
-    let plan = Plan::with_backend(objective, opts.backend, &Sizes { n: recipe.batch, d: net.projection_dim(), fifo });
+    let backend = if device.is_cpu() { opts.backend } else { Backend::Reference };
+    if backend != opts.backend {
+        println!("note: the fused gradient kernels are CPU-only; on {device:?} the plan runs candle's ops (reference)");
+    }
+    let plan = Plan::with_backend(objective, backend, &Sizes { n: recipe.batch, d: net.projection_dim(), fifo });
     let state = plan.initial_state();
     let name = opts.name.clone().unwrap_or_else(|| super::run::default_name(&objective.name));
     let run =
@@ -321,8 +327,8 @@ impl Trainer<'_> {
         let images = data::gather(&self.data.train_images, &self.order.1[within * batch..(within + 1) * batch])?;
         let v1 = augment::augment(&images, &recipe.augment, &mut augment::view_rng(recipe.seed, step as u64, 0))?;
         let v2 = augment::augment(&images, &recipe.augment, &mut augment::view_rng(recipe.seed, step as u64, 1))?;
-        let device = Device::Cpu;
-        let (x1, x2) = (v1.global_tensor(&device)?, v2.global_tensor(&device)?);
+        let device = self.net.device();
+        let (x1, x2) = (v1.global_tensor(device)?, v2.global_tensor(device)?);
         clock.lap("augment");
 
         let o1 = self.net.forward(&x1, true)?;
@@ -355,7 +361,7 @@ impl Trainer<'_> {
         let mut objective = (surrogate(&u1, &grads.g1)? + surrogate(&u2, &grads.g2)?)?;
         // Multi-crop: local crops are online views only, each pulled toward both global targets and
         // weighted as one global view (whose gradient carries the ½ of the two view orders).
-        let locals = v1.local_tensors(&device)?;
+        let locals = v1.local_tensors(device)?;
         let mut local_outputs = Vec::with_capacity(locals.len());
         for local in &locals {
             let o = self.net.forward(local, true)?;
@@ -549,7 +555,7 @@ pub fn backbone_features(net: &SiameseNet, images: &[u8]) -> Result<Tensor, Trai
     let mut chunks = Vec::new();
     for start in (0..n).step_by(512) {
         let end = (start + 512).min(n);
-        let x = data::to_tensor(&images[start * 784..end * 784], &Device::Cpu)?;
+        let x = data::to_tensor(&images[start * 784..end * 784], net.device())?;
         chunks.push(net.features(&x)?);
     }
     Ok(Tensor::cat(&chunks, 0)?)

@@ -1,0 +1,45 @@
+//! Where tensors live: `--device cpu|cuda[:N]`. The CPU is always there; CUDA needs a build with the `cuda` feature
+//! (see scripts/cuda-env.sh) and a GPU. Asking for what is missing is a coded error that says how to get it.
+
+use candle_core::Device;
+
+/// Why a device cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The name is not `cpu`, `cuda` or `cuda:N`.
+    #[error("ssl::device::name: unknown device `{0}`\n  help: use `cpu`, `cuda` or `cuda:N` (N the GPU's index)")]
+    Name(String),
+    /// CUDA was asked of a build without the `cuda` feature.
+    #[error("ssl::device::not_built: this ssl-lang was built without CUDA, so `{0}` is not available\n  help: build with `eval \"$(scripts/cuda-env.sh)\" && cargo build --release --features cuda`, or use `--device cpu`")]
+    NotBuilt(String),
+    /// The build has CUDA but the GPU could not be opened.
+    #[error("ssl::device::unavailable: cannot open `{name}`: {reason}\n  help: check that the machine has this GPU (`nvidia-smi`), driver R580 or newer, and the CUDA 13 libraries on LD_LIBRARY_PATH")]
+    Unavailable {
+        /// The device asked for.
+        name: String,
+        /// candle's error.
+        reason: String,
+    },
+}
+
+/// The CUDA ordinal a device name asks for: `None` for `cpu`.
+pub fn parse(name: &str) -> Result<Option<usize>, DeviceError> {
+    match name {
+        "cpu" => Ok(None),
+        "cuda" => Ok(Some(0)),
+        _ => name
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(Some)
+            .ok_or_else(|| DeviceError::Name(name.to_string())),
+    }
+}
+
+/// Opens the device a name asks for.
+pub fn open(name: &str) -> Result<Device, DeviceError> {
+    let Some(ordinal) = parse(name)? else { return Ok(Device::Cpu) };
+    if !cfg!(feature = "cuda") {
+        return Err(DeviceError::NotBuilt(name.to_string()));
+    }
+    Device::new_cuda(ordinal).map_err(|e| DeviceError::Unavailable { name: name.to_string(), reason: e.to_string() })
+}
