@@ -142,6 +142,10 @@ enum Command {
         /// The .ssl files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// `cpu` checks the fused kernels against the reference; `cuda[:N]` checks a step on that GPU against the
+        /// CPU reference (1e-4).
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
 }
 
@@ -183,7 +187,7 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Check { files, deny_warnings, format } => check(&files, deny_warnings, format),
         Command::Explain { file, objective, ir, n, d } => explain_cmd(&file, objective.as_deref(), ir, n, d),
-        Command::Verify { files } => verify_cmd(&files),
+        Command::Verify { files, device } => verify_cmd(&files, &device),
         Command::Train {
             file,
             objective,
@@ -465,7 +469,11 @@ fn explain_cmd(path: &Path, objective: Option<&str>, ir: bool, n: Option<usize>,
     }
 }
 
-fn verify_cmd(files: &[PathBuf]) -> ExitCode {
+fn verify_cmd(files: &[PathBuf], device: &str) -> ExitCode {
+    let device = match open_device(device) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
     let mut rows = Vec::new();
     let mut worst = 0u8;
     for path in files {
@@ -477,7 +485,7 @@ fn verify_cmd(files: &[PathBuf]) -> ExitCode {
             }
         };
         for o in &program.objectives {
-            match crate::verify::verify(o) {
+            match crate::verify::verify(o, &device) {
                 Ok(r) => rows.extend(r),
                 Err(e) => {
                     eprintln!("error: verifying `{}` failed to run: {e}", o.name);

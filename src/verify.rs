@@ -56,9 +56,13 @@ pub fn random_features(rng: &mut StdRng, n: usize, d: usize) -> Result<Features>
 /// The tolerance of fused against reference (relative, f32).
 pub const FUSED_TOLERANCE: f64 = 1e-5;
 
-/// Checks one objective: fused against reference, and the loss gradient.
-pub fn verify(objective: &Objective) -> Result<Vec<Row>> {
-    let mut rows = vec![fused_matches_reference(objective)?];
+/// The tolerance of a GPU step against the CPU reference (relative, f32; TF32 is off in candle by default).
+pub const DEVICE_TOLERANCE: f64 = 1e-4;
+
+/// Checks one objective: on the CPU the fused backend against the reference, on another device the step there
+/// against the CPU reference; then the loss gradient (CPU, f64).
+pub fn verify(objective: &Objective, device: &Device) -> Result<Vec<Row>> {
+    let mut rows = vec![step_matches_reference(objective, device)?];
     rows.extend(loss_gradient(objective)?);
     Ok(rows)
 }
@@ -76,8 +80,9 @@ fn prepared_state(plan: &Plan, rng: &mut StdRng, n: usize, d: usize) -> Result<c
     Ok(state)
 }
 
-/// One whole step (emas, both views, fifo pushes) on both backends, in f32: every output agrees.
-fn fused_matches_reference(objective: &Objective) -> Result<Row> {
+/// One whole step (emas, both views, fifo pushes) on the CPU reference and on the candidate — the fused backend on
+/// the CPU, the reference backend (candle's ops) on another device — in f32: every output agrees.
+fn step_matches_reference(objective: &Objective, device: &Device) -> Result<Row> {
     let reference = Plan::new(objective);
     let mut worst = 0.0f64;
     let mut kernels = std::collections::BTreeMap::new();
@@ -91,8 +96,12 @@ fn fused_matches_reference(objective: &Objective) -> Result<Row> {
                     _ => 0,
                 })
                 .collect();
-            let fused = Plan::with_backend(objective, Backend::Fused, &Sizes { n, d, fifo });
-            for k in fused.kernels.values() {
+            let candidate = if device.is_cpu() {
+                Plan::with_backend(objective, Backend::Fused, &Sizes { n, d, fifo })
+            } else {
+                Plan::new(objective)
+            };
+            for k in candidate.kernels.values() {
                 *kernels.entry(k.name()).or_insert(0) += 1;
             }
             let mut rng = StdRng::seed_from_u64(seed * 7919 + (n * 31 + d) as u64);
@@ -103,9 +112,28 @@ fn fused_matches_reference(objective: &Objective) -> Result<Row> {
             let cast =
                 |v: &[Option<Tensor>]| v.iter().map(|t| t.as_ref().map(to32).transpose()).collect::<Result<Vec<_>>>();
             let mut a = crate::plan::ObjectiveState { ema: cast(&state.ema)?, fifo: cast(&state.fifo)? };
-            let mut b = a.clone();
+            let on = |t: &Tensor, d: &Device| t.to_device(d);
+            let move_all = |v: &[Option<Tensor>], d: &Device| {
+                v.iter().map(|t| t.as_ref().map(|t| on(t, d)).transpose()).collect::<Result<Vec<_>>>()
+            };
+            let mut b =
+                crate::plan::ObjectiveState { ema: move_all(&a.ema, device)?, fifo: move_all(&a.fifo, device)? };
             let ga = reference.step_with_loss(&f, &mut a)?;
-            let gb = fused.step_with_loss(&f, &mut b)?;
+            let fd = Features {
+                u1: on(&f.u1, device)?,
+                u2: on(&f.u2, device)?,
+                t1: on(&f.t1, device)?,
+                t2: on(&f.t2, device)?,
+            };
+            let gb = candidate.step_with_loss(&fd, &mut b)?;
+            let cpu = Device::Cpu;
+            let gb = crate::plan::Gradients {
+                g1: on(&gb.g1, &cpu)?,
+                g2: on(&gb.g2, &cpu)?,
+                loss: gb.loss.as_ref().map(|l| on(l, &cpu)).transpose()?,
+                ..gb
+            };
+            let b = crate::plan::ObjectiveState { ema: move_all(&b.ema, &cpu)?, fifo: move_all(&b.fifo, &cpu)? };
             // Gradients and losses are sums of O(1) terms (unit features) that may cancel to ~0,
             // so their error is taken relative to max(|reference|, 1).
             let unit = |x: &Tensor, y: &Tensor| error_against(x, y, 1.0);
@@ -121,11 +149,16 @@ fn fused_matches_reference(objective: &Objective) -> Result<Row> {
         }
     }
     let used: Vec<String> = kernels.keys().map(|k| k.to_string()).collect();
+    let (check, tolerance) = if device.is_cpu() {
+        ("fused = reference".to_string(), FUSED_TOLERANCE)
+    } else {
+        (format!("{device:?} = cpu reference"), DEVICE_TOLERANCE)
+    };
     Ok(Row {
         objective: objective.name.clone(),
-        check: "fused = reference".into(),
+        check,
         max_error: Some(worst),
-        pass: worst <= FUSED_TOLERANCE,
+        pass: worst <= tolerance,
         note: format!(
             "one whole step in f32: gradients and loss vs max(|ref|, 1), states relative; kernels: {}",
             if used.is_empty() { "none (reference ops throughout)".to_string() } else { used.join(", ") }

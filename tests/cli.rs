@@ -169,6 +169,7 @@ fn device_errors_are_coded() {
         vec!["grad", unigrad.as_str(), "--inputs", "missing.safetensors", "--out", "x.safetensors"],
         vec!["eval", "runs/none"],
         vec!["bench", "train", unigrad.as_str()],
+        vec!["verify", unigrad.as_str()],
     ] {
         let run = |device: &str| {
             let mut a = args.clone();

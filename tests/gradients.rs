@@ -190,7 +190,7 @@ fn verify_passes_for_the_standard_and_extra_objectives() {
     );
     for source in sources {
         let o = objective(&source);
-        for row in verify(&o).unwrap() {
+        for row in verify(&o, &candle_core::Device::Cpu).unwrap() {
             assert!(row.pass, "{}: {} failed with error {:?}", row.objective, row.check, row.max_error);
             if o.loss.is_some() {
                 assert!(row.max_error.is_some_and(|e| e < ssl_lang::verify::LOSS_TOLERANCE));
@@ -203,7 +203,7 @@ fn verify_passes_for_the_standard_and_extra_objectives() {
 fn a_wrong_gradient_fails_verification() {
     // The loss says -u1·t2 + u1·u1, so the gradient is -t2 + 2 u1; the objective claims -t2 + u1.
     let o = objective("objective wrong { positive = -t2\n negative = u1\n loss = -dot(u1, t2) + dot(u1, u1) }");
-    let rows = verify(&o).unwrap();
+    let rows = verify(&o, &candle_core::Device::Cpu).unwrap();
     let loss_row = rows.iter().find(|r| r.check == "loss gradient").expect("a loss-gradient row");
     assert!(!loss_row.pass);
 }
