@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The GPU checks of the `cuda` build, as one script for a GPU machine that has the NVIDIA driver and a CUDA 13.0
+# runtime but no Rust toolchain: build the binary elsewhere (scripts/cuda-env.sh, then
+# `cargo build --release --features cuda`), copy the repository with it, and run
+#
+#   scripts/gpu-check.sh target/release/ssl-lang [OUT_DIR]
+#
+# It records the card, then: verify on CUDA against the CPU reference (1e-4) for every standard objective; the
+# training benchmark at batch 256 and 1024 on the GPU; a one-epoch UniGrad run on the bundled subset on the GPU and
+# on the CPU (same seed) for the kNN comparison; and, where PyTorch is installed, the same resnet_mini step in eager
+# PyTorch (benches/torch_resnet_mini.py). Everything is written under OUT_DIR (default gpu-check/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=${1:?usage: scripts/gpu-check.sh PATH_TO_CUDA_SSL_LANG [OUT_DIR]}
+out=${2:-gpu-check}
+mkdir -p "$out"
+subset=data/fashion-mnist-subset
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
+"$bin" verify objectives/*.ssl --device cuda | tee "$out/verify.txt"
+for batch in 256 1024; do
+    "$bin" bench train --device cuda --batch "$batch" --steps 5 --data "$subset" | tee "$out/bench-$batch.txt"
+done
+for device in cuda cpu; do
+    "$bin" train objectives/unigrad.ssl --device "$device" --data "$subset" --set epochs=1 \
+        --runs "$out/runs" --name "unigrad-$device" | tee "$out/train-$device.txt"
+done
+if python3 -c 'import torch' 2>/dev/null; then
+    for batch in 256 1024; do
+        python3 benches/torch_resnet_mini.py --batch "$batch" | tee "$out/torch-$batch.txt"
+    done
+fi
