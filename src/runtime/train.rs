@@ -483,6 +483,12 @@ impl Trainer<'_> {
                 self.run.path.display()
             )));
         };
+        // Checkpoints are read on the CPU; everything they restore lives where the network does.
+        let device = self.net.device();
+        let tensors = tensors
+            .into_iter()
+            .map(|(k, v)| Ok((k, v.to_device(device)?)))
+            .collect::<Result<HashMap<String, Tensor>, candle_core::Error>>()?;
         let part = |prefix: &str| -> HashMap<String, Tensor> {
             tensors.iter().filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v.clone()))).collect()
         };
