@@ -727,14 +727,10 @@ impl SiameseNet {
             let input = if i == 0 { &stem.output } else { &joins[i - 1] };
             let dz = norm::relu_backward(&dh, &joins[i])?;
             let (bn1, bn2) = (&norms[first], &norms[first + 1]);
-            let da1 = self.conv_backward(
-                &self.norm_backward(&dz, bn2, &block.bn2, store)?,
-                &bn1.output,
-                &block.conv2,
-                store,
-            )?;
-            let dh1 =
-                self.conv_backward(&self.norm_backward(&da1, bn1, &block.bn1, store)?, input, &block.conv1, store)?;
+            let dz2 = self.norm_backward(&dz, bn2, &block.bn2, store)?;
+            let da1 = self.conv_backward(&dz2, &bn1.output, &block.conv2, store)?;
+            let dz1 = self.norm_backward(&da1, bn1, &block.bn1, store)?;
+            let dh1 = self.conv_backward(&dz1, input, &block.conv1, store)?;
             let dshort = match &block.shortcut {
                 Some((conv, bn)) => {
                     let dzs = self.norm_backward(&dz, &norms[first + 2], bn, store)?;
