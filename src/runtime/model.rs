@@ -273,11 +273,11 @@ pub fn batch_norm_eval(
     var: &Tensor,
     relu: bool,
 ) -> Result<(Tensor, Option<norm::ChannelStats>)> {
-    let (x3, c, n) = bn_view(x, gamma)?;
+    let (x3, c, _) = bn_view(x, gamma)?;
     if fused(x) {
         let mean = mean.to_dtype(DType::F64)?.to_vec1()?;
         let var = var.to_dtype(DType::F64)?.to_vec1()?;
-        let stats = norm::ChannelStats { mean, var, count: n };
+        let stats = norm::ChannelStats { mean, var };
         return Ok((norm::batch_norm(x, gamma, beta, &stats, BN_EPS, false, relu)?, Some(stats)));
     }
     let scale = (var + BN_EPS)?.sqrt()?.recip()?.mul(gamma)?;

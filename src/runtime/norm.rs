@@ -8,7 +8,7 @@
 //! depend on the number of threads.
 //!
 //! Layout: NCHW [B, C, H, W] or [B, C], seen as [B, C, S] with S = H·W or 1. Other devices and dtypes than the CPU
-//! with f32/f64 are the caller's to route to candle's ops (see `model::batch_norm`).
+//! with f32/f64 are the caller's to route to candle's ops (see `model::batch_norm_train`).
 
 use crate::backend::fused::gemm::Float;
 use crate::runtime::conv::read;
@@ -25,8 +25,6 @@ pub struct ChannelStats {
     pub mean: Vec<f64>,
     /// Biased variance per channel (what train mode normalises with).
     pub var: Vec<f64>,
-    /// Values per channel the statistics were taken over (B·S); the unbiased variance is var·n/(n − 1).
-    pub count: usize,
 }
 
 /// [B, C, S] from [B, C] or [B, C, H, W].
@@ -52,7 +50,7 @@ pub fn channel_stats(x: &Tensor) -> Result<ChannelStats> {
     let mean: Vec<f64> = sums[..c].iter().map(|v| v / n).collect();
     // Σx² / n − mean², accumulated in f64: exact enough unless |mean| / std exceeds ~1e6.
     let var = sums[c..].iter().zip(&mean).map(|(q, m)| (q / n - m * m).max(0.0)).collect();
-    Ok(ChannelStats { mean, var, count: b * s })
+    Ok(ChannelStats { mean, var })
 }
 
 /// `relu?(γ·(x − mean)/√(var + eps) + β)` per channel, recording the backward pass. With `batch` the statistics are
@@ -127,7 +125,7 @@ fn sum_and_squares<T: Float>(v: &[T]) -> (f64, f64) {
     (s.iter().sum(), q.iter().sum())
 }
 
-/// dy masked by y > 0 when `relu`: the ReLU's backward, branch-free so that loops over it vectorise.
+/// dy masked by y > 0 when `relu`: the ReLU's backward, a select that loops over it vectorise.
 #[inline(always)]
 fn masked<T: Float>(dy: T, y: T, relu: bool) -> T {
     if relu && y <= T::zero() {
