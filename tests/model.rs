@@ -374,8 +374,7 @@ fn network_gradient_matches_finite_differences() -> Result<()> {
 #[test]
 fn our_backward_matches_candle_autodiff_on_the_default_network() -> Result<()> {
     use ssl_lang::runtime::kernels::{self, Kernels};
-    let mut recipe = Recipe::default();
-    recipe.predictor = Some(Mlp { hidden: 16, out: 128 });
+    let recipe = Recipe { predictor: Some(Mlp { hidden: 16, out: 128 }), ..Default::default() };
     let net = SiameseNet::from_recipe(&recipe, DType::F64, &Device::Cpu)?;
     let (x1, x2) = (randn(&[3, 1, 28, 28], 81, DType::F64)?, randn(&[3, 1, 28, 28], 82, DType::F64)?);
     let r = [randn(&[3, 128], 83, DType::F64)?, randn(&[3, 128], 84, DType::F64)?, randn(&[3, 128], 85, DType::F64)?];
