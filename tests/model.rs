@@ -367,40 +367,6 @@ fn network_gradient_matches_finite_differences() -> Result<()> {
     Ok(())
 }
 
-/// Our encoder backward (recorded forward, fused kernels) against candle's ops and autodiff on the default
-/// architecture with a predictor, f64, two forward passes sharing the parameters (as the two views of a step do):
-/// every parameter gradient agrees to 1e-9 relative to its largest entry. (The one test here that switches the
-/// process-wide kernels; the others pass on either.)
-#[test]
-fn our_backward_matches_candle_autodiff_on_the_default_network() -> Result<()> {
-    use ssl_lang::runtime::kernels::{self, Kernels};
-    let recipe = Recipe { predictor: Some(Mlp { hidden: 16, out: 128 }), ..Default::default() };
-    let net = SiameseNet::from_recipe(&recipe, DType::F64, &Device::Cpu)?;
-    let (x1, x2) = (randn(&[3, 1, 28, 28], 81, DType::F64)?, randn(&[3, 1, 28, 28], 82, DType::F64)?);
-    let r = [randn(&[3, 128], 83, DType::F64)?, randn(&[3, 128], 84, DType::F64)?, randn(&[3, 128], 85, DType::F64)?];
-    let before = kernels::kernels();
-    let mut grads = Vec::new();
-    for choice in [Kernels::Ours, Kernels::Candle] {
-        kernels::set_kernels(choice);
-        let (o1, o2) = (net.forward(&x1, true)?, net.forward(&x2, true)?);
-        let loss = (weighted_loss(&o1, &r)? + weighted_loss(&o2, &r)?)?;
-        let store = net.backward(&loss, &[&o1, &o2])?;
-        let mut all = Vec::new();
-        for p in net.params() {
-            let Some(g) = store.get(&p.var) else { panic!("no gradient for {} with {choice:?}", p.name) };
-            all.push((p.name.clone(), g.flatten_all()?.to_vec1::<f64>()?));
-        }
-        grads.push(all);
-    }
-    kernels::set_kernels(before);
-    for ((name, ours), (_, candle)) in grads[0].iter().zip(&grads[1]) {
-        let scale = candle.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
-        let err = ours.iter().zip(candle).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max) / scale;
-        assert!(err <= 1e-9, "{name}: relative error {err:e}");
-    }
-    Ok(())
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // Target network.
 
