@@ -79,7 +79,8 @@ pub struct TrainOptions {
     pub log_every: usize,
     /// Overrides applied, for the record.
     pub overrides: Vec<String>,
-    /// Where the networks and the plan run (`--device`); augmentation and kNN stay on the CPU.
+    /// Where the networks, the plan and the kNN run (`--device`); augmentation stays on the CPU and each batch is
+    /// uploaded.
     pub device: Device,
 }
 
