@@ -253,27 +253,33 @@ fn backward<T: Float>(g: &BatchNormGradOp, dy: &[T], x: &[T], y: &[T], (b, c, s)
     out
 }
 
-fn add_relu_kernel<T: Float>(a: &[T], b: &[T]) -> Vec<T> {
-    let mut y = vec![T::zero(); a.len()];
-    y.par_chunks_mut(TASK_ELEMS).zip(a.par_chunks(TASK_ELEMS).zip(b.par_chunks(TASK_ELEMS))).for_each(|(o, (a, b))| {
-        for ((o, &u), &v) in o.iter_mut().zip(a).zip(b) {
-            let z = u + v;
-            *o = if z > T::zero() { z } else { T::zero() };
-        }
-    });
-    y
-}
-
-fn relu_grad_kernel<T: Float>(dy: &[T], y: &[T]) -> Vec<T> {
-    let mut dz = vec![T::zero(); dy.len()];
-    dz.par_chunks_mut(TASK_ELEMS).zip(dy.par_chunks(TASK_ELEMS).zip(y.par_chunks(TASK_ELEMS))).for_each(
-        |(o, (g, y))| {
-            for ((o, &g), &y) in o.iter_mut().zip(g).zip(y) {
-                *o = if y > T::zero() { g } else { T::zero() };
+/// `f(a[i], b[i])` for every i, in parallel chunks.
+fn zip_map<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
+    let mut out = vec![T::zero(); a.len()];
+    out.par_chunks_mut(TASK_ELEMS).zip(a.par_chunks(TASK_ELEMS).zip(b.par_chunks(TASK_ELEMS))).for_each(
+        |(o, (a, b))| {
+            for ((o, &u), &v) in o.iter_mut().zip(a).zip(b) {
+                *o = f(u, v);
             }
         },
     );
-    dz
+    out
+}
+
+/// relu(a + b); a NaN stays NaN, so that the training step's check sees it.
+fn add_relu_kernel<T: Float>(a: &[T], b: &[T]) -> Vec<T> {
+    zip_map(a, b, |u, v| {
+        let z = u + v;
+        if z < T::zero() {
+            T::zero()
+        } else {
+            z
+        }
+    })
+}
+
+fn relu_grad_kernel<T: Float>(dy: &[T], y: &[T]) -> Vec<T> {
+    zip_map(dy, y, |g, y| masked(g, y, true))
 }
 
 // ---------------------------------------------------------------------------------------------------------------
