@@ -70,9 +70,8 @@ enum Command {
         /// `fused` kernels (default) or the op-by-op `reference`.
         #[arg(long, value_enum, default_value_t = crate::backend::Backend::Fused)]
         backend: crate::backend::Backend,
-        /// Where to run: `cpu`, or `cuda[:N]` with a build that has the `cuda` feature.
-        #[arg(long, default_value = "cpu")]
-        device: String,
+        #[command(flatten)]
+        device: DeviceArg,
     },
     /// Train a Siamese encoder with an objective and its recipe on Fashion-MNIST, writing
     /// runs/NAME/ (metrics.jsonl, config.json, checkpoints, SVG plots).
@@ -109,9 +108,8 @@ enum Command {
         /// Log metrics every this many steps.
         #[arg(long, default_value_t = 10)]
         log_every: usize,
-        /// Where to run: `cpu`, or `cuda[:N]` with a build that has the `cuda` feature.
-        #[arg(long, default_value = "cpu")]
-        device: String,
+        #[command(flatten)]
+        device: DeviceArg,
     },
     /// Evaluate a run's latest checkpoint: weighted kNN and/or a linear probe on frozen features.
     Eval {
@@ -123,10 +121,8 @@ enum Command {
         /// A linear probe.
         #[arg(long)]
         linear: bool,
-        /// Where to run: `cpu`, or `cuda[:N]` with a build that has the `cuda` feature.
-        #[arg(long, default_value = "cpu")]
-        device: String,
-
+        #[command(flatten)]
+        device: DeviceArg,
         /// A directory of Fashion-MNIST IDX files.
         #[arg(long)]
         data: Option<PathBuf>,
@@ -137,15 +133,15 @@ enum Command {
         what: BenchCommand,
     },
     /// Prove each objective's gradient: autodiff of its `loss` (f64) against positive + balance *
-    /// negative on fresh random inputs. Prints a table; exit 1 on any failure.
+    /// negative on fresh random inputs, and check one whole step of the fused kernels against the reference
+    /// (with `--device cuda[:N]`: a step on that GPU against the CPU reference, 1e-4). Prints a table; exit 1 on
+    /// any failure.
     Verify {
         /// The .ssl files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// `cpu` checks the fused kernels against the reference; `cuda[:N]` checks a step on that GPU against the
-        /// CPU reference (1e-4).
-        #[arg(long, default_value = "cpu")]
-        device: String,
+        #[command(flatten)]
+        device: DeviceArg,
     },
 }
 
@@ -170,10 +166,17 @@ enum BenchCommand {
         /// Also run every objective with candle's own conv2d, BatchNorm and ReLU, and report the ratio.
         #[arg(long)]
         baseline: bool,
-        /// Where to run: `cpu`, or `cuda[:N]` with a build that has the `cuda` feature.
-        #[arg(long, default_value = "cpu")]
-        device: String,
+        #[command(flatten)]
+        device: DeviceArg,
     },
+}
+
+/// `--device`, shared by the commands that compute.
+#[derive(clap::Args)]
+struct DeviceArg {
+    /// Where to run: `cpu`, or `cuda[:N]` with a build that has the `cuda` feature.
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -187,7 +190,7 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Check { files, deny_warnings, format } => check(&files, deny_warnings, format),
         Command::Explain { file, objective, ir, n, d } => explain_cmd(&file, objective.as_deref(), ir, n, d),
-        Command::Verify { files, device } => verify_cmd(&files, &device),
+        Command::Verify { files, device } => verify_cmd(&files, &device.device),
         Command::Train {
             file,
             objective,
@@ -202,7 +205,7 @@ pub fn run(cli: Cli) -> ExitCode {
             log_every,
             device,
         } => {
-            let device = match open_device(&device) {
+            let device = match open_device(&device.device) {
                 Ok(d) => d,
                 Err(code) => return code,
             };
@@ -257,7 +260,7 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Bench { what: BenchCommand::Train { files, batch, steps, data, set, baseline, device } } => {
-            if let Err(code) = open_device(&device) {
+            if let Err(code) = open_device(&device.device) {
                 return code;
             }
             let files = if files.is_empty() {
@@ -276,7 +279,14 @@ pub fn run(cli: Cli) -> ExitCode {
             let data = data.unwrap_or_else(|| PathBuf::from(crate::data::BUNDLED_DIR));
             match crate::runtime::bench::bench_train(
                 &files,
-                &crate::runtime::bench::Setup { batch, steps, data: &data, overrides: &set, device: &device, baseline },
+                &crate::runtime::bench::Setup {
+                    batch,
+                    steps,
+                    data: &data,
+                    overrides: &set,
+                    device: &device.device,
+                    baseline,
+                },
             ) {
                 Ok(table) => {
                     print!("{table}");
@@ -289,7 +299,7 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Eval { run, knn, linear, data, device } => {
-            let device = match open_device(&device) {
+            let device = match open_device(&device.device) {
                 Ok(d) => d,
                 Err(code) => return code,
             };
@@ -305,7 +315,7 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Grad { file, objective, inputs, out, normalize, backend, device } => {
-            let device = match open_device(&device) {
+            let device = match open_device(&device.device) {
                 Ok(d) => d,
                 Err(code) => return code,
             };
