@@ -5,6 +5,7 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use ssl_lang::check::recipe::{Encoder, Mlp, Recipe};
+use ssl_lang::runtime::kernels::{self, Kernels};
 use ssl_lang::runtime::model::{
     batch_norm_eval, batch_norm_train, conv2d, global_avg_pool, linear, Outputs, ParamKind, SiameseNet, Target, BN_EPS,
     BN_MOMENTUM,
@@ -126,29 +127,31 @@ fn channel_stats(x: &Tensor) -> Result<Vec<(f64, f64, f64)>> {
 #[test]
 fn batch_norm_train_normalises_and_updates_running_stats_exactly() -> Result<()> {
     let dev = Device::Cpu;
-    let x = (randn(&[4, 3, 5, 5], 11, DType::F64)?.affine(2.0, 1.5))?;
-    let (gamma, beta) = (Tensor::ones(3, DType::F64, &dev)?, Tensor::zeros(3, DType::F64, &dev)?);
-    let (mut rm, mut rv) = (Tensor::new(&[0.5f64, -1.0, 2.0], &dev)?, Tensor::new(&[1.0f64, 2.0, 0.5], &dev)?);
-    let (rm0, rv0) = (rm.to_vec1::<f64>()?, rv.to_vec1::<f64>()?);
-    let y = batch_norm_train(&x, &gamma, &beta, Some((&mut rm, &mut rv)), false)?.0;
-    for (c, (mean, var, _)) in channel_stats(&y)?.into_iter().enumerate() {
-        assert!(mean.abs() < 1e-4, "channel {c}: mean {mean}");
-        assert!((var - 1.0).abs() < 1e-4, "channel {c}: var {var}");
-    }
-    let stats = channel_stats(&x)?;
-    let (rm, rv) = (rm.to_vec1::<f64>()?, rv.to_vec1::<f64>()?);
-    for (c, &(mean, _, unbiased)) in stats.iter().enumerate() {
-        let want_m = (1.0 - BN_MOMENTUM) * rm0[c] + BN_MOMENTUM * mean;
-        let want_v = (1.0 - BN_MOMENTUM) * rv0[c] + BN_MOMENTUM * unbiased;
-        assert!((rm[c] - want_m).abs() < 1e-12, "running mean {c}: {} vs {want_m}", rm[c]);
-        assert!((rv[c] - want_v).abs() < 1e-12, "running var {c}: {} vs {want_v}", rv[c]);
-    }
-    // γ and β scale and shift the normalised output.
-    let (g2, b2) = (Tensor::new(&[2.0f64, 0.5, 3.0], &dev)?, Tensor::new(&[1.0f64, -1.0, 0.0], &dev)?);
-    let y = batch_norm_train(&x, &g2, &b2, None, false)?.0;
-    for (c, (mean, var, _)) in channel_stats(&y)?.into_iter().enumerate() {
-        let (g, b) = ([2.0, 0.5, 3.0][c], [1.0, -1.0, 0.0][c]);
-        assert!((mean - b).abs() < 1e-4 && (var - g * g).abs() < 1e-3 * g * g, "channel {c}: {mean} {var}");
+    for kernels in [Kernels::Ours, Kernels::Candle] {
+        let x = (randn(&[4, 3, 5, 5], 11, DType::F64)?.affine(2.0, 1.5))?;
+        let (gamma, beta) = (Tensor::ones(3, DType::F64, &dev)?, Tensor::zeros(3, DType::F64, &dev)?);
+        let (mut rm, mut rv) = (Tensor::new(&[0.5f64, -1.0, 2.0], &dev)?, Tensor::new(&[1.0f64, 2.0, 0.5], &dev)?);
+        let (rm0, rv0) = (rm.to_vec1::<f64>()?, rv.to_vec1::<f64>()?);
+        let y = batch_norm_train(&x, &gamma, &beta, Some((&mut rm, &mut rv)), false, kernels)?.0;
+        for (c, (mean, var, _)) in channel_stats(&y)?.into_iter().enumerate() {
+            assert!(mean.abs() < 1e-4, "channel {c}: mean {mean}");
+            assert!((var - 1.0).abs() < 1e-4, "channel {c}: var {var}");
+        }
+        let stats = channel_stats(&x)?;
+        let (rm, rv) = (rm.to_vec1::<f64>()?, rv.to_vec1::<f64>()?);
+        for (c, &(mean, _, unbiased)) in stats.iter().enumerate() {
+            let want_m = (1.0 - BN_MOMENTUM) * rm0[c] + BN_MOMENTUM * mean;
+            let want_v = (1.0 - BN_MOMENTUM) * rv0[c] + BN_MOMENTUM * unbiased;
+            assert!((rm[c] - want_m).abs() < 1e-12, "running mean {c}: {} vs {want_m}", rm[c]);
+            assert!((rv[c] - want_v).abs() < 1e-12, "running var {c}: {} vs {want_v}", rv[c]);
+        }
+        // γ and β scale and shift the normalised output.
+        let (g2, b2) = (Tensor::new(&[2.0f64, 0.5, 3.0], &dev)?, Tensor::new(&[1.0f64, -1.0, 0.0], &dev)?);
+        let y = batch_norm_train(&x, &g2, &b2, None, false, kernels)?.0;
+        for (c, (mean, var, _)) in channel_stats(&y)?.into_iter().enumerate() {
+            let (g, b) = ([2.0, 0.5, 3.0][c], [1.0, -1.0, 0.0][c]);
+            assert!((mean - b).abs() < 1e-4 && (var - g * g).abs() < 1e-3 * g * g, "channel {c}: {mean} {var}");
+        }
     }
     Ok(())
 }
@@ -156,34 +159,37 @@ fn batch_norm_train_normalises_and_updates_running_stats_exactly() -> Result<()>
 #[test]
 fn batch_norm_1d_and_eval_mode_known_values() -> Result<()> {
     let dev = Device::Cpu;
-    // One channel with values 1, 3: mean 2, biased var 1, unbiased var 2 → y = ±1/√(1 + eps).
-    let x = Tensor::new(&[[1.0f64, 10.0], [3.0, 10.0]], &dev)?;
-    let (gamma, beta) = (Tensor::ones(2, DType::F64, &dev)?, Tensor::zeros(2, DType::F64, &dev)?);
-    let (mut rm, mut rv) = (Tensor::zeros(2, DType::F64, &dev)?, Tensor::ones(2, DType::F64, &dev)?);
-    let y = batch_norm_train(&x, &gamma, &beta, Some((&mut rm, &mut rv)), false)?.0.to_vec2::<f64>()?;
-    let s = 1.0 / (1.0 + BN_EPS).sqrt();
-    assert!((y[0][0] + s).abs() < 1e-15 && (y[1][0] - s).abs() < 1e-15, "{y:?}");
-    assert_eq!((y[0][1], y[1][1]), (0.0, 0.0), "a constant channel normalises to β");
-    assert_eq!(rm.to_vec1::<f64>()?, vec![0.2, 1.0]);
-    let rv = rv.to_vec1::<f64>()?;
-    assert!((rv[0] - 1.1).abs() < 1e-15 && (rv[1] - 0.9).abs() < 1e-15, "{rv:?}");
-    // Eval: (x − mean)/√(var + eps)·γ + β with the running statistics.
-    let (mean, var) = (Tensor::new(&[2.0f64, 0.0], &dev)?, Tensor::new(&[4.0f64, 1.0], &dev)?);
-    let (g, b) = (Tensor::new(&[3.0f64, 1.0], &dev)?, Tensor::new(&[0.5f64, -1.0], &dev)?);
-    let y = batch_norm_eval(&x, &g, &b, &mean, &var, false)?.0.to_vec2::<f64>()?;
-    let want = [
-        [(1.0 - 2.0) / (4.0 + BN_EPS).sqrt() * 3.0 + 0.5, 10.0 / (1.0 + BN_EPS).sqrt() - 1.0],
-        [(3.0 - 2.0) / (4.0 + BN_EPS).sqrt() * 3.0 + 0.5, 10.0 / (1.0 + BN_EPS).sqrt() - 1.0],
-    ];
-    for (r, w) in y.iter().zip(&want) {
-        for (a, b) in r.iter().zip(w) {
-            assert!((a - b).abs() < 1e-14, "{y:?} vs {want:?}");
+    for kernels in [Kernels::Ours, Kernels::Candle] {
+        // One channel with values 1, 3: mean 2, biased var 1, unbiased var 2 → y = ±1/√(1 + eps).
+        let x = Tensor::new(&[[1.0f64, 10.0], [3.0, 10.0]], &dev)?;
+        let (gamma, beta) = (Tensor::ones(2, DType::F64, &dev)?, Tensor::zeros(2, DType::F64, &dev)?);
+        let (mut rm, mut rv) = (Tensor::zeros(2, DType::F64, &dev)?, Tensor::ones(2, DType::F64, &dev)?);
+        let y = batch_norm_train(&x, &gamma, &beta, Some((&mut rm, &mut rv)), false, kernels)?.0.to_vec2::<f64>()?;
+        let s = 1.0 / (1.0 + BN_EPS).sqrt();
+        assert!((y[0][0] + s).abs() < 1e-15 && (y[1][0] - s).abs() < 1e-15, "{y:?}");
+        assert_eq!((y[0][1], y[1][1]), (0.0, 0.0), "a constant channel normalises to β");
+        assert_eq!(rm.to_vec1::<f64>()?, vec![0.2, 1.0]);
+        let rv = rv.to_vec1::<f64>()?;
+        assert!((rv[0] - 1.1).abs() < 1e-15 && (rv[1] - 0.9).abs() < 1e-15, "{rv:?}");
+        // Eval: (x − mean)/√(var + eps)·γ + β with the running statistics.
+        let (mean, var) = (Tensor::new(&[2.0f64, 0.0], &dev)?, Tensor::new(&[4.0f64, 1.0], &dev)?);
+        let (g, b) = (Tensor::new(&[3.0f64, 1.0], &dev)?, Tensor::new(&[0.5f64, -1.0], &dev)?);
+        let y = batch_norm_eval(&x, &g, &b, &mean, &var, false, kernels)?.0.to_vec2::<f64>()?;
+        let want = [
+            [(1.0 - 2.0) / (4.0 + BN_EPS).sqrt() * 3.0 + 0.5, 10.0 / (1.0 + BN_EPS).sqrt() - 1.0],
+            [(3.0 - 2.0) / (4.0 + BN_EPS).sqrt() * 3.0 + 0.5, 10.0 / (1.0 + BN_EPS).sqrt() - 1.0],
+        ];
+        for (r, w) in y.iter().zip(&want) {
+            for (a, b) in r.iter().zip(w) {
+                assert!((a - b).abs() < 1e-14, "{y:?} vs {want:?}");
+            }
         }
+        // A single value per channel has no variance: an error, as in torch, not a NaN or a panic.
+        let one = Tensor::new(&[[1.0f64, 2.0]], &dev)?;
+        assert!(batch_norm_train(&one, &gamma, &beta, None, false, kernels).is_err());
+        assert!(batch_norm_train(&Tensor::zeros((2, 3, 4), DType::F64, &dev)?, &gamma, &beta, None, false, kernels)
+            .is_err());
     }
-    // A single value per channel has no variance: an error, as in torch, not a NaN or a panic.
-    let one = Tensor::new(&[[1.0f64, 2.0]], &dev)?;
-    assert!(batch_norm_train(&one, &gamma, &beta, None, false).is_err());
-    assert!(batch_norm_train(&Tensor::zeros((2, 3, 4), DType::F64, &dev)?, &gamma, &beta, None, false).is_err());
     Ok(())
 }
 
@@ -199,7 +205,7 @@ fn small_layers_known_values() -> Result<()> {
     // conv2d with a 3×3 box kernel, padding 1, stride 2 on a 4×4 ramp: sums of the in-bounds neighbourhoods.
     let img = Tensor::arange(0.0f64, 16.0, &dev)?.reshape((1, 1, 4, 4))?;
     let k = Tensor::ones((1, 1, 3, 3), DType::F64, &dev)?;
-    let y = conv2d(&img, &k, 2, 1)?;
+    let y = conv2d(&img, &k, 2, 1, Kernels::Ours)?;
     assert_eq!(y.dims(), [1, 1, 2, 2]);
     // (0,0): 0+1+4+5; (0,1): 1+2+3+5+6+7; (1,0): 4+5+8+9+12+13; (1,1): 5+6+7+9+10+11+13+14+15.
     assert_eq!(y.flatten_all()?.to_vec1::<f64>()?, vec![10.0, 24.0, 51.0, 90.0]);
@@ -256,18 +262,24 @@ fn conv2d_matches_a_direct_convolution_including_c_eq_h_eq_w() -> Result<()> {
         (2, 4, 6, 4, 1, 2, 0),
         (3, 2, 3, 6, 3, 2, 1),
     ];
-    for (seed, (b, ci, co, h, k, s, p)) in cases.into_iter().enumerate() {
-        let x = randn(&[b, ci, h, h], 70 + seed as u64, DType::F64)?;
-        let w = randn(&[co, ci, k, k], 80 + seed as u64, DType::F64)?;
-        let got = conv2d(&x, &w, s, p)?.flatten_all()?.to_vec1::<f64>()?;
-        let want = naive_conv(&x.flatten_all()?.to_vec1()?, &w.flatten_all()?.to_vec1()?, b, ci, co, h, k, s, p);
-        let err = got.iter().zip(&want).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
-        assert!(got.len() == want.len() && err < 1e-12, "case {:?}: error {err:e}", (b, ci, co, h, k, s, p));
-        // f32 goes through the same path.
-        let got32 = conv2d(&x.to_dtype(DType::F32)?, &w.to_dtype(DType::F32)?, s, p)?;
-        let got32 = got32.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
-        let err32 = got32.iter().zip(&want).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
-        assert!(err32 < 1e-4, "f32 case {:?}: error {err32:e}", (b, ci, co, h, k, s, p));
+    for kernels in [Kernels::Ours, Kernels::Candle] {
+        for (seed, (b, ci, co, h, k, s, p)) in cases.into_iter().enumerate() {
+            let x = randn(&[b, ci, h, h], 70 + seed as u64, DType::F64)?;
+            let w = randn(&[co, ci, k, k], 80 + seed as u64, DType::F64)?;
+            let got = conv2d(&x, &w, s, p, kernels)?.flatten_all()?.to_vec1::<f64>()?;
+            let want = naive_conv(&x.flatten_all()?.to_vec1()?, &w.flatten_all()?.to_vec1()?, b, ci, co, h, k, s, p);
+            let err = got.iter().zip(&want).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                got.len() == want.len() && err < 1e-12,
+                "{kernels:?} case {:?}: error {err:e}",
+                (b, ci, co, h, k, s, p)
+            );
+            // f32 goes through the same path.
+            let got32 = conv2d(&x.to_dtype(DType::F32)?, &w.to_dtype(DType::F32)?, s, p, kernels)?;
+            let got32 = got32.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+            let err32 = got32.iter().zip(&want).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+            assert!(err32 < 1e-4, "f32 case {:?}: error {err32:e}", (b, ci, co, h, k, s, p));
+        }
     }
     Ok(())
 }
@@ -312,27 +324,33 @@ fn numeric_grad(var: &Var, loss: &dyn Fn() -> Result<f64>) -> Result<Vec<f64>> {
 #[test]
 fn batch_norm_gradient_matches_finite_differences() -> Result<()> {
     let dev = Device::Cpu;
-    for shape in [&[3usize, 2, 3, 2][..], &[5, 3][..]] {
-        let c = shape[1];
-        let x = Var::from_tensor(&randn(shape, 21, DType::F64)?)?;
-        let gamma = Var::from_tensor(&(randn(&[c], 22, DType::F64)? + 1.5)?)?;
-        let beta = Var::from_tensor(&randn(&[c], 23, DType::F64)?)?;
-        let r = randn(shape, 24, DType::F64)?; // a random cotangent, so no gradient is zero by symmetry
-        let (rm, rv) = (Tensor::zeros(c, DType::F64, &dev)?, Tensor::ones(c, DType::F64, &dev)?);
-        for train in [true, false] {
-            let loss_t = || -> Result<Tensor> {
-                let y = if train {
-                    batch_norm_train(&x, &gamma, &beta, None, false)?.0
-                } else {
-                    batch_norm_eval(&x, &gamma, &beta, &rm, &rv, false)?.0
+    for kernels in [Kernels::Ours, Kernels::Candle] {
+        for shape in [&[3usize, 2, 3, 2][..], &[5, 3][..]] {
+            let c = shape[1];
+            let x = Var::from_tensor(&randn(shape, 21, DType::F64)?)?;
+            let gamma = Var::from_tensor(&(randn(&[c], 22, DType::F64)? + 1.5)?)?;
+            let beta = Var::from_tensor(&randn(&[c], 23, DType::F64)?)?;
+            let r = randn(shape, 24, DType::F64)?; // a random cotangent, so no gradient is zero by symmetry
+            let (rm, rv) = (Tensor::zeros(c, DType::F64, &dev)?, Tensor::ones(c, DType::F64, &dev)?);
+            for train in [true, false] {
+                let loss_t = || -> Result<Tensor> {
+                    let y = if train {
+                        batch_norm_train(&x, &gamma, &beta, None, false, kernels)?.0
+                    } else {
+                        batch_norm_eval(&x, &gamma, &beta, &rm, &rv, false, kernels)?.0
+                    };
+                    (y * &r)?.sum_all()
                 };
-                (y * &r)?.sum_all()
-            };
-            let grads = loss_t()?.backward()?;
-            let loss = || loss_t()?.to_scalar::<f64>();
-            for (name, v) in [("x", &x), ("gamma", &gamma), ("beta", &beta)] {
-                let analytic = grads.get(v).expect("gradient").flatten_all()?.to_vec1::<f64>()?;
-                assert_grad_matches(&format!("{name} {shape:?} train={train}"), &analytic, &numeric_grad(v, &loss)?);
+                let grads = loss_t()?.backward()?;
+                let loss = || loss_t()?.to_scalar::<f64>();
+                for (name, v) in [("x", &x), ("gamma", &gamma), ("beta", &beta)] {
+                    let analytic = grads.get(v).expect("gradient").flatten_all()?.to_vec1::<f64>()?;
+                    assert_grad_matches(
+                        &format!("{name} {shape:?} train={train}"),
+                        &analytic,
+                        &numeric_grad(v, &loss)?,
+                    );
+                }
             }
         }
     }
@@ -363,6 +381,39 @@ fn network_gradient_matches_finite_differences() -> Result<()> {
             let analytic = g.flatten_all()?.to_vec1::<f64>()?;
             assert_grad_matches(&format!("{} train={train}", p.name), &analytic, &numeric_grad(&p.var, &loss)?);
         }
+    }
+    Ok(())
+}
+
+/// Our encoder backward (recorded forward, fused kernels) against candle's ops and autodiff on the default
+/// architecture with a predictor, f64, two forward passes sharing the parameters (as the two views of a step do):
+/// every parameter gradient agrees to 1e-9 relative to its largest entry. It switches the process-wide kernels; a pass
+/// reads them once, so other tests running meanwhile stay consistent (and pass on either).
+#[test]
+fn our_backward_matches_candle_autodiff_on_the_default_network() -> Result<()> {
+    let recipe = Recipe { predictor: Some(Mlp { hidden: 16, out: 128 }), ..Default::default() };
+    let net = SiameseNet::from_recipe(&recipe, DType::F64, &Device::Cpu)?;
+    let (x1, x2) = (randn(&[3, 1, 28, 28], 81, DType::F64)?, randn(&[3, 1, 28, 28], 82, DType::F64)?);
+    let r = [randn(&[3, 128], 83, DType::F64)?, randn(&[3, 128], 84, DType::F64)?, randn(&[3, 128], 85, DType::F64)?];
+    let before = kernels::kernels();
+    let mut grads = Vec::new();
+    for choice in [Kernels::Ours, Kernels::Candle] {
+        kernels::set_kernels(choice);
+        let (o1, o2) = (net.forward(&x1, true)?, net.forward(&x2, true)?);
+        let loss = (weighted_loss(&o1, &r)? + weighted_loss(&o2, &r)?)?;
+        let store = net.backward(&loss, &[&o1, &o2])?;
+        let mut all = Vec::new();
+        for p in net.params() {
+            let Some(g) = store.get(&p.var) else { panic!("no gradient for {} with {choice:?}", p.name) };
+            all.push((p.name.clone(), g.flatten_all()?.to_vec1::<f64>()?));
+        }
+        grads.push(all);
+    }
+    kernels::set_kernels(before);
+    for ((name, ours), (_, candle)) in grads[0].iter().zip(&grads[1]) {
+        let scale = candle.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
+        let err = ours.iter().zip(candle).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max) / scale;
+        assert!(err <= 1e-9, "{name}: relative error {err:e}");
     }
     Ok(())
 }

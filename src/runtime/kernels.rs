@@ -1,6 +1,7 @@
 //! Which kernels the network's layers run: ours (convolutions on GEMM and Winograd, fused BatchNorm + ReLU and
 //! residual joins, each with its own backward) or candle's own ops and autodiff — the baseline the benchmarks
-//! compare against and a cross-check of training results. One process-wide switch, so a whole step runs one kind.
+//! compare against and a cross-check of training results. One process-wide switch, read once per forward pass (and
+//! passed down to its layers), so a pass never mixes the two.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 

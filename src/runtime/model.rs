@@ -166,11 +166,12 @@ impl Buffers {
 // Layers as functions.
 
 /// 2-D convolution, NCHW input and [out, in, k, k] kernel, no bias. Every convolution of the model goes through here,
-/// so the implementation is chosen in one place ([`kernels`]): our GEMM kernels ([`conv::conv2d`], forward and both
-/// backward products) or candle's own conv2d and autodiff ([`conv::candle_conv2d`], with the workaround for its
-/// C == H == W bug).
-pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
-    match kernels::kernels() {
+/// so the implementation is chosen in one place: with [`Kernels::Ours`] our GEMM kernels ([`conv::conv2d`], forward
+/// and both backward products), with [`Kernels::Candle`] candle's own conv2d and autodiff ([`conv::candle_conv2d`],
+/// with the workaround for its C == H == W bug). A forward pass reads [`kernels::kernels`] once and passes it down,
+/// so switching the process-wide choice never mixes the two within a pass.
+pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize, kernels: Kernels) -> Result<Tensor> {
+    match kernels {
         Kernels::Ours => conv::conv2d(x, w, stride, pad),
         Kernels::Candle => conv::candle_conv2d(x, w, stride, pad),
     }
@@ -192,8 +193,8 @@ pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
 }
 
 /// Whether a tensor runs through our fused kernels ([`norm`]): when selected, on the CPU, in f32 or f64.
-fn fused(x: &Tensor) -> bool {
-    kernels::kernels() == Kernels::Ours && x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+fn fused(kernels: Kernels, x: &Tensor) -> bool {
+    kernels == Kernels::Ours && x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
 }
 
 /// The view candle's composable BatchNorm works on: [B, C] (BatchNorm1d) or [B, C, H, W] (BatchNorm2d) as [B, C, S],
@@ -236,12 +237,13 @@ pub fn batch_norm_train(
     beta: &Tensor,
     running: Option<(&mut Tensor, &mut Tensor)>,
     relu: bool,
+    kernels: Kernels,
 ) -> Result<(Tensor, Option<norm::ChannelStats>)> {
     let (x3, c, n) = bn_view(x, gamma)?;
     if n < 2 {
         bail!("batch norm in train mode needs more than one value per channel, got input {:?}", x.dims());
     }
-    let (y, batch_mean, batch_var, saved) = if fused(x) {
+    let (y, batch_mean, batch_var, saved) = if fused(kernels, x) {
         let stats = norm::channel_stats(x)?;
         let y = norm::batch_norm(x, gamma, beta, &stats, BN_EPS, true, relu)?;
         let device = x.device();
@@ -272,9 +274,10 @@ pub fn batch_norm_eval(
     mean: &Tensor,
     var: &Tensor,
     relu: bool,
+    kernels: Kernels,
 ) -> Result<(Tensor, Option<norm::ChannelStats>)> {
     let (x3, c, _) = bn_view(x, gamma)?;
-    if fused(x) {
+    if fused(kernels, x) {
         let mean = mean.to_dtype(DType::F64)?.to_vec1()?;
         let var = var.to_dtype(DType::F64)?.to_vec1()?;
         let stats = norm::ChannelStats { mean, var };
@@ -287,8 +290,8 @@ pub fn batch_norm_eval(
 }
 
 /// The residual join `relu(a + b)`: one fused pass each way with our kernels.
-pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if fused(a) {
+pub fn add_relu(a: &Tensor, b: &Tensor, kernels: Kernels) -> Result<Tensor> {
+    if fused(kernels, a) {
         norm::add_relu(a, b)
     } else {
         (a + b)?.relu()
@@ -395,24 +398,26 @@ struct Ctx<'a> {
     train: bool,
     /// Set when the pass is recorded for our backward instead of candle's graph.
     tape: Option<Recorded>,
+    /// The layers' kernels, read once for the whole pass.
+    kernels: Kernels,
 }
 
 impl Ctx<'_> {
     fn conv(&self, x: &Tensor, c: &Conv) -> Result<Tensor> {
-        conv2d(x, &self.p[c.w], c.stride, c.pad)
+        conv2d(x, &self.p[c.w], c.stride, c.pad, self.kernels)
     }
 
     /// BatchNorm, followed by a ReLU when `relu`.
     fn bn(&mut self, x: &Tensor, b: &Bn, relu: bool) -> Result<Tensor> {
-        let (gamma, beta) = (&self.p[b.gamma], &self.p[b.beta]);
+        let (gamma, beta, k) = (&self.p[b.gamma], &self.p[b.beta], self.kernels);
         let (y, stats) = match (&mut self.stats, self.train) {
             (Stats::Mut(s), true) => match &mut s[b.stats..b.stats + 2] {
-                [rm, rv] => batch_norm_train(x, gamma, beta, Some((rm, rv)), relu)?,
+                [rm, rv] => batch_norm_train(x, gamma, beta, Some((rm, rv)), relu, k)?,
                 _ => bail!("internal: running statistics out of range"),
             },
-            (Stats::Ref(_), true) => batch_norm_train(x, gamma, beta, None, relu)?,
-            (Stats::Mut(s), false) => batch_norm_eval(x, gamma, beta, &s[b.stats], &s[b.stats + 1], relu)?,
-            (Stats::Ref(s), false) => batch_norm_eval(x, gamma, beta, &s[b.stats], &s[b.stats + 1], relu)?,
+            (Stats::Ref(_), true) => batch_norm_train(x, gamma, beta, None, relu, k)?,
+            (Stats::Mut(s), false) => batch_norm_eval(x, gamma, beta, &s[b.stats], &s[b.stats + 1], relu, k)?,
+            (Stats::Ref(s), false) => batch_norm_eval(x, gamma, beta, &s[b.stats], &s[b.stats + 1], relu, k)?,
         };
         if let Some(tape) = &mut self.tape {
             let Some(stats) = stats else { bail!("internal: a recorded pass ran candle's BatchNorm") };
@@ -434,7 +439,7 @@ impl Ctx<'_> {
                 Some((c, n)) => self.bn(&self.conv(&h, c)?, n, false)?,
                 None => h,
             };
-            h = add_relu(&out, &short)?;
+            h = add_relu(&out, &short, self.kernels)?;
             if let Some(tape) = &mut self.tape {
                 tape.joins.push(h.clone());
             }
@@ -679,17 +684,19 @@ impl SiameseNet {
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Outputs> {
         check_images(x, self.dtype)?;
         let mut buffers = self.buffers.lock().unwrap_or_else(PoisonError::into_inner);
-        if !fused(x) {
-            let mut ctx = Ctx { p: &self.tensors, stats: Stats::Mut(&mut buffers), train, tape: None };
+        let kernels = kernels::kernels();
+        if !fused(kernels, x) {
+            let mut ctx = Ctx { p: &self.tensors, stats: Stats::Mut(&mut buffers), train, tape: None, kernels };
             return ctx.forward(x, &self.arch, true);
         }
         let detached: Vec<Tensor> = self.tensors.iter().map(Tensor::detach).collect();
         let images = x.detach();
-        let mut encoder = Ctx { p: &detached, stats: Stats::Mut(&mut buffers), train, tape: Some(Recorded::default()) };
+        let mut encoder =
+            Ctx { p: &detached, stats: Stats::Mut(&mut buffers), train, tape: Some(Recorded::default()), kernels };
         let backbone = encoder.resnet(&images, &self.arch.encoder)?;
         let recorded = encoder.tape.take().unwrap_or_default();
         let leaf = Var::from_tensor(&backbone)?;
-        let mut heads = Ctx { p: &self.tensors, stats: Stats::Mut(&mut buffers), train, tape: None };
+        let mut heads = Ctx { p: &self.tensors, stats: Stats::Mut(&mut buffers), train, tape: None, kernels };
         let (projection, prediction) = heads.heads(leaf.as_tensor(), &self.arch, true)?;
         let backbone = leaf.as_tensor().clone();
         Ok(Outputs { backbone, projection, prediction, tape: Some(EncoderTape { images, recorded, leaf }) })
@@ -778,7 +785,8 @@ impl SiameseNet {
         check_images(x, self.dtype)?;
         let p: Vec<Tensor> = self.tensors.iter().map(Tensor::detach).collect();
         let buffers = self.buffers.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut ctx = Ctx { p: &p, stats: Stats::Ref(&buffers), train: false, tape: None };
+        let kernels = kernels::kernels();
+        let mut ctx = Ctx { p: &p, stats: Stats::Ref(&buffers), train: false, tape: None, kernels };
         ctx.resnet(&x.detach(), &self.arch.encoder)
     }
 
@@ -915,7 +923,8 @@ impl Target {
     pub fn forward_no_grad(&self, x: &Tensor, train: bool) -> Result<Outputs> {
         check_images(x, self.dtype)?;
         let x = x.detach();
-        let mut ctx = Ctx { p: &self.tensors, stats: Stats::Ref(&self.buffers), train, tape: None };
+        let kernels = kernels::kernels();
+        let mut ctx = Ctx { p: &self.tensors, stats: Stats::Ref(&self.buffers), train, tape: None, kernels };
         ctx.forward(&x, &self.arch, false)
     }
 
