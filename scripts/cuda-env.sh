@@ -36,15 +36,16 @@ home=$dir/cuda
         ln -sfn "$real" "$home/lib64/lib$lib.so"
         ln -sfn "$real" "$home/lib64/$(basename "$real")"
     done
-    # libcuda.so stub: every driver API function cuda.h declares, plus the versioned names cudarc binds, as empty
-    # symbols in a shared library with the real one's SONAME. Only the linker ever reads it.
+    # libcuda.so stub: every driver API function cuda.h declares, plus the versioned names cudarc binds, in a shared
+    # library with the real one's SONAME, each returning CUDA_ERROR_NO_DEVICE (100). The linker needs it; loaded on
+    # a machine without a GPU (LD_LIBRARY_PATH=.../lib64/stubs), it makes `--device cuda` fail cleanly.
     stub=$home/lib64/stubs/libcuda.so
     if [ ! -f "$stub" ]; then
         src=$dir/libcuda-stub.c
         {
             grep -ohE '\bcu[A-Z][A-Za-z0-9_]*\s*\(' "$home/include/cuda.h" | tr -d ' (' 
             grep -ohE '#define\s+cu[A-Za-z0-9_]+\s+cu[A-Za-z0-9_]+' "$home/include/cuda.h" | awk '{print $3}'
-        } | sort -u | sed 's/.*/void &(void) {}/' > "$src"
+        } | sort -u | sed 's/.*/int &(void) { return 100; }/' > "$src"
         gcc -shared -fPIC -o "$stub" "$src" -Wl,-soname,libcuda.so.1
         ln -sfn libcuda.so "$home/lib64/stubs/libcuda.so.1"
     fi

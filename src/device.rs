@@ -41,5 +41,9 @@ pub fn open(name: &str) -> Result<Device, DeviceError> {
     if !cfg!(feature = "cuda") {
         return Err(DeviceError::NotBuilt(name.to_string()));
     }
-    Device::new_cuda(ordinal).map_err(|e| DeviceError::Unavailable { name: name.to_string(), reason: e.to_string() })
+    Device::new_cuda(ordinal).map_err(|e| DeviceError::Unavailable {
+        name: name.to_string(),
+        // candle appends a backtrace when RUST_BACKTRACE is set: the first line is the reason.
+        reason: e.to_string().lines().next().unwrap_or_default().to_string(),
+    })
 }
