@@ -1,5 +1,5 @@
 //! Convolution benchmark: every conv layer of the default `resnet_mini` at batch 256 — forward, input gradient and
-//! weight gradient with candle's ops (what its autodiff runs) and with ours (src/runtime/conv.rs) — and the whole
+//! weight gradient with candle's ops (what its autodiff runs) and with ours (src/kernels/conv/) — and the whole
 //! resnet_mini + projector forward + backward with each, all in one run.
 //!
 //! `cargo bench --bench conv` (everything); arguments after `--`: `quick` (fewer repetitions), `layers` (only the
@@ -14,9 +14,9 @@ use candle_core::{DType, Device, Result, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use ssl_lang::check::recipe::Recipe;
-use ssl_lang::runtime::conv::{self, ConvGeom};
-use ssl_lang::runtime::kernels::{self, Kernels};
-use ssl_lang::runtime::model::SiameseNet;
+use ssl_lang::kernels::conv::{self, ConvGeom, WorkCounter};
+use ssl_lang::nn::{LayerImpl, SiameseNet};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Median seconds of `f` over at least `min_reps` runs (after one warm-up), running more while under `budget_s`.
@@ -125,7 +125,7 @@ fn winograd_table(rng: &mut StdRng, batch: usize, reps: usize, budget: f64) -> R
 }
 
 fn main() -> Result<()> {
-    ssl_lang::runtime::alloc::retain_freed_memory();
+    ssl_lang::commands::alloc::retain_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "quick");
     let (only_layers, only_net) = (args.iter().any(|a| a == "layers"), args.iter().any(|a| a == "net"));
@@ -170,17 +170,18 @@ fn main() -> Result<()> {
         let wm = w.reshape((o, c * k * k))?;
         let t_gemm = median(reps, budget, || wm.matmul(&col).map(drop))?;
         drop(col);
+        let work = Arc::new(WorkCounter::default());
         let products: [(&str, Product, Product); 3] = [
-            ("fwd", Box::new(|| conv::candle_conv2d(&x, &w, s, p)), Box::new(|| conv::conv2d(&x, &w, s, p))),
+            ("fwd", Box::new(|| conv::candle_conv2d(&x, &w, s, p)), Box::new(|| conv::conv2d(&x, &w, s, p, &work))),
             (
                 "dx",
                 Box::new(|| candle_input_grad(&dy, &w, &g)),
-                Box::new(|| conv::conv2d_input_grad(&dy, &w, (h, h), s, p)),
+                Box::new(|| conv::conv2d_input_grad(&dy, &w, (h, h), s, p, &work)),
             ),
             (
                 "dw",
                 Box::new(|| candle_weight_grad(&x, &dy, &g)),
-                Box::new(|| conv::conv2d_weight_grad(&x, &dy, (k, k), s, p)),
+                Box::new(|| conv::conv2d_weight_grad(&x, &dy, (k, k), s, p, &work)),
             ),
         ];
         for (i, (product, theirs, ours)) in products.iter().enumerate() {
@@ -222,13 +223,11 @@ fn main() -> Result<()> {
         return Ok(());
     }
     // The whole network: resnet_mini + projector, forward (train mode) and backward of Σ projection ⊙ r.
-    let net = SiameseNet::from_recipe(&Recipe::default(), DType::F32, &Device::Cpu)?;
     let x = randn(&mut rng, &[batch, 1, 28, 28])?;
-    let r = randn(&mut rng, &[batch, net.projection_dim()])?;
-    let before = kernels::kernels();
     let mut rows = Vec::new();
-    for choice in [Kernels::Candle, Kernels::Ours] {
-        kernels::set_kernels(choice);
+    for choice in [LayerImpl::Candle, LayerImpl::Ours] {
+        let net = SiameseNet::from_recipe(&Recipe::default(), DType::F32, &Device::Cpu)?.with_layers(choice);
+        let r = randn(&mut rng, &[batch, net.projection_dim()])?;
         let (mut fwd, mut bwd) = (Vec::new(), Vec::new());
         for _ in 0..(if quick { 2 } else { 4 }) {
             let t0 = Instant::now();
@@ -250,7 +249,6 @@ fn main() -> Result<()> {
         };
         rows.push((choice, med(&mut fwd), med(&mut bwd)));
     }
-    kernels::set_kernels(before);
     println!("resnet_mini + projector, batch {batch}, forward (train) + backward:");
     for (choice, f, b) in &rows {
         println!(

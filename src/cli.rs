@@ -1,12 +1,15 @@
-//! The command line: clap definitions and one function per command. Exit codes: 0 clean, 1 when
-//! a file has errors (or warnings under `--deny-warnings`), 2 for usage and I/O errors.
+//! The command line: clap definitions and dispatch to `commands`, nothing else. Exit codes are decided by
+//! [`commands::Failure::exit_code`]: 0 clean, 1 when the input is wrong, 2 for usage and I/O errors.
 
-use crate::diagnostic::{Code, Diagnostic, Severity, Span};
-use crate::{compile, explain, render};
-use clap::{Parser, Subcommand, ValueEnum};
-use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use crate::backend::Backend;
+use crate::commands::{self, Edge, Failure, Format};
+use crate::nn::LayerImpl;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 /// ssl-lang: write a Siamese self-supervised objective as a positive term, a negative term and a
 /// balance (UniGrad's unified gradient form); check it, explain it, and train with it.
@@ -15,6 +18,9 @@ use std::process::ExitCode;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// `human` reports, or `json`: one JSON object per error (and per diagnostic of `check`, on stdout).
+    #[arg(long, global = true, default_value = "human", value_parser = format_parser())]
+    format: Format,
 }
 
 #[derive(Subcommand)]
@@ -27,9 +33,6 @@ enum Command {
         /// Treat warnings as errors.
         #[arg(long)]
         deny_warnings: bool,
-        /// `human` reports, or `json`: one JSON object per diagnostic on stdout.
-        #[arg(long, value_enum, default_value_t = Format::Human)]
-        format: Format,
     },
     /// Show an objective's typed unified form: terms, shapes, params, states, family and recipe.
     Explain {
@@ -68,8 +71,8 @@ enum Command {
         #[arg(long)]
         normalize: bool,
         /// `fused` kernels (default) or the op-by-op `reference`.
-        #[arg(long, value_enum, default_value_t = crate::backend::Backend::Fused)]
-        backend: crate::backend::Backend,
+        #[arg(long, default_value = "fused", value_parser = backend_parser())]
+        backend: Backend,
         #[command(flatten)]
         device: DeviceArg,
     },
@@ -103,8 +106,12 @@ enum Command {
         #[arg(long)]
         limit: Option<usize>,
         /// Gradient backend.
-        #[arg(long, value_enum, default_value_t = crate::backend::Backend::Fused)]
-        backend: crate::backend::Backend,
+        #[arg(long, default_value = "fused", value_parser = backend_parser())]
+        backend: Backend,
+        /// The network's layers: `ours` (fused kernels, the default) or `candle` (candle's conv2d, BatchNorm and
+        /// ReLU with its autodiff: the baseline of `bench train --baseline`).
+        #[arg(long, default_value = "ours", value_parser = layers_parser())]
+        layers: LayerImpl,
         /// Log metrics every this many steps.
         #[arg(long, default_value_t = 10)]
         log_every: usize,
@@ -179,18 +186,35 @@ struct DeviceArg {
     device: String,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Format {
-    Human,
-    Json,
+fn format_parser() -> impl TypedValueParser<Value = Format> {
+    PossibleValuesParser::new(["human", "json"]).map(|s| if s == "json" { Format::Json } else { Format::Human })
 }
 
-/// Runs the parsed command line.
-pub fn run(cli: Cli) -> ExitCode {
-    match cli.command {
-        Command::Check { files, deny_warnings, format } => check(&files, deny_warnings, format),
-        Command::Explain { file, objective, ir, n, d } => explain_cmd(&file, objective.as_deref(), ir, n, d),
-        Command::Verify { files, device } => verify_cmd(&files, &device.device),
+fn backend_parser() -> impl TypedValueParser<Value = Backend> {
+    PossibleValuesParser::new(["fused", "reference"]).map(|s| {
+        if s == "reference" {
+            Backend::Reference
+        } else {
+            Backend::Fused
+        }
+    })
+}
+
+fn layers_parser() -> impl TypedValueParser<Value = LayerImpl> {
+    PossibleValuesParser::new(["ours", "candle"])
+        .map(|s| if s == "candle" { LayerImpl::Candle } else { LayerImpl::Ours })
+}
+
+/// Runs the parsed command line; `stop` is the flag the binary's signal handler sets (training checkpoints and
+/// stops when it is raised).
+pub fn run(cli: Cli, stop: Arc<AtomicBool>) -> ExitCode {
+    let edge = Edge::new(cli.format);
+    let result = match cli.command {
+        Command::Check { files, deny_warnings } => commands::check::run(&files, deny_warnings, &edge),
+        Command::Explain { file, objective, ir, n, d } => {
+            commands::explain::run(&file, objective.as_deref(), commands::explain::IrDump { ir, n, d }, &edge)
+        }
+        Command::Verify { files, device } => commands::verify::run(&files, &device.device, &edge),
         Command::Train {
             file,
             objective,
@@ -202,321 +226,52 @@ pub fn run(cli: Cli) -> ExitCode {
             max_steps,
             limit,
             backend,
+            layers,
             log_every,
             device,
         } => {
-            let device = match open_device(&device.device) {
-                Ok(d) => d,
-                Err(code) => return code,
-            };
-            let (source, program) = match compile_file(&file) {
-                Ok(x) => x,
-                Err(code) => return code,
-            };
-            let name_wanted = objective.or_else(|| program.recipe_target.clone());
-            let Some(o) = program.objective(name_wanted.as_deref()) else {
-                eprintln!("error: no objective `{}` in `{}`", name_wanted.as_deref().unwrap_or("?"), file.display());
-                return ExitCode::from(2);
-            };
-            let mut objective = o.clone();
-            let mut recipe = if program.recipe_target.as_deref() == Some(o.name.as_str()) {
-                program.recipe.clone()
-            } else {
-                Default::default()
-            };
-            let overrides = match crate::runtime::overrides::apply(&mut recipe, &mut objective, &set) {
-                Ok(applied) => applied,
-                Err(e) => {
-                    eprint!("{e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let opts = crate::runtime::train::TrainOptions {
-                data_dir: data,
-                runs_root: runs,
+            let args = commands::train::TrainArgs {
+                file,
+                objective,
+                data,
+                set,
                 name,
+                runs,
                 resume,
                 max_steps,
                 limit,
                 backend,
                 log_every,
-                overrides,
-                device,
+                device: device.device,
+                layers,
             };
-            match crate::runtime::train::train(&source.text, &objective, &recipe, &opts) {
-                Ok(summary) => {
-                    let knn = summary.knn.map_or("-".to_string(), |k| format!("{:.2} %", k * 100.0));
-                    println!(
-                        "done: {} steps, final kNN top-1 {knn}; run in {}",
-                        summary.steps,
-                        summary.run_dir.display()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(1)
-                }
-            }
+            commands::train::run(args, stop, &edge)
         }
         Command::Bench { what: BenchCommand::Train { files, batch, steps, data, set, baseline, device } } => {
-            if let Err(code) = open_device(&device.device) {
-                return code;
-            }
-            let files = if files.is_empty() {
-                let mut all: Vec<PathBuf> = std::fs::read_dir("objectives")
-                    .map(|d| {
-                        d.filter_map(|e| e.ok().map(|e| e.path()))
-                            .filter(|p| p.extension().is_some_and(|x| x == "ssl"))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                all.sort();
-                all
-            } else {
-                files
-            };
-            let data = data.unwrap_or_else(|| PathBuf::from(crate::data::BUNDLED_DIR));
-            match crate::runtime::bench::bench_train(
-                &files,
-                &crate::runtime::bench::Setup {
-                    batch,
-                    steps,
-                    data: &data,
-                    overrides: &set,
-                    device: &device.device,
-                    baseline,
-                },
-            ) {
-                Ok(table) => {
-                    print!("{table}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(1)
-                }
-            }
+            let setup = commands::bench::Setup { batch, steps, overrides: set, device: device.device, baseline };
+            commands::bench::run(files, data, &setup)
         }
         Command::Eval { run, knn, linear, data, device } => {
-            let device = match open_device(&device.device) {
-                Ok(d) => d,
-                Err(code) => return code,
-            };
-            match crate::runtime::evaluate::evaluate(&run, knn, linear, data.as_deref(), &device) {
-                Ok(report) => {
-                    print!("{report}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(1)
-                }
-            }
+            let protocols = commands::eval::Protocols { knn, linear };
+            commands::eval::run(&run, protocols, data.as_deref(), &device.device, &edge)
         }
-        Command::Grad { file, objective, inputs, out, normalize, backend, device } => {
-            let device = match open_device(&device.device) {
-                Ok(d) => d,
-                Err(code) => return code,
-            };
-            let (_, program) = match compile_file(&file) {
-                Ok(x) => x,
-                Err(code) => return code,
-            };
-            let Some(o) = program.objective(objective.as_deref()) else {
-                eprintln!("error: no objective `{}` in `{}`", objective.as_deref().unwrap_or("?"), file.display());
-                return ExitCode::from(2);
-            };
-            match crate::grad::run(o, &inputs, &out, normalize, backend, &device) {
-                Ok(summary) => {
-                    println!("{summary}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::from(1)
-                }
-            }
-        }
-    }
-}
-
-/// The device `--device` names, or exit code 2 with the reason.
-fn open_device(name: &str) -> Result<candle_core::Device, ExitCode> {
-    crate::device::open(name).map_err(|e| {
-        eprintln!("error: {e}");
-        ExitCode::from(2)
-    })
-}
-
-/// A source file, read and decoded; or the exit code for why it could not be.
-struct Source {
-    name: String,
-    text: String,
-}
-
-fn read(path: &Path) -> Result<Source, ExitCode> {
-    let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| {
-        eprintln!("error: cannot read `{name}`: {e}");
-        ExitCode::from(2)
-    })?;
-    match String::from_utf8(bytes) {
-        Ok(text) => Ok(Source { name, text }),
-        Err(e) => {
-            let at = e.utf8_error().valid_up_to();
-            let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
-            let d = Diagnostic::new(
-                Code::Encoding,
-                "the file is not valid UTF-8",
-                Span::new(at, at + 1),
-                "invalid byte here",
-            )
-            .help("save the file as UTF-8");
-            eprint!("{}", render::human(&d, &name, &text, use_color(), 100));
-            Err(ExitCode::from(1))
-        }
-    }
-}
-
-fn use_color() -> bool {
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-}
-
-fn check(files: &[PathBuf], deny_warnings: bool, format: Format) -> ExitCode {
-    let mut worst = 0u8;
-    for path in files {
-        let source = match read(path) {
-            Ok(s) => s,
-            Err(code) => {
-                worst = worst.max(if code == ExitCode::from(2) { 2 } else { 1 });
-                continue;
-            }
-        };
-        let (program, diagnostics) = compile(&source.text);
-        for d in &diagnostics {
-            match format {
-                Format::Human => eprint!("{}", render::human(d, &source.name, &source.text, use_color(), 100)),
-                Format::Json => println!("{}", render::json(d, &source.name, &source.text)),
-            }
-        }
-        let errors = diagnostics.iter().filter(|d| d.severity() == Severity::Error).count();
-        let warnings = diagnostics.len() - errors;
-        let failed = errors > 0 || (deny_warnings && warnings > 0);
-        if failed {
-            worst = worst.max(1);
-        }
-        if let Format::Human = format {
-            let names: Vec<&str> = program.objectives.iter().map(|o| o.name.as_str()).collect();
-            let status = if failed { "FAILED" } else { "ok" };
-            println!(
-                "{}: {status} ({} error{}, {} warning{}; objectives: {})",
-                source.name,
-                errors,
-                if errors == 1 { "" } else { "s" },
-                warnings,
-                if warnings == 1 { "" } else { "s" },
-                if names.is_empty() { "none".to_string() } else { names.join(", ") }
-            );
-        }
-    }
-    ExitCode::from(worst)
-}
-
-/// Reads and compiles a file, printing its diagnostics; the program if it has no errors.
-fn compile_file(path: &Path) -> Result<(Source, crate::check::typed::Program), ExitCode> {
-    let source = read(path)?;
-    let (program, diagnostics) = compile(&source.text);
-    for d in &diagnostics {
-        eprint!("{}", render::human(d, &source.name, &source.text, use_color(), 100));
-    }
-    if crate::diagnostic::has_errors(&diagnostics) {
-        return Err(ExitCode::from(1));
-    }
-    Ok((source, program))
-}
-
-fn explain_cmd(path: &Path, objective: Option<&str>, ir: bool, n: Option<usize>, d: Option<usize>) -> ExitCode {
-    let (source, program) = match compile_file(path) {
-        Ok(x) => x,
-        Err(code) => return code,
+        Command::Grad { file, objective, inputs, out, normalize, backend, device } => commands::grad::command(
+            &file,
+            objective.as_deref(),
+            (&inputs, &out),
+            normalize,
+            backend,
+            &device.device,
+            &edge,
+        ),
     };
-    match program.objective(objective) {
-        Some(o) => {
-            print!("{}", explain::explain(&program, o));
-            if ir {
-                let sizes = crate::ir::cost::Sizes {
-                    n: n.unwrap_or(program.recipe.batch),
-                    d: d.unwrap_or(program.recipe.projector.out),
-                    fifo: o
-                        .states
-                        .iter()
-                        .map(|s| match s.kind {
-                            crate::check::typed::StateKind::Fifo { size, .. } => size,
-                            _ => 0,
-                        })
-                        .collect(),
-                };
-                let lowered = crate::ir::lower(o);
-                println!("\ngradient IR (axes: N batch, K set elements, D E J feature dimensions); costs at N = {}, D = {}, fifos full", sizes.n, sizes.d);
-                println!("\nlowered:");
-                print!("{}", lowered.dump(Some(&sizes)));
-                println!("\noptimised (matrix chains reassociated at these sizes):");
-                print!("{}", crate::ir::reassociate::reassociate(&lowered, &sizes).dump(Some(&sizes)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            if let Failure::Error(e) = &failure {
+                edge.report(e);
             }
-            ExitCode::SUCCESS
-        }
-        None => {
-            let names: Vec<&str> = program.objectives.iter().map(|o| o.name.as_str()).collect();
-            eprintln!(
-                "error: no objective `{}` in `{}`; it has: {}",
-                objective.unwrap_or("?"),
-                source.name,
-                if names.is_empty() { "none".to_string() } else { names.join(", ") }
-            );
-            ExitCode::from(2)
+            ExitCode::from(failure.exit_code())
         }
     }
-}
-
-fn verify_cmd(files: &[PathBuf], device: &str) -> ExitCode {
-    let device = match open_device(device) {
-        Ok(d) => d,
-        Err(code) => return code,
-    };
-    let mut rows = Vec::new();
-    let mut worst = 0u8;
-    for path in files {
-        let program = match compile_file(path) {
-            Ok((_, p)) => p,
-            Err(code) => {
-                worst = worst.max(if code == ExitCode::from(2) { 2 } else { 1 });
-                continue;
-            }
-        };
-        for o in &program.objectives {
-            match crate::verify::verify(o, &device) {
-                Ok(r) => rows.extend(r),
-                Err(e) => {
-                    eprintln!("error: verifying `{}` failed to run: {e}", o.name);
-                    worst = worst.max(1);
-                }
-            }
-        }
-    }
-    let w = rows.iter().map(|r| r.objective.len()).max().unwrap_or(0).max(9);
-    println!("{:<w$} {:<17} {:>12}  {:<6} note", "objective", "check", "max rel err", "result");
-    for r in &rows {
-        let err = r.max_error.map_or("-".to_string(), |e| format!("{e:.2e}"));
-        let result = match (r.pass, r.max_error) {
-            (true, Some(_)) => "pass",
-            (true, None) => "n/a",
-            (false, _) => "FAIL",
-        };
-        println!("{:<w$} {:<17} {:>12}  {:<6} {}", r.objective, r.check, err, result, r.note);
-        if !r.pass {
-            worst = worst.max(1);
-        }
-    }
-    ExitCode::from(worst)
 }

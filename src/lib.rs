@@ -1,10 +1,12 @@
 //! ssl-lang: Siamese self-supervised objectives as data.
 //!
-//! The pipeline, one module per arrow: [`syntax::parse`] (source → syntax tree) →
-//! [`check::check`] (→ typed objective) → [`ir::lower`] (→ gradient IR) → passes
-//! ([`ir::reassociate`], [`ir::fuse`]) → [`plan::Plan`] (run on a [`backend`] once per step) →
-//! [`runtime::train`] (data, augmentation, online and target networks, optimiser), evaluated by
-//! [`eval`].
+//! The compiler: [`syntax::parse`] (source → syntax tree) → [`check::check`] (→ typed objective) → [`ir::lower`]
+//! (→ gradient IR) → [`ir::optimize`] (the passes) → [`plan::Plan`] (run on a [`backend`] once per step).
+//!
+//! The execution: [`data`] (sources, augmentation) → [`nn`] (the Siamese network on our [`kernels`]) →
+//! [`runtime::train`] (the loop: plan, backward, optimiser, EMA target; run directory and checkpoints), measured
+//! by [`eval`]. [`commands`] is the edge: one file per CLI command, where errors ([`error`]) and diagnostics are
+//! rendered.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -12,13 +14,14 @@
 pub mod backend;
 pub mod check;
 pub mod cli;
+pub mod commands;
 pub mod data;
-pub mod device;
 pub mod diagnostic;
+pub mod error;
 pub mod eval;
-pub mod explain;
-pub mod grad;
 pub mod ir;
+pub mod kernels;
+pub mod nn;
 pub mod plan;
 pub mod render;
 pub mod runtime;

@@ -3,7 +3,7 @@
 //! updated first and the gradient sees the new value; fifos are read first and pushed after.
 
 use crate::backend::reference::Inputs;
-use crate::backend::{evaluate, fused, Backend};
+use crate::backend::{execute, fused, Backend};
 use crate::check::typed::{Objective, StateKind};
 use crate::ir::fuse::Kernel;
 use crate::ir::{self, cost::Sizes, Lowered, Node};
@@ -89,7 +89,7 @@ impl Plan {
     pub fn with_backend(objective: &Objective, backend: Backend, sizes: &Sizes) -> Plan {
         let mut plan = Plan::new(objective);
         if backend == Backend::Fused {
-            plan.lowered = ir::reassociate::reassociate(&plan.lowered, sizes);
+            plan.lowered = ir::optimize(&plan.lowered, sizes);
             plan.kernels = ir::fuse::fuse(&plan.lowered);
             plan.backend = Backend::Fused;
         }
@@ -133,7 +133,7 @@ impl Plan {
 
     /// Evaluates `roots` for one view order.
     pub fn eval(&self, roots: &[Node], features: [&Tensor; 4], state: &ObjectiveState) -> Result<Vec<Tensor>> {
-        evaluate(&self.lowered.graph, &self.kernels, roots, &self.inputs(features, state))
+        execute(&self.lowered.graph, &self.kernels, roots, &self.inputs(features, state))
     }
 
     /// The unscaled gradient `positive + balance · negative` of one view order, [N, D], with the

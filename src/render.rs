@@ -1,7 +1,8 @@
-//! The edge where diagnostics become text: miette reports for people, JSON lines for tools.
-//! Nothing else in the crate touches miette.
+//! The edge where diagnostics and runtime errors become text: miette reports and `error[code]:` lines for people,
+//! JSON lines for tools. Nothing else in the crate touches miette or decides how an error looks.
 
 use crate::diagnostic::{Diagnostic, Severity};
+use crate::error::{Class, Error};
 use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource, SourceCode};
 use serde::Serialize;
 use std::fmt;
@@ -31,6 +32,32 @@ pub fn json(d: &Diagnostic, file: &str, source: &str) -> String {
         help: d.help.as_deref(),
     };
     serde_json::to_string(&record).expect("diagnostics serialise")
+}
+
+/// Renders a runtime error for people: `error[code]: message`, then its help line.
+pub fn error_human(e: &Error, color: bool) -> String {
+    let (word, paint) = match e.code.class() {
+        Class::Warning => ("warning", "\x1b[33m"),
+        Class::Input | Class::Usage => ("error", "\x1b[31m"),
+    };
+    let head = if color { format!("{paint}{word}\x1b[0m[{}]", e.code) } else { format!("{word}[{}]", e.code) };
+    let mut out = format!("{head}: {}\n", e.message);
+    if let Some(help) = &e.help {
+        out.push_str(&format!("  help: {help}\n"));
+    }
+    out
+}
+
+/// One runtime error as a JSON object, for scripts: `{"severity", "code", "message", "help"}`.
+pub fn error_json(e: &Error) -> String {
+    let severity = if e.code.class() == Class::Warning { Severity::Warning } else { Severity::Error };
+    serde_json::json!({
+        "severity": severity,
+        "code": e.code.as_str(),
+        "message": e.message,
+        "help": e.help,
+    })
+    .to_string()
 }
 
 /// 1-based line and column (in characters) of a byte offset.

@@ -40,7 +40,7 @@ pub const SEEDS: u64 = 3;
 pub fn unit_rows(rng: &mut StdRng, n: usize, d: usize) -> Result<Tensor> {
     let data: Vec<f64> = (0..n * d).map(|_| rng.gen_range(-1.0..1.0)).collect();
     let t = Tensor::from_vec(data, (n, d), &Device::Cpu)?;
-    t.broadcast_div(&t.sqr()?.sum_keepdim(1)?.sqrt()?)
+    crate::nn::layers::l2_normalize(&t)
 }
 
 /// Random features for one step.

@@ -187,8 +187,8 @@ fn device_errors_are_coded() {
         }
         assert_no_panic(&out);
     }
-    assert_eq!(ssl_lang::device::parse("cuda:3").ok(), Some(Some(3)));
-    assert_eq!(ssl_lang::device::parse("cuda").ok(), Some(Some(0)));
-    assert_eq!(ssl_lang::device::parse("cpu").ok(), Some(None));
-    assert!(ssl_lang::device::parse("cuda:-1").is_err());
+    assert_eq!(ssl_lang::commands::device::parse("cuda:3").ok(), Some(Some(3)));
+    assert_eq!(ssl_lang::commands::device::parse("cuda").ok(), Some(Some(0)));
+    assert_eq!(ssl_lang::commands::device::parse("cpu").ok(), Some(None));
+    assert!(ssl_lang::commands::device::parse("cuda:-1").is_err());
 }

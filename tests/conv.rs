@@ -9,8 +9,9 @@
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use ssl_lang::runtime::conv::{self, ConvGeom};
-use ssl_lang::runtime::kernels::{self, Kernels};
+use ssl_lang::kernels::conv::{self, ConvGeom};
+use ssl_lang::nn::LayerImpl;
+use std::sync::Arc;
 
 /// A convolution: (B, C, H, W, O, kh, kw, stride, pad).
 type Shape = (usize, usize, usize, usize, usize, usize, usize, usize, usize);
@@ -33,6 +34,11 @@ const SHAPES: &[Shape] = &[
     (21, 6, 14, 14, 8, 1, 1, 2, 0),
     (1, 1, 28, 28, 4, 3, 3, 1, 1),
 ];
+
+/// Our conv2d with a counter of its own (the tests read no work counts).
+fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
+    conv::conv2d(x, w, stride, pad, &Arc::default())
+}
 
 fn random(rng: &mut StdRng, shape: &[usize], dtype: DType) -> Result<Tensor> {
     let n: usize = shape.iter().product();
@@ -129,7 +135,7 @@ fn check_against_loops(dtype: DType, tol: f64) -> Result<()> {
     for (i, shape) in SHAPES.iter().enumerate() {
         let c = case(i, dtype)?;
         let want = reference(&c.g, &values(&c.x)?, &values(&c.w)?, &values(&c.r)?);
-        let (y, dx, dw) = autodiff(conv::conv2d, &c)?;
+        let (y, dx, dw) = autodiff(conv2d, &c)?;
         for (what, got, want) in
             [("forward", &y, &want.y), ("input grad", &dx, &want.dx), ("weight grad", &dw, &want.dw)]
         {
@@ -159,7 +165,7 @@ fn check_against_candle(dtype: DType, tol: f64) -> Result<()> {
             // input gradient has the wrong width here (a shape error); the loop reference covers this shape.
             continue;
         }
-        let (y, dx, dw) = autodiff(conv::conv2d, &c)?;
+        let (y, dx, dw) = autodiff(conv2d, &c)?;
         let (cy, cdx, cdw) = autodiff(conv::candle_conv2d, &c)?;
         for (what, got, want) in [("forward", &y, &cy), ("input grad", &dx, &cdx), ("weight grad", &dw, &cdw)] {
             let e = rel_err(got, want);
@@ -184,10 +190,10 @@ fn forward_and_gradients_match_candle_autodiff_f64() -> Result<()> {
 fn standalone_gradient_ops_match() -> Result<()> {
     for i in 0..SHAPES.len() {
         let c = case(i, DType::F64)?;
-        let (_, dx, dw) = autodiff(conv::conv2d, &c)?;
+        let (_, dx, dw) = autodiff(conv2d, &c)?;
         let g = &c.g;
-        let sdx = conv::conv2d_input_grad(&c.r, &c.w, (g.h, g.w), g.stride, g.pad)?;
-        let sdw = conv::conv2d_weight_grad(&c.x, &c.r, (g.kh, g.kw), g.stride, g.pad)?;
+        let sdx = conv::conv2d_input_grad(&c.r, &c.w, (g.h, g.w), g.stride, g.pad, &Arc::default())?;
+        let sdw = conv::conv2d_weight_grad(&c.x, &c.r, (g.kh, g.kw), g.stride, g.pad, &Arc::default())?;
         assert_eq!(sdx.dims(), c.x.dims());
         assert_eq!(sdw.dims(), c.w.dims());
         assert!(rel_err(&values(&sdx)?, &dx) <= 1e-12 && rel_err(&values(&sdw)?, &dw) <= 1e-12);
@@ -201,11 +207,11 @@ fn gradients_match_finite_differences_f64() -> Result<()> {
     let eps = 1e-6;
     for &i in &[0, 2, 3, 5, 6, 7] {
         let c = case(i, DType::F64)?;
-        let (_, dx, dw) = autodiff(conv::conv2d, &c)?;
+        let (_, dx, dw) = autodiff(conv2d, &c)?;
         let loss = |x: &[f64], w: &[f64]| -> Result<f64> {
             let x = Tensor::from_slice(x, c.x.dims(), &Device::Cpu)?;
             let w = Tensor::from_slice(w, c.w.dims(), &Device::Cpu)?;
-            (conv::conv2d(&x, &w, c.g.stride, c.g.pad)? * &c.r)?.sum_all()?.to_scalar::<f64>()
+            (conv2d(&x, &w, c.g.stride, c.g.pad)? * &c.r)?.sum_all()?.to_scalar::<f64>()
         };
         let (x0, w0) = (values(&c.x)?, values(&c.w)?);
         let numeric = |which: usize| -> Result<Vec<f64>> {
@@ -237,11 +243,11 @@ fn non_contiguous_and_c_eq_h_eq_w_inputs() -> Result<()> {
     let x = random(&mut rng, &[2, 6, 6, 6], DType::F64)?;
     let w = random(&mut rng, &[4, 6, 3, 3], DType::F64)?;
     let want = reference(&geom((2, 6, 6, 6, 4, 3, 3, 1, 1)), &values(&x)?, &values(&w)?, &vec![0.0; 2 * 4 * 36]).y;
-    assert!(rel_err(&values(&conv::conv2d(&x, &w, 1, 1)?)?, &want) <= 1e-12);
+    assert!(rel_err(&values(&conv2d(&x, &w, 1, 1)?)?, &want) <= 1e-12);
     assert!(rel_err(&values(&conv::candle_conv2d(&x, &w, 1, 1)?)?, &want) <= 1e-12);
     let xt = x.transpose(2, 3)?.contiguous()?.transpose(2, 3)?;
     assert!(!xt.is_contiguous());
-    assert!(rel_err(&values(&conv::conv2d(&xt, &w, 1, 1)?)?, &want) <= 1e-12);
+    assert!(rel_err(&values(&conv2d(&xt, &w, 1, 1)?)?, &want) <= 1e-12);
     Ok(())
 }
 
@@ -250,7 +256,7 @@ fn non_contiguous_and_c_eq_h_eq_w_inputs() -> Result<()> {
 fn untracked_input_gets_no_gradient() -> Result<()> {
     let c = case(1, DType::F32)?;
     let w = Var::from_tensor(&c.w)?;
-    let grads = (conv::conv2d(&c.x, &w, c.g.stride, c.g.pad)? * &c.r)?.sum_all()?.backward()?;
+    let grads = (conv2d(&c.x, &w, c.g.stride, c.g.pad)? * &c.r)?.sum_all()?.backward()?;
     assert!(grads.get(&w).is_some());
     assert!(grads.get(&c.x).is_none());
     Ok(())
@@ -259,24 +265,23 @@ fn untracked_input_gets_no_gradient() -> Result<()> {
 #[test]
 fn bad_shapes_are_errors() -> Result<()> {
     let x = Tensor::zeros((1, 3, 4, 4), DType::F32, &Device::Cpu)?;
-    assert!(conv::conv2d(&x, &Tensor::zeros((2, 4, 3, 3), DType::F32, &Device::Cpu)?, 1, 1).is_err());
-    assert!(conv::conv2d(&x, &Tensor::zeros((2, 3, 7, 7), DType::F32, &Device::Cpu)?, 1, 1).is_err());
-    assert!(conv::conv2d(&x, &Tensor::zeros((2, 3, 3, 3), DType::F32, &Device::Cpu)?, 0, 1).is_err());
-    assert!(conv::conv2d(&x, &Tensor::zeros((2, 3, 3, 3), DType::F64, &Device::Cpu)?, 1, 1).is_err());
+    assert!(conv2d(&x, &Tensor::zeros((2, 4, 3, 3), DType::F32, &Device::Cpu)?, 1, 1).is_err());
+    assert!(conv2d(&x, &Tensor::zeros((2, 3, 7, 7), DType::F32, &Device::Cpu)?, 1, 1).is_err());
+    assert!(conv2d(&x, &Tensor::zeros((2, 3, 3, 3), DType::F32, &Device::Cpu)?, 0, 1).is_err());
+    assert!(conv2d(&x, &Tensor::zeros((2, 3, 3, 3), DType::F64, &Device::Cpu)?, 1, 1).is_err());
     Ok(())
 }
 
-/// The model's `conv2d` runs the kernels it is given, ours or candle's, with equal results; the process-wide choice
-/// defaults to ours.
+/// The network's `conv2d` layer runs the implementation it is given, ours or candle's, with equal results; ours is
+/// the default.
 #[test]
 fn model_conv2d_runs_either_implementation() -> Result<()> {
     let c = case(2, DType::F64)?;
-    if std::env::var("SSL_KERNELS").is_err() {
-        assert_eq!(kernels::kernels(), Kernels::Ours);
-    }
+    assert_eq!(LayerImpl::default(), LayerImpl::Ours);
+    let work = Arc::default();
     let run =
-        |k| -> Result<Vec<f64>> { values(&ssl_lang::runtime::model::conv2d(&c.x, &c.w, c.g.stride, c.g.pad, k)?) };
-    assert!(rel_err(&run(Kernels::Ours)?, &run(Kernels::Candle)?) <= 1e-12);
+        |k| -> Result<Vec<f64>> { values(&ssl_lang::nn::layers::conv2d(&c.x, &c.w, c.g.stride, c.g.pad, k, &work)?) };
+    assert!(rel_err(&run(LayerImpl::Ours)?, &run(LayerImpl::Candle)?) <= 1e-12);
     Ok(())
 }
 

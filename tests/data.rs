@@ -16,8 +16,8 @@ fn temp_dir(name: &str) -> PathBuf {
     d
 }
 
-fn code(e: &DataError) -> String {
-    e.to_string().split(": ").next().unwrap_or_default().to_string()
+fn code(e: DataError) -> &'static str {
+    ssl_lang::error::Error::from(e).code.as_str()
 }
 
 /// Three 28×28 images with distinct, known pixels and labels 0, 9, 4.
@@ -81,11 +81,12 @@ fn a_directory_with_plain_or_gzip_files_loads_and_says_where_from() {
 fn missing_file_names_the_file_and_the_three_ways_to_get_data() {
     let dir = temp_dir("missing");
     let e = data::load(&Data::FashionMnistDir(dir.display().to_string()), None).unwrap_err();
-    assert_eq!(code(&e), "ssl::data::missing");
-    let msg = e.to_string();
+    let e = ssl_lang::error::Error::from(e);
+    assert_eq!(e.code.as_str(), "ssl::data::missing");
+    let msg = format!("{e} {}", e.help.clone().unwrap_or_default());
     assert!(msg.contains("train-images-idx3-ubyte.gz"), "{msg}");
     assert!(msg.contains("dataset-fashion-mnist") && msg.contains("--data DIR") && msg.contains("bundled"), "{msg}");
-    assert!(msg.contains("\n  help: "), "{msg}");
+    assert!(e.help.is_some(), "{msg}");
 }
 
 #[test]
@@ -98,24 +99,26 @@ fn truncated_files_are_coded() {
     // Data shorter than the header says.
     fs::write(&plain, &raw[..raw.len() - 10]).unwrap();
     let e = idx::read_images(&plain).unwrap_err();
-    assert_eq!(code(&e), "ssl::data::truncated");
+    let e = ssl_lang::error::Error::from(e);
+    assert_eq!(e.code.as_str(), "ssl::data::truncated");
     assert!(e.to_string().contains("needs 2352 data bytes, found 2342"), "{e}");
     // Shorter than the header itself.
     fs::write(&plain, &raw[..9]).unwrap();
-    assert_eq!(code(&idx::read_images(&plain).unwrap_err()), "ssl::data::truncated");
+    assert_eq!(code(idx::read_images(&plain).unwrap_err()), "ssl::data::truncated");
     // A gzip stream cut in half.
     let gz = dir.join("gz");
     idx::write_images(&gz, &images, true).unwrap();
     let raw = fs::read(&gz).unwrap();
     fs::write(&gz, &raw[..raw.len() / 2]).unwrap();
-    assert_eq!(code(&idx::read_images(&gz).unwrap_err()), "ssl::data::truncated");
+    assert_eq!(code(idx::read_images(&gz).unwrap_err()), "ssl::data::truncated");
     // Extra bytes after the data.
     idx::write_labels(&plain, &[1, 2, 3], false).unwrap();
     let mut long = fs::read(&plain).unwrap();
     long.push(0);
     fs::write(&plain, &long).unwrap();
     let e = idx::read_labels(&plain).unwrap_err();
-    assert_eq!(code(&e), "ssl::data::trailing");
+    let e = ssl_lang::error::Error::from(e);
+    assert_eq!(e.code.as_str(), "ssl::data::trailing");
 }
 
 #[test]
@@ -124,13 +127,15 @@ fn wrong_magic_and_dimensions_are_coded() {
     let labels = dir.join("labels");
     idx::write_labels(&labels, &[1, 2, 3], true).unwrap();
     let e = idx::read_images(&labels).unwrap_err();
-    assert_eq!(code(&e), "ssl::data::magic");
+    let e = ssl_lang::error::Error::from(e);
+    assert_eq!(e.code.as_str(), "ssl::data::magic");
     assert!(e.to_string().contains("0x00000801") && e.to_string().contains("expected 2051"), "{e}");
 
     let wrong = dir.join("wrong-dims");
     idx::write(&wrong, idx::IMAGES_MAGIC, &[2, 14, 56], &[0; 2 * 784], true).unwrap();
     let e = idx::read_images(&wrong).unwrap_err();
-    assert_eq!(code(&e), "ssl::data::dims");
+    let e = ssl_lang::error::Error::from(e);
+    assert_eq!(e.code.as_str(), "ssl::data::dims");
     assert!(e.to_string().contains("[2, 14, 56]"), "{e}");
 }
 
@@ -142,12 +147,14 @@ fn count_mismatch_and_bad_labels_are_coded() {
     idx::write_images(&pi, &images, true).unwrap();
     idx::write_labels(&pl, &[1, 2], true).unwrap();
     let e = idx::read_pair(&pi, &pl).unwrap_err();
-    assert_eq!(code(&e), "ssl::data::count");
+    let e = ssl_lang::error::Error::from(e);
+    assert_eq!(e.code.as_str(), "ssl::data::count");
     assert!(e.to_string().contains("3 images") && e.to_string().contains("2 labels"), "{e}");
 
     idx::write_labels(&pl, &[1, 10, 2], true).unwrap();
     let e = idx::read_labels(&pl).unwrap_err();
-    assert_eq!(code(&e), "ssl::data::label");
+    let e = ssl_lang::error::Error::from(e);
+    assert_eq!(e.code.as_str(), "ssl::data::label");
     assert!(e.to_string().contains("label 10 at index 1"), "{e}");
 }
 
@@ -334,13 +341,15 @@ fn beta_draws_have_the_right_mean_and_spread() {
 #[test]
 fn bad_batches_and_parameters_are_coded() {
     let e = augment(&[0u8; 785], &[], &mut StdRng::seed_from_u64(0)).unwrap_err();
-    assert_eq!(code(&e), "ssl::data::shape");
+    let e = ssl_lang::error::Error::from(e);
+    assert_eq!(e.code.as_str(), "ssl::data::shape");
     let bad = [Augment::Crop { scale: [0.5, 0.2], ratio: [1.0, 1.0] }];
-    assert_eq!(code(&augment(&[0u8; 784], &bad, &mut StdRng::seed_from_u64(0)).unwrap_err()), "ssl::data::shape");
+    assert_eq!(code(augment(&[0u8; 784], &bad, &mut StdRng::seed_from_u64(0)).unwrap_err()), "ssl::data::shape");
     let bad = [Augment::Multicrop { local: 1, scale: [0.1, 0.4], size: 0 }];
-    assert_eq!(code(&augment(&[0u8; 784], &bad, &mut StdRng::seed_from_u64(0)).unwrap_err()), "ssl::data::shape");
+    assert_eq!(code(augment(&[0u8; 784], &bad, &mut StdRng::seed_from_u64(0)).unwrap_err()), "ssl::data::shape");
     let e = data::gather(&[0u8; 784 * 2], &[0, 2]).unwrap_err();
-    assert_eq!(code(&e), "ssl::data::shape");
+    let e = ssl_lang::error::Error::from(e);
+    assert_eq!(e.code.as_str(), "ssl::data::shape");
     // An empty batch is fine.
     let v = augment::<u8>(&[], &Recipe::default().augment, &mut StdRng::seed_from_u64(0)).unwrap();
     assert_eq!((v.batch, v.global.len()), (0, 0));

@@ -8,7 +8,7 @@ fn explain_standard_objectives() {
         let (program, diagnostics) = ssl_lang::compile(&source);
         assert!(diagnostics.is_empty(), "{} has diagnostics: {diagnostics:?}", path.display());
         let explained: Vec<String> =
-            program.objectives.iter().map(|o| ssl_lang::explain::explain(&program, o)).collect();
+            program.objectives.iter().map(|o| ssl_lang::commands::explain::explain(&program, o)).collect();
         assert!(!explained.is_empty(), "{} has no objective", path.display());
         insta::assert_snapshot!(explained.join("\n"));
     });
@@ -23,7 +23,7 @@ fn explain_clean_ui_inputs() {
         let (program, diagnostics) = ssl_lang::compile(&source);
         assert!(diagnostics.is_empty(), "{} has diagnostics: {diagnostics:?}", path.display());
         let explained: Vec<String> =
-            program.objectives.iter().map(|o| ssl_lang::explain::explain(&program, o)).collect();
+            program.objectives.iter().map(|o| ssl_lang::commands::explain::explain(&program, o)).collect();
         insta::assert_snapshot!(explained.join("\n"));
     });
 }

@@ -33,7 +33,7 @@ fn collapse_is_reported_once_per_sustained_episode() {
     let readings = [low, low, healthy, low, low, low, low, low, healthy, low, low, low];
     for (i, z) in readings.into_iter().enumerate() {
         if let Some(w) = m.observe(z, healthy) {
-            assert!(w.contains("ssl::train::collapse") && w.contains("help:"), "{w}");
+            assert!(w.code.as_str() == "ssl::train::collapse" && w.help.is_some(), "{w}");
             reports.push(i);
         }
     }

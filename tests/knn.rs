@@ -8,8 +8,8 @@ use ssl_lang::data;
 use ssl_lang::eval::{knn_accuracy, knn_predict, linear_probe, raw_pixel_knn, EvalError, LinearProbe};
 use std::path::Path;
 
-fn code(e: &EvalError) -> String {
-    e.to_string().split(": ").next().unwrap_or_default().to_string()
+fn code(e: EvalError) -> &'static str {
+    ssl_lang::error::Error::from(e).code.as_str()
 }
 
 /// Points on the unit circle at the given angles (degrees), scaled by `norms` (kNN must not care).
@@ -72,16 +72,16 @@ fn k_beyond_the_bank_and_ties_do_not_panic_and_are_deterministic() {
 fn bad_inputs_are_coded() {
     let (bank, labels) = bank();
     let q = circle(&[0.0], &[1.0]);
-    assert_eq!(code(&knn_predict(&bank, &labels, &q, 0, 0.1).unwrap_err()), "ssl::eval::empty");
-    assert_eq!(code(&knn_predict(&bank, &labels, &q, 3, 0.0).unwrap_err()), "ssl::eval::empty");
-    assert_eq!(code(&knn_predict(&bank, &labels[..3], &q, 3, 0.1).unwrap_err()), "ssl::eval::shape");
+    assert_eq!(code(knn_predict(&bank, &labels, &q, 0, 0.1).unwrap_err()), "ssl::eval::empty");
+    assert_eq!(code(knn_predict(&bank, &labels, &q, 3, 0.0).unwrap_err()), "ssl::eval::empty");
+    assert_eq!(code(knn_predict(&bank, &labels[..3], &q, 3, 0.1).unwrap_err()), "ssl::eval::shape");
     let q3 = Tensor::zeros((1, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
-    assert_eq!(code(&knn_predict(&bank, &labels, &q3, 3, 0.1).unwrap_err()), "ssl::eval::shape");
+    assert_eq!(code(knn_predict(&bank, &labels, &q3, 3, 0.1).unwrap_err()), "ssl::eval::shape");
     let empty = Tensor::zeros((0, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
-    assert_eq!(code(&knn_predict(&empty, &[], &q, 3, 0.1).unwrap_err()), "ssl::eval::empty");
-    assert_eq!(code(&knn_accuracy(&bank, &labels, &q, &[1, 2], 3, 0.1).unwrap_err()), "ssl::eval::shape");
+    assert_eq!(code(knn_predict(&empty, &[], &q, 3, 0.1).unwrap_err()), "ssl::eval::empty");
+    assert_eq!(code(knn_accuracy(&bank, &labels, &q, &[1, 2], 3, 0.1).unwrap_err()), "ssl::eval::shape");
     let flat = Tensor::zeros(4, candle_core::DType::F32, &Device::Cpu).unwrap();
-    assert_eq!(code(&knn_predict(&flat, &labels[..4], &q, 3, 0.1).unwrap_err()), "ssl::eval::shape");
+    assert_eq!(code(knn_predict(&flat, &labels[..4], &q, 3, 0.1).unwrap_err()), "ssl::eval::shape");
 }
 
 /// The same computation, written the obvious way: every similarity, a full sort, a weighted vote.
@@ -145,7 +145,7 @@ fn linear_probe_separates_a_separable_set() {
         linear_probe(&train, &ytrain, &test, &ytest, &LinearProbe { epochs: 20, ..Default::default() }).unwrap();
     assert_eq!(r, again);
     let e = linear_probe(&train, &ytrain[..10], &test, &ytest, &LinearProbe::default()).unwrap_err();
-    assert_eq!(code(&e), "ssl::eval::shape");
+    assert_eq!(code(e), "ssl::eval::shape");
 }
 
 #[test]

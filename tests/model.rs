@@ -5,11 +5,13 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use ssl_lang::check::recipe::{Encoder, Mlp, Recipe};
-use ssl_lang::runtime::kernels::{self, Kernels};
-use ssl_lang::runtime::model::{
-    batch_norm_eval, batch_norm_train, conv2d, global_avg_pool, linear, Outputs, ParamKind, SiameseNet, Target, BN_EPS,
-    BN_MOMENTUM,
-};
+use ssl_lang::nn::layers::{batch_norm_eval, batch_norm_train, global_avg_pool, linear, BN_EPS, BN_MOMENTUM};
+use ssl_lang::nn::{LayerImpl, Outputs, ParamKind, SiameseNet, Target};
+use std::sync::Arc;
+
+fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize, layers: LayerImpl) -> Result<Tensor> {
+    ssl_lang::nn::layers::conv2d(x, w, stride, pad, layers, &Arc::default())
+}
 
 fn randn(shape: &[usize], seed: u64, dtype: DType) -> Result<Tensor> {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -127,7 +129,7 @@ fn channel_stats(x: &Tensor) -> Result<Vec<(f64, f64, f64)>> {
 #[test]
 fn batch_norm_train_normalises_and_updates_running_stats_exactly() -> Result<()> {
     let dev = Device::Cpu;
-    for kernels in [Kernels::Ours, Kernels::Candle] {
+    for kernels in [LayerImpl::Ours, LayerImpl::Candle] {
         let x = (randn(&[4, 3, 5, 5], 11, DType::F64)?.affine(2.0, 1.5))?;
         let (gamma, beta) = (Tensor::ones(3, DType::F64, &dev)?, Tensor::zeros(3, DType::F64, &dev)?);
         let (mut rm, mut rv) = (Tensor::new(&[0.5f64, -1.0, 2.0], &dev)?, Tensor::new(&[1.0f64, 2.0, 0.5], &dev)?);
@@ -159,7 +161,7 @@ fn batch_norm_train_normalises_and_updates_running_stats_exactly() -> Result<()>
 #[test]
 fn batch_norm_1d_and_eval_mode_known_values() -> Result<()> {
     let dev = Device::Cpu;
-    for kernels in [Kernels::Ours, Kernels::Candle] {
+    for kernels in [LayerImpl::Ours, LayerImpl::Candle] {
         // One channel with values 1, 3: mean 2, biased var 1, unbiased var 2 → y = ±1/√(1 + eps).
         let x = Tensor::new(&[[1.0f64, 10.0], [3.0, 10.0]], &dev)?;
         let (gamma, beta) = (Tensor::ones(2, DType::F64, &dev)?, Tensor::zeros(2, DType::F64, &dev)?);
@@ -205,7 +207,7 @@ fn small_layers_known_values() -> Result<()> {
     // conv2d with a 3×3 box kernel, padding 1, stride 2 on a 4×4 ramp: sums of the in-bounds neighbourhoods.
     let img = Tensor::arange(0.0f64, 16.0, &dev)?.reshape((1, 1, 4, 4))?;
     let k = Tensor::ones((1, 1, 3, 3), DType::F64, &dev)?;
-    let y = conv2d(&img, &k, 2, 1, Kernels::Ours)?;
+    let y = conv2d(&img, &k, 2, 1, LayerImpl::Ours)?;
     assert_eq!(y.dims(), [1, 1, 2, 2]);
     // (0,0): 0+1+4+5; (0,1): 1+2+3+5+6+7; (1,0): 4+5+8+9+12+13; (1,1): 5+6+7+9+10+11+13+14+15.
     assert_eq!(y.flatten_all()?.to_vec1::<f64>()?, vec![10.0, 24.0, 51.0, 90.0]);
@@ -262,7 +264,7 @@ fn conv2d_matches_a_direct_convolution_including_c_eq_h_eq_w() -> Result<()> {
         (2, 4, 6, 4, 1, 2, 0),
         (3, 2, 3, 6, 3, 2, 1),
     ];
-    for kernels in [Kernels::Ours, Kernels::Candle] {
+    for kernels in [LayerImpl::Ours, LayerImpl::Candle] {
         for (seed, (b, ci, co, h, k, s, p)) in cases.into_iter().enumerate() {
             let x = randn(&[b, ci, h, h], 70 + seed as u64, DType::F64)?;
             let w = randn(&[co, ci, k, k], 80 + seed as u64, DType::F64)?;
@@ -324,7 +326,7 @@ fn numeric_grad(var: &Var, loss: &dyn Fn() -> Result<f64>) -> Result<Vec<f64>> {
 #[test]
 fn batch_norm_gradient_matches_finite_differences() -> Result<()> {
     let dev = Device::Cpu;
-    for kernels in [Kernels::Ours, Kernels::Candle] {
+    for kernels in [LayerImpl::Ours, LayerImpl::Candle] {
         for shape in [&[3usize, 2, 3, 2][..], &[5, 3][..]] {
             let c = shape[1];
             let x = Var::from_tensor(&randn(shape, 21, DType::F64)?)?;
@@ -392,13 +394,12 @@ fn network_gradient_matches_finite_differences() -> Result<()> {
 #[test]
 fn our_backward_matches_candle_autodiff_on_the_default_network() -> Result<()> {
     let recipe = Recipe { predictor: Some(Mlp { hidden: 16, out: 128 }), ..Default::default() };
-    let net = SiameseNet::from_recipe(&recipe, DType::F64, &Device::Cpu)?;
     let (x1, x2) = (randn(&[3, 1, 28, 28], 81, DType::F64)?, randn(&[3, 1, 28, 28], 82, DType::F64)?);
     let r = [randn(&[3, 128], 83, DType::F64)?, randn(&[3, 128], 84, DType::F64)?, randn(&[3, 128], 85, DType::F64)?];
-    let before = kernels::kernels();
     let mut grads = Vec::new();
-    for choice in [Kernels::Ours, Kernels::Candle] {
-        kernels::set_kernels(choice);
+    for choice in [LayerImpl::Ours, LayerImpl::Candle] {
+        // The same seed: the same initial network, run by either implementation.
+        let net = SiameseNet::from_recipe(&recipe, DType::F64, &Device::Cpu)?.with_layers(choice);
         let (o1, o2) = (net.forward(&x1, true)?, net.forward(&x2, true)?);
         let loss = (weighted_loss(&o1, &r)? + weighted_loss(&o2, &r)?)?;
         let store = net.backward(&loss, &[&o1, &o2])?;
@@ -409,7 +410,6 @@ fn our_backward_matches_candle_autodiff_on_the_default_network() -> Result<()> {
         }
         grads.push(all);
     }
-    kernels::set_kernels(before);
     for ((name, ours), (_, candle)) in grads[0].iter().zip(&grads[1]) {
         let scale = candle.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
         let err = ours.iter().zip(candle).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max) / scale;

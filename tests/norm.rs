@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use ssl_lang::runtime::norm::{self, ChannelStats};
+use ssl_lang::kernels::norm::{self, ChannelStats};
 
 const EPS: f64 = 1e-5;
 

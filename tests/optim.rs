@@ -46,7 +46,7 @@
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use ssl_lang::check::recipe::{self, Momentum, Recipe, Schedule};
-use ssl_lang::runtime::model::{ParamKind, Params};
+use ssl_lang::nn::{ParamKind, Params};
 use ssl_lang::runtime::optim::Optimizer;
 use ssl_lang::runtime::schedule::{target_momentum, warmup_cosine, LrSchedule};
 use std::collections::HashMap;

@@ -3,8 +3,11 @@
 
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
+use ssl_lang::error::Error;
+use ssl_lang::runtime::checkpoint::{Checkpoint, Meta};
 use ssl_lang::runtime::plot::plot_metrics;
-use ssl_lang::runtime::run::{default_name, utc_timestamp, RunDir, RunError};
+use ssl_lang::runtime::records::{Baseline, EvalRecord, Record, StepRecord};
+use ssl_lang::runtime::run::{default_name, utc_timestamp, RunConfig, RunDir, RunError};
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
@@ -31,16 +34,36 @@ impl Drop for TempRoot {
     }
 }
 
+fn config(objective: &str) -> RunConfig {
+    RunConfig {
+        version: "test".into(),
+        objective: objective.into(),
+        source: format!("objective {objective} {{ positive = -t2 }}"),
+        recipe: json!({"batch": 256, "lr": 0.06}),
+        recipe_text: "train {}".into(),
+        overrides: vec!["epochs = 2".into()],
+        limit: None,
+        params: Default::default(),
+        seed: 0,
+        backend: "fused".into(),
+        data: "bundled".into(),
+        train_images: 10,
+        test_images: 5,
+        threads: 2,
+    }
+}
+
 fn new_run(root: &TempRoot) -> RunDir {
     let run = RunDir::create(&root.0, "r").unwrap();
-    run.write_config(&json!({"objective": "simclr"})).unwrap();
+    run.write_config(&config("simclr")).unwrap();
     run
 }
 
-fn assert_code(e: &RunError, expected: &str) {
-    let text = e.to_string();
-    assert!(text.starts_with(expected), "expected {expected}, got: {text}");
-    assert!(text.contains("\n  help: "), "no help line in: {text}");
+fn assert_code(e: RunError, expected: &str) -> String {
+    let e = Error::from(e);
+    assert_eq!(e.code.as_str(), expected, "{e}");
+    assert!(e.help.as_deref().is_some_and(|h| !h.is_empty()), "no help for: {e}");
+    e.message
 }
 
 #[test]
@@ -52,13 +75,13 @@ fn create_open_and_exists() {
     assert!(run.path.is_dir());
 
     // Without a config.json it is not yet a run: open refuses, create may be repeated.
-    assert_code(&RunDir::open(&run.path).unwrap_err(), "ssl::run::missing");
+    assert_code(RunDir::open(&run.path).unwrap_err(), "ssl::run::missing");
     RunDir::create(&runs, "first").unwrap();
 
-    run.write_config(&json!({"a": 1})).unwrap();
+    run.write_config(&config("a")).unwrap();
     let err = RunDir::create(&runs, "first").unwrap_err();
-    assert_code(&err, "ssl::run::exists");
     assert!(matches!(err, RunError::Exists { .. }));
+    assert_code(err, "ssl::run::exists");
 
     assert_eq!(RunDir::open(&run.path).unwrap().path, run.path);
     // A file inside the run (a checkpoint, the config) opens its directory.
@@ -67,9 +90,9 @@ fn create_open_and_exists() {
     fs::write(&ckpt, b"x").unwrap();
     assert_eq!(RunDir::open(&ckpt).unwrap().path, run.path);
 
-    assert_code(&RunDir::open(&runs.join("nope")).unwrap_err(), "ssl::run::missing");
+    assert_code(RunDir::open(&runs.join("nope")).unwrap_err(), "ssl::run::missing");
     for bad in ["", "..", "a/b"] {
-        assert_code(&RunDir::create(&runs, bad).unwrap_err(), "ssl::run::name");
+        assert_code(RunDir::create(&runs, bad).unwrap_err(), "ssl::run::name");
     }
 }
 
@@ -77,22 +100,50 @@ fn create_open_and_exists() {
 fn config_round_trip() {
     let root = TempRoot::new("config");
     let run = RunDir::create(&root.0, "c").unwrap();
-    assert_code(&run.read_config().unwrap_err(), "ssl::run::missing");
-    let config =
-        json!({"objective": "byol", "recipe": {"batch": 256, "lr": 0.06}, "overrides": ["epochs=2"], "x": null});
-    run.write_config(&config).unwrap();
-    assert_eq!(run.read_config().unwrap(), config);
-    let config2 = json!({"objective": "moco"});
+    assert_code(run.read_config().unwrap_err(), "ssl::run::missing");
+    let first = config("byol");
+    run.write_config(&first).unwrap();
+    assert_eq!(run.read_config().unwrap(), first);
+    let config2 = config("moco");
     run.write_config(&config2).unwrap();
     assert_eq!(RunDir::open(&run.path).unwrap().read_config().unwrap(), config2);
     assert!(!run.path.join("config.json.tmp").exists());
 
     fs::write(run.path.join("config.json"), b"{ not json").unwrap();
-    assert_code(&run.read_config().unwrap_err(), "ssl::run::corrupt");
+    assert_code(run.read_config().unwrap_err(), "ssl::run::corrupt");
+    // Valid JSON that is not this version's configuration: a format error, not a panic.
+    fs::write(run.path.join("config.json"), br#"{"objective": "simclr"}"#).unwrap();
+    assert_code(run.read_config().unwrap_err(), "ssl::run::format");
 }
 
-fn step(i: u64) -> Value {
-    json!({"kind": "step", "step": i, "epoch": i / 10, "loss": 1.0 / (i as f64 + 1.0)})
+fn step_record(i: usize) -> StepRecord {
+    StepRecord {
+        step: i,
+        epoch: i / 10,
+        lr: 0.1,
+        momentum: None,
+        pos_sim: 0.5 + 0.01 * i as f64,
+        positive_norm: [1.0, 1.0],
+        push_norm: [0.5, 0.5],
+        z_std_online: 0.05 + 0.001 * i as f64,
+        z_std_target: 0.06,
+        z_std_healthy: 1.0 / 128f64.sqrt(),
+        effective_rank: 10.0,
+        phase_ms: Default::default(),
+        rss_mb: None,
+        conv_ms: 1.0,
+        conv_gflop: 2.0,
+        loss: Some(1.0 / (i as f64 + 1.0)),
+        pairs_per_s: 100.0,
+    }
+}
+
+fn step(i: usize) -> Record {
+    Record::Step(step_record(i))
+}
+
+fn line(r: &Record) -> String {
+    serde_json::to_string(r).unwrap()
 }
 
 #[test]
@@ -100,7 +151,7 @@ fn metrics_append_and_read() {
     let root = TempRoot::new("metrics");
     let run = new_run(&root);
     assert!(run.read_metrics().unwrap().is_empty());
-    let records: Vec<Value> = (0..5).map(step).collect();
+    let records: Vec<Record> = (0..5).map(step).collect();
     for r in &records {
         run.append_metrics(r).unwrap();
     }
@@ -108,7 +159,10 @@ fn metrics_append_and_read() {
     let text = fs::read_to_string(run.path.join("metrics.jsonl")).unwrap();
     assert_eq!(text.lines().count(), 5);
     assert!(text.ends_with('\n'));
-    assert_code(&run.append_metrics(&json!([1, 2])).unwrap_err(), "ssl::run::record");
+    // A record of another version (a step without its fields) is a format error naming the line.
+    fs::write(run.path.join("metrics.jsonl"), format!("{}\n{{\"kind\": \"step\", \"step\": 1}}\n", line(&step(0))))
+        .unwrap();
+    assert!(assert_code(run.read_metrics().unwrap_err(), "ssl::run::format").contains("line 2"));
 }
 
 #[test]
@@ -126,7 +180,7 @@ fn torn_last_line_is_ignored_and_repaired_on_append() {
     assert_eq!(run.read_metrics().unwrap(), (0..4).map(step).collect::<Vec<_>>());
 
     // A complete last record missing only its newline is kept, and the next append starts a new line.
-    fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(step(4).to_string().as_bytes()).unwrap();
+    fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(line(&step(4)).as_bytes()).unwrap();
     assert_eq!(run.read_metrics().unwrap().len(), 5);
     run.append_metrics(&step(5)).unwrap();
     assert_eq!(run.read_metrics().unwrap(), (0..6).map(step).collect::<Vec<_>>());
@@ -137,19 +191,18 @@ fn corrupt_middle_line_reports_its_line_number() {
     let root = TempRoot::new("corrupt");
     let run = new_run(&root);
     let path = run.path.join("metrics.jsonl");
-    fs::write(&path, format!("{}\n{}\n{{oops\n{}\n", step(0), step(1), step(2))).unwrap();
+    fs::write(&path, format!("{}\n{}\n{{oops\n{}\n", line(&step(0)), line(&step(1)), line(&step(2)))).unwrap();
     let err = run.read_metrics().unwrap_err();
-    assert_code(&err, "ssl::run::corrupt");
-    assert!(err.to_string().contains("line 3"), "{err}");
     assert!(matches!(err, RunError::Corrupt { .. }));
+    assert!(assert_code(err, "ssl::run::corrupt").contains("line 3"));
     // A bad last line that does end in a newline was completely written: corrupt, not torn.
-    fs::write(&path, format!("{}\n[1]\n", step(0))).unwrap();
+    fs::write(&path, format!("{}\n[1]\n", line(&step(0)))).unwrap();
     let err = run.read_metrics().unwrap_err();
     assert!(err.to_string().contains("line 2"), "{err}");
     // Invalid UTF-8 is an error, not a panic.
     fs::write(&path, b"\xff\xfe\n").unwrap();
-    assert_code(&run.read_metrics().unwrap_err(), "ssl::run::corrupt");
-    assert_code(&run.truncate_metrics(3).unwrap_err(), "ssl::run::corrupt");
+    assert_code(run.read_metrics().unwrap_err(), "ssl::run::corrupt");
+    assert_code(run.truncate_metrics(3).unwrap_err(), "ssl::run::corrupt");
 }
 
 #[test]
@@ -157,34 +210,43 @@ fn truncate_metrics_keeps_steps_up_to_the_checkpoint() {
     let root = TempRoot::new("truncate");
     let run = new_run(&root);
     run.truncate_metrics(3).unwrap(); // no file yet: nothing to do
-    run.append_metrics(&json!({"kind": "baseline", "step": 0, "raw_pixel_knn": 0.7})).unwrap();
+    run.append_metrics(&Record::Baseline(Baseline { step: 0, raw_pixel_knn: 0.7, random_init_knn: 0.6 })).unwrap();
     for i in 0..10 {
         run.append_metrics(&step(i)).unwrap();
     }
-    run.append_metrics(&json!({"kind": "eval", "epoch": 1, "step": 5, "knn_top1": 0.5})).unwrap();
-    run.append_metrics(&json!({"kind": "note"})).unwrap();
+    run.append_metrics(&Record::Eval(EvalRecord { epoch: 1, step: 5, knn_top1: 0.5 })).unwrap();
     let path = run.path.join("metrics.jsonl");
     fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"kind\":").unwrap();
     run.truncate_metrics(5).unwrap();
     let kept = run.read_metrics().unwrap();
-    let steps: Vec<u64> = kept.iter().filter_map(|r| r["step"].as_u64()).collect();
+    let steps: Vec<usize> = kept.iter().map(Record::step).collect();
     assert_eq!(steps, [0, 0, 1, 2, 3, 4, 5, 5]);
-    assert_eq!(kept.last().unwrap()["kind"], "note");
+    assert!(matches!(kept.last(), Some(Record::Eval(_))));
     assert!(fs::read_to_string(&path).unwrap().ends_with('\n'));
     run.append_metrics(&step(6)).unwrap();
     assert_eq!(run.read_metrics().unwrap().len(), kept.len() + 1);
 }
 
-fn sample_tensors() -> HashMap<String, Tensor> {
+fn sample(step: usize) -> Checkpoint {
     let dev = Device::Cpu;
-    let mut t = HashMap::new();
     let a: Vec<f32> = (0..12).map(|i| (i as f32 * 0.37).sin() / 3.0 + f32::EPSILON).collect();
-    t.insert("online.encoder.weight".to_string(), Tensor::from_vec(a, (3, 4), &dev).unwrap());
     let b: Vec<f64> = vec![std::f64::consts::PI, -1e-300, 1e300, 0.1 + 0.2, -0.0];
-    t.insert("optim.momentum.0".to_string(), Tensor::from_vec(b, 5, &dev).unwrap());
-    t.insert("state.F".to_string(), Tensor::new(&[[1.5f64, 2.5], [3.5, 4.5]], &dev).unwrap().t().unwrap());
-    t.insert("scalar".to_string(), Tensor::new(7.25f32, &dev).unwrap());
-    t
+    let one = |name: &str, t: Tensor| HashMap::from([(name.to_string(), t)]);
+    Checkpoint {
+        meta: Meta { step, epoch: step / 20, knn_top1: Some(0.8125) },
+        online: one("encoder.weight", Tensor::from_vec(a, (3, 4), &dev).unwrap()),
+        buffers: one("scalar", Tensor::new(7.25f32, &dev).unwrap()),
+        target: HashMap::new(),
+        optimizer: one("momentum.0", Tensor::from_vec(b, 5, &dev).unwrap()),
+        states: one("F", Tensor::new(&[[1.5f64, 2.5], [3.5, 4.5]], &dev).unwrap().t().unwrap()),
+    }
+}
+
+/// `c` with its buffer `scalar` set to `v`.
+fn with_scalar(mut c: Checkpoint, v: f32, step: usize) -> Checkpoint {
+    c.buffers.insert("scalar".into(), Tensor::new(v, &Device::Cpu).unwrap());
+    c.meta.step = step;
+    c
 }
 
 /// The values' bit patterns, so that equality is exact (−0.0 ≠ 0.0, subnormals kept).
@@ -197,13 +259,15 @@ fn bits(t: &Tensor) -> Vec<u64> {
     }
 }
 
-fn assert_same(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) {
+fn assert_same(a: &Checkpoint, b: &Checkpoint) {
+    assert_eq!(a.meta, b.meta);
+    let (a, b) = (a.to_tensors(), b.to_tensors());
     let mut ka: Vec<_> = a.keys().collect();
     let mut kb: Vec<_> = b.keys().collect();
     ka.sort();
     kb.sort();
     assert_eq!(ka, kb);
-    for (k, ta) in a {
+    for (k, ta) in &a {
         let tb = &b[k];
         assert_eq!(ta.dtype(), tb.dtype(), "{k}");
         assert_eq!(ta.dims(), tb.dims(), "{k}");
@@ -216,12 +280,9 @@ fn checkpoint_round_trip_is_exact() {
     let root = TempRoot::new("ckpt");
     let run = new_run(&root);
     assert!(run.load_checkpoint().unwrap().is_none());
-    let tensors = sample_tensors();
-    let meta = json!({"step": 40, "epoch": 2, "knn_top1": 0.8125, "nested": {"a": [1, 2, 3]}});
-    run.save_checkpoint(&tensors, &meta).unwrap();
-    let (loaded, loaded_meta) = run.load_checkpoint().unwrap().unwrap();
-    assert_same(&tensors, &loaded);
-    assert_eq!(loaded_meta, meta);
+    let first = sample(40);
+    run.save_checkpoint(&first).unwrap();
+    assert_same(&first, &run.load_checkpoint().unwrap().unwrap());
     for f in ["checkpoint.safetensors", "checkpoint.json"] {
         assert!(run.path.join(f).is_file(), "{f}");
     }
@@ -229,14 +290,12 @@ fn checkpoint_round_trip_is_exact() {
     assert!(!run.path.join("checkpoint.json.tmp").exists());
 
     // A second save keeps the first as checkpoint.prev.* and loads the second.
-    let mut second = sample_tensors();
-    second.insert("extra".into(), Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap());
-    run.save_checkpoint(&second, &json!({"step": 80})).unwrap();
+    let mut second = sample(80);
+    second.target.insert("extra".into(), Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap());
+    run.save_checkpoint(&second).unwrap();
     assert!(run.path.join("checkpoint.prev.safetensors").is_file());
     assert!(run.path.join("checkpoint.prev.json").is_file());
-    let (loaded, meta2) = run.load_checkpoint().unwrap().unwrap();
-    assert_same(&second, &loaded);
-    assert_eq!(meta2["step"], 80);
+    assert_same(&second, &run.load_checkpoint().unwrap().unwrap());
 }
 
 fn truncate_file(path: &Path, keep: u64) {
@@ -247,35 +306,30 @@ fn truncate_file(path: &Path, keep: u64) {
 fn torn_checkpoint_falls_back_to_the_previous_one() {
     let root = TempRoot::new("fallback");
     let run = new_run(&root);
-    let first = sample_tensors();
-    run.save_checkpoint(&first, &json!({"step": 10})).unwrap();
-    let mut second = sample_tensors();
-    second.insert("scalar".into(), Tensor::new(99f32, &Device::Cpu).unwrap());
-    run.save_checkpoint(&second, &json!({"step": 20})).unwrap();
+    let first = sample(10);
+    run.save_checkpoint(&first).unwrap();
+    let second = with_scalar(sample(20), 99.0, 20);
+    run.save_checkpoint(&second).unwrap();
 
     let st = run.path.join("checkpoint.safetensors");
     let len = fs::metadata(&st).unwrap().len();
     truncate_file(&st, len / 2);
-    let (loaded, meta) = run.load_checkpoint().unwrap().unwrap();
-    assert_eq!(meta["step"], 10);
-    assert_same(&first, &loaded);
+    assert_same(&first, &run.load_checkpoint().unwrap().unwrap());
 
     // The next save must not displace the good previous checkpoint with the torn one.
-    run.save_checkpoint(&second, &json!({"step": 30})).unwrap();
-    assert_eq!(run.load_checkpoint().unwrap().unwrap().1["step"], 30);
+    run.save_checkpoint(&with_scalar(sample(30), 99.0, 30)).unwrap();
+    assert_eq!(run.load_checkpoint().unwrap().unwrap().meta.step, 30);
     truncate_file(&st, 3);
-    assert_eq!(run.load_checkpoint().unwrap().unwrap().1["step"], 10);
+    assert_eq!(run.load_checkpoint().unwrap().unwrap().meta.step, 10);
 
     // Same size, different bytes: the hash catches it.
-    run.save_checkpoint(&second, &json!({"step": 40})).unwrap(); // the torn current is replaced, prev stays 10
-    let mut third = second.clone();
-    third.insert("scalar".into(), Tensor::new(-3f32, &Device::Cpu).unwrap());
-    run.save_checkpoint(&third, &json!({"step": 50})).unwrap(); // 40 becomes prev
+    run.save_checkpoint(&with_scalar(sample(40), 99.0, 40)).unwrap(); // the torn current is replaced, prev stays 10
+    run.save_checkpoint(&with_scalar(sample(50), -3.0, 50)).unwrap(); // 40 becomes prev
     let mut bytes = fs::read(&st).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0x55;
     fs::write(&st, &bytes).unwrap();
-    assert_eq!(run.load_checkpoint().unwrap().unwrap().1["step"], 40);
+    assert_eq!(run.load_checkpoint().unwrap().unwrap().meta.step, 40);
 }
 
 #[test]
@@ -284,37 +338,34 @@ fn crash_between_renames_still_loads() {
     // checkpoint.json beside checkpoint.prev.safetensors, which must still be found.
     let root = TempRoot::new("renames");
     let run = new_run(&root);
-    run.save_checkpoint(&sample_tensors(), &json!({"step": 1})).unwrap();
-    run.save_checkpoint(&sample_tensors(), &json!({"step": 2})).unwrap();
+    run.save_checkpoint(&sample(1)).unwrap();
+    run.save_checkpoint(&sample(2)).unwrap();
     fs::rename(run.path.join("checkpoint.safetensors"), run.path.join("checkpoint.prev.safetensors")).unwrap();
-    let (tensors, meta) = run.load_checkpoint().unwrap().unwrap();
-    assert_eq!(meta["step"], 2);
-    assert_same(&sample_tensors(), &tensors);
+    assert_same(&sample(2), &run.load_checkpoint().unwrap().unwrap());
 }
 
 #[test]
 fn torn_checkpoint_without_previous_is_corrupt_not_a_panic() {
     let root = TempRoot::new("noprev");
     let run = new_run(&root);
-    run.save_checkpoint(&sample_tensors(), &json!({"step": 5})).unwrap();
+    run.save_checkpoint(&sample(5)).unwrap();
     let st = run.path.join("checkpoint.safetensors");
     let len = fs::metadata(&st).unwrap().len();
     truncate_file(&st, len - 7);
     let err = run.load_checkpoint().unwrap_err();
-    assert_code(&err, "ssl::run::corrupt");
-    assert!(err.to_string().contains("bytes"), "{err}");
+    assert!(assert_code(err, "ssl::run::corrupt").contains("bytes"));
 
     // Garbage in every file: still an error, never a panic.
     fs::write(&st, b"garbage").unwrap();
     fs::write(run.path.join("checkpoint.json"), b"{\"format\": 3").unwrap();
-    assert_code(&run.load_checkpoint().unwrap_err(), "ssl::run::corrupt");
+    assert_code(run.load_checkpoint().unwrap_err(), "ssl::run::corrupt");
     fs::write(run.path.join("checkpoint.json"), b"{}").unwrap();
-    assert_code(&run.load_checkpoint().unwrap_err(), "ssl::run::corrupt");
+    assert_code(run.load_checkpoint().unwrap_err(), "ssl::run::corrupt");
     fs::remove_file(run.path.join("checkpoint.json")).unwrap();
-    assert_code(&run.load_checkpoint().unwrap_err(), "ssl::run::corrupt");
+    assert_code(run.load_checkpoint().unwrap_err(), "ssl::run::corrupt");
 
     // A json whose hash matches a file that is not safetensors at all.
-    run.save_checkpoint(&sample_tensors(), &json!({"step": 6})).unwrap();
+    run.save_checkpoint(&sample(6)).unwrap();
     let json_path = run.path.join("checkpoint.json");
     let mut doc: Value = serde_json::from_slice(&fs::read(&json_path).unwrap()).unwrap();
     let junk = b"\xff\xff\xff\xff\xff\xff\xff\x7fjunk".to_vec();
@@ -328,8 +379,7 @@ fn torn_checkpoint_without_previous_is_corrupt_not_a_panic() {
     fs::remove_file(run.path.join("checkpoint.prev.json")).ok();
     fs::remove_file(run.path.join("checkpoint.prev.safetensors")).ok();
     let err = run.load_checkpoint().unwrap_err();
-    assert_code(&err, "ssl::run::corrupt");
-    assert!(err.to_string().contains("safetensors"), "{err}");
+    assert!(assert_code(err, "ssl::run::corrupt").contains("safetensors"));
 }
 
 #[test]
@@ -345,25 +395,27 @@ fn default_name_is_objective_and_utc_time() {
     assert!(stamp.chars().enumerate().all(|(i, c)| if i == 8 { c == '-' } else { c.is_ascii_digit() }), "{name}");
 }
 
-fn synthetic_metrics(with_loss: bool) -> Vec<Value> {
-    let mut records = vec![json!({"kind": "baseline", "step": 0, "raw_pixel_knn": 0.62, "random_init_knn": 0.41})];
-    for i in 0..30u64 {
-        let mut r = json!({
-            "kind": "step", "step": i, "epoch": i / 10,
-            "z_std_online": 0.05 + 0.001 * i as f64, "z_std_target": 0.06, "z_std_healthy": 1.0 / 128f64.sqrt(),
-            "pos_sim": 0.5 + 0.01 * i as f64,
-        });
-        if with_loss {
-            r["loss"] = json!(if i == 7 { f64::NAN } else { 5.0 - 0.1 * i as f64 });
-        }
-        records.push(r);
+fn synthetic_metrics(with_loss: bool) -> Vec<Record> {
+    let mut records = vec![Record::Baseline(Baseline { step: 0, raw_pixel_knn: 0.62, random_init_knn: 0.41 })];
+    for i in 0..30 {
+        let mut r = step_record(i);
+        r.loss = if !with_loss {
+            None
+        } else if i == 7 {
+            Some(f64::NAN)
+        } else {
+            Some(5.0 - 0.1 * i as f64)
+        };
+        records.push(Record::Step(r));
         if i % 10 == 9 {
-            records
-                .push(json!({"kind": "eval", "epoch": i / 10 + 1, "step": i + 1, "knn_top1": 0.6 + 0.02 * i as f64}));
+            records.push(Record::Eval(EvalRecord { epoch: i / 10 + 1, step: i + 1, knn_top1: 0.6 + 0.02 * i as f64 }));
         }
     }
-    // Non-finite values that arrive as strings or nulls are skipped too.
-    records.push(json!({"kind": "step", "step": 30, "pos_sim": null, "loss": "inf"}));
+    // Non-finite values are skipped too.
+    let mut last = step_record(30);
+    last.pos_sim = f64::NAN;
+    last.loss = with_loss.then_some(f64::INFINITY);
+    records.push(Record::Step(last));
     records
 }
 
@@ -392,7 +444,9 @@ fn absent_fields_produce_no_plot() {
     assert_eq!(written.len(), 3);
     assert!(plot_metrics(&[], &root.0).unwrap().is_empty());
     // One point is still a plot.
-    let one = plot_metrics(&[json!({"step": 3, "loss": 0.5})], &root.0.join("one")).unwrap();
+    let mut only = step_record(3);
+    (only.pos_sim, only.z_std_online, only.z_std_target, only.z_std_healthy) = (f64::NAN, f64::NAN, f64::NAN, f64::NAN);
+    let one = plot_metrics(&[Record::Step(only)], &root.0.join("one")).unwrap();
     assert_eq!(one.len(), 1);
     assert!(fs::read_to_string(&one[0]).unwrap().contains("<circle"));
 }

@@ -1,4 +1,4 @@
-//! IR execution on candle tensors, behind one seam: [`evaluate`] runs the graph node by node with
+//! IR execution on candle tensors, behind one seam: [`execute`] runs the graph node by node with
 //! the `reference` backend (plain candle operations — the oracle), except where a fused kernel
 //! (`fused`, custom CPU ops) was chosen for a node. A CUDA backend plugs in at the same place.
 
@@ -12,7 +12,7 @@ use reference::Inputs;
 use std::collections::HashMap;
 
 /// Which implementation a plan runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     /// Plain candle ops, op by op: the oracle.
     Reference,
@@ -21,7 +21,7 @@ pub enum Backend {
 }
 
 /// Evaluates `roots`, computing only the nodes they need; a node with a kernel is computed by it.
-pub fn evaluate(g: &Graph, kernels: &HashMap<Node, Kernel>, roots: &[Node], inputs: &Inputs) -> Result<Vec<Tensor>> {
+pub fn execute(g: &Graph, kernels: &HashMap<Node, Kernel>, roots: &[Node], inputs: &Inputs) -> Result<Vec<Tensor>> {
     let deps = |n: Node| kernels.get(&n).map_or_else(|| operands(g.op(n)), Kernel::operands);
     let mut needed = vec![false; g.ops.len()];
     let mut stack: Vec<Node> = roots.to_vec();

@@ -8,6 +8,7 @@ pub mod augment;
 pub mod idx;
 
 use crate::check::recipe::Data;
+use crate::error::{Error, ErrorCode};
 use candle_core::{Device, Tensor};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -37,17 +38,17 @@ const HOW_TO_GET: &str = "get Fashion-MNIST one of three ways: install the Debia
      (or `data = fashion_mnist(\"DIR\")`) for a directory with the four IDX files, or use the subset bundled in \
      the repository (data/fashion-mnist-subset/, the default when neither is there)";
 
-/// Why images could not be loaded or augmented; each message starts with a stable code and ends with a help line.
+/// Why images could not be loaded or augmented; the message says what and where, and `Error::from` adds its code and help.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// A data file does not exist.
-    #[error("ssl::data::missing: cannot find `{path}`\n  help: {HOW_TO_GET}")]
+    #[error("cannot find `{path}`")]
     Missing {
         /// The file looked for.
         path: String,
     },
     /// A data file exists but could not be read (permissions, corrupt gzip).
-    #[error("ssl::data::read: cannot read `{path}`: {reason}\n  help: check the file's permissions, or replace it with a fresh copy (`apt-get install --reinstall dataset-fashion-mnist`)")]
+    #[error("cannot read `{path}`: {reason}")]
     Read {
         /// The file.
         path: String,
@@ -55,7 +56,7 @@ pub enum DataError {
         reason: String,
     },
     /// The file ends before the data its header announces.
-    #[error("ssl::data::truncated: `{path}` is truncated: {detail}\n  help: the file was cut short (an interrupted download or copy); replace it with a complete copy")]
+    #[error("`{path}` is truncated: {detail}")]
     Truncated {
         /// The file.
         path: String,
@@ -63,7 +64,7 @@ pub enum DataError {
         detail: String,
     },
     /// More bytes follow the data the header announces.
-    #[error("ssl::data::trailing: `{path}` has {found} data bytes where its header announces {expected}\n  help: the file is not a well-formed IDX file; replace it with an original copy")]
+    #[error("`{path}` has {found} data bytes where its header announces {expected}")]
     Trailing {
         /// The file.
         path: String,
@@ -73,7 +74,7 @@ pub enum DataError {
         found: usize,
     },
     /// The file does not start with the expected IDX magic number.
-    #[error("ssl::data::magic: `{path}` starts with magic {found:#010x}, expected {expected} ({expected:#010x})\n  help: image files have magic 2051 and label files 2049; check that the files are IDX files and are not swapped")]
+    #[error("`{path}` starts with magic {found:#010x}, expected {expected} ({expected:#010x})")]
     Magic {
         /// The file.
         path: String,
@@ -83,7 +84,7 @@ pub enum DataError {
         expected: u32,
     },
     /// The header's dimensions are not those of Fashion-MNIST.
-    #[error("ssl::data::dims: `{path}` has dimensions {found:?}, expected {expected}\n  help: ssl-lang reads 28×28 grayscale images (Fashion-MNIST); convert other data to that shape")]
+    #[error("`{path}` has dimensions {found:?}, expected {expected}")]
     Dims {
         /// The file.
         path: String,
@@ -93,7 +94,7 @@ pub enum DataError {
         expected: String,
     },
     /// The image and label files hold different numbers of samples.
-    #[error("ssl::data::count: `{images}` holds {n_images} images but `{labels}` holds {n_labels} labels\n  help: the image and label files must come from the same split and the same copy of the data set")]
+    #[error("`{images}` holds {n_images} images but `{labels}` holds {n_labels} labels")]
     Count {
         /// Image file.
         images: String,
@@ -105,7 +106,7 @@ pub enum DataError {
         n_labels: usize,
     },
     /// A label is not a Fashion-MNIST class.
-    #[error("ssl::data::label: `{path}` has label {label} at index {index}, outside 0..=9\n  help: Fashion-MNIST has 10 classes numbered 0 to 9; the file is damaged or from another data set")]
+    #[error("`{path}` has label {label} at index {index}, outside 0..=9")]
     Label {
         /// The file.
         path: String,
@@ -115,7 +116,7 @@ pub enum DataError {
         label: u8,
     },
     /// An IDX file could not be written.
-    #[error("ssl::data::write: cannot write `{path}`: {reason}\n  help: check the directory exists and is writable, and that the dimensions match the data")]
+    #[error("cannot write `{path}`: {reason}")]
     Write {
         /// The file.
         path: String,
@@ -123,7 +124,7 @@ pub enum DataError {
         reason: String,
     },
     /// A batch or an augmentation parameter does not have the required shape.
-    #[error("ssl::data::shape: {detail}\n  help: {help}")]
+    #[error("{detail}")]
     Shape {
         /// What is wrong.
         detail: String,
@@ -131,9 +132,7 @@ pub enum DataError {
         help: String,
     },
     /// Making a tensor failed.
-    #[error(
-        "ssl::data::tensor: {0}\n  help: this is a bug or an out-of-memory condition; report it with the batch size"
-    )]
+    #[error("{0}")]
     Tensor(#[from] candle_core::Error),
 }
 
@@ -193,6 +192,17 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// Keeps only the first `limit` training and test images (quick experiments, `--limit`).
+    pub fn limit(&mut self, limit: usize) {
+        let keep = |images: &mut Vec<u8>, labels: &mut Vec<u8>| {
+            let n = limit.min(labels.len());
+            images.truncate(n * 784);
+            labels.truncate(n);
+        };
+        keep(&mut self.train_images, &mut self.train_labels);
+        keep(&mut self.test_images, &mut self.test_labels);
+    }
+
     /// Training images.
     pub fn train_len(&self) -> usize {
         self.train_labels.len()
@@ -286,4 +296,26 @@ pub fn load(source: &Data, dir_override: Option<&Path>) -> Result<Dataset, DataE
     };
     let dir = source.dir().to_path_buf();
     load_dir(&dir, source)
+}
+
+impl From<DataError> for Error {
+    fn from(e: DataError) -> Self {
+        if let DataError::Tensor(inner) = e {
+            return inner.into();
+        }
+        let (code, help) = match &e {
+            DataError::Missing { .. } => (ErrorCode::DataMissing, HOW_TO_GET.to_string()),
+            DataError::Read { .. } => (ErrorCode::DataRead, "check the file's permissions, or replace it with a fresh copy (`apt-get install --reinstall dataset-fashion-mnist`)".to_string()),
+            DataError::Truncated { .. } => (ErrorCode::DataTruncated, "the file was cut short (an interrupted download or copy); replace it with a complete copy".to_string()),
+            DataError::Trailing { .. } => (ErrorCode::DataTrailing, "the file is not a well-formed IDX file; replace it with an original copy".to_string()),
+            DataError::Magic { .. } => (ErrorCode::DataMagic, "image files have magic 2051 and label files 2049; check that the files are IDX files and are not swapped".to_string()),
+            DataError::Dims { .. } => (ErrorCode::DataDims, "ssl-lang reads 28×28 grayscale images (Fashion-MNIST); convert other data to that shape".to_string()),
+            DataError::Count { .. } => (ErrorCode::DataCount, "the image and label files must come from the same split and the same copy of the data set".to_string()),
+            DataError::Label { .. } => (ErrorCode::DataLabel, "Fashion-MNIST has 10 classes numbered 0 to 9; the file is damaged or from another data set".to_string()),
+            DataError::Write { .. } => (ErrorCode::DataWrite, "check the directory exists and is writable, and that the dimensions match the data".to_string()),
+            DataError::Shape { help, .. } => (ErrorCode::DataShape, help.clone()),
+            DataError::Tensor(_) => unreachable!("converted above"),
+        };
+        Error::new(code, e.to_string()).help(help)
+    }
 }

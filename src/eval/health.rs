@@ -2,13 +2,14 @@
 //! collapse; about 1/√D is healthy) and the effective rank of the batch features (how many
 //! directions they really use).
 
+use crate::error::{Error, ErrorCode};
 use candle_core::{DType, Result, Tensor};
 
 /// Mean over dimensions of the per-dimension standard deviation over the batch of L2-normalised
 /// features `z` [B, D] — the `std(normalize(z))` monitor of the SSL literature.
 pub fn z_std(z: &Tensor) -> Result<f64> {
     let z = z.to_dtype(DType::F64)?;
-    let n = z.broadcast_div(&z.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?)?;
+    let n = crate::nn::layers::l2_normalize(&z)?;
     let centred = n.broadcast_sub(&n.mean_keepdim(0)?)?;
     let rows = n.dims()[0].max(2) as f64;
     let var = (centred.sqr()?.sum(0)? / (rows - 1.0))?;
@@ -28,7 +29,7 @@ pub struct CollapseMonitor {
 
 impl CollapseMonitor {
     /// Takes one reading; returns the warning when collapse has just been established.
-    pub fn observe(&mut self, z_std: f64, healthy: f64) -> Option<String> {
+    pub fn observe(&mut self, z_std: f64, healthy: f64) -> Option<Error> {
         if z_std >= 0.1 * healthy {
             *self = Self::default();
             return None;
@@ -38,12 +39,15 @@ impl CollapseMonitor {
             return None;
         }
         self.reported = true;
-        Some(format!(
-            "warning[ssl::train::collapse]: z-std has stayed far below the healthy {healthy:.4} (1/sqrt(D)) for \
-             {} logged steps (now {z_std:.5}): the features are collapsing\n  help: add a negative term or a \
-             predictor, or lower the learning rate",
+        let message = format!(
+            "z-std has stayed far below the healthy {healthy:.4} (1/sqrt(D)) for {} logged steps (now {z_std:.5}): \
+             the features are collapsing",
             self.streak
-        ))
+        );
+        Some(
+            Error::new(ErrorCode::TrainCollapse, message)
+                .help("add a negative term or a predictor, or lower the learning rate"),
+        )
     }
 }
 

@@ -7,16 +7,11 @@
 
 use super::{features, EvalError};
 use crate::data::Dataset;
+use crate::nn::layers::l2_normalize;
 use candle_core::{Device, Tensor};
 
 /// Queries per similarity matrix: bounds memory to `CHUNK × n_bank` f32 (120 MB for 60,000 bank rows).
 pub const CHUNK: usize = 500;
-
-/// L2-normalises each row (rows of zeros stay zero, as `F.normalize` with eps 1e-12).
-pub fn l2_normalize(x: &Tensor) -> Result<Tensor, EvalError> {
-    let norm = x.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-12)?;
-    Ok(x.broadcast_div(&norm)?)
-}
 
 /// Predicts a class for every query row from the `bank` rows and their labels (`k` neighbours,
 /// temperature `t`). `k` larger than the bank uses the whole bank; ties between equally similar bank rows

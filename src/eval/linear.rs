@@ -32,6 +32,16 @@ impl Default for LinearProbe {
     }
 }
 
+impl LinearProbe {
+    /// The protocol, printed with every number.
+    pub fn protocol(&self) -> String {
+        format!(
+            "softmax regression on standardised frozen backbone features, {} epochs, batch {}, SGD lr {} cosine, momentum {}, weight decay {}",
+            self.epochs, self.batch, self.lr, self.momentum, self.weight_decay
+        )
+    }
+}
+
 /// What the probe reached.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProbeResult {

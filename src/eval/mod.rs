@@ -1,6 +1,7 @@
 //! Evaluation of learned features (DESIGN §5): weighted kNN on L2-normalised backbone features and a
 //! linear probe on frozen features, plus the raw-pixel baselines to print beside them.
 
+pub mod features;
 pub mod health;
 pub mod knn;
 pub mod linear;
@@ -9,13 +10,14 @@ pub use knn::{knn_accuracy, knn_predict, raw_pixel_knn};
 pub use linear::{linear_probe, LinearProbe, ProbeResult};
 
 use crate::data::DataError;
+use crate::error::{Error, ErrorCode};
 use candle_core::{DType, Tensor};
 
-/// Why an evaluation could not run; each message starts with a stable code and ends with a help line.
+/// Why an evaluation could not run; the message says what and where, and `Error::from` adds its code and help.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
     /// Features or labels do not line up.
-    #[error("ssl::eval::shape: {detail}\n  help: {help}")]
+    #[error("{detail}")]
     Shape {
         /// What is wrong.
         detail: String,
@@ -23,7 +25,7 @@ pub enum EvalError {
         help: String,
     },
     /// Nothing to evaluate with: an empty bank or query set, k = 0, or a temperature that is not positive.
-    #[error("ssl::eval::empty: {detail}\n  help: {help}")]
+    #[error("{detail}")]
     Empty {
         /// What is missing.
         detail: String,
@@ -31,9 +33,7 @@ pub enum EvalError {
         help: String,
     },
     /// A tensor operation failed.
-    #[error(
-        "ssl::eval::tensor: {0}\n  help: this is a bug or an out-of-memory condition; try a smaller chunk or batch"
-    )]
+    #[error("{0}")]
     Tensor(#[from] candle_core::Error),
     /// The data set could not be turned into features.
     #[error(transparent)]
@@ -56,4 +56,20 @@ fn features(x: &Tensor, rows: usize, what: &str) -> Result<(Tensor, usize), Eval
         });
     }
     Ok((x.to_dtype(DType::F32)?, dims[1]))
+}
+
+impl From<EvalError> for Error {
+    fn from(e: EvalError) -> Self {
+        match e {
+            EvalError::Tensor(inner) => return inner.into(),
+            EvalError::Data(inner) => return inner.into(),
+            _ => {}
+        }
+        let (code, help) = match &e {
+            EvalError::Shape { help, .. } => (ErrorCode::EvalShape, help.clone()),
+            EvalError::Empty { help, .. } => (ErrorCode::EvalEmpty, help.clone()),
+            EvalError::Tensor(_) | EvalError::Data(_) => unreachable!("converted above"),
+        };
+        Error::new(code, e.to_string()).help(help)
+    }
 }

@@ -2,6 +2,7 @@
 //! `explain --ir` and by the reassociation pass to pick the cheaper order of a matrix chain.
 
 use super::{Axis, Graph, Node, Op, SetSource};
+use crate::check::typed::{Objective, StateKind};
 
 /// Concrete sizes of a step.
 #[derive(Clone, Debug)]
@@ -15,6 +16,19 @@ pub struct Sizes {
 }
 
 impl Sizes {
+    /// The sizes of a step of `objective` at batch `n` and dimension `d`, with its fifos full.
+    pub fn of(objective: &Objective, n: usize, d: usize) -> Sizes {
+        let fifo = objective
+            .states
+            .iter()
+            .map(|s| match s.kind {
+                StateKind::Fifo { size, .. } => size,
+                StateKind::Ema { .. } => 0,
+            })
+            .collect();
+        Sizes { n, d, fifo }
+    }
+
     /// The length of an axis.
     pub fn axis(&self, g: &Graph, axis: Axis) -> usize {
         match axis {

@@ -4,7 +4,7 @@
 //! softmax's normaliser) is computed per part and combined, so `[t2] ++ Q` never materialises an
 //! [N, K, D] tensor.
 
-use super::{Axis, Binary, Feature, Graph, Lowered, Node, Op, SetSource, Unary};
+use super::{Axis, Binary, Feature, Graph, Lowered, Node, Op, SetAxis, SetSource, Unary};
 use crate::check::typed::{Builtin, Func, Objective, Reduce, StateKind, TExpr, TKind, VarId};
 use crate::check::types::Type;
 use crate::syntax::ast::BinOp;
@@ -42,7 +42,7 @@ pub fn lower(o: &Objective) -> Lowered {
                 // The pushed rows, one node per part, laid along a dedicated axis.
                 let parts = cx.parts(set);
                 for (p, part) in parts.iter().enumerate() {
-                    let axis = Axis::K(1_000_000 + (i as u32) * 64 + p as u32);
+                    let axis = Axis::K(SetAxis::Push { state: i as u32, part: p as u32 });
                     let rows = match part {
                         Part::Rows(src) => cx.g.rows(*src, axis),
                         Part::Item(e) => cx.expr(e, &env),
@@ -109,7 +109,7 @@ impl<'a> Lowering<'a> {
 
     /// Binds `var` to part `p` of `set`.
     fn bind(&mut self, var: VarId, set: &'a TExpr, p: usize, env: &Env<'a>) -> Binding<'a> {
-        let axis = Axis::K(var.0 as u32 * 64 + p as u32);
+        let axis = Axis::K(SetAxis::Var { var: var.0 as u32, part: p as u32 });
         let value = match self.parts(set)[p] {
             Part::Rows(src) => Bound::Axis(axis, Some(src)),
             Part::Samples => Bound::Axis(axis, None),

@@ -15,6 +15,12 @@ pub mod reassociate;
 
 pub use lower::lower;
 
+/// The passes after lowering, for a step at `sizes`: matrix chains reassociated by cost, then pruned (constants fold
+/// and common subexpressions are shared as nodes are inserted). `fuse::fuse` then picks the fused backend's kernels.
+pub fn optimize(lowered: &Lowered, sizes: &cost::Sizes) -> Lowered {
+    reassociate::reassociate(lowered, sizes)
+}
+
 use std::collections::HashMap;
 use std::fmt;
 
@@ -23,8 +29,8 @@ use std::fmt;
 pub enum Axis {
     /// The batch: one row per sample of the current view.
     N,
-    /// The elements of one part of a set that a comprehension or weight ranges over.
-    K(u32),
+    /// The elements of one part of a set: what a comprehension or weight ranges over, or what a fifo pushes.
+    K(SetAxis),
     /// Feature dimension.
     D,
     /// Second matrix axis.
@@ -33,11 +39,31 @@ pub enum Axis {
     J,
 }
 
+/// Which elements a `K` axis runs over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SetAxis {
+    /// Part `part` of the set that comprehension or weight variable `var` ranges over.
+    Var {
+        /// The variable's index.
+        var: u32,
+        /// The part of its set (sets concatenated with `++` have several).
+        part: u32,
+    },
+    /// Part `part` of the rows that fifo state `state` pushes after the step.
+    Push {
+        /// The state's index.
+        state: u32,
+        /// The part of the pushed set.
+        part: u32,
+    },
+}
+
 impl fmt::Display for Axis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Axis::N => f.write_str("N"),
-            Axis::K(i) => write!(f, "K{i}"),
+            Axis::K(SetAxis::Var { var, part }) => write!(f, "K{var}.{part}"),
+            Axis::K(SetAxis::Push { state, part }) => write!(f, "Kpush{state}.{part}"),
             Axis::D => f.write_str("D"),
             Axis::E => f.write_str("E"),
             Axis::J => f.write_str("J"),

@@ -1,17 +1,12 @@
-//! The training runtime: the Siamese model and its EMA target, optimisers and schedules, `--set`
-//! overrides, the run directory, and the training loop (DESIGN §5).
+//! The training runtime: the loop, the run directory with its typed records and checkpoints, optimisers,
+//! schedules, `--set` overrides, plots and progress.
 
-pub mod alloc;
-pub mod bench;
-pub mod conv;
-pub mod evaluate;
-pub mod kernels;
-pub mod model;
-pub mod norm;
+pub mod checkpoint;
 pub mod optim;
 pub mod overrides;
 pub mod plot;
 pub mod progress;
+pub mod records;
 pub mod run;
 pub mod schedule;
 pub mod train;

@@ -4,8 +4,8 @@
 //! One pass over the parameters per step; each parameter is updated in place with `Var::set`. Momentum and moment
 //! buffers are exported and imported by parameter name for checkpoints.
 
-use super::model::{ParamKind, Params};
 use crate::check::recipe;
+use crate::nn::{ParamKind, Params};
 use candle_core::backprop::GradStore;
 use candle_core::{bail, DType, Result, Tensor, Var};
 use std::collections::HashMap;

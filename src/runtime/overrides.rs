@@ -5,34 +5,50 @@
 use crate::check::recipe::{set_field, Recipe};
 use crate::check::typed::Objective;
 use crate::diagnostic::{did_you_mean, Code, Diagnostic, Span};
+use crate::error::{Error, ErrorCode};
 
-/// Applies every override in order. Errors come back rendered against the override's own text.
-pub fn apply(recipe: &mut Recipe, objective: &mut Objective, sets: &[String]) -> Result<Vec<String>, String> {
+/// Why an override was refused.
+#[derive(Clone, Debug)]
+pub enum SetError {
+    /// A recipe field that does not check: its diagnostics, against the override written as a train block.
+    Diagnostics {
+        /// The text the diagnostics' spans point into (`train _ { key = value }`).
+        text: String,
+        /// What is wrong with it.
+        diagnostics: Vec<Diagnostic>,
+    },
+    /// A malformed override or a bad objective param.
+    Error(Error),
+}
+
+/// Applies every override in order; returns them as `key = value`, for the run's record.
+pub fn apply(recipe: &mut Recipe, objective: &mut Objective, sets: &[String]) -> Result<Vec<String>, SetError> {
     let mut applied = Vec::new();
     for set in sets {
         let Some((key, value)) = set.split_once('=') else {
-            return Err(format!("error[ssl::set::form]: `--set {set}` has no `=`\n  help: write `--set field=value` or `--set objective.param=value`"));
+            return Err(SetError::Error(
+                Error::new(ErrorCode::SetForm, format!("`--set {set}` has no `=`"))
+                    .help("write `--set field=value` or `--set objective.param=value`"),
+            ));
         };
         let (key, value) = (key.trim(), value.trim());
         if let Some((scope, param)) = key.split_once('.') {
-            set_param(objective, scope, param, value).map_err(|e| format!("error[ssl::set::param]: {e}"))?;
+            set_param(objective, scope, param, value).map_err(SetError::Error)?;
         } else {
-            let source = format!("train _ {{ {key} = {value} }}");
-            let (file, mut diagnostics) = crate::syntax::parse(&source);
+            let text = format!("train _ {{ {key} = {value} }}");
+            let (file, mut diagnostics) = crate::syntax::parse(&text);
             if let Some(field) = file.trains.first().and_then(|t| t.fields.first()) {
                 set_field(recipe, field, &mut diagnostics);
             } else if diagnostics.is_empty() {
                 diagnostics.push(Diagnostic::new(
                     Code::Syntax,
                     "not a `field=value` override",
-                    Span::new(0, source.len()),
+                    Span::new(0, text.len()),
                     "here",
                 ));
             }
             if !diagnostics.is_empty() {
-                let rendered: String =
-                    diagnostics.iter().map(|d| crate::render::human(d, "--set", &source, false, 100)).collect();
-                return Err(rendered);
+                return Err(SetError::Diagnostics { text, diagnostics });
             }
         }
         applied.push(format!("{key} = {value}"));
@@ -40,28 +56,29 @@ pub fn apply(recipe: &mut Recipe, objective: &mut Objective, sets: &[String]) ->
     Ok(applied)
 }
 
-fn set_param(objective: &mut Objective, scope: &str, name: &str, value: &str) -> Result<(), String> {
+fn set_param(objective: &mut Objective, scope: &str, name: &str, value: &str) -> Result<(), Error> {
+    let bad = |message: String, help: String| Error::new(ErrorCode::SetParam, message).help(help);
     if scope != objective.name {
-        return Err(format!(
-            "`{scope}.{name}`: the objective is `{}`\n  help: write `--set {}.{name}={value}`",
-            objective.name, objective.name
+        return Err(bad(
+            format!("`{scope}.{name}`: the objective is `{}`", objective.name),
+            format!("write `--set {}.{name}={value}`", objective.name),
         ));
     }
     let names: Vec<String> = objective.params.iter().map(|p| p.name.clone()).collect();
     let Some(param) = objective.params.iter_mut().find(|p| p.name == name) else {
         let hint = did_you_mean(name, names.iter().map(String::as_str))
             .map_or_else(|| format!("its params are: {}", names.join(", ")), |s| format!("did you mean `{s}`?"));
-        return Err(format!("objective `{scope}` has no param `{name}`\n  help: {hint}"));
+        return Err(bad(format!("objective `{scope}` has no param `{name}`"), hint));
     };
     let x: f64 = value
         .parse()
-        .map_err(|_| format!("`{value}` is not a number\n  help: write e.g. `--set {scope}.{name}=0.5`"))?;
+        .map_err(|_| bad(format!("`{value}` is not a number"), format!("write e.g. `--set {scope}.{name}=0.5`")))?;
     if !x.is_finite() {
-        return Err(format!("`{value}` is not a finite number"));
+        return Err(bad(format!("`{value}` is not a finite number"), format!("write e.g. `--set {scope}.{name}=0.5`")));
     }
     if let Some(range) = &param.range {
         if !range.contains(x) {
-            return Err(format!("{scope}.{name} = {x} lies outside {range}\n  help: pick a value in {range}"));
+            return Err(bad(format!("{scope}.{name} = {x} lies outside {range}"), format!("pick a value in {range}")));
         }
     }
     param.value = x;

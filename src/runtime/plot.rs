@@ -2,9 +2,9 @@
 //! run's health can be judged at a glance without any plotting tool. SVG text is written as `<text>` elements, so no
 //! font files or system font libraries are needed.
 
+use super::records::Record;
 use super::run::{write_atomic, RunError};
 use plotters::prelude::*;
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 /// Plot size in pixels.
@@ -15,17 +15,24 @@ const COLORS: [RGBColor; 4] =
 /// Reference-line colours, in order.
 const REFERENCE_COLORS: [RGBColor; 2] = [RGBColor(90, 90, 90), RGBColor(255, 127, 14)];
 
-/// One curve: `y` against `x`, from the records that have both as finite numbers.
+/// One curve: the (x, y) point of each record that has one, where both are finite.
 struct Series {
     label: &'static str,
-    x: &'static str,
-    y: &'static str,
+    point: fn(&Record) -> Option<(f64, f64)>,
 }
 
 /// A horizontal line at the last finite value of a record field (a healthy level, a baseline).
 struct Reference {
     label: &'static str,
-    field: &'static str,
+    value: fn(&Record) -> Option<f64>,
+}
+
+/// (step, value) of a step record.
+fn step(r: &Record, value: fn(&super::records::StepRecord) -> Option<f64>) -> Option<(f64, f64)> {
+    match r {
+        Record::Step(s) => Some((s.step as f64, value(s)?)),
+        _ => None,
+    }
 }
 
 /// One plot file.
@@ -47,7 +54,7 @@ fn plots() -> Vec<Plot> {
             title: "loss",
             x_desc: "step",
             y_desc: "loss",
-            series: vec![Series { label: "loss", x: "step", y: "loss" }],
+            series: vec![Series { label: "loss", point: |r| step(r, |s| s.loss) }],
             references: vec![],
             legend: SeriesLabelPosition::UpperRight,
         },
@@ -56,10 +63,28 @@ fn plots() -> Vec<Plot> {
             title: "kNN top-1 accuracy",
             x_desc: "epoch",
             y_desc: "top-1",
-            series: vec![Series { label: "kNN top-1", x: "epoch", y: "knn_top1" }],
+            series: vec![Series {
+                label: "kNN top-1",
+                point: |r| match r {
+                    Record::Eval(e) => Some((e.epoch as f64, e.knn_top1)),
+                    _ => None,
+                },
+            }],
             references: vec![
-                Reference { label: "raw-pixel kNN", field: "raw_pixel_knn" },
-                Reference { label: "random-init kNN", field: "random_init_knn" },
+                Reference {
+                    label: "raw-pixel kNN",
+                    value: |r| match r {
+                        Record::Baseline(b) => Some(b.raw_pixel_knn),
+                        _ => None,
+                    },
+                },
+                Reference {
+                    label: "random-init kNN",
+                    value: |r| match r {
+                        Record::Baseline(b) => Some(b.random_init_knn),
+                        _ => None,
+                    },
+                },
             ],
             legend: SeriesLabelPosition::LowerRight,
         },
@@ -69,10 +94,16 @@ fn plots() -> Vec<Plot> {
             x_desc: "step",
             y_desc: "z-std",
             series: vec![
-                Series { label: "online", x: "step", y: "z_std_online" },
-                Series { label: "target", x: "step", y: "z_std_target" },
+                Series { label: "online", point: |r| step(r, |s| Some(s.z_std_online)) },
+                Series { label: "target", point: |r| step(r, |s| Some(s.z_std_target)) },
             ],
-            references: vec![Reference { label: "healthy 1/sqrt(D)", field: "z_std_healthy" }],
+            references: vec![Reference {
+                label: "healthy 1/sqrt(D)",
+                value: |r| match r {
+                    Record::Step(s) => Some(s.z_std_healthy),
+                    _ => None,
+                },
+            }],
             legend: SeriesLabelPosition::LowerRight,
         },
         Plot {
@@ -80,7 +111,7 @@ fn plots() -> Vec<Plot> {
             title: "mean positive similarity",
             x_desc: "step",
             y_desc: "cosine",
-            series: vec![Series { label: "positive similarity", x: "step", y: "pos_sim" }],
+            series: vec![Series { label: "positive similarity", point: |r| step(r, |s| Some(s.pos_sim)) }],
             references: vec![],
             legend: SeriesLabelPosition::LowerRight,
         },
@@ -88,19 +119,19 @@ fn plots() -> Vec<Plot> {
 }
 
 /// Writes the SVG plots of `records` (metrics.jsonl records) into `dir`: `loss.svg` (loss vs step), `knn.svg`
-/// (knn_top1 vs epoch, with the raw-pixel and random-init baselines when logged), `zstd.svg` (z_std_online and
-/// z_std_target vs step, with a line at z_std_healthy) and `similarity.svg` (pos_sim vs step). A plot whose fields
-/// no record has is skipped, as are non-finite values. Returns the files written, in that order.
-pub fn plot_metrics(records: &[Value], dir: &Path) -> Result<Vec<PathBuf>, RunError> {
+/// (kNN top-1 vs epoch, with the raw-pixel and random-init baselines when logged), `zstd.svg` (online and target
+/// z-std vs step, with a line at the healthy 1/√D) and `similarity.svg` (positive similarity vs step). A plot with no
+/// points is skipped, as are non-finite values. Returns the files written, in that order.
+pub fn plot_metrics(records: &[Record], dir: &Path) -> Result<Vec<PathBuf>, RunError> {
     let mut written = Vec::new();
     for plot in plots() {
         let curves: Vec<(&Series, Vec<(f64, f64)>)> =
-            plot.series.iter().map(|s| (s, points(records, s.x, s.y))).filter(|(_, p)| !p.is_empty()).collect();
+            plot.series.iter().map(|s| (s, points(records, s.point))).filter(|(_, p)| !p.is_empty()).collect();
         if curves.is_empty() {
             continue;
         }
         let references: Vec<(&Reference, f64)> =
-            plot.references.iter().filter_map(|r| last_finite(records, r.field).map(|v| (r, v))).collect();
+            plot.references.iter().filter_map(|r| last_finite(records, r.value).map(|v| (r, v))).collect();
         let path = dir.join(plot.file);
         let svg = render(&plot, &curves, &references)
             .map_err(|reason| RunError::Plot { path: path.display().to_string(), reason })?;
@@ -115,17 +146,13 @@ pub fn plot_metrics(records: &[Value], dir: &Path) -> Result<Vec<PathBuf>, RunEr
     Ok(written)
 }
 
-/// (x, y) of the records where both fields are finite numbers, in record order.
-fn points(records: &[Value], x: &str, y: &str) -> Vec<(f64, f64)> {
-    records
-        .iter()
-        .filter_map(|r| Some((r.get(x)?.as_f64()?, r.get(y)?.as_f64()?)))
-        .filter(|(x, y)| x.is_finite() && y.is_finite())
-        .collect()
+/// The finite points of the records, in record order.
+fn points(records: &[Record], point: fn(&Record) -> Option<(f64, f64)>) -> Vec<(f64, f64)> {
+    records.iter().filter_map(point).filter(|(x, y)| x.is_finite() && y.is_finite()).collect()
 }
 
-fn last_finite(records: &[Value], field: &str) -> Option<f64> {
-    records.iter().rev().filter_map(|r| r.get(field)?.as_f64()).find(|v| v.is_finite())
+fn last_finite(records: &[Record], value: fn(&Record) -> Option<f64>) -> Option<f64> {
+    records.iter().rev().filter_map(value).find(|v| v.is_finite())
 }
 
 /// A non-empty range covering `values`, padded by 5 % so curves do not sit on the frame.

@@ -6,7 +6,11 @@
 //! checkpoint's JSON names the SHA-256 and size of its tensor file, so a torn or mismatched pair is detected on load
 //! and the previous checkpoint is used instead. Bad files are coded errors, never panics.
 
-use candle_core::{Device, Tensor};
+use super::checkpoint::{Checkpoint, Meta};
+use super::records::Record;
+use crate::error::{Error, ErrorCode};
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -30,11 +34,44 @@ pub const PREV_CHECKPOINT_META: &str = "checkpoint.prev.json";
 /// The `format` field of `checkpoint.json`, so a future layout change is detected instead of misread.
 pub const CHECKPOINT_FORMAT: &str = "ssl-lang checkpoint 1";
 
-/// Why reading or writing a run directory failed; the text starts with a stable code and ends with what to do.
+/// What `config.json` records: how the run was started, so `--resume` and `eval` rebuild the same recipe and model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// The ssl-lang version that started the run.
+    pub version: String,
+    /// The objective trained.
+    pub objective: String,
+    /// The whole source file.
+    pub source: String,
+    /// The recipe after overrides, as data (for reading; the source and overrides rebuild it).
+    pub recipe: Value,
+    /// The recipe after overrides, in the language's syntax.
+    pub recipe_text: String,
+    /// The `--set` overrides, as `key = value`.
+    pub overrides: Vec<String>,
+    /// `--limit`: only the first this-many training and test images.
+    pub limit: Option<usize>,
+    /// The objective's param values.
+    pub params: std::collections::BTreeMap<String, f64>,
+    /// The seed.
+    pub seed: u64,
+    /// The gradient backend.
+    pub backend: String,
+    /// Where the data came from.
+    pub data: String,
+    /// Training images used.
+    pub train_images: usize,
+    /// Test images used.
+    pub test_images: usize,
+    /// CPU threads.
+    pub threads: usize,
+}
+
+/// Why reading or writing a run directory failed; the message says what and where, and `Error::from` adds its code and help.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// `create` found a run already in the directory: reusing it would mix two runs' metrics and checkpoints.
-    #[error("ssl::run::exists: `{path}` already holds a run ({found})\n  help: choose another name with --name, continue this run with --resume, or delete the directory")]
+    #[error("`{path}` already holds a run ({found})")]
     Exists {
         /// The run directory.
         path: String,
@@ -42,7 +79,7 @@ pub enum RunError {
         found: String,
     },
     /// `open` or `read_config` found no run where one was expected.
-    #[error("ssl::run::missing: {what}\n  help: {help}")]
+    #[error("{what}")]
     Missing {
         /// What is missing, with its path.
         what: String,
@@ -50,7 +87,7 @@ pub enum RunError {
         help: String,
     },
     /// A run name that is not a single directory name.
-    #[error("ssl::run::name: `{name}` is not a valid run name: {reason}\n  help: use a plain directory name such as `simclr-1` (letters, digits, `-`, `_`, `.`)")]
+    #[error("`{name}` is not a valid run name: {reason}")]
     Name {
         /// The rejected name.
         name: String,
@@ -58,7 +95,7 @@ pub enum RunError {
         reason: String,
     },
     /// The operating system refused a read or write.
-    #[error("ssl::run::io: cannot {action} `{path}`: {source}\n  help: check that the directory exists and is writable and that the disk is not full")]
+    #[error("cannot {action} `{path}`: {source}")]
     Io {
         /// What was being done (`write`, `read`, `rename ... to`).
         action: String,
@@ -68,7 +105,7 @@ pub enum RunError {
         source: io::Error,
     },
     /// A file of the run exists but cannot be understood.
-    #[error("ssl::run::corrupt: `{path}`: {detail}\n  help: {help}")]
+    #[error("`{path}`: {detail}")]
     Corrupt {
         /// The file.
         path: String,
@@ -77,14 +114,16 @@ pub enum RunError {
         /// What to do.
         help: String,
     },
-    /// A metrics record that is not a JSON object, which `read_metrics` would later reject.
-    #[error("ssl::run::record: a metrics record must be a JSON object, got `{found}`\n  help: log records as `json!({{\"kind\": ..., \"step\": ...}})`")]
-    Record {
-        /// The record, abbreviated.
-        found: String,
+    /// A file of the run written by another version of ssl-lang.
+    #[error("`{path}`: {detail}")]
+    Format {
+        /// The file.
+        path: String,
+        /// What does not fit, with a line number where there is one.
+        detail: String,
     },
     /// The tensors could not be serialised to safetensors.
-    #[error("ssl::run::tensor: cannot write the checkpoint tensors to `{path}`: {reason}\n  help: checkpoint tensors must be dense tensors of a safetensors dtype (f32, f64, f16, bf16, integers)")]
+    #[error("cannot write the checkpoint tensors to `{path}`: {reason}")]
     Tensor {
         /// The file being written.
         path: String,
@@ -92,7 +131,7 @@ pub enum RunError {
         reason: String,
     },
     /// A plot could not be rendered.
-    #[error("ssl::run::plot: cannot render `{path}`: {reason}\n  help: the metrics are intact in metrics.jsonl; plot them again with the run's plot command or another tool")]
+    #[error("cannot render `{path}`: {reason}")]
     Plot {
         /// The plot file.
         path: String,
@@ -166,8 +205,8 @@ impl RunDir {
     }
 
     /// Writes `config.json` atomically (temp file, fsync, rename), so it is either the old or the new one.
-    pub fn write_config(&self, config: &Value) -> Result<(), RunError> {
-        let mut text = serde_json::to_string_pretty(config).expect("a serde_json::Value always serialises");
+    pub fn write_config(&self, config: &RunConfig) -> Result<(), RunError> {
+        let mut text = serde_json::to_string_pretty(config).expect("a RunConfig always serialises");
         text.push('\n');
         write_atomic(&self.file(CONFIG_FILE), text.as_bytes())?;
         sync_dir(&self.path);
@@ -175,7 +214,7 @@ impl RunDir {
     }
 
     /// Reads `config.json`, so `--resume` and `eval` rebuild the run's recipe and model.
-    pub fn read_config(&self) -> Result<Value, RunError> {
+    pub fn read_config(&self) -> Result<RunConfig, RunError> {
         let path = self.file(CONFIG_FILE);
         let bytes = fs::read(&path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => RunError::Missing {
@@ -184,29 +223,21 @@ impl RunDir {
             },
             _ => RunError::io("read", &path, e),
         })?;
-        serde_json::from_slice(&bytes).map_err(|e| RunError::Corrupt {
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| RunError::Corrupt {
             path: path.display().to_string(),
             detail: format!("not valid JSON: {e}"),
             help: "restore the file or start a new run; the recipe is also in the .ssl file it came from".into(),
+        })?;
+        serde_json::from_value(value).map_err(|e| RunError::Format {
+            path: path.display().to_string(),
+            detail: format!("not a run configuration: {e}"),
         })
     }
 
     /// Appends one JSON object as a line to `metrics.jsonl` and flushes it, so the log survives a crash up to the
     /// last record. A torn last line left by an earlier crash is cut off first, so it never becomes a corrupt
     /// middle line.
-    pub fn append_metrics(&self, record: &Value) -> Result<(), RunError> {
-        if !record.is_object() {
-            let mut found = record.to_string();
-            if found.len() > 60 {
-                let mut cut = 60;
-                while !found.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                found.truncate(cut);
-                found.push('…');
-            }
-            return Err(RunError::Record { found });
-        }
+    pub fn append_metrics(&self, record: &Record) -> Result<(), RunError> {
         let path = self.file(METRICS_FILE);
         let mut file = OpenOptions::new()
             .read(true)
@@ -216,7 +247,7 @@ impl RunDir {
             .open(&path)
             .map_err(|e| RunError::io("open", &path, e))?;
         repair_tail(&mut file, &path)?;
-        let mut line = serde_json::to_string(record).expect("a serde_json::Value always serialises");
+        let mut line = serde_json::to_string(record).expect("a Record always serialises");
         line.push('\n');
         file.seek(SeekFrom::End(0)).map_err(|e| RunError::io("seek in", &path, e))?;
         file.write_all(line.as_bytes()).map_err(|e| RunError::io("append to", &path, e))?;
@@ -227,7 +258,7 @@ impl RunDir {
     /// Every record of `metrics.jsonl`, in order (none if the file does not exist yet). A torn last line (no final
     /// newline and not valid JSON: a crash mid-write) is ignored; any other bad line is `ssl::run::corrupt` with
     /// its line number. Blank lines are skipped.
-    pub fn read_metrics(&self) -> Result<Vec<Value>, RunError> {
+    pub fn read_metrics(&self) -> Result<Vec<Record>, RunError> {
         let path = self.file(METRICS_FILE);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
@@ -237,9 +268,9 @@ impl RunDir {
         Ok(parse_metrics(&bytes, &path)?.0)
     }
 
-    /// Rewrites `metrics.jsonl` (atomically) keeping only the records with `"step" <= step`, and those without a
-    /// step, so that after `--resume` from the checkpoint at `step` the log has no records from the lost steps.
-    pub fn truncate_metrics(&self, step: u64) -> Result<(), RunError> {
+    /// Rewrites `metrics.jsonl` (atomically) keeping only the records up to `step`, so that after `--resume` from
+    /// the checkpoint at `step` the log has no records from the lost steps.
+    pub fn truncate_metrics(&self, step: usize) -> Result<(), RunError> {
         let path = self.file(METRICS_FILE);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
@@ -248,8 +279,8 @@ impl RunDir {
         };
         let (records, _) = parse_metrics(&bytes, &path)?;
         let mut text = String::new();
-        for r in records.iter().filter(|r| r.get("step").and_then(Value::as_f64).is_none_or(|s| s <= step as f64)) {
-            text.push_str(&serde_json::to_string(r).expect("a serde_json::Value always serialises"));
+        for r in records.iter().filter(|r| r.step() <= step) {
+            text.push_str(&serde_json::to_string(r).expect("a Record always serialises"));
             text.push('\n');
         }
         write_atomic(&path, text.as_bytes())?;
@@ -261,17 +292,17 @@ impl RunDir {
     /// (`{"format", "tensors": {"bytes", "sha256"}, "meta"}`), each through a temp file and fsync, tensors first.
     /// A good current checkpoint is first renamed to `checkpoint.prev.*`, and only then replaced, so a crash at any
     /// point leaves at least one complete checkpoint that `load_checkpoint` finds.
-    pub fn save_checkpoint(&self, tensors: &HashMap<String, Tensor>, meta: &Value) -> Result<(), RunError> {
+    pub fn save_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), RunError> {
         let st_tmp = self.file(&format!("{CHECKPOINT_TENSORS}.tmp"));
         let json_tmp = self.file(&format!("{CHECKPOINT_META}.tmp"));
-        candle_core::safetensors::save(tensors, &st_tmp)
+        candle_core::safetensors::save(&checkpoint.to_tensors(), &st_tmp)
             .map_err(|e| RunError::Tensor { path: st_tmp.display().to_string(), reason: e.to_string() })?;
         let bytes = fs::read(&st_tmp).map_err(|e| RunError::io("read back", &st_tmp, e))?;
         sync_file(&st_tmp)?;
         let doc = serde_json::json!({
             "format": CHECKPOINT_FORMAT,
             "tensors": {"bytes": bytes.len(), "sha256": sha256_hex(&bytes)},
-            "meta": meta,
+            "meta": checkpoint.meta,
         });
         drop(bytes);
         let mut text = serde_json::to_string_pretty(&doc).expect("a serde_json::Value always serialises");
@@ -291,11 +322,10 @@ impl RunDir {
         Ok(())
     }
 
-    /// The latest good checkpoint as (tensors on the CPU, meta), or `None` if the run has none yet. A checkpoint
+    /// The latest good checkpoint (tensors on the CPU), or `None` if the run has none yet. A checkpoint
     /// whose tensor file is torn or does not match the size and SHA-256 its JSON names is skipped for the previous
     /// one; if checkpoint files exist but none is good, the error is `ssl::run::corrupt`.
-    #[allow(clippy::type_complexity)]
-    pub fn load_checkpoint(&self) -> Result<Option<(HashMap<String, Tensor>, Value)>, RunError> {
+    pub fn load_checkpoint(&self) -> Result<Option<Checkpoint>, RunError> {
         let jsons = [self.file(CHECKPOINT_META), self.file(PREV_CHECKPOINT_META)];
         let tensor_files = [self.file(CHECKPOINT_TENSORS), self.file(PREV_CHECKPOINT_TENSORS)];
         if !jsons.iter().chain(&tensor_files).any(|p| p.exists()) {
@@ -336,9 +366,11 @@ impl RunDir {
             });
             match loaded {
                 Ok(tensors) => {
-                    let mut doc = doc;
-                    let meta = doc.get_mut("meta").map(Value::take).unwrap_or(Value::Null);
-                    return Ok(Some((tensors, meta)));
+                    let meta: Meta = serde_json::from_value(doc["meta"].clone()).map_err(|e| RunError::Format {
+                        path: json_path.display().to_string(),
+                        detail: format!("its `meta` is not a checkpoint's: {e}"),
+                    })?;
+                    return Ok(Some(Checkpoint::from_tensors(tensors, meta)));
                 }
                 Err(detail) => problems.push(format!("{}: {detail}", file_name(&tensor_files[t]))),
             }
@@ -414,7 +446,7 @@ fn validate_name(name: &str) -> Result<(), RunError> {
 }
 
 /// Parses metrics bytes; returns the records and the byte length of the good prefix (everything but a torn tail).
-fn parse_metrics(bytes: &[u8], path: &Path) -> Result<(Vec<Value>, usize), RunError> {
+fn parse_metrics(bytes: &[u8], path: &Path) -> Result<(Vec<Record>, usize), RunError> {
     let mut records = Vec::new();
     let mut start = 0;
     let mut line_no = 0;
@@ -427,7 +459,10 @@ fn parse_metrics(bytes: &[u8], path: &Path) -> Result<(Vec<Value>, usize), RunEr
         let line = &bytes[start..end];
         if !line.iter().all(u8::is_ascii_whitespace) {
             match serde_json::from_slice::<Value>(line) {
-                Ok(v) if v.is_object() => records.push(v),
+                Ok(v) if v.is_object() => records.push(serde_json::from_value(v).map_err(|e| RunError::Format {
+                    path: path.display().to_string(),
+                    detail: format!("line {line_no} is not a metrics record of this version: {e}"),
+                })?),
                 // A last line without its newline that does not parse: a write cut short by a crash.
                 _ if !terminated => return Ok((records, start)),
                 Ok(_) => return Err(corrupt_line(path, line_no, "is not a JSON object".into())),
@@ -582,4 +617,20 @@ fn sync_dir(dir: &Path) {
     }
     #[cfg(not(unix))]
     let _ = dir;
+}
+
+impl From<RunError> for Error {
+    fn from(e: RunError) -> Self {
+        let (code, help) = match &e {
+            RunError::Exists { .. } => (ErrorCode::RunExists, "choose another name with --name, continue this run with --resume, or delete the directory".to_string()),
+            RunError::Missing { help, .. } => (ErrorCode::RunMissing, help.clone()),
+            RunError::Name { .. } => (ErrorCode::RunName, "use a plain directory name such as `simclr-1` (letters, digits, `-`, `_`, `.`)".to_string()),
+            RunError::Io { .. } => (ErrorCode::RunIo, "check that the directory exists and is writable and that the disk is not full".to_string()),
+            RunError::Corrupt { help, .. } => (ErrorCode::RunCorrupt, help.clone()),
+            RunError::Format { .. } => (ErrorCode::RunFormat, "the run was written by another version of ssl-lang; evaluate or resume it with that version, or start a new run".to_string()),
+            RunError::Tensor { .. } => (ErrorCode::RunIo, "checkpoint tensors must be dense tensors of a safetensors dtype; check that the disk is not full".to_string()),
+            RunError::Plot { .. } => (ErrorCode::RunPlot, "the metrics are intact in metrics.jsonl; plot them again with the run's plot command or another tool".to_string()),
+        };
+        Error::new(code, e.to_string()).help(help)
+    }
 }

@@ -3,60 +3,29 @@
 //! optimiser → EMA target. Every random choice derives from (seed, step), so `--resume` continues a
 //! run exactly; a NaN stops the run with the last good checkpoint intact; Ctrl-C checkpoints.
 
-use super::model::{SiameseNet, Target};
+use super::checkpoint::{Checkpoint, Meta};
 use super::optim::Optimizer;
-use super::run::{RunDir, RunError};
+use super::records::{Baseline, EndRecord, EvalRecord, Phase, Record, StepRecord};
+use super::run::{RunConfig, RunDir};
 use super::schedule::{target_momentum, LrSchedule};
 use crate::backend::Backend;
 use crate::check::recipe::{Momentum, Recipe};
 use crate::check::typed::{Objective, StateKind};
-use crate::data::{self, augment, DataError, Dataset};
-use crate::eval::{self, health, EvalError};
+use crate::data::{self, augment, Dataset};
+use crate::error::{Error, ErrorCode};
+use crate::eval::{self, features::backbone_features, health};
 use crate::ir::cost::Sizes;
+use crate::nn::layers::l2_normalize;
+use crate::nn::{LayerImpl, Outputs, SiameseNet, Target};
 use crate::plan::{Features, ObjectiveState, Plan};
 use candle_core::{DType, Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use serde_json::json;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// Why training stopped early; each message says what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    /// The data could not be loaded.
-    #[error(transparent)]
-    Data(#[from] DataError),
-    /// The run directory could not be written or read.
-    #[error(transparent)]
-    Run(#[from] RunError),
-    /// Evaluation failed.
-    #[error(transparent)]
-    Eval(#[from] EvalError),
-    /// A tensor operation failed.
-    #[error("ssl::train::tensor: {0}")]
-    Tensor(#[from] candle_core::Error),
-    /// A NaN or infinity appeared.
-    #[error("ssl::train::nonfinite: {quantity} became {value} at step {step}; the run stopped, {}\n  help: {cause}", match last_good { Some(s) => format!("and the last good checkpoint (step {s}) is intact"), None => "before any checkpoint was written".to_string() })]
-    NonFinite {
-        /// The step.
-        step: usize,
-        /// What became non-finite.
-        quantity: String,
-        /// NaN or inf.
-        value: f64,
-        /// The step of the last checkpoint, if one was written.
-        last_good: Option<usize>,
-        /// The likely cause and remedy.
-        cause: String,
-    },
-    /// A setting cannot work.
-    #[error("ssl::train::config: {0}")]
-    Config(String),
-}
 
 /// How to run, beyond the recipe.
 #[derive(Clone, Debug)]
@@ -82,6 +51,10 @@ pub struct TrainOptions {
     /// Where the networks, the plan and the kNN run (`--device`); augmentation stays on the CPU and each batch is
     /// uploaded.
     pub device: Device,
+    /// Which implementation the network's layers run (ours, or candle's as a baseline).
+    pub layers: LayerImpl,
+    /// Set (by a signal handler, say) to stop at the next step boundary with a checkpoint.
+    pub stop: Arc<AtomicBool>,
 }
 
 /// What a finished (or stopped) run reports.
@@ -93,7 +66,7 @@ pub struct TrainSummary {
     pub steps: usize,
     /// kNN top-1 after the last evaluation.
     pub knn: Option<f64>,
-    /// Whether Ctrl-C stopped it.
+    /// Whether the stop signal ended it.
     pub interrupted: bool,
 }
 
@@ -118,46 +91,37 @@ struct Trainer<'a> {
 }
 
 /// Trains `objective` with `recipe`, writing the run directory.
-pub fn train(
-    source: &str,
-    objective: &Objective,
-    recipe: &Recipe,
-    opts: &TrainOptions,
-) -> Result<TrainSummary, TrainError> {
+pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainOptions) -> Result<TrainSummary, Error> {
     let device = opts.device.clone();
     let mut data = data::load(&recipe.data, opts.data_dir.as_deref())?;
-    limit_dataset(&mut data, opts.limit);
+    if let Some(limit) = opts.limit {
+        data.limit(limit);
+    }
     let n_train = data.train_len();
     if recipe.batch > n_train {
-        return Err(TrainError::Config(format!(
-            "batch {} is larger than the {n_train} training images\n  help: lower it with `--set batch=...`",
-            recipe.batch
-        )));
+        return Err(Error::new(
+            ErrorCode::TrainConfig,
+            format!("batch {} is larger than the {n_train} training images", recipe.batch),
+        )
+        .help("lower it with `--set batch=...`"));
     }
     if recipe.batch < 2 {
-        return Err(TrainError::Config("batch must be at least 2 (BatchNorm needs two samples)".into()));
+        return Err(Error::new(ErrorCode::TrainConfig, format!("batch {} is below 2", recipe.batch))
+            .help("BatchNorm needs two samples: use `--set batch=2` or more"));
     }
     let steps_per_epoch = n_train / recipe.batch;
     let total_steps = steps_per_epoch * recipe.epochs;
-    let net = SiameseNet::from_recipe(recipe, DType::F32, &device)?;
+    let net = SiameseNet::from_recipe(recipe, DType::F32, &device)?.with_layers(opts.layers);
     let target = match recipe.momentum {
         Momentum::None => None,
         _ => Some(Target::new(&net)?),
     };
     let optimizer = Optimizer::new(&recipe.optimizer, net.params())?;
-    let fifo = objective
-        .states
-        .iter()
-        .map(|s| match s.kind {
-            StateKind::Fifo { size, .. } => size,
-            _ => 0,
-        })
-        .collect();
     let backend = if device.is_cpu() { opts.backend } else { Backend::Reference };
     if backend != opts.backend {
         println!("note: the fused gradient kernels are CPU-only; on {device:?} the plan runs candle's ops (reference)");
     }
-    let plan = Plan::with_backend(objective, backend, &Sizes { n: recipe.batch, d: net.projection_dim(), fifo });
+    let plan = Plan::with_backend(objective, backend, &Sizes::of(objective, recipe.batch, net.projection_dim()));
     let state = plan.initial_state();
     let name = opts.name.clone().unwrap_or_else(|| super::run::default_name(&objective.name));
     let run =
@@ -184,22 +148,22 @@ pub fn train(
         step = t.restore()?;
         println!("resumed {} at step {step} of {total_steps}", t.run.path.display());
     } else {
-        t.run.write_config(&json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "objective": objective.name,
-            "source": source,
-            "recipe": recipe,
-            "recipe_text": recipe.to_string(),
-            "overrides": opts.overrides,
-            "limit": opts.limit,
-            "params": objective.params.iter().map(|p| (p.name.clone(), p.value)).collect::<HashMap<_, _>>(),
-            "seed": recipe.seed,
-            "backend": format!("{:?}", opts.backend).to_lowercase(),
-            "data": t.data.source.to_string(),
-            "train_images": n_train,
-            "test_images": t.data.test_len(),
-            "threads": candle_core::utils::get_num_threads(),
-        }))?;
+        t.run.write_config(&RunConfig {
+            version: env!("CARGO_PKG_VERSION").into(),
+            objective: objective.name.clone(),
+            source: source.into(),
+            recipe: serde_json::to_value(recipe).expect("a Recipe always serialises"),
+            recipe_text: recipe.to_string(),
+            overrides: opts.overrides.clone(),
+            limit: opts.limit,
+            params: objective.params.iter().map(|p| (p.name.clone(), p.value)).collect(),
+            seed: recipe.seed,
+            backend: format!("{:?}", opts.backend).to_lowercase(),
+            data: t.data.source.to_string(),
+            train_images: n_train,
+            test_images: t.data.test_len(),
+            threads: candle_core::utils::get_num_threads(),
+        })?;
         println!(
             "run {} — {} ({} training, {} test images)",
             t.run.path.display(),
@@ -209,25 +173,19 @@ pub fn train(
         );
         if let Some(knn) = &recipe.eval {
             let raw = eval::raw_pixel_knn(&t.data, knn.k, knn.t)?;
-            println!("baseline: raw-pixel kNN {:.2} % ({})", raw * 100.0, knn_protocol(recipe, &t.data));
+            println!("baseline: raw-pixel kNN {:.2} % ({})", raw * 100.0, eval::features::knn_protocol(knn, &t.data));
             let init = t.knn()?;
             println!("baseline: random-init encoder kNN {:.2} %", init * 100.0);
-            t.run.append_metrics(
-                &json!({"kind": "baseline", "step": 0, "raw_pixel_knn": raw, "random_init_knn": init}),
-            )?;
+            t.run.append_metrics(&Record::Baseline(Baseline { step: 0, raw_pixel_knn: raw, random_init_knn: init }))?;
         }
     }
 
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let flag = interrupted.clone();
-    // A second handler registration (a second run in one process) is not an error worth stopping for.
-    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
     let stop = opts.max_steps.map_or(total_steps, |m| m.min(total_steps));
     let started = Instant::now();
     let first = step;
     let progress = super::progress::Progress::new(stop as u64, step as u64);
     while step < stop {
-        if interrupted.load(Ordering::SeqCst) {
+        if opts.stop.load(Ordering::SeqCst) {
             t.checkpoint(step)?;
             progress.finish();
             println!("interrupted: checkpoint saved at step {step}; continue with --resume");
@@ -242,22 +200,24 @@ pub fn train(
         if let Some(mut record) = record {
             let rate = (step - first) as f64 * t.recipe.batch as f64 / started.elapsed().as_secs_f64();
             let eta = (stop - step) as f64 * t.recipe.batch as f64 / rate.max(1e-9);
-            record["pairs_per_s"] = json!(rate);
+            record.pairs_per_s = rate;
             let line = format!(
                 "epoch {:>3} step {:>6}/{stop}  {}  z-std {:.4}  pairs/s {:.1}  eta {:.0}s",
                 step / t.steps_per_epoch,
                 step,
-                match record.get("loss").and_then(|l| l.as_f64()) {
+                match record.loss {
                     Some(l) => format!("loss {l:.4}"),
-                    None => format!("pos-sim {:.4}", record["pos_sim"].as_f64().unwrap_or(f64::NAN)),
+                    None => format!("pos-sim {:.4}", record.pos_sim),
                 },
-                record["z_std_online"].as_f64().unwrap_or(f64::NAN),
+                record.z_std_online,
                 rate,
                 eta
             );
             progress.step(step as u64, Some(&line));
-            t.warn_collapse(&record);
-            t.run.append_metrics(&record)?;
+            if let Some(warning) = t.collapse.observe(record.z_std_online, record.z_std_healthy) {
+                eprint!("{}", crate::render::error_human(&warning, false));
+            }
+            t.run.append_metrics(&Record::Step(record))?;
         }
         let epoch_done = step.is_multiple_of(t.steps_per_epoch);
         let epoch = step / t.steps_per_epoch;
@@ -268,9 +228,9 @@ pub fn train(
                     progress.println(&format!(
                         "epoch {epoch:>3}: kNN top-1 {:.2} % ({})",
                         top1 * 100.0,
-                        knn_protocol(t.recipe, &t.data)
+                        eval::features::knn_protocol(knn, &t.data)
                     ));
-                    t.run.append_metrics(&json!({"kind": "eval", "epoch": epoch, "step": step, "knn_top1": top1}))?;
+                    t.run.append_metrics(&Record::Eval(EvalRecord { epoch, step, knn_top1: top1 }))?;
                 }
             }
             if epoch.is_multiple_of(t.recipe.checkpoint) || step == stop {
@@ -279,28 +239,9 @@ pub fn train(
         }
     }
     progress.finish();
-    t.run.append_metrics(&json!({"kind": "end", "step": step, "peak_rss_mb": peak_rss_mb()}))?;
+    t.run.append_metrics(&Record::End(EndRecord { step, peak_rss_mb: peak_rss_mb() }))?;
     t.run.plot()?;
     Ok(TrainSummary { run_dir: t.run.path.clone(), steps: step, knn: t.last_knn, interrupted: false })
-}
-
-/// The evaluation protocol, printed with every number.
-pub fn knn_protocol(recipe: &Recipe, data: &Dataset) -> String {
-    match &recipe.eval {
-        Some(k) => format!(
-            "weighted kNN, k = {}, t = {}, cosine on L2-normalised backbone features, bank = {} un-augmented training images, {} test queries",
-            k.k,
-            k.t,
-            data.train_len(),
-            data.test_len()
-        ),
-        None => "no evaluation".into(),
-    }
-}
-
-/// Rows divided by their L2 norm (with the graph, for the online branch).
-fn normalize(z: &Tensor) -> candle_core::Result<Tensor> {
-    z.broadcast_div(&z.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?)
 }
 
 /// Σ over the batch of ⟨u, g⟩ / B: its gradient at u is g / B, which backward carries into the encoder.
@@ -310,7 +251,7 @@ fn surrogate(u: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
 
 impl Trainer<'_> {
     /// One optimisation step; with `log`, the metrics record of the step.
-    fn step(&mut self, step: usize, log: bool) -> Result<Option<serde_json::Value>, TrainError> {
+    fn step(&mut self, step: usize, log: bool) -> Result<Option<StepRecord>, Error> {
         let recipe = self.recipe;
         let batch = recipe.batch;
         let epoch = step / self.steps_per_epoch;
@@ -323,27 +264,27 @@ impl Trainer<'_> {
             self.order = (Some(epoch), order);
         }
         let within = step % self.steps_per_epoch;
-        let conv_before = crate::runtime::conv::work_done();
+        let conv_before = self.net.conv_work();
         let mut clock = Phases::start();
         let images = data::gather(&self.data.train_images, &self.order.1[within * batch..(within + 1) * batch])?;
         let v1 = augment::augment(&images, &recipe.augment, &mut augment::view_rng(recipe.seed, step as u64, 0))?;
         let v2 = augment::augment(&images, &recipe.augment, &mut augment::view_rng(recipe.seed, step as u64, 1))?;
         let device = self.net.device();
         let (x1, x2) = (v1.global_tensor(device)?, v2.global_tensor(device)?);
-        clock.lap("augment");
+        clock.lap(Phase::Augment);
 
         let o1 = self.net.forward(&x1, true)?;
         let o2 = self.net.forward(&x2, true)?;
-        let head = |o: &super::model::Outputs| o.prediction.clone().unwrap_or_else(|| o.projection.clone());
-        let (u1, u2) = (normalize(&head(&o1))?, normalize(&head(&o2))?);
-        clock.lap("online_forward");
+        let head = |o: &Outputs| o.prediction.clone().unwrap_or_else(|| o.projection.clone());
+        let (u1, u2) = (l2_normalize(&head(&o1))?, l2_normalize(&head(&o2))?);
+        clock.lap(Phase::OnlineForward);
         let (t1, t2) = match &self.target {
             Some(target) => {
                 (target.forward_no_grad(&x1, true)?.projection, target.forward_no_grad(&x2, true)?.projection)
             }
             None => (o1.projection.detach(), o2.projection.detach()),
         };
-        let (mut t1, mut t2) = (normalize(&t1)?.detach(), normalize(&t2)?.detach());
+        let (mut t1, mut t2) = (l2_normalize(&t1)?.detach(), l2_normalize(&t2)?.detach());
         // CutMix: a mixed image's partner target is the same mix of the partners' targets.
         if let Some(c) = &v1.cutmix {
             t2 = mix_targets(&t2, &c.perm, c.lambda)?;
@@ -352,13 +293,13 @@ impl Trainer<'_> {
             t1 = mix_targets(&t1, &c.perm, c.lambda)?;
         }
         let features = Features { u1: u1.detach(), u2: u2.detach(), t1, t2 };
-        clock.lap("target_forward");
+        clock.lap(Phase::TargetForward);
         let grads = if log && self.plan.lowered.loss.is_some() {
             self.plan.step_with_loss(&features, &mut self.state)?
         } else {
             self.plan.step(&features, &mut self.state)?
         };
-        clock.lap("plan");
+        clock.lap(Phase::Plan);
         let mut objective = (surrogate(&u1, &grads.g1)? + surrogate(&u2, &grads.g2)?)?;
         // Multi-crop: local crops are online views only, each pulled toward both global targets and
         // weighted as one global view (whose gradient carries the ½ of the two view orders).
@@ -366,7 +307,7 @@ impl Trainer<'_> {
         let mut local_outputs = Vec::with_capacity(locals.len());
         for local in &locals {
             let o = self.net.forward(local, true)?;
-            let u = normalize(&head(&o))?;
+            let u = l2_normalize(&head(&o))?;
             let g = self.plan.local_gradient(&u.detach(), &features, &self.state)?;
             objective = (objective + surrogate(&u, &(g * 0.5)?)?)?;
             local_outputs.push(o);
@@ -375,71 +316,67 @@ impl Trainer<'_> {
         if !value.is_finite() {
             return Err(self.non_finite(step, "the gradient injected at the normalised features", value));
         }
-        clock.lap("local_crops");
-        let passes: Vec<&super::model::Outputs> = [&o1, &o2].into_iter().chain(&local_outputs).collect();
+        clock.lap(Phase::LocalCrops);
+        let passes: Vec<&Outputs> = [&o1, &o2].into_iter().chain(&local_outputs).collect();
         let store = self.net.backward(&objective, &passes)?;
-        clock.lap("backward");
+        clock.lap(Phase::Backward);
         let lr = self.lr.at(step);
         self.optimizer.step(&store, lr)?;
-        clock.lap("optimizer");
+        clock.lap(Phase::Optimizer);
         let momentum = target_momentum(&recipe.momentum, step, self.total_steps);
         if let (Some(target), Some(m)) = (&mut self.target, momentum) {
             target.ema_update(&self.net, m)?;
         }
-        clock.lap("ema");
-        let conv = crate::runtime::conv::work_done();
+        clock.lap(Phase::Ema);
+        let conv = self.net.conv_work();
         if !log {
             return Ok(None);
         }
         let d = features.u1.dims()[1];
-        let mut record = json!({
-            "kind": "step",
-            // Steps completed, as checkpoints and evaluations count them.
-            "step": step + 1,
-            "epoch": epoch,
-            "lr": lr,
-            "momentum": momentum,
-            "pos_sim": grads.stats.positive_similarity,
-            "positive_norm": grads.stats.positive_norm,
-            "push_norm": grads.stats.push_norm,
-            "z_std_online": health::z_std(&features.u1)?,
-            "z_std_target": health::z_std(&features.t1)?,
-            "z_std_healthy": 1.0 / (d as f64).sqrt(),
-            "effective_rank": health::effective_rank(&features.u1)?,
-            "phase_ms": clock.millis(),
-            "rss_mb": rss_mb(),
-            "conv_ms": (conv.seconds - conv_before.seconds) * 1e3,
-            "conv_gflop": (conv.flops - conv_before.flops) * 1e-9,
-        });
-        if let Some(loss) = &grads.loss {
-            let l = loss.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            if !l.is_finite() {
-                return Err(self.non_finite(step, "the objective's loss", l));
+        let loss = match &grads.loss {
+            Some(loss) => {
+                let l = loss.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                if !l.is_finite() {
+                    return Err(self.non_finite(step, "the objective's loss", l));
+                }
+                Some(l)
             }
-            record["loss"] = json!(l);
-        }
+            None => None,
+        };
+        let record = StepRecord {
+            // Steps completed, as checkpoints and evaluations count them.
+            step: step + 1,
+            epoch,
+            lr,
+            momentum,
+            pos_sim: grads.stats.positive_similarity,
+            positive_norm: grads.stats.positive_norm,
+            push_norm: grads.stats.push_norm,
+            z_std_online: health::z_std(&features.u1)?,
+            z_std_target: health::z_std(&features.t1)?,
+            z_std_healthy: 1.0 / (d as f64).sqrt(),
+            effective_rank: health::effective_rank(&features.u1)?,
+            phase_ms: clock.laps,
+            rss_mb: rss_mb(),
+            conv_ms: (conv.seconds - conv_before.seconds) * 1e3,
+            conv_gflop: (conv.flops - conv_before.flops) * 1e-9,
+            loss,
+            // Filled in by the loop, which knows the run's rate.
+            pairs_per_s: f64::NAN,
+        };
         Ok(Some(record))
     }
 
-    fn non_finite(&self, step: usize, quantity: &str, value: f64) -> TrainError {
-        TrainError::NonFinite {
-            step,
-            quantity: quantity.into(),
-            value,
-            last_good: self.last_checkpoint,
-            cause: "usually a learning rate or balance too large for this batch and dimension (try `--set optimizer=sgd(lr = ...)` with a smaller lr, or a smaller lambda), or features collapsing to zero before normalisation".into(),
-        }
+    fn non_finite(&self, step: usize, quantity: &str, value: f64) -> Error {
+        let kept = match self.last_checkpoint {
+            Some(s) => format!("and the last good checkpoint (step {s}) is intact"),
+            None => "before any checkpoint was written".to_string(),
+        };
+        Error::new(ErrorCode::TrainNonFinite, format!("{quantity} became {value} at step {step}; the run stopped, {kept}"))
+            .help("usually a learning rate or balance too large for this batch and dimension (try `--set optimizer=sgd(lr = ...)` with a smaller lr, or a smaller lambda), or features collapsing to zero before normalisation")
     }
 
-    /// Warns (once per episode) when the online features' spread stays far below 1/√D.
-    fn warn_collapse(&mut self, record: &serde_json::Value) {
-        let (Some(z), Some(h)) = (record["z_std_online"].as_f64(), record["z_std_healthy"].as_f64()) else { return };
-        if let Some(warning) = self.collapse.observe(z, h) {
-            eprintln!("{warning}");
-        }
-    }
-
-    fn knn(&mut self) -> Result<f64, TrainError> {
+    fn knn(&mut self) -> Result<f64, Error> {
         let Some(k) = &self.recipe.eval else { return Ok(f64::NAN) };
         let bank = backbone_features(&self.net, &self.data.train_images)?;
         let queries = backbone_features(&self.net, &self.data.test_images)?;
@@ -449,69 +386,54 @@ impl Trainer<'_> {
     }
 
     /// Saves everything the next step needs: weights, BatchNorm statistics, target, optimiser, states.
-    fn checkpoint(&mut self, step: usize) -> Result<(), TrainError> {
-        let mut tensors: HashMap<String, Tensor> = HashMap::new();
-        for (name, t) in self.net.params().to_map()? {
-            tensors.insert(format!("online.{name}"), t);
-        }
-        for (name, t) in self.net.buffers().to_map() {
-            tensors.insert(format!("buffer.{name}"), t);
-        }
-        if let Some(target) = &self.target {
-            for (name, t) in target.to_map() {
-                tensors.insert(format!("target.{name}"), t);
-            }
-        }
-        for (name, t) in self.optimizer.state() {
-            tensors.insert(format!("optim.{name}"), t);
-        }
+    fn checkpoint(&mut self, step: usize) -> Result<(), Error> {
+        let mut states = HashMap::new();
         for (i, s) in self.plan.objective.states.iter().enumerate() {
             if let Some(t) = self.state.ema[i].as_ref().or(self.state.fifo[i].as_ref()) {
-                tensors.insert(format!("state.{}", s.name), t.clone());
+                states.insert(s.name.clone(), t.clone());
             }
         }
-        let meta = json!({"step": step, "epoch": step / self.steps_per_epoch, "knn_top1": self.last_knn});
-        self.run.save_checkpoint(&tensors, &meta)?;
+        let checkpoint = Checkpoint {
+            meta: Meta { step, epoch: step / self.steps_per_epoch, knn_top1: self.last_knn },
+            online: self.net.params().to_map()?,
+            buffers: self.net.buffers().to_map(),
+            target: self.target.as_ref().map(Target::to_map).unwrap_or_default(),
+            optimizer: self.optimizer.state(),
+            states,
+        };
+        self.run.save_checkpoint(&checkpoint)?;
         self.last_checkpoint = Some(step);
         Ok(())
     }
 
     /// Loads the latest checkpoint; returns its step.
-    fn restore(&mut self) -> Result<usize, TrainError> {
-        let Some((tensors, meta)) = self.run.load_checkpoint()? else {
-            return Err(TrainError::Config(format!(
-                "run {} has no checkpoint to resume from\n  help: start it again without --resume",
-                self.run.path.display()
-            )));
+    fn restore(&mut self) -> Result<usize, Error> {
+        let Some(checkpoint) = self.run.load_checkpoint()? else {
+            return Err(Error::new(
+                ErrorCode::RunNoCheckpoint,
+                format!("run {} has no checkpoint to resume from", self.run.path.display()),
+            )
+            .help("start it again without --resume"));
         };
         // Checkpoints are read on the CPU; everything they restore lives where the network does.
-        let device = self.net.device();
-        let tensors = tensors
-            .into_iter()
-            .map(|(k, v)| Ok((k, v.to_device(device)?)))
-            .collect::<Result<HashMap<String, Tensor>, candle_core::Error>>()?;
-        let part = |prefix: &str| -> HashMap<String, Tensor> {
-            tensors.iter().filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v.clone()))).collect()
-        };
-        self.net.params().load(&part("online."))?;
-        self.net.load_buffers(&part("buffer."))?;
+        let checkpoint = checkpoint.to_device(self.net.device())?;
+        checkpoint.restore_online(&self.net)?;
         if let Some(target) = &mut self.target {
-            target.load(&part("target."))?;
+            target.load(&checkpoint.target)?;
         }
-        self.optimizer.load_state(&part("optim."))?;
-        let states = part("state.");
+        self.optimizer.load_state(&checkpoint.optimizer)?;
         for (i, s) in self.plan.objective.states.iter().enumerate() {
-            if let Some(t) = states.get(&s.name) {
+            if let Some(t) = checkpoint.states.get(&s.name) {
                 match s.kind {
                     StateKind::Ema { .. } => self.state.ema[i] = Some(t.clone()),
                     StateKind::Fifo { .. } => self.state.fifo[i] = Some(t.clone()),
                 }
             }
         }
-        let step = meta["step"].as_u64().unwrap_or(0) as usize;
-        self.last_knn = meta["knn_top1"].as_f64();
+        let step = checkpoint.meta.step;
+        self.last_knn = checkpoint.meta.knn_top1;
         self.last_checkpoint = Some(step);
-        self.run.truncate_metrics(step as u64)?;
+        self.run.truncate_metrics(step)?;
         Ok(step)
     }
 }
@@ -519,23 +441,19 @@ impl Trainer<'_> {
 /// Wall time per phase of a step, for the throughput benchmark and the metrics.
 struct Phases {
     last: Instant,
-    laps: Vec<(&'static str, f64)>,
+    laps: BTreeMap<Phase, f64>,
 }
 
 impl Phases {
     fn start() -> Self {
-        Phases { last: Instant::now(), laps: Vec::new() }
+        Phases { last: Instant::now(), laps: BTreeMap::new() }
     }
 
-    /// Ends the phase called `name`.
-    fn lap(&mut self, name: &'static str) {
+    /// Ends `phase`, in ms.
+    fn lap(&mut self, phase: Phase) {
         let now = Instant::now();
-        self.laps.push((name, (now - self.last).as_secs_f64() * 1e3));
+        self.laps.insert(phase, (now - self.last).as_secs_f64() * 1e3);
         self.last = now;
-    }
-
-    fn millis(&self) -> serde_json::Value {
-        serde_json::Value::Object(self.laps.iter().map(|(k, v)| (k.to_string(), json!(v))).collect())
     }
 }
 
@@ -556,34 +474,9 @@ fn proc_status_mb(key: &str) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// Backbone features of 28×28 images, in eval mode, in chunks of 512.
-pub fn backbone_features(net: &SiameseNet, images: &[u8]) -> Result<Tensor, TrainError> {
-    let n = images.len() / 784;
-    let mut chunks = Vec::new();
-    for start in (0..n).step_by(512) {
-        let end = (start + 512).min(n);
-        let x = data::to_tensor(&images[start * 784..end * 784], net.device())?;
-        chunks.push(net.features(&x)?);
-    }
-    Ok(Tensor::cat(&chunks, 0)?)
-}
-
-/// Keeps the first `limit` training and test images.
-pub fn limit_dataset(data: &mut Dataset, limit: Option<usize>) {
-    if let Some(limit) = limit {
-        let keep = |images: &mut Vec<u8>, labels: &mut Vec<u8>| {
-            let n = limit.min(labels.len());
-            images.truncate(n * 784);
-            labels.truncate(n);
-        };
-        keep(&mut data.train_images, &mut data.train_labels);
-        keep(&mut data.test_images, &mut data.test_labels);
-    }
-}
-
 /// λ·t + (1 − λ)·t[perm], renormalised.
 fn mix_targets(t: &Tensor, perm: &[usize], lambda: f64) -> candle_core::Result<Tensor> {
     let idx = Tensor::from_vec(perm.iter().map(|&i| i as u32).collect::<Vec<_>>(), perm.len(), t.device())?;
     let partner = t.index_select(&idx, 0)?;
-    normalize(&((t * lambda)? + (partner * (1.0 - lambda))?)?)
+    l2_normalize(&((t * lambda)? + (partner * (1.0 - lambda))?)?)
 }

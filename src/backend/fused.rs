@@ -2,14 +2,12 @@
 //! softmax-weighted sum without the [N, K] matrix, and GEMMs with an accumulating epilogue (which
 //! also serve the ema update).
 
-pub mod gemm;
-pub mod softmax_sum;
-
 use super::reference::{align, Inputs};
 use crate::ir::fuse::{scalar_chain, Candidates, Kernel, Scale};
 use crate::ir::{Axis, Graph, Node, Op};
+use crate::kernels::gemm::{gemm_accumulate, GemmAccumulate};
+use crate::kernels::softmax_sum;
 use candle_core::{DType, Result, Tensor};
-use gemm::{gemm_accumulate, GemmAccumulate};
 
 fn value(values: &[Option<Tensor>], n: Node) -> &Tensor {
     values[n.0 as usize].as_ref().expect("kernel operands are evaluated first")
@@ -89,7 +87,7 @@ pub fn ema_update(g: &Graph, value_node: Node, old: &Tensor, rate: f64, x: &Inpu
     let mut roots = vec![*a, *b];
     roots.extend(scale.mul.iter().chain(&scale.div));
     let result = (|| {
-        let computed = super::evaluate(g, &Default::default(), &roots, x)?;
+        let computed = super::execute(g, &Default::default(), &roots, x)?;
         let mut values: Vec<Option<Tensor>> = vec![None; g.ops.len()];
         for (n, v) in roots.iter().zip(computed) {
             values[n.0 as usize] = Some(v);

@@ -1,8 +1,43 @@
-//! `ssl-lang explain`: the typed unified form of an objective, as a researcher reads it.
+//! `ssl-lang explain`: the typed unified form of an objective, as a researcher reads it, and with `--ir` the
+//! gradient IR it lowers to, with costs.
 
+use super::{compile_file, select, Edge, Failure};
 use crate::check::typed::{Objective, Program, Show, StateKind, TExpr, TKind};
 use crate::check::types::Type;
+use crate::ir::{self, cost::Sizes};
 use std::fmt::Write;
+use std::path::Path;
+
+/// What `explain` shows beyond the unified form.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IrDump {
+    /// Whether to print the IR.
+    pub ir: bool,
+    /// Batch size N for its costs (default: the recipe's batch).
+    pub n: Option<usize>,
+    /// Feature dimension D for its costs (default: the recipe's projector output).
+    pub d: Option<usize>,
+}
+
+/// Prints the explanation of the objective of `path` that `objective` names.
+pub fn run(path: &Path, objective: Option<&str>, dump: IrDump, edge: &Edge) -> Result<(), Failure> {
+    let (source, program) = compile_file(path, edge)?;
+    let (o, recipe) = select(&program, objective, &source.name)?;
+    print!("{}", explain(&program, &o));
+    if dump.ir {
+        let sizes = Sizes::of(&o, dump.n.unwrap_or(recipe.batch), dump.d.unwrap_or(recipe.projector.out));
+        let lowered = ir::lower(&o);
+        println!(
+            "\ngradient IR (axes: N batch, K set elements, D E J feature dimensions); costs at N = {}, D = {}, fifos full",
+            sizes.n, sizes.d
+        );
+        println!("\nlowered:");
+        print!("{}", lowered.dump(Some(&sizes)));
+        println!("\noptimised (matrix chains reassociated at these sizes):");
+        print!("{}", ir::optimize(&lowered, &sizes).dump(Some(&sizes)));
+    }
+    Ok(())
+}
 
 /// The explanation of one objective of a checked program.
 pub fn explain(program: &Program, objective: &Objective) -> String {

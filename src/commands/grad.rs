@@ -1,19 +1,21 @@
 //! `ssl-lang grad`: one step of an objective on tensors from a file, for debugging an objective or
 //! comparing with another framework. Shape and name problems are coded errors, not panics.
 
+use super::{Edge, Failure};
 use crate::backend::Backend;
 use crate::check::typed::{Objective, StateKind};
+use crate::error::{Error, ErrorCode};
 use crate::ir::cost::Sizes;
 use crate::plan::{Features, Plan};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
 
-/// Why a `grad` run failed; each variant's text says what to do.
+/// Why a `grad` run failed; the message says what and where, and `Error::from` adds its code and help.
 #[derive(Debug, thiserror::Error)]
 pub enum GradError {
     /// The input file could not be read as safetensors.
-    #[error("ssl::grad::read: cannot read `{path}` as safetensors: {reason}\n  help: write the inputs with safetensors (e.g. `safetensors.torch.save_file`)")]
+    #[error("cannot read `{path}` as safetensors: {reason}")]
     Read {
         /// File.
         path: String,
@@ -21,7 +23,7 @@ pub enum GradError {
         reason: String,
     },
     /// A required tensor is absent.
-    #[error("ssl::grad::missing: the inputs have no tensor `{name}` (found: {found})\n  help: provide u1, u2, t1 and t2, each [N, D]")]
+    #[error("the inputs have no tensor `{name}` (found: {found})")]
     Missing {
         /// Missing tensor.
         name: String,
@@ -29,7 +31,7 @@ pub enum GradError {
         found: String,
     },
     /// A tensor has the wrong shape or type.
-    #[error("ssl::grad::shape: tensor `{name}` is {found}, expected {expected}\n  help: {help}")]
+    #[error("tensor `{name}` is {found}, expected {expected}")]
     Shape {
         /// Tensor.
         name: String,
@@ -41,16 +43,41 @@ pub enum GradError {
         help: String,
     },
     /// A tensor names no input and no state.
-    #[error("ssl::grad::unknown: the inputs hold `{name}`, which is neither u1 u2 t1 t2 nor a state of the objective ({states})\n  help: remove it or rename it after a state")]
+    #[error("the inputs hold `{name}`, which is neither u1 u2 t1 t2 nor a state of the objective ({states})")]
     Unknown {
         /// Tensor.
         name: String,
         /// The objective's states.
         states: String,
     },
-    /// Evaluation or writing failed.
-    #[error("ssl::grad::eval: {0}")]
+    /// The results could not be written.
+    #[error("cannot write `{path}`: {reason}")]
+    Write {
+        /// File.
+        path: String,
+        /// Underlying error.
+        reason: String,
+    },
+    /// Evaluation failed.
+    #[error("{0}")]
     Eval(#[from] candle_core::Error),
+}
+
+/// `ssl-lang grad FILE --inputs … --out …`: compiles the file, runs one step and prints the summary.
+pub fn command(
+    file: &Path,
+    objective: Option<&str>,
+    io: (&Path, &Path),
+    normalize: bool,
+    backend: Backend,
+    device_name: &str,
+    edge: &Edge,
+) -> Result<(), Failure> {
+    let device = super::device::open(device_name)?;
+    let (source, program) = super::compile_file(file, edge)?;
+    let (o, _) = super::select(&program, objective, &source.name)?;
+    println!("{}", run(&o, io.0, io.1, normalize, backend, &device)?);
+    Ok(())
 }
 
 /// Runs one step on `device` and writes the results; returns a one-line summary. The fused kernels are CPU-only, so
@@ -83,7 +110,7 @@ pub fn run(
             });
         }
         let t = t.to_dtype(DType::F64)?;
-        Ok(if normalize { t.broadcast_div(&t.sqr()?.sum_keepdim(1)?.sqrt()?)? } else { t })
+        Ok(if normalize { crate::nn::layers::l2_normalize(&t)? } else { t })
     };
     let f = Features { u1: get("u1")?, u2: get("u2")?, t1: get("t1")?, t2: get("t2")? };
     let (n, d) = (f.u1.dims()[0], f.u1.dims()[1]);
@@ -141,7 +168,8 @@ pub fn run(
             outputs.insert(s.name.clone(), t.to_dtype(DType::F32)?);
         }
     }
-    candle_core::safetensors::save(&outputs, out)?;
+    candle_core::safetensors::save(&outputs, out)
+        .map_err(|e| GradError::Write { path: out.display().to_string(), reason: e.to_string() })?;
     let mut names: Vec<&String> = outputs.keys().collect();
     names.sort();
     Ok(format!(
@@ -151,4 +179,27 @@ pub fn run(
         out.display(),
         g.stats.positive_similarity
     ))
+}
+
+impl From<GradError> for Error {
+    fn from(e: GradError) -> Self {
+        if let GradError::Eval(inner) = e {
+            return inner.into();
+        }
+        let (code, help) = match &e {
+            GradError::Read { .. } => (
+                ErrorCode::GradRead,
+                "write the inputs with safetensors (e.g. `safetensors.torch.save_file`)".to_string(),
+            ),
+            GradError::Missing { .. } => (ErrorCode::GradMissing, "provide u1, u2, t1 and t2, each [N, D]".to_string()),
+            GradError::Shape { help, .. } => (ErrorCode::GradShape, help.clone()),
+            GradError::Unknown { .. } => (ErrorCode::GradUnknown, "remove it or rename it after a state".to_string()),
+            GradError::Write { .. } => (
+                ErrorCode::GradWrite,
+                "check that the directory exists and is writable, and that the disk is not full".to_string(),
+            ),
+            GradError::Eval(_) => unreachable!("converted above"),
+        };
+        Error::new(code, e.to_string()).help(help)
+    }
 }

@@ -10,8 +10,8 @@
 //! Layout: NCHW [B, C, H, W] or [B, C], seen as [B, C, S] with S = H·W or 1. Other devices and dtypes than the CPU
 //! with f32/f64 are the caller's to route to candle's ops (see `model::batch_norm_train`).
 
-use crate::backend::fused::gemm::Float;
-use crate::runtime::conv::read;
+use super::gemm::Float;
+use super::read;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 

@@ -4,7 +4,8 @@
 //! With the thresholds raised, freed blocks stay in the heap and are reused; the peak footprint is unchanged.
 
 /// Raises glibc malloc's mmap threshold to its maximum (32 MiB) and disables trimming of the heap top, for this
-/// process. Call once at start-up, before threads allocate. No effect (and no cost) on other C libraries.
+/// process. The binary (and the benchmarks) call it once at start-up, before threads allocate: allocator tunables are
+/// process-wide, so only the edge sets them. No effect (and no cost) on other C libraries.
 pub fn retain_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[allow(unsafe_code)]

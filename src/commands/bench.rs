@@ -4,13 +4,13 @@
 //! Reports pairs/s, the share of each phase of the step, the convolutions' share and achieved GFLOP/s beside a
 //! plain GEMM measured in the same run, peak resident memory, and optionally the same with candle's own layers.
 
+use super::Failure;
+use crate::error::{Error, ErrorCode};
+use crate::runtime::records::{Phase, Record};
+use crate::runtime::run::RunDir;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// The phases a step is timed in, in order.
-pub const PHASES: &[&str] =
-    &["augment", "online_forward", "target_forward", "plan", "local_crops", "backward", "optimizer", "ema"];
 
 /// One objective's measurement.
 struct Measured {
@@ -25,60 +25,68 @@ struct Measured {
 
 /// What `bench train` runs: the same for every objective.
 #[derive(Clone, Debug)]
-pub struct Setup<'a> {
+pub struct Setup {
     /// Pairs per step.
     pub batch: usize,
     /// Steps measured after one warm-up step.
     pub steps: usize,
-    /// The Fashion-MNIST directory.
-    pub data: &'a Path,
     /// Recipe overrides (`KEY=VALUE`) for every objective.
-    pub overrides: &'a [String],
+    pub overrides: Vec<String>,
     /// `--device` for the training runs.
-    pub device: &'a str,
+    pub device: String,
     /// Also run with candle's own layers and report the ratio.
     pub baseline: bool,
 }
 
-/// Trains `steps + 1` steps of `file` in a child process (with `SSL_KERNELS=candle` when `candle`) and reads its
+/// Trains `steps + 1` steps of `file` in a child process (with `--layers candle` when `candle`) and reads its
 /// metrics: medians over the steps after the first.
-fn measure(file: &Path, name: &str, setup: &Setup, candle: bool) -> Result<Measured, String> {
-    let Setup { batch, steps, data, overrides: extra, device, .. } = *setup;
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the ssl-lang executable: {e}"))?;
+fn measure(file: &Path, name: &str, data: &Path, setup: &Setup, candle: bool) -> Result<Measured, Error> {
+    let failed = |what: String| Error::new(ErrorCode::BenchRun, format!("{name}: {what}"));
+    let exe = std::env::current_exe().map_err(|e| failed(format!("cannot find the ssl-lang executable: {e}")))?;
     let root = std::env::temp_dir().join(format!("ssl-bench-{}", std::process::id()));
     let mut cmd = Command::new(&exe);
-    cmd.arg("train").arg(file).args(["--set", &format!("batch={batch}"), "--set", "eval=none"]);
-    cmd.args(["--max-steps", &(steps + 1).to_string(), "--log-every", "1", "--name", name]);
-    cmd.arg("--runs").arg(&root).arg("--data").arg(data).args(["--device", device]);
-    cmd.env("SSL_KERNELS", if candle { "candle" } else { "ours" });
-    for e in extra {
+    cmd.arg("train").arg(file).args(["--set", &format!("batch={}", setup.batch), "--set", "eval=none"]);
+    cmd.args(["--max-steps", &(setup.steps + 1).to_string(), "--log-every", "1", "--name", name]);
+    cmd.arg("--runs").arg(&root).arg("--data").arg(data).args(["--device", &setup.device]);
+    cmd.args(["--layers", if candle { "candle" } else { "ours" }]);
+    for e in &setup.overrides {
         cmd.args(["--set", e]);
     }
-    let run = cmd.output().map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
-    let metrics = std::fs::read_to_string(root.join(name).join("metrics.jsonl"));
+    let run = cmd.output().map_err(|e| failed(format!("cannot run {}: {e}", exe.display())))?;
+    let records = RunDir { path: root.join(name) }.read_metrics();
     let _ = std::fs::remove_dir_all(&root);
     if !run.status.success() {
-        return Err(format!("{name}: training failed:\n{}", String::from_utf8_lossy(&run.stderr)));
+        return Err(failed(format!("training failed:\n{}", String::from_utf8_lossy(&run.stderr)))
+            .help("run the same `ssl-lang train` by hand to see the whole error"));
     }
-    let metrics = metrics.map_err(|e| e.to_string())?;
-    let records: Vec<serde_json::Value> = metrics.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    let steps: Vec<&serde_json::Value> = records.iter().filter(|r| r["kind"] == "step").skip(1).collect();
-    let median = |value: &dyn Fn(&serde_json::Value) -> Option<f64>| -> f64 {
+    let records = records?;
+    let steps: Vec<_> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Step(s) => Some(s),
+            _ => None,
+        })
+        .skip(1)
+        .collect();
+    let median = |value: &dyn Fn(&crate::runtime::records::StepRecord) -> Option<f64>| -> f64 {
         let mut v: Vec<f64> = steps.iter().filter_map(|r| value(r)).collect();
         v.sort_by(f64::total_cmp);
         v.get(v.len() / 2).copied().unwrap_or(0.0)
     };
-    let phases: Vec<f64> = PHASES.iter().map(|p| median(&|r| r["phase_ms"][p].as_f64())).collect();
+    let phases: Vec<f64> = Phase::ALL.iter().map(|p| median(&|r| r.phase_ms.get(p).copied())).collect();
     let total: f64 = phases.iter().sum::<f64>().max(1e-9);
-    let conv_ms = median(&|r| r["conv_ms"].as_f64());
+    let conv_ms = median(&|r| Some(r.conv_ms));
     Ok(Measured {
-        pairs_per_s: batch as f64 / (total / 1e3),
+        pairs_per_s: setup.batch as f64 / (total / 1e3),
         step_ms: total,
         phase_share: phases.iter().map(|p| 100.0 * p / total).collect(),
         conv_share: 100.0 * conv_ms / total,
-        conv_gflops: median(&|r| r["conv_gflop"].as_f64()) / (conv_ms / 1e3).max(1e-12),
-        has_target: steps.first().is_some_and(|r| !r["momentum"].is_null()),
-        peak_mb: records.iter().find(|r| r["kind"] == "end").and_then(|r| r["peak_rss_mb"].as_f64()),
+        conv_gflops: median(&|r| Some(r.conv_gflop)) / (conv_ms / 1e3).max(1e-12),
+        has_target: steps.first().is_some_and(|r| r.momentum.is_some()),
+        peak_mb: records.iter().find_map(|r| match r {
+            Record::End(e) => e.peak_rss_mb,
+            _ => None,
+        }),
     })
 }
 
@@ -101,7 +109,7 @@ fn row(out: &mut String, name: &str, m: &Measured) {
 
 /// GFLOP/s of a plain square f32 GEMM (1024³, all cores): the ceiling the convolutions are compared with.
 fn plain_gemm_gflops() -> f64 {
-    use crate::backend::fused::gemm::{gemm_into, Matrix};
+    use crate::kernels::gemm::{gemm_into, Matrix};
     let n = 1024;
     let a: Vec<f32> = (0..n * n).map(|i| (i % 7) as f32 * 0.1).collect();
     let m = Matrix { data: &a, rows: n, cols: n, row_stride: n as isize, col_stride: 1 };
@@ -118,10 +126,33 @@ fn plain_gemm_gflops() -> f64 {
     2.0 * (n * n * n) as f64 / times[times.len() / 2] / 1e9
 }
 
+/// `ssl-lang bench train`: prints the table for `files` (default: every file in `objectives/`) on `data` (default:
+/// the bundled subset).
+pub fn run(files: Vec<PathBuf>, data: Option<PathBuf>, setup: &Setup) -> Result<(), Failure> {
+    super::device::open(&setup.device)?;
+    let files = if files.is_empty() {
+        let mut all: Vec<PathBuf> = std::fs::read_dir("objectives")
+            .map(|d| {
+                d.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "ssl"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        all.sort();
+        all
+    } else {
+        files
+    };
+    let data = data.unwrap_or_else(|| PathBuf::from(crate::data::BUNDLED_DIR));
+    print!("{}", bench_train(&files, &data, setup)?);
+    Ok(())
+}
+
 /// Runs the benchmark; returns the table. With `baseline`, each objective is also run with candle's own layers
-/// (`SSL_KERNELS=candle`) and the ratio is reported.
-pub fn bench_train(files: &[PathBuf], setup: &Setup) -> Result<String, String> {
-    let Setup { batch, steps, device, baseline, .. } = *setup;
+/// (`--layers candle`) and the ratio is reported.
+pub fn bench_train(files: &[PathBuf], data: &Path, setup: &Setup) -> Result<String, Error> {
+    let Setup { batch, steps, baseline, .. } = *setup;
+    let device = &setup.device;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -130,7 +161,7 @@ pub fn bench_train(files: &[PathBuf], setup: &Setup) -> Result<String, String> {
         "target",
         "pairs/s",
         "step ms",
-        PHASES.iter().map(|p| format!("{:>8}", short(p))).collect::<Vec<_>>().join(" "),
+        Phase::ALL.iter().map(|p| format!("{:>8}", p.short())).collect::<Vec<_>>().join(" "),
         "conv",
         "GFLOP/s",
         "peak MB",
@@ -138,10 +169,10 @@ pub fn bench_train(files: &[PathBuf], setup: &Setup) -> Result<String, String> {
     );
     for file in files {
         let name = file.file_stem().map_or("objective".into(), |s| s.to_string_lossy().into_owned());
-        let m = measure(file, &name, setup, false)?;
+        let m = measure(file, &name, data, setup, false)?;
         row(&mut out, &name, &m);
         if baseline {
-            let c = measure(file, &name, setup, true)?;
+            let c = measure(file, &name, data, setup, true)?;
             let _ = write!(out, " | {:>14.1} {:>5.1}×", c.pairs_per_s, m.pairs_per_s / c.pairs_per_s);
             let _ = writeln!(out);
             row(&mut out, "  with candle", &c);
@@ -165,20 +196,9 @@ pub fn bench_train(files: &[PathBuf], setup: &Setup) -> Result<String, String> {
     if baseline {
         let _ = writeln!(
             out,
-            "with candle: the same steps with candle's own conv2d, BatchNorm and ReLU (SSL_KERNELS=candle),"
+            "with candle: the same steps with candle's own conv2d, BatchNorm and ReLU (--layers candle),"
         );
         let _ = writeln!(out, "the baseline; the ratio is ours over candle's pairs/s.");
     }
     Ok(out)
-}
-
-fn short(phase: &str) -> &str {
-    match phase {
-        "online_forward" => "online",
-        "target_forward" => "target",
-        "local_crops" => "local",
-        "optimizer" => "optim",
-        "backward" => "backward",
-        other => other,
-    }
 }

@@ -1,0 +1,74 @@
+//! `ssl-lang train`: compile the file, apply `--set`, train, and print where the run went.
+
+use super::{compile_file, device, select, Edge, Failure};
+use crate::backend::Backend;
+use crate::nn::LayerImpl;
+use crate::runtime::overrides;
+use crate::runtime::train::{train, TrainOptions};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// Everything `train` is given on the command line.
+#[derive(Clone, Debug)]
+pub struct TrainArgs {
+    /// The .ssl file.
+    pub file: PathBuf,
+    /// Which objective (default: the one the train block names, else the first).
+    pub objective: Option<String>,
+    /// `--data DIR`.
+    pub data: Option<PathBuf>,
+    /// `--set KEY=VALUE`, in order.
+    pub set: Vec<String>,
+    /// `--name`.
+    pub name: Option<String>,
+    /// `--runs`.
+    pub runs: PathBuf,
+    /// `--resume`.
+    pub resume: bool,
+    /// `--max-steps`.
+    pub max_steps: Option<usize>,
+    /// `--limit`.
+    pub limit: Option<usize>,
+    /// `--backend`.
+    pub backend: Backend,
+    /// `--log-every`.
+    pub log_every: usize,
+    /// `--device`.
+    pub device: String,
+    /// `--layers`.
+    pub layers: LayerImpl,
+}
+
+/// Trains; `stop` is the flag the binary's signal handler sets.
+pub fn run(args: TrainArgs, stop: Arc<AtomicBool>, edge: &Edge) -> Result<(), Failure> {
+    let device = device::open(&args.device)?;
+    let (source, program) = compile_file(&args.file, edge)?;
+    let (mut objective, mut recipe) = select(&program, args.objective.as_deref(), &source.name)?;
+    let applied = match overrides::apply(&mut recipe, &mut objective, &args.set) {
+        Ok(applied) => applied,
+        Err(overrides::SetError::Diagnostics { text, diagnostics }) => {
+            edge.diagnostics("--set", &text, &diagnostics);
+            return Err(Failure::Reported(super::BAD_USAGE));
+        }
+        Err(overrides::SetError::Error(e)) => return Err(Failure::Error(e)),
+    };
+    let opts = TrainOptions {
+        data_dir: args.data,
+        runs_root: args.runs,
+        name: args.name,
+        resume: args.resume,
+        max_steps: args.max_steps,
+        limit: args.limit,
+        backend: args.backend,
+        log_every: args.log_every,
+        overrides: applied,
+        device,
+        layers: args.layers,
+        stop,
+    };
+    let summary = train(&source.text, &objective, &recipe, &opts)?;
+    let knn = summary.knn.map_or("-".to_string(), |k| format!("{:.2} %", k * 100.0));
+    println!("done: {} steps, final kNN top-1 {knn}; run in {}", summary.steps, summary.run_dir.display());
+    Ok(())
+}

@@ -1,0 +1,38 @@
+//! Compute kernels on plain slices and their candle `CustomOp` wrappers: the GEMM with an accumulating epilogue,
+//! convolution (im2col and Winograd), BatchNorm/ReLU, and the contrastive softmax-weighted sum. Both the objective's
+//! fused backend (`backend::fused`) and the network's layers (`nn`) call these; nothing here knows either of them.
+
+pub mod conv;
+pub mod gemm;
+pub mod norm;
+pub mod softmax_sum;
+
+use candle_core::{CpuStorage, Layout, Result};
+use gemm::Float;
+use std::borrow::Cow;
+
+/// A tensor's elements in row-major order: borrowed when contiguous, gathered through its strides otherwise.
+pub fn read<'a, T: Float>(s: &'a CpuStorage, l: &Layout) -> Result<Cow<'a, [T]>> {
+    let data = s.as_slice::<T>()?;
+    if let Some((start, end)) = l.contiguous_offsets() {
+        return Ok(Cow::Borrowed(&data[start..end]));
+    }
+    let (dims, strides) = (l.dims(), l.stride());
+    let count: usize = dims.iter().product();
+    let mut out = Vec::with_capacity(count);
+    let mut idx = vec![0usize; dims.len()];
+    let mut off = l.start_offset();
+    for _ in 0..count {
+        out.push(data[off]);
+        for d in (0..dims.len()).rev() {
+            idx[d] += 1;
+            off += strides[d];
+            if idx[d] < dims[d] {
+                break;
+            }
+            off -= strides[d] * dims[d];
+            idx[d] = 0;
+        }
+    }
+    Ok(Cow::Owned(out))
+}

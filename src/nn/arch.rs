@@ -1,0 +1,186 @@
+//! The architecture as indices into the parameter and buffer lists, and its builder, which draws every initial value
+//! from one seeded generator in forward order (torchvision's and torch's init rules).
+
+use super::params::{ParamKind, Params};
+use crate::check::recipe::{Encoder as EncoderSpec, Mlp as MlpSpec};
+use candle_core::{bail, DType, Device, Result, Tensor, Var};
+use rand::rngs::StdRng;
+use rand::Rng;
+
+#[derive(Clone, Debug)]
+pub(super) struct Conv {
+    pub(super) w: usize,
+    pub(super) stride: usize,
+    pub(super) pad: usize,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct Bn {
+    pub(super) gamma: usize,
+    pub(super) beta: usize,
+    /// Index of the running mean; the running variance follows it.
+    pub(super) stats: usize,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct Linear {
+    pub(super) w: usize,
+    pub(super) b: Option<usize>,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct Block {
+    pub(super) conv1: Conv,
+    pub(super) bn1: Bn,
+    pub(super) conv2: Conv,
+    pub(super) bn2: Bn,
+    pub(super) shortcut: Option<(Conv, Bn)>,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct ResNet {
+    pub(super) stem: Conv,
+    pub(super) stem_bn: Bn,
+    pub(super) blocks: Vec<Block>,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct MlpNet {
+    pub(super) fc1: Linear,
+    pub(super) bn: Bn,
+    pub(super) fc2: Linear,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct Arch {
+    pub(super) encoder: ResNet,
+    pub(super) projector: MlpNet,
+    pub(super) predictor: Option<MlpNet>,
+    /// Parameters and buffers of encoder + projector: a prefix of each list (the target network's part).
+    pub(super) target_params: usize,
+    pub(super) target_buffers: usize,
+    pub(super) backbone_dim: usize,
+    pub(super) projection_dim: usize,
+}
+
+/// Builds the architecture, drawing every initial value from one seeded generator in forward order.
+pub(super) struct Builder<'d> {
+    pub(super) rng: StdRng,
+    pub(super) dtype: DType,
+    pub(super) device: &'d Device,
+    pub(super) params: Params,
+    pub(super) tensors: Vec<Tensor>,
+    pub(super) buffer_names: Vec<String>,
+    pub(super) buffers: Vec<Tensor>,
+}
+
+impl Builder<'_> {
+    pub(super) fn param(&mut self, name: String, data: Vec<f64>, shape: &[usize], kind: ParamKind) -> Result<usize> {
+        let t = Tensor::from_vec(data, shape, self.device)?.to_dtype(self.dtype)?;
+        let var = Var::from_tensor(&t)?;
+        self.tensors.push(var.as_tensor().clone());
+        self.params.push(name, var, kind)?;
+        Ok(self.tensors.len() - 1)
+    }
+
+    pub(super) fn normal(&mut self, n: usize, std: f64) -> Vec<f64> {
+        // Box–Muller: rand 0.8 has no normal distribution without rand_distr.
+        let mut out = Vec::with_capacity(n + 1);
+        while out.len() < n {
+            let u1: f64 = 1.0 - self.rng.gen::<f64>(); // (0, 1]: log is finite
+            let u2: f64 = self.rng.gen::<f64>();
+            let r = (-2.0 * u1.ln()).sqrt() * std;
+            let a = std::f64::consts::TAU * u2;
+            out.push(r * a.cos());
+            out.push(r * a.sin());
+        }
+        out.truncate(n);
+        out
+    }
+
+    pub(super) fn uniform(&mut self, n: usize, bound: f64) -> Vec<f64> {
+        (0..n).map(|_| self.rng.gen_range(-bound..=bound)).collect()
+    }
+
+    /// Kaiming-normal, fan_out, gain √2: torchvision ResNet's conv init.
+    pub(super) fn conv(
+        &mut self,
+        name: &str,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Result<Conv> {
+        let std = (2.0 / (cout * k * k) as f64).sqrt();
+        let data = self.normal(cout * cin * k * k, std);
+        let w = self.param(format!("{name}.weight"), data, &[cout, cin, k, k], ParamKind::Weight)?;
+        Ok(Conv { w, stride, pad })
+    }
+
+    /// γ = 1, β = 0, running mean 0, running variance 1.
+    pub(super) fn bn(&mut self, name: &str, c: usize) -> Result<Bn> {
+        let gamma = self.param(format!("{name}.weight"), vec![1.0; c], &[c], ParamKind::Norm)?;
+        let beta = self.param(format!("{name}.bias"), vec![0.0; c], &[c], ParamKind::Norm)?;
+        let stats = self.buffers.len();
+        for (suffix, value) in [("running_mean", 0.0), ("running_var", 1.0)] {
+            self.buffer_names.push(format!("{name}.{suffix}"));
+            self.buffers.push(Tensor::full(value, c, self.device)?.to_dtype(self.dtype)?);
+        }
+        Ok(Bn { gamma, beta, stats })
+    }
+
+    /// torch's nn.Linear init: kaiming-uniform with a = √5, i.e. U(−1/√fan_in, 1/√fan_in), bias alike.
+    pub(super) fn linear(&mut self, name: &str, fan_in: usize, fan_out: usize, bias: bool) -> Result<Linear> {
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        let data = self.uniform(fan_in * fan_out, bound);
+        let w = self.param(format!("{name}.weight"), data, &[fan_out, fan_in], ParamKind::Weight)?;
+        let b = if bias {
+            let data = self.uniform(fan_out, bound);
+            Some(self.param(format!("{name}.bias"), data, &[fan_out], ParamKind::Bias)?)
+        } else {
+            None
+        };
+        Ok(Linear { w, b })
+    }
+
+    pub(super) fn resnet(&mut self, spec: &EncoderSpec) -> Result<ResNet> {
+        let Some(&stem_width) = spec.widths.first() else { bail!("resnet_mini needs at least one width") };
+        if spec.widths.contains(&0) || spec.blocks == 0 {
+            bail!("resnet_mini widths and blocks must be positive, got {:?} and {}", spec.widths, spec.blocks);
+        }
+        let stem = self.conv("encoder.stem.conv", 1, stem_width, 3, 1, 1)?;
+        let stem_bn = self.bn("encoder.stem.bn", stem_width)?;
+        let mut blocks = Vec::new();
+        let mut cin = stem_width;
+        for (i, &w) in spec.widths.iter().enumerate() {
+            for j in 0..spec.blocks {
+                let stride = if i > 0 && j == 0 { 2 } else { 1 };
+                let name = format!("encoder.stage{}.block{}", i + 1, j + 1);
+                let conv1 = self.conv(&format!("{name}.conv1"), cin, w, 3, stride, 1)?;
+                let bn1 = self.bn(&format!("{name}.bn1"), w)?;
+                let conv2 = self.conv(&format!("{name}.conv2"), w, w, 3, 1, 1)?;
+                let bn2 = self.bn(&format!("{name}.bn2"), w)?;
+                let shortcut = if stride != 1 || cin != w {
+                    let c = self.conv(&format!("{name}.shortcut.conv"), cin, w, 1, stride, 0)?;
+                    Some((c, self.bn(&format!("{name}.shortcut.bn"), w)?))
+                } else {
+                    None
+                };
+                blocks.push(Block { conv1, bn1, conv2, bn2, shortcut });
+                cin = w;
+            }
+        }
+        Ok(ResNet { stem, stem_bn, blocks })
+    }
+
+    pub(super) fn mlp(&mut self, name: &str, fan_in: usize, spec: &MlpSpec) -> Result<MlpNet> {
+        if spec.hidden == 0 || spec.out == 0 {
+            bail!("{name} widths must be positive, got hidden = {} and out = {}", spec.hidden, spec.out);
+        }
+        let fc1 = self.linear(&format!("{name}.fc1"), fan_in, spec.hidden, false)?;
+        let bn = self.bn(&format!("{name}.bn"), spec.hidden)?;
+        let fc2 = self.linear(&format!("{name}.fc2"), spec.hidden, spec.out, true)?;
+        Ok(MlpNet { fc1, bn, fc2 })
+    }
+}

@@ -1,0 +1,130 @@
+//! One forward pass over the architecture, shared by the online network (Vars, running statistics updated) and the
+//! target (plain tensors, statistics read only); with our layers it records what [`super::backward`] needs.
+
+use super::arch::{Arch, Bn, Conv, Linear, MlpNet, ResNet};
+use super::layers::{add_relu, batch_norm_eval, batch_norm_train, conv2d, global_avg_pool, linear};
+use super::siamese::Outputs;
+use super::LayerImpl;
+use crate::kernels::conv::WorkCounter;
+use crate::kernels::norm;
+use candle_core::{bail, Result, Tensor, Var};
+use std::sync::Arc;
+
+/// Where BatchNorm reads and writes running statistics during one forward pass.
+pub(super) enum Stats<'a> {
+    /// Updated in train mode (the online network).
+    Mut(&'a mut [Tensor]),
+    /// Read only (the target network, whose statistics are copied from the online one).
+    Ref(&'a [Tensor]),
+}
+
+/// What our backward of the encoder needs from one BatchNorm of the forward pass.
+#[derive(Clone, Debug)]
+pub(super) struct NormSaved {
+    pub(super) input: Tensor,
+    pub(super) output: Tensor,
+    pub(super) stats: norm::ChannelStats,
+    /// Batch statistics (train mode) rather than running ones.
+    pub(super) batch: bool,
+    pub(super) relu: bool,
+}
+
+/// The encoder's forward pass as our backward reads it: the images, every BatchNorm in forward order (stem, then
+/// per block bn1, bn2 and the shortcut's), and the output of every residual join.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Recorded {
+    pub(super) norms: Vec<NormSaved>,
+    pub(super) joins: Vec<Tensor>,
+}
+
+/// A recorded encoder pass and the leaf its backbone features became, where the heads' graph starts.
+#[derive(Clone, Debug)]
+pub(super) struct EncoderTape {
+    pub(super) images: Tensor,
+    pub(super) recorded: Recorded,
+    pub(super) leaf: Var,
+}
+
+pub(super) struct Ctx<'a> {
+    pub(super) p: &'a [Tensor],
+    pub(super) stats: Stats<'a>,
+    pub(super) train: bool,
+    /// Set when the pass is recorded for our backward instead of candle's graph.
+    pub(super) tape: Option<Recorded>,
+    /// The layers' implementation, the network's for the whole pass.
+    pub(super) layers: LayerImpl,
+    /// Where our convolutions count their work.
+    pub(super) work: &'a Arc<WorkCounter>,
+}
+
+impl Ctx<'_> {
+    pub(super) fn conv(&self, x: &Tensor, c: &Conv) -> Result<Tensor> {
+        conv2d(x, &self.p[c.w], c.stride, c.pad, self.layers, self.work)
+    }
+
+    /// BatchNorm, followed by a ReLU when `relu`.
+    pub(super) fn bn(&mut self, x: &Tensor, b: &Bn, relu: bool) -> Result<Tensor> {
+        let (gamma, beta, k) = (&self.p[b.gamma], &self.p[b.beta], self.layers);
+        let (y, stats) = match (&mut self.stats, self.train) {
+            (Stats::Mut(s), true) => match &mut s[b.stats..b.stats + 2] {
+                [rm, rv] => batch_norm_train(x, gamma, beta, Some((rm, rv)), relu, k)?,
+                _ => bail!("internal: running statistics out of range"),
+            },
+            (Stats::Ref(_), true) => batch_norm_train(x, gamma, beta, None, relu, k)?,
+            (Stats::Mut(s), false) => batch_norm_eval(x, gamma, beta, &s[b.stats], &s[b.stats + 1], relu, k)?,
+            (Stats::Ref(s), false) => batch_norm_eval(x, gamma, beta, &s[b.stats], &s[b.stats + 1], relu, k)?,
+        };
+        if let Some(tape) = &mut self.tape {
+            let Some(stats) = stats else { bail!("internal: a recorded pass ran candle's BatchNorm") };
+            tape.norms.push(NormSaved { input: x.clone(), output: y.clone(), stats, batch: self.train, relu });
+        }
+        Ok(y)
+    }
+
+    pub(super) fn linear(&self, x: &Tensor, l: &Linear) -> Result<Tensor> {
+        linear(x, &self.p[l.w], l.b.map(|b| &self.p[b]))
+    }
+
+    pub(super) fn resnet(&mut self, x: &Tensor, r: &ResNet) -> Result<Tensor> {
+        let mut h = self.bn(&self.conv(x, &r.stem)?, &r.stem_bn, true)?;
+        for b in &r.blocks {
+            let out = self.bn(&self.conv(&h, &b.conv1)?, &b.bn1, true)?;
+            let out = self.bn(&self.conv(&out, &b.conv2)?, &b.bn2, false)?;
+            let short = match &b.shortcut {
+                Some((c, n)) => self.bn(&self.conv(&h, c)?, n, false)?,
+                None => h,
+            };
+            h = add_relu(&out, &short, self.layers)?;
+            if let Some(tape) = &mut self.tape {
+                tape.joins.push(h.clone());
+            }
+        }
+        global_avg_pool(&h)
+    }
+
+    pub(super) fn mlp(&mut self, x: &Tensor, m: &MlpNet) -> Result<Tensor> {
+        let h = self.bn(&self.linear(x, &m.fc1)?, &m.bn, true)?;
+        self.linear(&h, &m.fc2)
+    }
+
+    /// Projector and, when asked and present, predictor on backbone features.
+    pub(super) fn heads(
+        &mut self,
+        backbone: &Tensor,
+        arch: &Arch,
+        predictor: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let projection = self.mlp(backbone, &arch.projector)?;
+        let prediction = match (&arch.predictor, predictor) {
+            (Some(m), true) => Some(self.mlp(&projection, m)?),
+            _ => None,
+        };
+        Ok((projection, prediction))
+    }
+
+    pub(super) fn forward(&mut self, x: &Tensor, arch: &Arch, predictor: bool) -> Result<Outputs> {
+        let backbone = self.resnet(x, &arch.encoder)?;
+        let (projection, prediction) = self.heads(&backbone, arch, predictor)?;
+        Ok(Outputs { backbone, projection, prediction, tape: None })
+    }
+}

@@ -1,0 +1,163 @@
+//! The network's layers as functions. Each takes the [`LayerImpl`] of the pass, so the implementation is chosen in
+//! one place: ours (the `kernels` CustomOps) or candle's composable ops.
+
+use super::LayerImpl;
+use crate::kernels::conv::{self, WorkCounter};
+use crate::kernels::norm;
+use candle_core::{bail, DType, Result, Tensor};
+use std::sync::Arc;
+
+/// BatchNorm running-statistics momentum, as torch's default: running = (1 − m)·running + m·batch.
+pub const BN_MOMENTUM: f64 = 0.1;
+/// BatchNorm epsilon added to the variance, as torch's default.
+pub const BN_EPS: f64 = 1e-5;
+
+/// 2-D convolution, NCHW input and [out, in, k, k] kernel, no bias. Every convolution of the model goes through here,
+/// so the implementation is chosen in one place: with [`LayerImpl::Ours`] our GEMM kernels ([`conv::conv2d`], forward
+/// and both backward products), with [`LayerImpl::Candle`] candle's own conv2d and autodiff ([`conv::candle_conv2d`],
+/// with the workaround for its C == H == W bug). Our products count their work in `work`.
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    pad: usize,
+    layers: LayerImpl,
+    work: &Arc<WorkCounter>,
+) -> Result<Tensor> {
+    match layers {
+        LayerImpl::Ours => conv::conv2d(x, w, stride, pad, work),
+        LayerImpl::Candle => conv::candle_conv2d(x, w, stride, pad),
+    }
+}
+
+/// `x · wᵀ (+ b)` with torch's [out, in] weight layout; the transpose is a free stride change.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let y = x.matmul(&w.t()?)?;
+    match b {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
+}
+
+/// Each row divided by its L2 norm, as `F.normalize` with eps 1e-12 (rows of zeros stay zero). The one
+/// normalisation of features everywhere: training, evaluation, `grad --normalize` and `verify`.
+pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    x.broadcast_div(&x.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-12)?)
+}
+
+/// Mean over the spatial dimensions: [B, C, H, W] → [B, C]. Reduces over one flattened trailing axis, which candle
+/// does far faster than over two.
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    x.flatten_from(2)?.mean(2)
+}
+
+/// Whether our kernels can run a tensor: on the CPU, in f32 or f64.
+pub(super) fn fused_layers(x: &Tensor) -> bool {
+    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// Whether a layer runs our kernels ([`norm`]): when selected and the tensor allows.
+fn fused(layers: LayerImpl, x: &Tensor) -> bool {
+    layers == LayerImpl::Ours && fused_layers(x)
+}
+
+/// The view candle's composable BatchNorm works on: [B, C] (BatchNorm1d) or [B, C, H, W] (BatchNorm2d) as [B, C, S],
+/// S = 1 or H·W. Per-channel statistics are then a sum over the contiguous last axis followed by a small sum over the
+/// batch, about 25 times faster in candle than one reduction over (0, 2, 3).
+fn bn_view(x: &Tensor, gamma: &Tensor) -> Result<(Tensor, usize, usize)> {
+    let dims = x.dims();
+    let (b, c, s) = match *dims {
+        [b, c] => (b, c, 1),
+        [b, c, h, w] => (b, c, h * w),
+        _ => bail!("batch norm expects [B, C] or [B, C, H, W], got {dims:?}"),
+    };
+    if gamma.dims() != [c] {
+        bail!("batch norm over {c} channels got a scale of shape {:?}", gamma.dims());
+    }
+    Ok((x.reshape((b, c, s))?, c, b * s))
+}
+
+/// Per-channel mean of a [B, C, S] view, as [1, C, 1].
+fn channel_mean(x: &Tensor, n: usize) -> Result<Tensor> {
+    x.sum_keepdim(2)?.sum_keepdim(0)?.affine(1.0 / n as f64, 0.0)
+}
+
+fn maybe_relu(y: Tensor, relu: bool) -> Result<Tensor> {
+    if relu {
+        y.relu()
+    } else {
+        Ok(y)
+    }
+}
+
+/// BatchNorm in train mode, followed by a ReLU when `relu`: normalises with the batch mean and biased variance, and,
+/// when `running` is given, updates the running mean and (unbiased) variance with momentum [`BN_MOMENTUM`]. Works
+/// on [B, C] and [B, C, H, W]; the gradient flows to `x`, `gamma` and `beta` through the batch statistics. Errors
+/// (as torch does) when a channel has a single value, whose variance is undefined.
+/// Returns the output and, when our kernels ran it, the statistics it normalised with (what our backward reads).
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running: Option<(&mut Tensor, &mut Tensor)>,
+    relu: bool,
+    layers: LayerImpl,
+) -> Result<(Tensor, Option<norm::ChannelStats>)> {
+    let (x3, c, n) = bn_view(x, gamma)?;
+    if n < 2 {
+        bail!("batch norm in train mode needs more than one value per channel, got input {:?}", x.dims());
+    }
+    let (y, batch_mean, batch_var, saved) = if fused(layers, x) {
+        let stats = norm::channel_stats(x)?;
+        let y = norm::batch_norm(x, gamma, beta, &stats, BN_EPS, true, relu)?;
+        let device = x.device();
+        (y, Tensor::new(stats.mean.as_slice(), device)?, Tensor::new(stats.var.as_slice(), device)?, Some(stats))
+    } else {
+        let mean = channel_mean(&x3, n)?;
+        let centred = x3.broadcast_sub(&mean)?;
+        let var = channel_mean(&centred.sqr()?, n)?;
+        let scale = (&var + BN_EPS)?.sqrt()?.recip()?.broadcast_mul(&gamma.reshape((1, c, 1))?)?;
+        let y = centred.broadcast_mul(&scale)?.broadcast_add(&beta.reshape((1, c, 1))?)?;
+        (maybe_relu(y.reshape(x.dims())?, relu)?, mean.detach().flatten_all()?, var.detach().flatten_all()?, None)
+    };
+    if let Some((rm, rv)) = running {
+        let batch_mean = batch_mean.to_dtype(rm.dtype())?;
+        let batch_var = batch_var.to_dtype(rv.dtype())?.affine(n as f64 / (n - 1) as f64, 0.0)?;
+        *rm = (rm.affine(1.0 - BN_MOMENTUM, 0.0)? + batch_mean.affine(BN_MOMENTUM, 0.0)?)?;
+        *rv = (rv.affine(1.0 - BN_MOMENTUM, 0.0)? + batch_var.affine(BN_MOMENTUM, 0.0)?)?;
+    }
+    Ok((y, saved))
+}
+
+/// BatchNorm in eval mode (the running statistics), followed by a ReLU when `relu`. Returns the output and, when our
+/// kernels ran it, the statistics it normalised with.
+pub fn batch_norm_eval(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    relu: bool,
+    layers: LayerImpl,
+) -> Result<(Tensor, Option<norm::ChannelStats>)> {
+    let (x3, c, _) = bn_view(x, gamma)?;
+    if fused(layers, x) {
+        let mean = mean.to_dtype(DType::F64)?.to_vec1()?;
+        let var = var.to_dtype(DType::F64)?.to_vec1()?;
+        let stats = norm::ChannelStats { mean, var };
+        return Ok((norm::batch_norm(x, gamma, beta, &stats, BN_EPS, false, relu)?, Some(stats)));
+    }
+    let scale = (var + BN_EPS)?.sqrt()?.recip()?.mul(gamma)?;
+    let shift = (beta - mean.mul(&scale)?)?;
+    let y = x3.broadcast_mul(&scale.reshape((1, c, 1))?)?.broadcast_add(&shift.reshape((1, c, 1))?)?;
+    Ok((maybe_relu(y.reshape(x.dims())?, relu)?, None))
+}
+
+/// The residual join `relu(a + b)`: one fused pass each way with our kernels.
+pub fn add_relu(a: &Tensor, b: &Tensor, layers: LayerImpl) -> Result<Tensor> {
+    if fused(layers, a) {
+        norm::add_relu(a, b)
+    } else {
+        (a + b)?.relu()
+    }
+}

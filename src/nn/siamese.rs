@@ -1,0 +1,227 @@
+//! The online network: encoder, projector and optional predictor, with `Var` parameters that optimisers update.
+
+use super::arch::{Arch, Builder};
+use super::forward::{Ctx, EncoderTape, Recorded, Stats};
+use super::layers::fused_layers;
+use super::params::{load_named, Buffers, Params};
+use super::LayerImpl;
+use crate::check::recipe::{Encoder as EncoderSpec, Mlp as MlpSpec, Recipe};
+use crate::kernels::conv::{ConvWork, WorkCounter};
+use candle_core::{bail, DType, Device, Result, Tensor, Var};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// What one forward pass produces.
+#[derive(Clone, Debug)]
+pub struct Outputs {
+    /// Encoder features after global average pooling, [B, widths.last()]: what kNN and the linear probe use.
+    pub backbone: Tensor,
+    /// Projector output, [B, projector.out].
+    pub projection: Tensor,
+    /// Predictor output, [B, predictor.out], when the network has a predictor (never for the target).
+    pub prediction: Option<Tensor>,
+    /// The recorded encoder pass, when our kernels ran it: [`SiameseNet::backward`] differentiates it.
+    pub(super) tape: Option<EncoderTape>,
+}
+
+/// The online network: encoder, projector and optional predictor, with `Var` parameters that optimisers update.
+#[derive(Debug)]
+pub struct SiameseNet {
+    pub(super) arch: Arch,
+    pub(super) params: Params,
+    /// The Vars' own tensors (same ids), in parameter order, so the forward pass indexes them directly.
+    pub(super) tensors: Vec<Tensor>,
+    pub(super) buffer_names: Vec<String>,
+    /// Running statistics; a lock because the train-mode forward pass updates them through `&self`.
+    pub(super) buffers: Mutex<Vec<Tensor>>,
+    pub(super) dtype: DType,
+    /// Which implementation the layers run.
+    pub(super) layers: LayerImpl,
+    /// The convolution work of this network and its target.
+    pub(super) work: Arc<WorkCounter>,
+}
+
+pub(super) fn check_images(x: &Tensor, dtype: DType) -> Result<()> {
+    match *x.dims() {
+        [b, 1, h, w] if b > 0 && h > 0 && w > 0 => {}
+        _ => bail!("expected images of shape [B, 1, H, W] with B, H, W > 0, got {:?}", x.dims()),
+    }
+    if x.dtype() != dtype {
+        bail!("images are {:?} but the network is {:?}", x.dtype(), dtype);
+    }
+    Ok(())
+}
+
+impl SiameseNet {
+    /// Builds the network of DESIGN §5 with every initial value drawn from `seed`, so runs are reproducible.
+    pub fn new(
+        encoder: &EncoderSpec,
+        projector: &MlpSpec,
+        predictor: Option<&MlpSpec>,
+        seed: u64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        if !matches!(dtype, DType::F32 | DType::F64) {
+            bail!("the network supports f32 and f64, not {dtype:?}");
+        }
+        let mut b = Builder {
+            rng: StdRng::seed_from_u64(seed),
+            dtype,
+            device,
+            params: Params::new(),
+            tensors: Vec::new(),
+            buffer_names: Vec::new(),
+            buffers: Vec::new(),
+        };
+        let enc = b.resnet(encoder)?;
+        let backbone_dim = *encoder.widths.last().unwrap_or(&0);
+        let proj = b.mlp("projector", backbone_dim, projector)?;
+        let (target_params, target_buffers) = (b.tensors.len(), b.buffers.len());
+        let pred = match predictor {
+            Some(spec) => Some(b.mlp("predictor", projector.out, spec)?),
+            None => None,
+        };
+        let arch = Arch {
+            encoder: enc,
+            projector: proj,
+            predictor: pred,
+            target_params,
+            target_buffers,
+            backbone_dim,
+            projection_dim: projector.out,
+        };
+        Ok(SiameseNet {
+            arch,
+            params: b.params,
+            tensors: b.tensors,
+            buffer_names: b.buffer_names,
+            buffers: Mutex::new(b.buffers),
+            dtype,
+            layers: LayerImpl::default(),
+            work: Arc::default(),
+        })
+    }
+
+    /// The network a recipe asks for (encoder, projector, predictor, seed).
+    pub fn from_recipe(recipe: &Recipe, dtype: DType, device: &Device) -> Result<Self> {
+        Self::new(&recipe.encoder, &recipe.projector, recipe.predictor.as_ref(), recipe.seed, dtype, device)
+    }
+
+    /// Runs images [B, 1, H, W] through encoder, projector and predictor. `train` uses batch statistics in every
+    /// BatchNorm and updates the running ones; otherwise the running statistics are used and nothing changes.
+    /// Differentiate what it produces with [`SiameseNet::backward`]: with our kernels the encoder is recorded for our
+    /// own backward rather than built into candle's graph (which would zero-fill and add every activation gradient).
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Outputs> {
+        check_images(x, self.dtype)?;
+        let mut buffers = self.buffers.lock().unwrap_or_else(PoisonError::into_inner);
+        if !(self.layers == LayerImpl::Ours && fused_layers(x)) {
+            let mut ctx = Ctx {
+                p: &self.tensors,
+                stats: Stats::Mut(&mut buffers),
+                train,
+                tape: None,
+                layers: self.layers,
+                work: &self.work,
+            };
+            return ctx.forward(x, &self.arch, true);
+        }
+        let detached: Vec<Tensor> = self.tensors.iter().map(Tensor::detach).collect();
+        let images = x.detach();
+        let mut encoder = Ctx {
+            p: &detached,
+            stats: Stats::Mut(&mut buffers),
+            train,
+            tape: Some(Recorded::default()),
+            layers: self.layers,
+            work: &self.work,
+        };
+        let backbone = encoder.resnet(&images, &self.arch.encoder)?;
+        let recorded = encoder.tape.take().unwrap_or_default();
+        let leaf = Var::from_tensor(&backbone)?;
+        let mut heads = Ctx {
+            p: &self.tensors,
+            stats: Stats::Mut(&mut buffers),
+            train,
+            tape: None,
+            layers: self.layers,
+            work: &self.work,
+        };
+        let (projection, prediction) = heads.heads(leaf.as_tensor(), &self.arch, true)?;
+        let backbone = leaf.as_tensor().clone();
+        Ok(Outputs { backbone, projection, prediction, tape: Some(EncoderTape { images, recorded, leaf }) })
+    }
+
+    /// Eval-mode backbone features [B, widths.last()] with no graph (detached parameters, running statistics): what
+    /// kNN and the linear probe read, without paying for the projector or keeping activations alive.
+    pub fn features(&self, x: &Tensor) -> Result<Tensor> {
+        check_images(x, self.dtype)?;
+        let p: Vec<Tensor> = self.tensors.iter().map(Tensor::detach).collect();
+        let buffers = self.buffers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut ctx =
+            Ctx { p: &p, stats: Stats::Ref(&buffers), train: false, tape: None, layers: self.layers, work: &self.work };
+        ctx.resnet(&x.detach(), &self.arch.encoder)
+    }
+
+    /// The same network with its layers run by `layers` (benchmarks and cross-checks run candle's).
+    pub fn with_layers(mut self, layers: LayerImpl) -> Self {
+        self.layers = layers;
+        self
+    }
+
+    /// Which implementation the layers run.
+    pub fn layers(&self) -> LayerImpl {
+        self.layers
+    }
+
+    /// The convolution work this network and its target have done so far.
+    pub fn conv_work(&self) -> ConvWork {
+        self.work.total()
+    }
+
+    /// The trainable parameters, in forward order.
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// A snapshot of the BatchNorm running statistics.
+    pub fn buffers(&self) -> Buffers {
+        let buffers = self.buffers.lock().unwrap_or_else(PoisonError::into_inner);
+        Buffers { entries: self.buffer_names.iter().cloned().zip(buffers.iter().cloned()).collect() }
+    }
+
+    /// Restores the running statistics from a checkpoint; every name must be present with the right shape.
+    pub fn load_buffers(&self, map: &HashMap<String, Tensor>) -> Result<()> {
+        let mut buffers = self.buffers.lock().unwrap_or_else(PoisonError::into_inner);
+        let loaded = load_named(&self.buffer_names, &buffers, map, "buffer")?;
+        *buffers = loaded;
+        Ok(())
+    }
+
+    /// Backbone feature width (the last stage width).
+    pub fn backbone_dim(&self) -> usize {
+        self.arch.backbone_dim
+    }
+
+    /// Projector output width.
+    pub fn projection_dim(&self) -> usize {
+        self.arch.projection_dim
+    }
+
+    /// Whether the network has a predictor head.
+    pub fn has_predictor(&self) -> bool {
+        self.arch.predictor.is_some()
+    }
+
+    /// The element type of parameters and inputs.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Where the parameters live (inputs must be there too).
+    pub fn device(&self) -> &Device {
+        self.tensors.first().map_or(&Device::Cpu, Tensor::device)
+    }
+}
