@@ -165,7 +165,7 @@ pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str
     let mut near: Vec<(usize, &str)> = candidates
         .into_iter()
         .filter(|&c| c != name)
-        .map(|c| (if c.eq_ignore_ascii_case(name) { 0 } else { edit_distance(name, c) }, c))
+        .map(|c| (if c.eq_ignore_ascii_case(name) { 0 } else { strsim::osa_distance(name, c) }, c))
         .filter(|&(d, _)| d <= limit && d < len)
         .collect();
     near.sort();
@@ -174,26 +174,6 @@ pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str
         [(best, c), rest @ ..] if rest.first().is_none_or(|(d, _)| d > best) => Some(c),
         _ => None,
     }
-}
-
-/// Levenshtein distance over chars (with adjacent transpositions counted as one edit).
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut prev2 = vec![0usize; b.len() + 1];
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for i in 1..=a.len() {
-        let mut cur = vec![i; b.len() + 1];
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                cur[j] = cur[j].min(prev2[j - 2] + 1);
-            }
-        }
-        prev2 = std::mem::replace(&mut prev, cur);
-    }
-    prev[b.len()]
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
+use rand_distr::Distribution;
 
 /// A pixel an augmentation can read: u8 in 0..=255 (scaled by 1/255) or f32 already in [0, 1].
 pub trait Pixel: Copy {
@@ -459,46 +460,13 @@ impl FastRng {
     }
 }
 
-fn normal_pair(rng: &mut impl Rng) -> (f32, f32) {
-    let u1 = 1.0 - rng.gen::<f32>(); // (0, 1]
-    let u2 = rng.gen::<f32>();
-    let r = (-2.0 * u1.ln()).sqrt();
-    let (s, c) = (std::f32::consts::TAU * u2).sin_cos();
-    (r * c, r * s)
-}
-
-/// Gamma(shape, 1) by Marsaglia and Tsang (with the `U^(1/a)` boost for shape < 1).
-fn gamma(shape: f64, rng: &mut impl Rng) -> f64 {
-    if shape < 1.0 {
-        let u = 1.0 - rng.gen::<f64>();
-        return gamma(shape + 1.0, rng) * u.powf(1.0 / shape);
-    }
-    let d = shape - 1.0 / 3.0;
-    let c = 1.0 / (9.0 * d).sqrt();
-    loop {
-        let (z, _) = normal_pair(rng);
-        let x = z as f64;
-        let v = 1.0 + c * x;
-        if v <= 0.0 {
-            continue;
-        }
-        let v = v * v * v;
-        let u = 1.0 - rng.gen::<f64>();
-        if u < 1.0 - 0.0331 * x.powi(4) || u.ln() < 0.5 * x * x + d * (1.0 - v + v.ln()) {
-            return d * v;
-        }
-    }
-}
-
-/// A draw from Beta(alpha, alpha); for tiny alpha (both gammas underflow) a fair coin between 0 and 1.
+/// A draw from Beta(alpha, alpha); where the sampler cannot give a finite value (alpha so small that both of its
+/// gammas underflow), a fair coin between 0 and 1, which is the limit of Beta(α, α) as α → 0.
 pub fn beta(alpha: f64, rng: &mut impl Rng) -> f64 {
-    let (x, y) = (gamma(alpha, rng), gamma(alpha, rng));
-    if x + y > 0.0 && (x + y).is_finite() {
-        x / (x + y)
-    } else if rng.gen::<bool>() {
-        1.0
-    } else {
-        0.0
+    match rand_distr::Beta::new(alpha, alpha).map(|b| b.sample(rng)) {
+        Ok(x) if x.is_finite() => x,
+        _ if rng.gen::<bool>() => 1.0,
+        _ => 0.0,
     }
 }
 

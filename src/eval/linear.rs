@@ -1,10 +1,16 @@
-//! The linear probe: multinomial logistic regression on frozen, standardised features, trained with
-//! mini-batch SGD (momentum, cosine-decayed rate, weight decay on the weights) using candle's autodiff.
+//! The linear probe: multinomial logistic regression on frozen, standardised features — candle-nn's `Linear` layer
+//! and cross-entropy, trained with mini-batch SGD by the runtime's own optimiser and schedule (momentum, cosine-decayed
+//! rate, weight decay on the weight only), using candle's autodiff.
 //! It complements kNN: kNN measures the geometry of normalised features, the probe their linear separability.
 
 use super::knn::accuracy;
 use super::{features, EvalError};
-use candle_core::{DType, Device, Tensor, Var, D};
+use crate::check::recipe;
+use crate::nn::{ParamKind, Params};
+use crate::runtime::optim::Optimizer;
+use crate::runtime::schedule::warmup_cosine;
+use candle_core::{DType, Device, Module, Tensor, Var, D};
+use candle_nn::{loss::cross_entropy, Linear};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -95,20 +101,25 @@ pub fn linear_probe(
     let train = centred.broadcast_mul(&inv)?;
     let test = test.broadcast_sub(&mean)?.broadcast_mul(&inv)?;
 
-    let mut onehot = vec![0.0f32; n * classes];
-    for (i, &l) in train_labels.iter().enumerate() {
-        onehot[i * classes + l as usize] = 1.0;
-    }
-    let onehot = Tensor::from_vec(onehot, (n, classes), &device)?;
+    let labels = Tensor::from_vec(train_labels.iter().map(|&l| u32::from(l)).collect::<Vec<_>>(), n, &device)?;
 
-    let w = Var::zeros((d, classes), DType::F32, &device)?;
+    // Zero-initialised, as the probe is convex: the result depends on the data order only.
+    let w = Var::zeros((classes, d), DType::F32, &device)?;
     let b = Var::zeros(classes, DType::F32, &device)?;
-    let mut vw = Tensor::zeros((d, classes), DType::F32, &device)?;
-    let mut vb = Tensor::zeros(classes, DType::F32, &device)?;
+    let layer = Linear::new(w.as_tensor().clone(), Some(b.as_tensor().clone()));
+    let mut params = Params::new();
+    params.push("probe.weight", w, ParamKind::Weight)?;
+    params.push("probe.bias", b, ParamKind::Bias)?;
+    let sgd = recipe::Optimizer::Sgd {
+        lr: Some(cfg.lr),
+        momentum: cfg.momentum,
+        weight_decay: cfg.weight_decay,
+        nesterov: false,
+    };
+    let mut optimizer = Optimizer::new(&sgd, &params)?.exclude_bias_and_norm(true);
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let mut order: Vec<u32> = (0..n as u32).collect();
-    let steps_per_epoch = n.div_ceil(cfg.batch);
-    let total = (cfg.epochs * steps_per_epoch) as f64;
+    let total = cfg.epochs * n.div_ceil(cfg.batch);
     let mut step = 0usize;
     let mut last_loss = 0.0;
     for _ in 0..cfg.epochs {
@@ -116,29 +127,15 @@ pub fn linear_probe(
         let mut epoch_loss = 0.0;
         for chunk in order.chunks(cfg.batch) {
             let ids = Tensor::from_slice(chunk, chunk.len(), &device)?;
-            let x = train.index_select(&ids, 0)?;
-            let y = onehot.index_select(&ids, 0)?;
-            let logits = x.matmul(w.as_tensor())?.broadcast_add(b.as_tensor())?;
-            let loss = cross_entropy(&logits, &y)?;
+            let loss = cross_entropy(&layer.forward(&train.index_select(&ids, 0)?)?, &labels.index_select(&ids, 0)?)?;
             epoch_loss += loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
-            let grads = loss.backward()?;
-            let lr = cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total).cos());
-            if let Some(gw) = grads.get(w.as_tensor()) {
-                let g = (gw + (w.as_tensor() * cfg.weight_decay)?)?;
-                vw = ((vw * cfg.momentum)? + g)?;
-                w.set(&(w.as_tensor() - (&vw * lr)?)?)?;
-            }
-            if let Some(gb) = grads.get(b.as_tensor()) {
-                vb = ((vb * cfg.momentum)? + gb)?;
-                b.set(&(b.as_tensor() - (&vb * lr)?)?)?;
-            }
+            optimizer.step(&loss.backward()?, warmup_cosine(cfg.lr, 0, total, step))?;
             step += 1;
         }
         last_loss = epoch_loss / n as f64;
     }
     let predict = |x: &Tensor| -> Result<Vec<u8>, EvalError> {
-        let logits = x.matmul(w.as_tensor())?.broadcast_add(b.as_tensor())?;
-        let best: Vec<u32> = logits.argmax(D::Minus1)?.to_device(&Device::Cpu)?.to_vec1()?;
+        let best: Vec<u32> = layer.forward(x)?.argmax(D::Minus1)?.to_device(&Device::Cpu)?.to_vec1()?;
         Ok(best.into_iter().map(|c| c as u8).collect())
     };
     Ok(ProbeResult {
@@ -146,15 +143,4 @@ pub fn linear_probe(
         train_accuracy: accuracy(&predict(&train)?, train_labels),
         loss: last_loss,
     })
-}
-
-/// Mean softmax cross-entropy of `logits` `[m, c]` against one-hot `targets`, with a max-shifted
-/// log-sum-exp (the max is detached: it cancels in the value and the gradient).
-pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor, EvalError> {
-    let max = logits.max_keepdim(D::Minus1)?.detach();
-    let shifted = logits.broadcast_sub(&max)?;
-    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    let log_probs = shifted.broadcast_sub(&lse)?;
-    let m = logits.dims().first().copied().unwrap_or(1).max(1) as f64;
-    Ok(((log_probs * targets)?.sum_all()? * (-1.0 / m))?)
 }

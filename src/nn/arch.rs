@@ -6,6 +6,7 @@ use crate::check::recipe::{Encoder as EncoderSpec, Mlp as MlpSpec};
 use candle_core::{bail, DType, Device, Result, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::Rng;
+use rand_distr::Distribution;
 
 #[derive(Clone, Debug)]
 pub(super) struct Conv {
@@ -83,19 +84,9 @@ impl Builder<'_> {
         Ok(self.tensors.len() - 1)
     }
 
-    pub(super) fn normal(&mut self, n: usize, std: f64) -> Vec<f64> {
-        // Box–Muller: rand 0.8 has no normal distribution without rand_distr.
-        let mut out = Vec::with_capacity(n + 1);
-        while out.len() < n {
-            let u1: f64 = 1.0 - self.rng.gen::<f64>(); // (0, 1]: log is finite
-            let u2: f64 = self.rng.gen::<f64>();
-            let r = (-2.0 * u1.ln()).sqrt() * std;
-            let a = std::f64::consts::TAU * u2;
-            out.push(r * a.cos());
-            out.push(r * a.sin());
-        }
-        out.truncate(n);
-        out
+    pub(super) fn normal(&mut self, n: usize, std: f64) -> Result<Vec<f64>> {
+        let normal = rand_distr::Normal::new(0.0, std).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Ok((0..n).map(|_| normal.sample(&mut self.rng)).collect())
     }
 
     pub(super) fn uniform(&mut self, n: usize, bound: f64) -> Vec<f64> {
@@ -113,7 +104,7 @@ impl Builder<'_> {
         pad: usize,
     ) -> Result<Conv> {
         let std = (2.0 / (cout * k * k) as f64).sqrt();
-        let data = self.normal(cout * cin * k * k, std);
+        let data = self.normal(cout * cin * k * k, std)?;
         let w = self.param(format!("{name}.weight"), data, &[cout, cin, k, k], ParamKind::Weight)?;
         Ok(Conv { w, stride, pad })
     }

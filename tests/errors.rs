@@ -1,0 +1,289 @@
+//! Runtime errors as data: every code of `ssl_lang::error::ErrorCode` is produced here by a real failure (a missing
+//! file, a torn run directory, a bad override, …), each with a message and a help line, and the edge renders them
+//! as `error[code]:` text or as JSON. Like `tests/ui.rs` for the compiler's codes: a new code without a case that
+//! produces it fails `every_code_is_produced`.
+
+use candle_core::{DType, Device, Tensor};
+use ssl_lang::check::recipe::{Data, Recipe};
+use ssl_lang::commands::{self, device, Edge, Failure, Format};
+use ssl_lang::data::{self, idx};
+use ssl_lang::error::{Class, Error, ErrorCode};
+use ssl_lang::eval::{self, health::CollapseMonitor};
+use ssl_lang::runtime::overrides::{self, SetError};
+use ssl_lang::runtime::run::{RunConfig, RunDir};
+use ssl_lang::runtime::train::{train, TrainOptions};
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+fn temp(tag: &str) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("ssl-errors-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn objective(source: &str) -> ssl_lang::check::typed::Objective {
+    let (program, diagnostics) = ssl_lang::compile(source);
+    assert!(!ssl_lang::diagnostic::has_errors(&diagnostics), "{diagnostics:?}");
+    program.objectives[0].clone()
+}
+
+const UNIGRAD: &str = include_str!("../objectives/unigrad.ssl");
+
+fn failure(f: Failure) -> Error {
+    match f {
+        Failure::Error(e) => e,
+        Failure::Reported(code) => panic!("expected an error, got reported problems (exit {code})"),
+    }
+}
+
+fn set_error(sets: &[&str]) -> Error {
+    let (mut recipe, mut o) = (Recipe::default(), objective(UNIGRAD));
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    match overrides::apply(&mut recipe, &mut o, &sets) {
+        Err(SetError::Error(e)) => e,
+        other => panic!("expected a coded override error, got {other:?}"),
+    }
+}
+
+fn run_config(source: &str) -> RunConfig {
+    RunConfig {
+        version: "test".into(),
+        objective: "unigrad".into(),
+        source: source.into(),
+        recipe: serde_json::json!({}),
+        recipe_text: String::new(),
+        overrides: vec![],
+        limit: Some(64),
+        params: Default::default(),
+        seed: 0,
+        backend: "fused".into(),
+        data: "bundled".into(),
+        train_images: 64,
+        test_images: 64,
+        threads: 1,
+    }
+}
+
+fn eval_error(run: &Path) -> Error {
+    let edge = Edge::new(Format::Human);
+    let protocols = commands::eval::Protocols { knn: true, linear: false };
+    failure(commands::eval::run(run, protocols, None, "cpu", &edge).unwrap_err())
+}
+
+fn train_error(recipe: &Recipe, sets: &[&str], limit: usize, root: &Path) -> Error {
+    let (mut recipe, mut o) = (recipe.clone(), objective(UNIGRAD));
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    overrides::apply(&mut recipe, &mut o, &sets).unwrap();
+    let opts = TrainOptions {
+        data_dir: Some(PathBuf::from(data::BUNDLED_DIR)),
+        runs_root: root.to_path_buf(),
+        name: Some(format!("t{}", sets.len())),
+        resume: false,
+        max_steps: Some(2),
+        limit: Some(limit),
+        backend: ssl_lang::backend::Backend::Fused,
+        log_every: 1,
+        overrides: vec![],
+        device: Device::Cpu,
+        layers: Default::default(),
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    train(UNIGRAD, &o, &recipe, &opts).unwrap_err()
+}
+
+fn grad_error(tensors: &[(&str, Tensor)], out: &Path) -> Error {
+    let dir = temp("grad");
+    let inputs = dir.join("in.safetensors");
+    let map: HashMap<String, Tensor> = tensors.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    candle_core::safetensors::save(&map, &inputs).unwrap();
+    let o = objective(UNIGRAD);
+    commands::grad::run(&o, &inputs, out, false, ssl_lang::backend::Backend::Fused, &Device::Cpu).unwrap_err().into()
+}
+
+fn features(n: usize, d: usize) -> Tensor {
+    Tensor::ones((n, d), DType::F32, &Device::Cpu).unwrap()
+}
+
+/// One real failure per code, in table order.
+fn cases() -> Vec<Error> {
+    let root = temp("cases");
+    let edge = Edge::new(Format::Human);
+    let mut out = Vec::new();
+
+    out.push(failure(commands::read(&root.join("absent.ssl"), &edge).err().unwrap()));
+    let (program, _) = ssl_lang::compile(UNIGRAD);
+    out.push(commands::select(&program, Some("nope"), "unigrad.ssl").unwrap_err());
+    out.push(set_error(&["batch"]));
+    out.push(set_error(&["unigrad.lamda=3"]));
+    out.push(device::open("tpu").unwrap_err().into());
+    out.push(device::open("cuda:0").unwrap_err().into()); // not built (or, in a cuda build here, unavailable)
+
+    let (images, labels): (Vec<u8>, Vec<u8>) = (vec![7; 3 * 784], vec![0, 9, 4]);
+    out.push(data::load(&Data::FashionMnistDir(root.join("no-data").display().to_string()), None).unwrap_err().into());
+    out.push(idx::read_images(&root).unwrap_err().into()); // a directory, not a file
+    let plain = root.join("images");
+    idx::write_images(&plain, &images, false).unwrap();
+    let bytes = std::fs::read(&plain).unwrap();
+    std::fs::write(&plain, &bytes[..bytes.len() - 10]).unwrap();
+    out.push(idx::read_images(&plain).unwrap_err().into());
+    let mut long = bytes.clone();
+    long.push(0);
+    std::fs::write(&plain, &long).unwrap();
+    out.push(idx::read_images(&plain).unwrap_err().into());
+    let label_file = root.join("labels");
+    idx::write_labels(&label_file, &labels, false).unwrap();
+    out.push(idx::read_images(&label_file).unwrap_err().into());
+    idx::write(&plain, idx::IMAGES_MAGIC, &[3, 14, 56], &images, false).unwrap();
+    out.push(idx::read_images(&plain).unwrap_err().into());
+    idx::write_images(&plain, &images, false).unwrap();
+    idx::write_labels(&label_file, &labels[..2], false).unwrap();
+    out.push(idx::read_pair(&plain, &label_file).unwrap_err().into());
+    idx::write_labels(&label_file, &[0, 10, 1], false).unwrap();
+    out.push(idx::read_labels(&label_file).unwrap_err().into());
+    out.push(idx::write_images(&root.join("absent-dir").join("x"), &images, false).unwrap_err().into());
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+    out.push(data::augment::augment(&[0u8; 785], &[], &mut rng).unwrap_err().into());
+
+    out.push(eval::knn_predict(&features(4, 2), &[0, 1, 2], &features(2, 2), 3, 0.1).unwrap_err().into());
+    out.push(eval::knn_predict(&features(4, 2), &[0, 1, 2, 3], &features(2, 2), 0, 0.1).unwrap_err().into());
+
+    let u = features(4, 8);
+    std::fs::write(root.join("not-safetensors"), b"junk").unwrap();
+    let o = objective(UNIGRAD);
+    let backend = ssl_lang::backend::Backend::Fused;
+    let read = commands::grad::run(&o, &root.join("not-safetensors"), &root.join("g"), false, backend, &Device::Cpu);
+    out.push(read.unwrap_err().into());
+    out.push(grad_error(&[("u1", u.clone())], &root.join("g")));
+    let all = |extra: Option<(&'static str, Tensor)>| {
+        let mut t = vec![("u1", u.clone()), ("u2", u.clone()), ("t1", u.clone()), ("t2", u.clone())];
+        t.extend(extra);
+        t
+    };
+    out.push(grad_error(&all(Some(("t2", features(3, 8)))), &root.join("g")));
+    out.push(grad_error(&all(Some(("Q", features(3, 8)))), &root.join("g")));
+    out.push(grad_error(&all(None), &root.join("absent-dir").join("g")));
+
+    let runs = root.join("runs");
+    let run = RunDir::create(&runs, "r").unwrap();
+    run.write_config(&run_config(UNIGRAD)).unwrap();
+    out.push(RunDir::create(&runs, "r").unwrap_err().into());
+    out.push(RunDir::open(&runs.join("absent")).unwrap_err().into());
+    out.push(RunDir::create(&runs, "a/b").unwrap_err().into());
+    out.push(RunDir::create(&plain, "r").unwrap_err().into()); // the runs root is a file
+    std::fs::write(run.file("metrics.jsonl"), b"{oops\n").unwrap();
+    out.push(run.read_metrics().unwrap_err().into());
+    std::fs::write(run.file("metrics.jsonl"), b"{\"kind\": \"step\", \"step\": 1}\n").unwrap();
+    out.push(run.read_metrics().unwrap_err().into());
+    out.push(eval_error(&run.path));
+    run.write_config(&run_config("objective unigrad { positive = -t9 }")).unwrap();
+    out.push(eval_error(&run.path));
+    // RunPlot: plotters failing to draw into a string; see `every_code_is_produced`.
+
+    out.push(train_error(&Recipe::default(), &[], 64, &root.join("train")));
+    out.push(train_error(
+        &Recipe { batch: 32, ..Default::default() },
+        &["unigrad.lambda=1e30"],
+        64,
+        &root.join("train"),
+    ));
+    let mut monitor = CollapseMonitor::default();
+    out.extend((0..5).filter_map(|_| monitor.observe(0.0, 0.1)));
+
+    let bench = Command::new(env!("CARGO_BIN_EXE_ssl-lang"))
+        .args(["bench", "train", "absent.ssl", "--steps", "1", "--format", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(bench.status.code(), Some(2));
+    out.extend(json_errors(&String::from_utf8_lossy(&bench.stderr)));
+
+    out.push(Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap().matmul(&features(2, 3)).unwrap_err().into());
+    let _ = std::fs::remove_dir_all(&root);
+    out
+}
+
+/// Errors read back from `--format json` stderr lines.
+fn json_errors(stderr: &str) -> Vec<Error> {
+    stderr
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("not JSON: {l} ({e})")))
+        .map(|v| {
+            let code = ErrorCode::ALL.iter().copied().find(|c| v["code"] == c.as_str()).expect("a known code");
+            Error { code, message: v["message"].as_str().unwrap().into(), help: v["help"].as_str().map(Into::into) }
+        })
+        .collect()
+}
+
+/// A new runtime code without a case that produces it fails here; and every error says what is wrong and how to
+/// fix it, leaving its code to the renderer.
+#[test]
+fn every_code_is_produced_with_a_message_and_help() {
+    let cases = cases();
+    let seen: BTreeSet<&str> = cases.iter().map(|e| e.code.as_str()).collect();
+    let missing: Vec<&str> = ErrorCode::ALL
+        .iter()
+        // Only plotters failing to render into a string (never seen) gives RunPlot; only a CUDA build on a machine
+        // without the GPU asked for gives DeviceUnavailable (a build without CUDA gives DeviceNotBuilt instead).
+        .filter(|&&c| c != ErrorCode::RunPlot)
+        .filter(|&&c| {
+            c != if cfg!(feature = "cuda") { ErrorCode::DeviceNotBuilt } else { ErrorCode::DeviceUnavailable }
+        })
+        .map(|c| c.as_str())
+        .filter(|c| !seen.contains(c))
+        .collect();
+    assert!(missing.is_empty(), "codes no case produces: {missing:?}");
+    for e in cases {
+        assert!(!e.message.trim().is_empty(), "{:?} has no message", e.code);
+        assert!(e.help.as_deref().is_some_and(|h| !h.trim().is_empty()), "{:?} has no help: {}", e.code, e.message);
+        // (A failed benchmark quotes its child's report, which carries the child's code.)
+        let own = if e.code == ErrorCode::BenchRun { e.message.lines().next().unwrap_or_default() } else { &e.message };
+        assert!(!own.contains("ssl::"), "{:?}: the code belongs to the renderer, not the message", e.code);
+    }
+}
+
+/// Human text: `error[code]: message` and an indented help line; warnings say so; JSON carries the same fields.
+#[test]
+fn errors_render_as_text_and_json() {
+    let e = Error::new(ErrorCode::RunExists, "`runs/x` already holds a run").help("choose another name");
+    assert_eq!(
+        ssl_lang::render::error_human(&e, false),
+        "error[ssl::run::exists]: `runs/x` already holds a run\n  help: choose another name\n"
+    );
+    let v: serde_json::Value = serde_json::from_str(&ssl_lang::render::error_json(&e)).unwrap();
+    assert_eq!(v["code"], "ssl::run::exists");
+    assert_eq!(v["severity"], "error");
+    assert_eq!(v["help"], "choose another name");
+    let w = Error::new(ErrorCode::TrainCollapse, "collapsing").help("add a negative term");
+    assert!(ssl_lang::render::error_human(&w, false).starts_with("warning[ssl::train::collapse]: collapsing"));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&ssl_lang::render::error_json(&w)).unwrap()["severity"],
+        "warning"
+    );
+}
+
+/// Exit codes come from the code's class, in one place: input 1, usage 2.
+#[test]
+fn exit_codes_follow_the_class() {
+    for &c in ErrorCode::ALL {
+        let want = match c.class() {
+            Class::Input => 1,
+            Class::Usage => 2,
+            Class::Warning => 0,
+        };
+        assert_eq!(Error::new(c, "x").exit_code(), want, "{c}");
+    }
+    // The binary: a missing file is usage (2), a file with errors is input (1), both reported as JSON when asked.
+    let ssl = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_ssl-lang")).args(args).output().unwrap();
+    let out = ssl(&["train", "absent.ssl", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let errors = json_errors(&String::from_utf8_lossy(&out.stderr));
+    assert_eq!(errors.iter().map(|e| e.code).collect::<Vec<_>>(), [ErrorCode::SourceRead]);
+    let out = ssl(&["eval", "absent-run", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(json_errors(&String::from_utf8_lossy(&out.stderr))[0].code, ErrorCode::RunMissing);
+}
