@@ -1,8 +1,8 @@
 //! Diagnostics as plain data. Every phase returns these; only the edge (`crate::render`) turns them
 //! into reports, so the core never depends on how errors are drawn.
 
+use crate::code_table::code_table;
 use serde::Serialize;
-use std::fmt;
 
 /// A byte range in the source file; every diagnostic points at one or more of these.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
@@ -35,35 +35,9 @@ pub enum Severity {
     Warning,
 }
 
-macro_rules! codes {
-    ($($variant:ident = $code:literal, $severity:ident, $summary:literal;)*) => {
-        /// Every diagnostic ssl-lang can emit. Codes are stable: tools and users may match on them.
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        pub enum Code { $( #[doc = $summary] $variant, )* }
-
-        impl Code {
-            /// All codes, for documentation and for tests that prove each one is reachable.
-            pub const ALL: &'static [Code] = &[$(Code::$variant),*];
-
-            /// The stable textual code, e.g. `ssl::name::unknown`.
-            pub fn as_str(self) -> &'static str {
-                match self { $(Code::$variant => $code,)* }
-            }
-
-            /// Errors reject the file; warnings do not.
-            pub fn severity(self) -> Severity {
-                match self { $(Code::$variant => Severity::$severity,)* }
-            }
-
-            /// One line on what the code means.
-            pub fn summary(self) -> &'static str {
-                match self { $(Code::$variant => $summary,)* }
-            }
-        }
-    };
-}
-
-codes! {
+code_table! {
+    /// Every diagnostic ssl-lang can emit. Codes are stable: tools and users may match on them.
+    Code, severity: Severity, {
     Encoding        = "ssl::syntax::encoding",      Error,   "the file is not valid UTF-8";
     Syntax          = "ssl::syntax::unexpected",    Error,   "the text does not follow the grammar";
     TooDeep         = "ssl::syntax::too_deep",      Error,   "brackets or operators nest deeper than the documented limit";
@@ -91,11 +65,6 @@ codes! {
     NoObjective     = "ssl::file::empty",           Error,   "a file with no objective";
     CollapseRisk    = "ssl::warn::collapse_risk",   Warning, "no negative term and no predictor: the encoder may collapse";
     Unused          = "ssl::warn::unused",          Warning, "a param, let, weight or state that nothing uses";
-}
-
-impl fmt::Display for Code {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

@@ -3,6 +3,7 @@
 //! (whose `Display` is the message alone) and converts it into an [`Error`]; only the edge (`crate::render`, called
 //! from `commands`) draws it, as human text or JSON, and [`Error::exit_code`] decides the exit status from the code.
 
+use crate::code_table::code_table;
 use std::fmt;
 
 /// What a code's failure means for the exit status: decided here, once, for every command.
@@ -16,35 +17,9 @@ pub enum Class {
     Warning,
 }
 
-macro_rules! codes {
-    ($($variant:ident = $code:literal, $class:ident, $summary:literal;)*) => {
-        /// Every runtime error ssl-lang can report. Codes are stable: tools and users may match on them.
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        pub enum ErrorCode { $( #[doc = $summary] $variant, )* }
-
-        impl ErrorCode {
-            /// All codes, for documentation and for the test that proves each one is produced.
-            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant),*];
-
-            /// The stable textual code, e.g. `ssl::run::exists`.
-            pub fn as_str(self) -> &'static str {
-                match self { $(ErrorCode::$variant => $code,)* }
-            }
-
-            /// Input, usage or warning: what the exit status says.
-            pub fn class(self) -> Class {
-                match self { $(ErrorCode::$variant => Class::$class,)* }
-            }
-
-            /// One line on what the code means.
-            pub fn summary(self) -> &'static str {
-                match self { $(ErrorCode::$variant => $summary,)* }
-            }
-        }
-    };
-}
-
-codes! {
+code_table! {
+    /// Every runtime error ssl-lang can report. Codes are stable: tools and users may match on them.
+    ErrorCode, class: Class, {
     SourceRead      = "ssl::cli::read",             Usage,   "a source file that cannot be read";
     NoObjective     = "ssl::cli::objective",        Usage,   "--objective names no objective of the file";
     SetForm         = "ssl::set::form",             Usage,   "a --set without `=`";
@@ -83,11 +58,6 @@ codes! {
     TrainCollapse   = "ssl::train::collapse",       Warning, "the online features stay collapsed";
     BenchRun        = "ssl::bench::run",            Usage,   "a benchmark's training run failed";
     Tensor          = "ssl::tensor",                Input,   "a tensor operation failed (out of memory, or a bug to report)";
-}
-
-impl fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

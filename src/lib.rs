@@ -14,6 +14,7 @@
 pub mod backend;
 pub mod check;
 pub mod cli;
+mod code_table;
 pub mod commands;
 pub mod data;
 pub mod diagnostic;

@@ -57,7 +57,24 @@ pub(super) struct Ctx<'a> {
     pub(super) work: &'a Arc<WorkCounter>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// A pass over parameters `p` with running statistics `stats`, not recorded.
+    pub(super) fn new(
+        p: &'a [Tensor],
+        stats: Stats<'a>,
+        train: bool,
+        layers: LayerImpl,
+        work: &'a Arc<WorkCounter>,
+    ) -> Self {
+        Ctx { p, stats, train, tape: None, layers, work }
+    }
+
+    /// The same pass, recording what our backward needs.
+    pub(super) fn recording(mut self) -> Self {
+        self.tape = Some(Recorded::default());
+        self
+    }
+
     pub(super) fn conv(&self, x: &Tensor, c: &Conv) -> Result<Tensor> {
         conv2d(x, &self.p[c.w], c.stride, c.pad, self.layers, self.work)
     }

@@ -1,7 +1,7 @@
 //! The online network: encoder, projector and optional predictor, with `Var` parameters that optimisers update.
 
 use super::arch::{Arch, Builder};
-use super::forward::{Ctx, EncoderTape, Recorded, Stats};
+use super::forward::{Ctx, EncoderTape, Stats};
 use super::layers::fused_layers;
 use super::params::{load_named, Buffers, Params};
 use super::LayerImpl;
@@ -118,37 +118,16 @@ impl SiameseNet {
         check_images(x, self.dtype)?;
         let mut buffers = self.buffers.lock().unwrap_or_else(PoisonError::into_inner);
         if !(self.layers == LayerImpl::Ours && fused_layers(x)) {
-            let mut ctx = Ctx {
-                p: &self.tensors,
-                stats: Stats::Mut(&mut buffers),
-                train,
-                tape: None,
-                layers: self.layers,
-                work: &self.work,
-            };
+            let mut ctx = Ctx::new(&self.tensors, Stats::Mut(&mut buffers), train, self.layers, &self.work);
             return ctx.forward(x, &self.arch, true);
         }
         let detached: Vec<Tensor> = self.tensors.iter().map(Tensor::detach).collect();
         let images = x.detach();
-        let mut encoder = Ctx {
-            p: &detached,
-            stats: Stats::Mut(&mut buffers),
-            train,
-            tape: Some(Recorded::default()),
-            layers: self.layers,
-            work: &self.work,
-        };
+        let mut encoder = Ctx::new(&detached, Stats::Mut(&mut buffers), train, self.layers, &self.work).recording();
         let backbone = encoder.resnet(&images, &self.arch.encoder)?;
         let recorded = encoder.tape.take().unwrap_or_default();
         let leaf = Var::from_tensor(&backbone)?;
-        let mut heads = Ctx {
-            p: &self.tensors,
-            stats: Stats::Mut(&mut buffers),
-            train,
-            tape: None,
-            layers: self.layers,
-            work: &self.work,
-        };
+        let mut heads = Ctx::new(&self.tensors, Stats::Mut(&mut buffers), train, self.layers, &self.work);
         let (projection, prediction) = heads.heads(leaf.as_tensor(), &self.arch, true)?;
         let backbone = leaf.as_tensor().clone();
         Ok(Outputs { backbone, projection, prediction, tape: Some(EncoderTape { images, recorded, leaf }) })
@@ -160,8 +139,7 @@ impl SiameseNet {
         check_images(x, self.dtype)?;
         let p: Vec<Tensor> = self.tensors.iter().map(Tensor::detach).collect();
         let buffers = self.buffers.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut ctx =
-            Ctx { p: &p, stats: Stats::Ref(&buffers), train: false, tape: None, layers: self.layers, work: &self.work };
+        let mut ctx = Ctx::new(&p, Stats::Ref(&buffers), false, self.layers, &self.work);
         ctx.resnet(&x.detach(), &self.arch.encoder)
     }
 

@@ -85,14 +85,7 @@ impl Target {
     pub fn forward_no_grad(&self, x: &Tensor, train: bool) -> Result<Outputs> {
         check_images(x, self.dtype)?;
         let x = x.detach();
-        let mut ctx = Ctx {
-            p: &self.tensors,
-            stats: Stats::Ref(&self.buffers),
-            train,
-            tape: None,
-            layers: self.layers,
-            work: &self.work,
-        };
+        let mut ctx = Ctx::new(&self.tensors, Stats::Ref(&self.buffers), train, self.layers, &self.work);
         ctx.forward(&x, &self.arch, false)
     }
 

@@ -2,7 +2,7 @@
 //! im2col matrix are the receptive fields of output pixels, so each product is one GEMM per group of images; strided
 //! convolutions read a copy of the image split by column phase, so that every im2col row segment is contiguous.
 
-use super::{gemm, mat, schedule, scratch, ConvGeom};
+use super::{gemm, mat, schedule, scratch, sum_in_order, ConvGeom};
 use crate::kernels::gemm::Float;
 use rayon::prelude::*;
 
@@ -284,13 +284,7 @@ pub(super) fn weight_grad<T: Float>(g: &ConvGeom, x: &[T], dy: &[T]) -> Vec<T> {
             dwt
         })
         .collect();
-    let mut it = partials.into_iter();
-    let mut dwt = it.next().unwrap_or_else(|| vec![T::zero(); o * k]);
-    for part in it {
-        for (a, b) in dwt.iter_mut().zip(part) {
-            *a += b;
-        }
-    }
+    let dwt = sum_in_order(partials, o * k);
     let mut dw = vec![T::zero(); o * k];
     for (r, row) in dwt.chunks_exact(o).enumerate() {
         for (c, &v) in row.iter().enumerate() {

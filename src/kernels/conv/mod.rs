@@ -257,6 +257,19 @@ fn scratch<T: Float>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
     &mut buf[..len]
 }
 
+/// The element-wise sum of per-task partial results, added in task order so that the result does not depend on
+/// scheduling; `len` zeros when there are none.
+fn sum_in_order<T: Float>(partials: Vec<Vec<T>>, len: usize) -> Vec<T> {
+    let mut it = partials.into_iter();
+    let mut sum = it.next().unwrap_or_else(|| vec![T::zero(); len]);
+    for part in it {
+        for (a, b) in sum.iter_mut().zip(part) {
+            *a += b;
+        }
+    }
+    sum
+}
+
 /// How a convolution product is computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvAlgo {

@@ -8,7 +8,7 @@
 //!
 //!   Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1],  G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1],  Aᵀ = [1 1 1 0; 0 1 −1 −1].
 
-use super::{gemm, mat, scratch, ConvGeom};
+use super::{gemm, mat, scratch, sum_in_order, ConvGeom};
 use crate::kernels::gemm::Float;
 use rayon::prelude::*;
 
@@ -336,12 +336,6 @@ pub(super) fn weight_grad<T: Float>(g: &ConvGeom, x: &[T], dy: &[T]) -> Vec<T> {
             dut
         })
         .collect();
-    let mut it = partials.into_iter();
-    let mut dut = it.next().unwrap_or_else(|| vec![T::zero(); 16 * c * o]);
-    for part in it {
-        for (a, b) in dut.iter_mut().zip(part) {
-            *a += b;
-        }
-    }
+    let dut = sum_in_order(partials, 16 * c * o);
     filter_transform_adjoint(g, &dut)
 }
