@@ -1,4 +1,4 @@
-"""Eager PyTorch reference for `ssl-lang bench train`: the same UniGrad step on the same resnet_mini (DESIGN §5) —
+"""Eager PyTorch reference for `ssl-lang bench train`: the same UniGrad step on the same resnet_mini (see the README) —
 both views through the online network and the momentum target, the UniGrad gradient injected at the normalised
 features, SGD with momentum, the EMA update — timed as pairs/s. Run by scripts/gpu-check.sh where torch exists:
 

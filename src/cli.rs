@@ -173,6 +173,13 @@ enum BenchCommand {
         /// Also run every objective with candle's own conv2d, BatchNorm and ReLU, and report the ratio.
         #[arg(long)]
         baseline: bool,
+        /// Also run the PyTorch reference step for the same work with this Python (the one the reference's
+        /// setup.sh prints), right after each objective, and report the ratio.
+        #[arg(long, value_name = "PYTHON")]
+        against_torch: Option<PathBuf>,
+        /// The reference script `--against-torch` runs.
+        #[arg(long, value_name = "REF_PY", default_value = "../shared/reference/pytorch/ref.py")]
+        torch_ref: PathBuf,
         #[command(flatten)]
         device: DeviceArg,
     },
@@ -247,8 +254,11 @@ pub fn run(cli: Cli, stop: Arc<AtomicBool>) -> ExitCode {
             };
             commands::train::run(args, stop, &edge)
         }
-        Command::Bench { what: BenchCommand::Train { files, batch, steps, data, set, baseline, device } } => {
-            let setup = commands::bench::Setup { batch, steps, overrides: set, device: device.device, baseline };
+        Command::Bench {
+            what: BenchCommand::Train { files, batch, steps, data, set, baseline, against_torch, torch_ref, device },
+        } => {
+            let torch = against_torch.map(|python| commands::bench::torch::TorchRef { python, script: torch_ref });
+            let setup = commands::bench::Setup { batch, steps, overrides: set, device: device.device, baseline, torch };
             commands::bench::run(files, data, &setup)
         }
         Command::Eval { run, knn, linear, data, device } => {

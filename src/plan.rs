@@ -1,5 +1,5 @@
 //! The plan the runtime calls once per training step: update the ema states, evaluate the
-//! gradient for both view orders, push the fifos. Order within a step follows DESIGN §3: emas are
+//! gradient for both view orders, push the fifos. Order within a step follows the README: emas are
 //! updated first and the gradient sees the new value; fifos are read first and pushed after.
 
 use crate::backend::reference::Inputs;

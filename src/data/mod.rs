@@ -1,5 +1,5 @@
 //! The images: Fashion-MNIST from the recipe's directory, `--data DIR`, the Debian package, or the subset
-//! bundled in the repository (DESIGN §5), plus the augmentations that make a Siamese pair of views.
+//! bundled in the repository, plus the augmentations that make a Siamese pair of views.
 //!
 //! Images stay u8 in memory (47 MB for the full training set instead of 188 MB as f32); [`to_tensor`] and
 //! [`augment::augment`] turn a batch into f32 in [0, 1] when it is needed.

@@ -1,4 +1,4 @@
-//! Evaluation of learned features (DESIGN §5): weighted kNN on L2-normalised backbone features and a
+//! Evaluation of learned features: weighted kNN on L2-normalised backbone features and a
 //! linear probe on frozen features, plus the raw-pixel baselines to print beside them.
 
 pub mod features;

@@ -55,7 +55,7 @@ pub(super) fn check_images(x: &Tensor, dtype: DType) -> Result<()> {
 }
 
 impl SiameseNet {
-    /// Builds the network of DESIGN §5 with every initial value drawn from `seed`, so runs are reproducible.
+    /// Builds the network of the README with every initial value drawn from `seed`, so runs are reproducible.
     pub fn new(
         encoder: &EncoderSpec,
         projector: &MlpSpec,

@@ -1,4 +1,4 @@
-//! SVG plots of a run's curves (DESIGN §5): loss, kNN accuracy, feature spread and positive similarity, so that a
+//! SVG plots of a run's curves: loss, kNN accuracy, feature spread and positive similarity, so that a
 //! run's health can be judged at a glance without any plotting tool. SVG text is written as `<text>` elements, so no
 //! font files or system font libraries are needed.
 

@@ -1,4 +1,4 @@
-//! The run directory `runs/NAME/` (DESIGN §5): `config.json`, `metrics.jsonl`, the checkpoint and the plots.
+//! The run directory `runs/NAME/`: `config.json`, `metrics.jsonl`, the checkpoint and the plots.
 //!
 //! Everything here is written so that a crash or Ctrl-C at any instant leaves a directory that `--resume` can
 //! continue from: whole files are replaced atomically (temp file, fsync, rename), the metrics log is append-only and a

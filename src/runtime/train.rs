@@ -1,4 +1,4 @@
-//! The training loop (DESIGN §5): data → two augmented views → online and target networks →
+//! The training loop: data → two augmented views → online and target networks →
 //! normalise → the objective's plan → inject the gradient at the normalised features → backward →
 //! optimiser → EMA target. Every random choice derives from (seed, step), so `--resume` continues a
 //! run exactly; a NaN stops the run with the last good checkpoint intact; Ctrl-C checkpoints.

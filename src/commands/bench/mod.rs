@@ -2,7 +2,10 @@
 //! invocation. Each objective trains a few steps in a child process (so each reports its own peak
 //! memory) on the bundled subset with evaluation off; the first step is a warm-up and is dropped.
 //! Reports pairs/s, the share of each phase of the step, the convolutions' share and achieved GFLOP/s beside a
-//! plain GEMM measured in the same run, peak resident memory, and optionally the same with candle's own layers.
+//! plain GEMM measured in the same run, peak resident memory, and optionally the same with candle's own layers or,
+//! interleaved objective by objective, the PyTorch reference step for the same work ([`torch`]).
+
+pub mod torch;
 
 use super::Failure;
 use crate::error::{Error, ErrorCode};
@@ -36,11 +39,20 @@ pub struct Setup {
     pub device: String,
     /// Also run with candle's own layers and report the ratio.
     pub baseline: bool,
+    /// Also run the PyTorch reference after each objective and report the ratio.
+    pub torch: Option<torch::TorchRef>,
 }
 
 /// Trains `steps + 1` steps of `file` in a child process (with `--layers candle` when `candle`) and reads its
 /// metrics: medians over the steps after the first.
-fn measure(file: &Path, name: &str, data: &Path, setup: &Setup, candle: bool) -> Result<Measured, Error> {
+fn measure(
+    file: &Path,
+    name: &str,
+    data: &Path,
+    setup: &Setup,
+    candle: bool,
+    sets: &[&str],
+) -> Result<Measured, Error> {
     let failed = |what: String| Error::new(ErrorCode::BenchRun, format!("{name}: {what}"));
     let exe = std::env::current_exe().map_err(|e| failed(format!("cannot find the ssl-lang executable: {e}")))?;
     let root = std::env::temp_dir().join(format!("ssl-bench-{}", std::process::id()));
@@ -49,7 +61,7 @@ fn measure(file: &Path, name: &str, data: &Path, setup: &Setup, candle: bool) ->
     cmd.args(["--max-steps", &(setup.steps + 1).to_string(), "--log-every", "1", "--name", name]);
     cmd.arg("--runs").arg(&root).arg("--data").arg(data).args(["--device", &setup.device]);
     cmd.args(["--layers", if candle { "candle" } else { "ours" }]);
-    for e in &setup.overrides {
+    for e in setup.overrides.iter().map(String::as_str).chain(sets.iter().copied()) {
         cmd.args(["--set", e]);
     }
     let run = cmd.output().map_err(|e| failed(format!("cannot run {}: {e}", exe.display())))?;
@@ -153,7 +165,9 @@ pub fn run(files: Vec<PathBuf>, data: Option<PathBuf>, setup: &Setup) -> Result<
 pub fn bench_train(files: &[PathBuf], data: &Path, setup: &Setup) -> Result<String, Error> {
     let Setup { batch, steps, baseline, .. } = *setup;
     let device = &setup.device;
+    let threads = candle_core::utils::get_num_threads();
     let mut out = String::new();
+    let _ = writeln!(out, "{} — {threads} threads\n", torch::cpu_model());
     let _ = writeln!(
         out,
         "{:<14} {:>6} {:>8} {:>8} | {} | {:>5} {:>7} | {:>8}{}",
@@ -166,13 +180,29 @@ pub fn bench_train(files: &[PathBuf], data: &Path, setup: &Setup) -> Result<Stri
         "GFLOP/s",
         "peak MB",
         if baseline { format!(" | {:>14} {:>6}", "candle pairs/s", "ratio") } else { String::new() }
+            + &if setup.torch.is_some() {
+                format!(" | {:>13} {:>6} {:>10}", "torch pairs/s", "ratio", "torch MB")
+            } else {
+                String::new()
+            }
     );
     for file in files {
         let name = file.file_stem().map_or("objective".into(), |s| s.to_string_lossy().into_owned());
-        let m = measure(file, &name, data, setup, false)?;
+        let pairing = setup.torch.as_ref().map(|_| torch::pairing(&name));
+        if let Some(None) = pairing {
+            let _ = writeln!(out, "{name:<14} (the PyTorch reference has no such method: skipped)");
+            continue;
+        }
+        let sets = pairing.as_ref().and_then(|p| p.as_ref()).map_or(&[][..], |p| p.ours);
+        let m = measure(file, &name, data, setup, false, sets)?;
         row(&mut out, &name, &m);
+        if let (Some(r), Some(Some(p))) = (&setup.torch, &pairing) {
+            let t = torch::measure(r, p, batch, steps, threads)?;
+            let mb = t.peak_mb.map_or("-".into(), |p| format!("{p:.0}"));
+            let _ = write!(out, " | {:>13.1} {:>5.2}× {:>10}", t.pairs_per_s, m.pairs_per_s / t.pairs_per_s, mb);
+        }
         if baseline {
-            let c = measure(file, &name, data, setup, true)?;
+            let c = measure(file, &name, data, setup, true, sets)?;
             let _ = write!(out, " | {:>14.1} {:>5.1}×", c.pairs_per_s, m.pairs_per_s / c.pairs_per_s);
             let _ = writeln!(out);
             row(&mut out, "  with candle", &c);
@@ -199,6 +229,18 @@ pub fn bench_train(files: &[PathBuf], data: &Path, setup: &Setup) -> Result<Stri
             "with candle: the same steps with candle's own conv2d, BatchNorm and ReLU (--layers candle),"
         );
         let _ = writeln!(out, "the baseline; the ratio is ours over candle's pairs/s.");
+    }
+    if let Some(r) = &setup.torch {
+        let _ = writeln!(
+            out,
+            "torch: {} run by {} on the same threads, batch and work (median of {steps} steps after 5 warm-up),",
+            r.script.display(),
+            r.python.display()
+        );
+        let _ = writeln!(
+            out,
+            "right after ours; the ratio is ours over its pairs/s; torch MB is its peak resident memory."
+        );
     }
     Ok(out)
 }
