@@ -62,6 +62,9 @@ pub fn measure(
         Error::new(ErrorCode::BenchRun, format!("the PyTorch reference ({}): {what}", pairing.method))
             .help("make its environment with the reference's setup.sh and pass the Python it prints to --against-torch")
     };
+    // The script runs in its own directory, so its path must not be relative to ours.
+    let script = std::fs::canonicalize(&r.script)
+        .map_err(|e| failed(format!("cannot find the reference script `{}`: {e}", r.script.display())))?;
     // Run the script as __main__ and report the process's own peak memory when it is done.
     let wrapper = "import resource, runpy, sys\n\
                    sys.argv = sys.argv[1:]\n\
@@ -70,12 +73,12 @@ pub fn measure(
     let out = Command::new(&r.python)
         .arg("-c")
         .arg(wrapper)
-        .arg(&r.script)
+        .arg(&script)
         .args(["--method", pairing.method])
         .args(pairing.args)
         .args(["--batch-size", &batch.to_string(), "--steps", &(steps + 5).to_string(), "--log-every", "100000"])
         .args(["--threads", &threads.to_string()])
-        .current_dir(r.script.parent().unwrap_or(Path::new(".")))
+        .current_dir(script.parent().unwrap_or(Path::new(".")))
         .output()
         .map_err(|e| failed(format!("cannot run {}: {e}", r.python.display())))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
