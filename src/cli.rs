@@ -263,7 +263,7 @@ pub fn run(cli: Cli, stop: Arc<AtomicBool>) -> ExitCode {
         }
         Command::Eval { run, knn, linear, data, device } => {
             let protocols = commands::eval::Protocols { knn, linear };
-            commands::eval::run(&run, protocols, data.as_deref(), &device.device, &edge)
+            commands::eval::run(&run, protocols, data.as_deref(), &device.device)
         }
         Command::Grad { file, objective, inputs, out, normalize, backend, device } => commands::grad::command(
             &file,

@@ -71,9 +71,8 @@ fn run_config(source: &str) -> RunConfig {
 }
 
 fn eval_error(run: &Path) -> Error {
-    let edge = Edge::new(Format::Human);
     let protocols = commands::eval::Protocols { knn: true, linear: false };
-    failure(commands::eval::run(run, protocols, None, "cpu", &edge).unwrap_err())
+    failure(commands::eval::run(run, protocols, None, "cpu").unwrap_err())
 }
 
 fn train_error(recipe: &Recipe, sets: &[&str], limit: usize, root: &Path) -> Error {
@@ -97,9 +96,8 @@ fn train_error(recipe: &Recipe, sets: &[&str], limit: usize, root: &Path) -> Err
     train(UNIGRAD, &o, &recipe, &opts).unwrap_err()
 }
 
-fn grad_error(tensors: &[(&str, Tensor)], out: &Path) -> Error {
-    let dir = temp("grad");
-    let inputs = dir.join("in.safetensors");
+fn grad_error(root: &Path, tensors: &[(&str, Tensor)], out: &Path) -> Error {
+    let inputs = root.join("in.safetensors");
     let map: HashMap<String, Tensor> = tensors.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
     candle_core::safetensors::save(&map, &inputs).unwrap();
     let o = objective(UNIGRAD);
@@ -159,15 +157,15 @@ fn cases() -> Vec<Error> {
     let backend = ssl_lang::backend::Backend::Fused;
     let read = commands::grad::run(&o, &root.join("not-safetensors"), &root.join("g"), false, backend, &Device::Cpu);
     out.push(read.unwrap_err().into());
-    out.push(grad_error(&[("u1", u.clone())], &root.join("g")));
+    out.push(grad_error(&root, &[("u1", u.clone())], &root.join("g")));
     let all = |extra: Option<(&'static str, Tensor)>| {
         let mut t = vec![("u1", u.clone()), ("u2", u.clone()), ("t1", u.clone()), ("t2", u.clone())];
         t.extend(extra);
         t
     };
-    out.push(grad_error(&all(Some(("t2", features(3, 8)))), &root.join("g")));
-    out.push(grad_error(&all(Some(("Q", features(3, 8)))), &root.join("g")));
-    out.push(grad_error(&all(None), &root.join("absent-dir").join("g")));
+    out.push(grad_error(&root, &all(Some(("t2", features(3, 8)))), &root.join("g")));
+    out.push(grad_error(&root, &all(Some(("Q", features(3, 8)))), &root.join("g")));
+    out.push(grad_error(&root, &all(None), &root.join("absent-dir").join("g")));
 
     let runs = root.join("runs");
     let run = RunDir::create(&runs, "r").unwrap();

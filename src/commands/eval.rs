@@ -2,7 +2,7 @@
 //! source, overrides, data limit) rebuilds the network; features are computed once per checkpoint and cached in the
 //! run directory.
 
-use super::{device, select, Edge, Failure};
+use super::{device, select, Failure};
 use crate::check::recipe::Knn;
 use crate::data;
 use crate::error::{Error, ErrorCode};
@@ -25,13 +25,7 @@ pub struct Protocols {
 }
 
 /// Evaluates the latest checkpoint of the run at `path` and prints the report.
-pub fn run(
-    path: &Path,
-    protocols: Protocols,
-    data_dir: Option<&Path>,
-    device_name: &str,
-    _edge: &Edge,
-) -> Result<(), Failure> {
+pub fn run(path: &Path, protocols: Protocols, data_dir: Option<&Path>, device_name: &str) -> Result<(), Failure> {
     let device = device::open(device_name)?;
     let run = RunDir::open(path)?;
     let config = run.read_config()?;

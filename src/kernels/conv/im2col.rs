@@ -2,7 +2,7 @@
 //! im2col matrix are the receptive fields of output pixels, so each product is one GEMM per group of images; strided
 //! convolutions read a copy of the image split by column phase, so that every im2col row segment is contiguous.
 
-use super::{gemm, mat, schedule, scratch, sum_in_order, ConvGeom};
+use super::{gemm, mat, partition, schedule, scratch, sum_in_order, ConvGeom};
 use crate::kernels::gemm::Float;
 use rayon::prelude::*;
 
@@ -241,11 +241,8 @@ pub(super) fn weight_grad<T: Float>(g: &ConvGeom, x: &[T], dy: &[T]) -> Vec<T> {
         return vec![T::zero(); o * k];
     }
     let (nb, _) = schedule(g);
-    let threads = rayon::current_num_threads().max(1);
     // One partial sum per part, parts of whole groups, summed in order below.
-    let groups = g.batch.div_ceil(nb);
-    let parts = threads.min(groups);
-    let par = if parts < threads && threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let (groups, parts, par) = partition(g.batch, nb);
     let partials: Vec<Vec<T>> = (0..parts)
         .into_par_iter()
         .map(|part| {

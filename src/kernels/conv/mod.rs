@@ -257,6 +257,17 @@ fn scratch<T: Float>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
     &mut buf[..len]
 }
 
+/// How a weight gradient splits a batch grouped `nb` images at a time: the number of groups, the number of parts
+/// (one partial sum each, whole groups, at most one per thread) and the GEMM parallelism inside a part (gemm's own
+/// threads only when there are fewer parts than threads).
+fn partition(batch: usize, nb: usize) -> (usize, usize, gemm::Parallelism) {
+    let threads = rayon::current_num_threads().max(1);
+    let groups = batch.div_ceil(nb);
+    let parts = threads.min(groups);
+    let par = if parts < threads && threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    (groups, parts, par)
+}
+
 /// The element-wise sum of per-task partial results, added in task order so that the result does not depend on
 /// scheduling; `len` zeros when there are none.
 fn sum_in_order<T: Float>(partials: Vec<Vec<T>>, len: usize) -> Vec<T> {

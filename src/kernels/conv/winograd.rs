@@ -8,7 +8,7 @@
 //!
 //!   Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1],  G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1],  Aᵀ = [1 1 1 0; 0 1 −1 −1].
 
-use super::{gemm, mat, scratch, sum_in_order, ConvGeom};
+use super::{gemm, mat, partition, scratch, sum_in_order, ConvGeom};
 use crate::kernels::gemm::Float;
 use rayon::prelude::*;
 
@@ -305,10 +305,7 @@ pub(super) fn weight_grad<T: Float>(g: &ConvGeom, x: &[T], dy: &[T]) -> Vec<T> {
         return vec![T::zero(); o * c * 9];
     }
     let (nb, _) = winograd_schedule(g);
-    let threads = rayon::current_num_threads().max(1);
-    let groups = g.batch.div_ceil(nb);
-    let parts = threads.min(groups);
-    let par = if parts < threads && threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let (groups, parts, par) = partition(g.batch, nb);
     let partials: Vec<Vec<T>> = (0..parts)
         .into_par_iter()
         .map(|part| {
