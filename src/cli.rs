@@ -99,6 +99,10 @@ enum Command {
         /// Continue the run named by --name from its last checkpoint.
         #[arg(long, requires = "name")]
         resume: bool,
+        /// With --resume: allow the epochs and the evaluation (`--set epochs=…`, `--set eval=…`) to differ from the
+        /// run's; anything else that differs is still refused.
+        #[arg(long = "override", requires = "resume")]
+        allow_changes: bool,
         /// Stop after this many steps (the schedules still span the recipe's epochs).
         #[arg(long)]
         max_steps: Option<usize>,
@@ -113,7 +117,7 @@ enum Command {
         #[arg(long, default_value = "ours", value_parser = layers_parser())]
         layers: LayerImpl,
         /// Log metrics every this many steps.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = at_least_one)]
         log_every: usize,
         #[command(flatten)]
         device: DeviceArg,
@@ -159,10 +163,10 @@ enum BenchCommand {
         /// Objective files (default: every file in objectives/).
         files: Vec<PathBuf>,
         /// Batch size.
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = 256, value_parser = at_least_one)]
         batch: usize,
         /// Steps measured per objective (after one warm-up step).
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = at_least_one)]
         steps: usize,
         /// Data directory (default: the bundled subset).
         #[arg(long)]
@@ -207,6 +211,15 @@ fn backend_parser() -> impl TypedValueParser<Value = Backend> {
     })
 }
 
+/// A count that must be at least 1 (`--steps 0` would measure nothing and divide by zero).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn layers_parser() -> impl TypedValueParser<Value = LayerImpl> {
     PossibleValuesParser::new(["ours", "candle"])
         .map(|s| if s == "candle" { LayerImpl::Candle } else { LayerImpl::Ours })
@@ -230,6 +243,7 @@ pub fn run(cli: Cli, stop: Arc<AtomicBool>) -> ExitCode {
             name,
             runs,
             resume,
+            allow_changes,
             max_steps,
             limit,
             backend,
@@ -245,6 +259,7 @@ pub fn run(cli: Cli, stop: Arc<AtomicBool>) -> ExitCode {
                 name,
                 runs,
                 resume,
+                allow_changes,
                 max_steps,
                 limit,
                 backend,
@@ -263,7 +278,7 @@ pub fn run(cli: Cli, stop: Arc<AtomicBool>) -> ExitCode {
         }
         Command::Eval { run, knn, linear, data, device } => {
             let protocols = commands::eval::Protocols { knn, linear };
-            commands::eval::run(&run, protocols, data.as_deref(), &device.device)
+            commands::eval::run(&run, protocols, data.as_deref(), &device.device, &edge)
         }
         Command::Grad { file, objective, inputs, out, normalize, backend, device } => commands::grad::command(
             &file,

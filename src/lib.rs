@@ -20,6 +20,7 @@ pub mod data;
 pub mod diagnostic;
 pub mod error;
 pub mod eval;
+pub mod files;
 pub mod ir;
 pub mod kernels;
 pub mod nn;

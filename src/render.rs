@@ -1,11 +1,51 @@
 //! The edge where diagnostics and runtime errors become text: miette reports and `error[code]:` lines for people,
-//! JSON lines for tools. Nothing else in the crate touches miette or decides how an error looks.
+//! JSON lines for tools, and the [`Edge`] that writes them to stderr in the format the user chose (the commands make
+//! it; the training loop reports its warnings through it). Nothing else in the crate touches miette or decides how
+//! an error looks.
 
 use crate::diagnostic::{Diagnostic, Severity};
 use crate::error::{Class, Error};
 use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource, SourceCode};
 use serde::Serialize;
 use std::fmt;
+
+/// How failures and diagnostics are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Reports for people, on stderr.
+    Human,
+    /// One JSON object per error on stderr (diagnostics of `check` on stdout).
+    Json,
+}
+
+/// Where the commands report: the output format and whether stderr takes colour.
+#[derive(Clone, Copy, Debug)]
+pub struct Edge {
+    /// Human or JSON.
+    pub format: Format,
+    /// Colour on stderr (a terminal, and `NO_COLOR` unset).
+    pub color: bool,
+}
+
+impl Edge {
+    /// Writes a runtime error (or warning) to stderr.
+    pub fn report(&self, e: &Error) {
+        match self.format {
+            Format::Human => eprint!("{}", error_human(e, self.color)),
+            Format::Json => eprintln!("{}", error_json(e)),
+        }
+    }
+
+    /// Writes a source's diagnostics to stderr.
+    pub fn diagnostics(&self, name: &str, text: &str, diagnostics: &[Diagnostic]) {
+        for d in diagnostics {
+            match self.format {
+                Format::Human => eprint!("{}", human(d, name, text, self.color, 100)),
+                Format::Json => eprintln!("{}", json(d, name, text)),
+            }
+        }
+    }
+}
 
 /// Renders one diagnostic as a report with the source excerpt, at a fixed width.
 pub fn human(d: &Diagnostic, file: &str, source: &str, color: bool, width: usize) -> String {

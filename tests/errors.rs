@@ -67,12 +67,13 @@ fn run_config(source: &str) -> RunConfig {
         train_images: 64,
         test_images: 64,
         threads: 1,
+        data_sha256: String::new(),
     }
 }
 
 fn eval_error(run: &Path) -> Error {
     let protocols = commands::eval::Protocols { knn: true, linear: false };
-    failure(commands::eval::run(run, protocols, None, "cpu").unwrap_err())
+    failure(commands::eval::run(run, protocols, None, "cpu", &Edge::new(Format::Human)).unwrap_err())
 }
 
 fn train_error(recipe: &Recipe, sets: &[&str], limit: usize, root: &Path) -> Error {
@@ -84,6 +85,7 @@ fn train_error(recipe: &Recipe, sets: &[&str], limit: usize, root: &Path) -> Err
         runs_root: root.to_path_buf(),
         name: Some(format!("t{}", sets.len())),
         resume: false,
+        allow_changes: false,
         max_steps: Some(2),
         limit: Some(limit),
         backend: ssl_lang::backend::Backend::Fused,
@@ -92,6 +94,7 @@ fn train_error(recipe: &Recipe, sets: &[&str], limit: usize, root: &Path) -> Err
         device: Device::Cpu,
         layers: Default::default(),
         stop: Arc::new(AtomicBool::new(false)),
+        edge: Edge::new(Format::Human),
     };
     train(UNIGRAD, &o, &recipe, &opts).unwrap_err()
 }
@@ -165,12 +168,21 @@ fn cases() -> Vec<Error> {
     };
     out.push(grad_error(&root, &all(Some(("t2", features(3, 8)))), &root.join("g")));
     out.push(grad_error(&root, &all(Some(("Q", features(3, 8)))), &root.join("g")));
+    let nan = Tensor::new(&[[f32::NAN; 8]; 4], &Device::Cpu).unwrap();
+    out.push(grad_error(
+        &root,
+        &[("u1", u.clone()), ("u2", u.clone()), ("t1", u.clone()), ("t2", nan)],
+        &root.join("g"),
+    ));
     out.push(grad_error(&root, &all(None), &root.join("absent-dir").join("g")));
 
     let runs = root.join("runs");
-    let run = RunDir::create(&runs, "r").unwrap();
+    let run = RunDir::create(&runs, "r").unwrap().0;
     run.write_config(&run_config(UNIGRAD)).unwrap();
     out.push(RunDir::create(&runs, "r").unwrap_err().into());
+    let held = run.lock().unwrap();
+    out.push(run.lock().unwrap_err().into());
+    drop(held);
     out.push(RunDir::open(&runs.join("absent")).unwrap_err().into());
     out.push(RunDir::create(&runs, "a/b").unwrap_err().into());
     out.push(RunDir::create(&plain, "r").unwrap_err().into()); // the runs root is a file
@@ -190,6 +202,8 @@ fn cases() -> Vec<Error> {
         64,
         &root.join("train"),
     ));
+    let net = ssl_lang::nn::SiameseNet::from_recipe(&Recipe::default(), DType::F32, &Device::Cpu).unwrap();
+    out.push(ssl_lang::runtime::memory::check(&net, &Recipe::default(), Some(1)).unwrap_err());
     let mut monitor = CollapseMonitor::default();
     out.extend((0..5).filter_map(|_| monitor.observe(0.0, 0.1)));
 
@@ -200,8 +214,62 @@ fn cases() -> Vec<Error> {
     assert_eq!(bench.status.code(), Some(2));
     out.extend(json_errors(&String::from_utf8_lossy(&bench.stderr)));
 
+    out.extend(misused_run(&root.join("cli")));
     out.push(Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap().matmul(&features(2, 3)).unwrap_err().into());
     let _ = std::fs::remove_dir_all(&root);
+    out
+}
+
+/// A real run through the binary, then each misuse of it that is reported as an error or a warning: a resume
+/// with another batch, a lock its holder never released, a damaged latest checkpoint, an unwritable feature cache.
+fn misused_run(root: &Path) -> Vec<Error> {
+    let file = format!("{}/objectives/unigrad.ssl", env!("CARGO_MANIFEST_DIR"));
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", &file, "--runs", root.to_str().unwrap(), "--name", "r", "--format", "json"];
+        args.extend([
+            "--data",
+            data::BUNDLED_DIR,
+            "--limit",
+            "64",
+            "--set",
+            "batch=8",
+            "--set",
+            "encoder=resnet_mini(widths = [4, 8, 8])",
+            "--set",
+            "projector=mlp(hidden = 16, out = 16)",
+            "--set",
+            "eval=none",
+        ]);
+        args.extend_from_slice(extra);
+        Command::new(env!("CARGO_BIN_EXE_ssl-lang")).args(&args).output().unwrap()
+    };
+    let reported = |o: &std::process::Output| {
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        json_errors(&stderr.lines().filter(|l| l.starts_with('{')).collect::<Vec<_>>().join("\n"))
+    };
+    let mut out = Vec::new();
+    assert!(train(&["--max-steps", "1"]).status.success());
+    out.extend(reported(&train(&["--resume", "--set", "batch=16"])));
+    std::fs::write(root.join("r/.lock"), "pid 4242\n").unwrap();
+    out.extend(reported(&train(&["--resume", "--max-steps", "2"])));
+    let tensors = root.join("r/checkpoint.safetensors");
+    let mut bytes = std::fs::read(&tensors).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&tensors, bytes).unwrap();
+    out.extend(reported(&train(&["--resume", "--max-steps", "3"])));
+
+    let run = RunDir::open(&root.join("r")).unwrap();
+    let loaded = run.load_checkpoint().unwrap().unwrap();
+    let mut data = data::load(&Data::FashionMnistDir(data::BUNDLED_DIR.into()), None).unwrap();
+    data.limit(64);
+    let cache = commands::eval::cache_path(&run, &loaded.sha256, &data);
+    std::fs::create_dir_all(cache.with_extension("safetensors.tmp")).unwrap();
+    let eval = Command::new(env!("CARGO_BIN_EXE_ssl-lang"))
+        .args(["eval", root.join("r").to_str().unwrap(), "--data", data::BUNDLED_DIR, "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(eval.status.success());
+    out.extend(reported(&eval));
     out
 }
 

@@ -50,11 +50,12 @@ fn config(objective: &str) -> RunConfig {
         train_images: 10,
         test_images: 5,
         threads: 2,
+        data_sha256: String::new(),
     }
 }
 
 fn new_run(root: &TempRoot) -> RunDir {
-    let run = RunDir::create(&root.0, "r").unwrap();
+    let run = RunDir::create(&root.0, "r").unwrap().0;
     run.write_config(&config("simclr")).unwrap();
     run
 }
@@ -70,7 +71,7 @@ fn assert_code(e: RunError, expected: &str) -> String {
 fn create_open_and_exists() {
     let root = TempRoot::new("create");
     let runs = root.0.join("runs");
-    let run = RunDir::create(&runs, "first").unwrap();
+    let run = RunDir::create(&runs, "first").unwrap().0;
     assert_eq!(run.path, runs.join("first"));
     assert!(run.path.is_dir());
 
@@ -99,7 +100,7 @@ fn create_open_and_exists() {
 #[test]
 fn config_round_trip() {
     let root = TempRoot::new("config");
-    let run = RunDir::create(&root.0, "c").unwrap();
+    let run = RunDir::create(&root.0, "c").unwrap().0;
     assert_code(run.read_config().unwrap_err(), "ssl::run::missing");
     let first = config("byol");
     run.write_config(&first).unwrap();
@@ -233,7 +234,7 @@ fn sample(step: usize) -> Checkpoint {
     let b: Vec<f64> = vec![std::f64::consts::PI, -1e-300, 1e300, 0.1 + 0.2, -0.0];
     let one = |name: &str, t: Tensor| HashMap::from([(name.to_string(), t)]);
     Checkpoint {
-        meta: Meta { step, epoch: step / 20, knn_top1: Some(0.8125) },
+        meta: Meta { step, epoch: step / 20, knn_top1: Some(0.8125), run_identity: "run".into() },
         online: one("encoder.weight", Tensor::from_vec(a, (3, 4), &dev).unwrap()),
         buffers: one("scalar", Tensor::new(7.25f32, &dev).unwrap()),
         target: HashMap::new(),
@@ -282,7 +283,7 @@ fn checkpoint_round_trip_is_exact() {
     assert!(run.load_checkpoint().unwrap().is_none());
     let first = sample(40);
     run.save_checkpoint(&first).unwrap();
-    assert_same(&first, &run.load_checkpoint().unwrap().unwrap());
+    assert_same(&first, &run.load_checkpoint().unwrap().unwrap().checkpoint);
     for f in ["checkpoint.safetensors", "checkpoint.json"] {
         assert!(run.path.join(f).is_file(), "{f}");
     }
@@ -295,7 +296,7 @@ fn checkpoint_round_trip_is_exact() {
     run.save_checkpoint(&second).unwrap();
     assert!(run.path.join("checkpoint.prev.safetensors").is_file());
     assert!(run.path.join("checkpoint.prev.json").is_file());
-    assert_same(&second, &run.load_checkpoint().unwrap().unwrap());
+    assert_same(&second, &run.load_checkpoint().unwrap().unwrap().checkpoint);
 }
 
 fn truncate_file(path: &Path, keep: u64) {
@@ -314,13 +315,13 @@ fn torn_checkpoint_falls_back_to_the_previous_one() {
     let st = run.path.join("checkpoint.safetensors");
     let len = fs::metadata(&st).unwrap().len();
     truncate_file(&st, len / 2);
-    assert_same(&first, &run.load_checkpoint().unwrap().unwrap());
+    assert_same(&first, &run.load_checkpoint().unwrap().unwrap().checkpoint);
 
     // The next save must not displace the good previous checkpoint with the torn one.
     run.save_checkpoint(&with_scalar(sample(30), 99.0, 30)).unwrap();
-    assert_eq!(run.load_checkpoint().unwrap().unwrap().meta.step, 30);
+    assert_eq!(run.load_checkpoint().unwrap().unwrap().checkpoint.meta.step, 30);
     truncate_file(&st, 3);
-    assert_eq!(run.load_checkpoint().unwrap().unwrap().meta.step, 10);
+    assert_eq!(run.load_checkpoint().unwrap().unwrap().checkpoint.meta.step, 10);
 
     // Same size, different bytes: the hash catches it.
     run.save_checkpoint(&with_scalar(sample(40), 99.0, 40)).unwrap(); // the torn current is replaced, prev stays 10
@@ -329,7 +330,7 @@ fn torn_checkpoint_falls_back_to_the_previous_one() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0x55;
     fs::write(&st, &bytes).unwrap();
-    assert_eq!(run.load_checkpoint().unwrap().unwrap().meta.step, 40);
+    assert_eq!(run.load_checkpoint().unwrap().unwrap().checkpoint.meta.step, 40);
 }
 
 #[test]
@@ -341,7 +342,7 @@ fn crash_between_renames_still_loads() {
     run.save_checkpoint(&sample(1)).unwrap();
     run.save_checkpoint(&sample(2)).unwrap();
     fs::rename(run.path.join("checkpoint.safetensors"), run.path.join("checkpoint.prev.safetensors")).unwrap();
-    assert_same(&sample(2), &run.load_checkpoint().unwrap().unwrap());
+    assert_same(&sample(2), &run.load_checkpoint().unwrap().unwrap().checkpoint);
 }
 
 #[test]
@@ -461,4 +462,20 @@ fn run_dir_plot_reads_its_metrics() {
     let written = run.plot().unwrap();
     assert_eq!(written.len(), 4);
     assert!(written.iter().all(|p| p.parent() == Some(run.path.as_path()) && p.is_file()));
+}
+
+#[test]
+fn a_checkpoint_holding_an_infinity_is_skipped_and_the_skip_reported() {
+    let root = TempRoot::new("poisoned");
+    let run = new_run(&root);
+    run.save_checkpoint(&sample(10)).unwrap();
+    let mut poisoned = sample(20);
+    poisoned.buffers.insert("scalar".into(), Tensor::new(f32::INFINITY, &Device::Cpu).unwrap());
+    run.save_checkpoint(&poisoned).unwrap();
+    let loaded = run.load_checkpoint().unwrap().unwrap();
+    assert_same(&sample(10), &loaded.checkpoint);
+    assert!(loaded.skipped.join(" ").contains("`buffer.scalar` holds a NaN or infinity"), "{:?}", loaded.skipped);
+    let warning = loaded.fallback_warning().unwrap();
+    assert_eq!(warning.code.as_str(), "ssl::run::fallback");
+    assert!(warning.message.contains("step 10"), "{}", warning.message);
 }

@@ -1,18 +1,21 @@
 //! `ssl-lang eval`: kNN and a linear probe on the frozen backbone of a saved run. The run's own config (objective
-//! source, overrides, data limit) rebuilds the network; features are computed once per checkpoint and cached in the
-//! run directory.
+//! source, overrides, data limit) rebuilds the network; features are computed once per checkpoint and data set and
+//! cached in the run directory.
 
-use super::{device, select, Failure};
+use super::{device, select, Edge, Failure};
 use crate::check::recipe::Knn;
 use crate::data;
+use crate::data::Dataset;
 use crate::error::{Error, ErrorCode};
 use crate::eval::features::{backbone_features, knn_protocol};
 use crate::eval::{self, LinearProbe};
+use crate::files::hex;
 use crate::nn::SiameseNet;
 use crate::runtime::overrides;
 use crate::runtime::run::RunDir;
+use candle_core::Tensor;
 use candle_core::{DType, Device};
-use std::collections::HashMap;
+use sha2::{Digest, Sha256};
 use std::path::Path;
 
 /// Which evaluations to run.
@@ -25,7 +28,13 @@ pub struct Protocols {
 }
 
 /// Evaluates the latest checkpoint of the run at `path` and prints the report.
-pub fn run(path: &Path, protocols: Protocols, data_dir: Option<&Path>, device_name: &str) -> Result<(), Failure> {
+pub fn run(
+    path: &Path,
+    protocols: Protocols,
+    data_dir: Option<&Path>,
+    device_name: &str,
+    edge: &Edge,
+) -> Result<(), Failure> {
     let device = device::open(device_name)?;
     let run = RunDir::open(path)?;
     let config = run.read_config()?;
@@ -42,7 +51,7 @@ pub fn run(path: &Path, protocols: Protocols, data_dir: Option<&Path>, device_na
     let sets: Vec<String> = config.overrides.iter().map(|s| s.replacen(" = ", "=", 1)).collect();
     overrides::apply(&mut recipe, &mut objective, &sets)
         .map_err(|_| stale("its saved overrides no longer apply".into()))?;
-    let Some(checkpoint) = run.load_checkpoint()? else {
+    let Some(loaded) = run.load_checkpoint()? else {
         return Err(Error::new(
             ErrorCode::RunNoCheckpoint,
             format!("run {} has no checkpoint yet", run.path.display()),
@@ -50,27 +59,18 @@ pub fn run(path: &Path, protocols: Protocols, data_dir: Option<&Path>, device_na
         .help("let the run reach its first checkpoint (every `checkpoint` epochs, and at the end)")
         .into());
     };
-    let step = checkpoint.meta.step;
+    if let Some(warning) = loaded.fallback_warning() {
+        edge.report(&warning);
+    }
+    let step = loaded.checkpoint.meta.step;
     let net = SiameseNet::from_recipe(&recipe, DType::F32, &device)?;
-    checkpoint.to_device(&device)?.restore_online(&net)?;
+    loaded.checkpoint.to_device(&device)?.restore_online(&net)?;
 
     let mut data = data::load(&recipe.data, data_dir)?;
     if let Some(limit) = config.limit {
         data.limit(limit);
     }
-    let cache = run.path.join(format!("features-step{step}-{}-{}.safetensors", data.train_len(), data.test_len()));
-    let (bank, queries) = match candle_core::safetensors::load(&cache, &Device::Cpu) {
-        Ok(mut m) if m.contains_key("bank") && m.contains_key("queries") => {
-            (m.remove("bank").expect("checked"), m.remove("queries").expect("checked"))
-        }
-        _ => {
-            let bank = backbone_features(&net, &data.train_images)?.to_device(&Device::Cpu)?;
-            let queries = backbone_features(&net, &data.test_images)?.to_device(&Device::Cpu)?;
-            let map = HashMap::from([("bank".to_string(), bank.clone()), ("queries".to_string(), queries.clone())]);
-            candle_core::safetensors::save(&map, &cache)?;
-            (bank, queries)
-        }
-    };
+    let (bank, queries) = cached_features(&run, &loaded.sha256, &net, &data, edge)?;
     println!("run {} — checkpoint at step {step}; data: {}", run.path.display(), data.source);
     if protocols.knn || !protocols.linear {
         let k = recipe.eval.clone().unwrap_or(Knn { k: 200, t: 0.1, every: 1 });
@@ -88,4 +88,60 @@ pub fn run(path: &Path, protocols: Protocols, data_dir: Option<&Path>, device_na
         );
     }
     Ok(())
+}
+
+/// The backbone features of the training (bank) and test (query) images under `checkpoint` (its SHA-256), read
+/// from the run's cache when one was computed for this checkpoint and these data (the file name is the hash of
+/// both) and is intact (it holds the SHA-256 of its features), else computed and cached. A cache that cannot be
+/// written (a read-only run) is reported and skipped.
+fn cached_features(
+    run: &RunDir,
+    checkpoint: &str,
+    net: &SiameseNet,
+    data: &Dataset,
+    edge: &Edge,
+) -> Result<(Tensor, Tensor), Error> {
+    let cache = cache_path(run, checkpoint, data);
+    let cached = crate::files::read_bounded(&cache, crate::files::TENSOR_LIMIT)
+        .ok()
+        .and_then(|bytes| candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).ok());
+    if let Some(mut m) = cached {
+        if let (Some(bank), Some(queries), Some(sum)) = (m.remove("bank"), m.remove("queries"), m.remove("sha256")) {
+            if sum.to_vec1::<u8>().ok() == Some(features_sha256(&bank, &queries)?) {
+                return Ok((bank, queries));
+            }
+        }
+    }
+    let bank = backbone_features(net, &data.train_images)?.to_device(&Device::Cpu)?;
+    let queries = backbone_features(net, &data.test_images)?.to_device(&Device::Cpu)?;
+    let sum = Tensor::new(features_sha256(&bank, &queries)?, &Device::Cpu)?;
+    let tensors = [("bank", &bank), ("queries", &queries), ("sha256", &sum)];
+    let written = safetensors::serialize(tensors, None)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| crate::runtime::run::write_atomic(&cache, &bytes).map_err(|e| e.to_string()));
+    if let Err(reason) = written {
+        edge.report(
+            &Error::new(ErrorCode::EvalCache, format!("the features are not cached: {reason}"))
+                .help("evaluation goes on; the next `eval` of this checkpoint computes them again"),
+        );
+    }
+    Ok((bank, queries))
+}
+
+/// Where the features of the checkpoint with SHA-256 `checkpoint` on `data` are cached: a name made of the hash of
+/// both, so other data or another checkpoint never reads them.
+pub fn cache_path(run: &RunDir, checkpoint: &str, data: &Dataset) -> std::path::PathBuf {
+    let key = Sha256::digest(format!("{checkpoint} {}", data.fingerprint()).as_bytes());
+    run.file(&format!("features-{}.safetensors", &hex(&key)[..32]))
+}
+
+/// SHA-256 of the features' f32 values, stored beside them so that a damaged cache is recomputed, not used.
+fn features_sha256(bank: &Tensor, queries: &Tensor) -> Result<Vec<u8>, Error> {
+    let mut hasher = Sha256::new();
+    for t in [bank, queries] {
+        hasher.update(format!("{:?}", t.dims()).as_bytes());
+        let bytes: Vec<u8> = t.flatten_all()?.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect();
+        hasher.update(&bytes);
+    }
+    Ok(hasher.finalize().to_vec())
 }

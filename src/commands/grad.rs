@@ -5,6 +5,7 @@ use super::{Edge, Failure};
 use crate::backend::Backend;
 use crate::check::typed::{Objective, StateKind};
 use crate::error::{Error, ErrorCode};
+use crate::eval::health::first_non_finite;
 use crate::ir::cost::Sizes;
 use crate::plan::{Features, Plan};
 use candle_core::{DType, Device, Tensor};
@@ -50,6 +51,14 @@ pub enum GradError {
         /// The objective's states.
         states: String,
     },
+    /// An input holds a NaN or an infinity: every gradient it touches would be NaN.
+    #[error("tensor `{name}` holds a NaN or infinity at flat index {index}")]
+    NonFinite {
+        /// Tensor.
+        name: String,
+        /// Row-major index of the first bad value.
+        index: usize,
+    },
     /// The results could not be written.
     #[error("cannot write `{path}`: {reason}")]
     Write {
@@ -91,8 +100,15 @@ pub fn run(
     device: &Device,
 ) -> Result<String, GradError> {
     let backend = if device.is_cpu() { backend } else { Backend::Reference };
-    let tensors = candle_core::safetensors::load(inputs, device)
-        .map_err(|e| GradError::Read { path: inputs.display().to_string(), reason: e.to_string() })?;
+    let read = |reason: String| GradError::Read { path: inputs.display().to_string(), reason };
+    let bytes = crate::files::read_bounded(inputs, crate::files::TENSOR_LIMIT).map_err(|e| read(format!("it {e}")))?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| read(e.to_string()))?;
+    drop(bytes);
+    for (name, t) in &tensors {
+        if let Some(index) = first_non_finite(t)? {
+            return Err(GradError::NonFinite { name: name.clone(), index });
+        }
+    }
     let found = || {
         let mut names: Vec<&str> = tensors.keys().map(String::as_str).collect();
         names.sort();
@@ -101,11 +117,11 @@ pub fn run(
     let get = |name: &str| -> Result<Tensor, GradError> {
         let t = tensors.get(name).ok_or_else(|| GradError::Missing { name: name.into(), found: found() })?;
         let shape = t.dims();
-        if shape.len() != 2 || !matches!(t.dtype(), DType::F32 | DType::F64) {
+        if shape.len() != 2 || shape.contains(&0) || !matches!(t.dtype(), DType::F32 | DType::F64) {
             return Err(GradError::Shape {
                 name: name.into(),
                 found: format!("{:?} {:?}", shape, t.dtype()),
-                expected: "[N, D] f32 or f64".into(),
+                expected: "[N, D] f32 or f64 with N ≥ 1 and D ≥ 1".into(),
                 help: "store each feature matrix as a 2-D float tensor, one row per sample".into(),
             });
         }
@@ -194,6 +210,11 @@ impl From<GradError> for Error {
             GradError::Missing { .. } => (ErrorCode::GradMissing, "provide u1, u2, t1 and t2, each [N, D]".to_string()),
             GradError::Shape { help, .. } => (ErrorCode::GradShape, help.clone()),
             GradError::Unknown { .. } => (ErrorCode::GradUnknown, "remove it or rename it after a state".to_string()),
+            GradError::NonFinite { .. } => (
+                ErrorCode::GradNonFinite,
+                "features must be finite: check the code that produced them (a division by a zero norm, say)"
+                    .to_string(),
+            ),
             GradError::Write { .. } => (
                 ErrorCode::GradWrite,
                 "check that the directory exists and is writable, and that the disk is not full".to_string(),

@@ -17,51 +17,15 @@ use crate::check::recipe::Recipe;
 use crate::check::typed::{Objective, Program};
 use crate::diagnostic::{Code, Diagnostic, Span};
 use crate::error::{Error, ErrorCode};
-use crate::render;
+pub use crate::render::{Edge, Format};
 use std::io::IsTerminal;
 use std::path::Path;
-
-/// How failures and diagnostics are written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// Reports for people, on stderr.
-    Human,
-    /// One JSON object per error on stderr (diagnostics of `check` on stdout).
-    Json,
-}
-
-/// Where the commands report: the output format and whether stderr takes colour.
-#[derive(Clone, Copy, Debug)]
-pub struct Edge {
-    /// Human or JSON.
-    pub format: Format,
-    /// Colour on stderr (a terminal, and `NO_COLOR` unset).
-    pub color: bool,
-}
 
 impl Edge {
     /// The edge for `format`, with colour when stderr is a terminal and `NO_COLOR` is unset.
     pub fn new(format: Format) -> Self {
         let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
         Edge { format, color }
-    }
-
-    /// Writes a runtime error (or warning) to stderr.
-    pub fn report(&self, e: &Error) {
-        match self.format {
-            Format::Human => eprint!("{}", render::error_human(e, self.color)),
-            Format::Json => eprintln!("{}", render::error_json(e)),
-        }
-    }
-
-    /// Writes a source's diagnostics to stderr.
-    pub fn diagnostics(&self, name: &str, text: &str, diagnostics: &[Diagnostic]) {
-        for d in diagnostics {
-            match self.format {
-                Format::Human => eprint!("{}", render::human(d, name, text, self.color, 100)),
-                Format::Json => eprintln!("{}", render::json(d, name, text)),
-            }
-        }
     }
 }
 
@@ -106,9 +70,12 @@ pub struct Source {
 /// Reads a source file; bytes that are not UTF-8 are reported as a diagnostic.
 pub fn read(path: &Path, edge: &Edge) -> Result<Source, Failure> {
     let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| {
-        Error::new(ErrorCode::SourceRead, format!("cannot read `{name}`: {e}"))
-            .help("check the path; `ls` shows what is there")
+    let bytes = crate::files::read_bounded(path, crate::files::SOURCE_LIMIT).map_err(|e| {
+        let help = match e {
+            crate::files::ReadError::TooLarge { .. } => "an objective file is text of a few kilobytes: check the path",
+            _ => "give the path of a `.ssl` file; `ls` shows what is there",
+        };
+        Error::new(ErrorCode::SourceRead, format!("cannot read `{name}`: it {e}")).help(help)
     })?;
     match String::from_utf8(bytes) {
         Ok(text) => Ok(Source { name, text }),

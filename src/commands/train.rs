@@ -26,6 +26,8 @@ pub struct TrainArgs {
     pub runs: PathBuf,
     /// `--resume`.
     pub resume: bool,
+    /// `--override`.
+    pub allow_changes: bool,
     /// `--max-steps`.
     pub max_steps: Option<usize>,
     /// `--limit`.
@@ -39,6 +41,10 @@ pub struct TrainArgs {
     /// `--layers`.
     pub layers: LayerImpl,
 }
+
+/// Exit status of a training stopped by SIGINT, SIGTERM or SIGHUP after writing its checkpoint (128 + SIGINT, as
+/// shells report Ctrl-C): not a success, since the run is not finished; `--resume` continues it.
+pub const INTERRUPTED: u8 = 130;
 
 /// Trains; `stop` is the flag the binary's signal handler sets.
 pub fn run(args: TrainArgs, stop: Arc<AtomicBool>, edge: &Edge) -> Result<(), Failure> {
@@ -58,6 +64,7 @@ pub fn run(args: TrainArgs, stop: Arc<AtomicBool>, edge: &Edge) -> Result<(), Fa
         runs_root: args.runs,
         name: args.name,
         resume: args.resume,
+        allow_changes: args.allow_changes,
         max_steps: args.max_steps,
         limit: args.limit,
         backend: args.backend,
@@ -66,8 +73,12 @@ pub fn run(args: TrainArgs, stop: Arc<AtomicBool>, edge: &Edge) -> Result<(), Fa
         device,
         layers: args.layers,
         stop,
+        edge: *edge,
     };
     let summary = train(&source.text, &objective, &recipe, &opts)?;
+    if summary.interrupted {
+        return Err(Failure::Reported(INTERRUPTED));
+    }
     let knn = summary.knn.map_or("-".to_string(), |k| format!("{:.2} %", k * 100.0));
     println!("done: {} steps, final kNN top-1 {knn}; run in {}", summary.steps, summary.run_dir.display());
     Ok(())

@@ -6,10 +6,11 @@
 //! file name, so either form loads. Every way a file can be wrong is a coded [`DataError`].
 
 use super::{DataError, CLASSES, PIXELS, SIDE};
+use crate::files::{read_all_bounded, read_bounded, ReadError, DATA_LIMIT};
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 use flate2::Compression;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::path::Path;
 
 /// IDX magic of a u8 rank-3 file: Fashion-MNIST images.
@@ -21,26 +22,23 @@ const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// Reads a whole file, decompressing it when it starts with the gzip magic bytes.
 pub fn read_bytes(path: &Path) -> Result<Vec<u8>, DataError> {
-    let raw = std::fs::read(path).map_err(|e| io_error(path, e))?;
+    let raw = read_bounded(path, DATA_LIMIT).map_err(|e| read_error(path, e))?;
     if raw.len() < 2 || raw[..2] != GZIP_MAGIC {
         return Ok(raw);
     }
-    let mut out = Vec::with_capacity(raw.len() * 2);
-    GzDecoder::new(raw.as_slice()).read_to_end(&mut out).map_err(|e| {
-        if e.kind() == ErrorKind::UnexpectedEof {
+    read_all_bounded(GzDecoder::new(raw.as_slice()), DATA_LIMIT, raw.len() * 2).map_err(|e| match e {
+        ReadError::Io(e) if e.kind() == ErrorKind::UnexpectedEof => {
             DataError::Truncated { path: path.display().to_string(), detail: "the gzip stream ends early".into() }
-        } else {
-            DataError::Read { path: path.display().to_string(), reason: format!("bad gzip data: {e}") }
         }
-    })?;
-    Ok(out)
+        ReadError::Io(e) => DataError::Read { path: path.display().to_string(), reason: format!("bad gzip data: {e}") },
+        e => DataError::Read { path: path.display().to_string(), reason: format!("decompressed, it {e}") },
+    })
 }
 
-fn io_error(path: &Path, e: std::io::Error) -> DataError {
-    if e.kind() == ErrorKind::NotFound {
-        DataError::Missing { path: path.display().to_string() }
-    } else {
-        DataError::Read { path: path.display().to_string(), reason: e.to_string() }
+fn read_error(path: &Path, e: ReadError) -> DataError {
+    match e {
+        ReadError::NotFound => DataError::Missing { path: path.display().to_string() },
+        e => DataError::Read { path: path.display().to_string(), reason: format!("it {e}") },
     }
 }
 

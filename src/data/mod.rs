@@ -203,6 +203,19 @@ impl Dataset {
         keep(&mut self.test_images, &mut self.test_labels);
     }
 
+    /// SHA-256 of the images and labels (train then test, each length-prefixed): the data's identity, which
+    /// `--resume` compares with the run's and which keys `eval`'s feature cache, so other data is never mistaken
+    /// for the run's.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        for part in [&self.train_images, &self.train_labels, &self.test_images, &self.test_labels] {
+            hasher.update((part.len() as u64).to_le_bytes());
+            hasher.update(part);
+        }
+        crate::files::hex(&hasher.finalize())
+    }
+
     /// Training images.
     pub fn train_len(&self) -> usize {
         self.train_labels.len()

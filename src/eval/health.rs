@@ -1,6 +1,6 @@
 //! Representation health, logged during training: the spread of the normalised features (0 means
 //! collapse; about 1/√D is healthy) and the effective rank of the batch features (how many
-//! directions they really use).
+//! directions they really use) — and whether a tensor has become NaN or infinite.
 
 use crate::error::{Error, ErrorCode};
 use candle_core::{DType, Result, Tensor};
@@ -14,6 +14,16 @@ pub fn z_std(z: &Tensor) -> Result<f64> {
     let rows = n.dims()[0].max(2) as f64;
     let var = (centred.sqr()?.sum(0)? / (rows - 1.0))?;
     var.sqrt()?.mean_all()?.to_scalar::<f64>()
+}
+
+/// The flat index of the first NaN or infinity in `t`, if any. The sum is checked first, so a finite tensor costs
+/// one reduction; only a sum that is not finite (a bad value, or finite values large enough to overflow) is scanned.
+pub fn first_non_finite(t: &Tensor) -> Result<Option<usize>> {
+    if t.elem_count() == 0 || t.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.is_finite() {
+        return Ok(None);
+    }
+    let values = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    Ok(values.iter().position(|v| !v.is_finite()))
 }
 
 /// Consecutive low readings before collapse is reported: one noisy batch is not a collapse.

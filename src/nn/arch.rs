@@ -45,6 +45,32 @@ pub(super) struct ResNet {
     pub(super) blocks: Vec<Block>,
 }
 
+impl ResNet {
+    /// Values every convolution of the encoder outputs for one `h`×`w` image (weights `[out, in, k, k]` in
+    /// `tensors`): the size of what a training step keeps per image, for the memory estimate.
+    pub(super) fn conv_output_values(&self, tensors: &[Tensor], h: usize, w: usize) -> usize {
+        let out = |c: &Conv, (h, w): (usize, usize)| {
+            let dims = tensors[c.w].dims();
+            let (channels, k) = (dims[0], dims[2]);
+            let side = |x: usize| (x + 2 * c.pad).saturating_sub(k) / c.stride + 1;
+            (channels, (side(h), side(w)))
+        };
+        let (stem, mut size) = out(&self.stem, (h, w));
+        let mut total = stem * size.0 * size.1;
+        for b in &self.blocks {
+            let (c1, s1) = out(&b.conv1, size);
+            let (c2, s2) = out(&b.conv2, s1);
+            total += c1 * s1.0 * s1.1 + c2 * s2.0 * s2.1;
+            if let Some((c, _)) = &b.shortcut {
+                let (cs, ss) = out(c, size);
+                total += cs * ss.0 * ss.1;
+            }
+            size = s2;
+        }
+        total
+    }
+}
+
 #[derive(Clone, Debug)]
 pub(super) struct MlpNet {
     pub(super) fc1: Linear,

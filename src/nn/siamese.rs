@@ -178,6 +178,12 @@ impl SiameseNet {
         Ok(())
     }
 
+    /// Values the encoder's convolutions output for one `h`×`w` image: what a training step keeps alive per image,
+    /// scaled by the runtime's memory estimate.
+    pub fn conv_output_values(&self, h: usize, w: usize) -> usize {
+        self.arch.encoder.conv_output_values(&self.tensors, h, w)
+    }
+
     /// Backbone feature width (the last stage width).
     pub fn backbone_dim(&self) -> usize {
         self.arch.backbone_dim

@@ -1,7 +1,8 @@
 //! The training runtime: the loop, the run directory with its typed records and checkpoints, optimisers,
-//! schedules, `--set` overrides, plots and progress.
+//! schedules, `--set` overrides, plots, progress and the memory guard.
 
 pub mod checkpoint;
+pub mod memory;
 pub mod optim;
 pub mod overrides;
 pub mod plot;

@@ -37,14 +37,19 @@ pub fn apply(recipe: &mut Recipe, objective: &mut Objective, sets: &[String]) ->
         } else {
             let text = format!("train _ {{ {key} = {value} }}");
             let (file, mut diagnostics) = crate::syntax::parse(&text);
-            if let Some(field) = file.trains.first().and_then(|t| t.fields.first()) {
+            // Exactly one field of one block: a value that closes the block and opens another is not one value.
+            let single = match (file.trains.as_slice(), file.objectives.is_empty() && file.unparsed.is_empty()) {
+                ([train], true) if train.fields.len() == 1 => Some(&train.fields[0]),
+                _ => None,
+            };
+            if let Some(field) = single.filter(|_| diagnostics.is_empty()) {
                 set_field(recipe, field, &mut diagnostics);
             } else if diagnostics.is_empty() {
                 diagnostics.push(Diagnostic::new(
                     Code::Syntax,
-                    "not a `field=value` override",
+                    "not one `field=value` override",
                     Span::new(0, text.len()),
-                    "here",
+                    "this must be a single recipe field and its value",
                 ));
             }
             if !diagnostics.is_empty() {

@@ -4,17 +4,20 @@
 //! continue from: whole files are replaced atomically (temp file, fsync, rename), the metrics log is append-only and a
 //! torn last line is ignored on reading, and the checkpoint keeps its predecessor until the new one is complete. The
 //! checkpoint's JSON names the SHA-256 and size of its tensor file, so a torn or mismatched pair is detected on load
-//! and the previous checkpoint is used instead. Bad files are coded errors, never panics.
+//! and the previous checkpoint is used instead (and reported). The checkpoint's own metadata (step, epoch, the
+//! hash of the run's identity) lives in the tensor file's header, under that hash. A training holds an OS lock on
+//! the directory (`.lock`) for as long as it writes there, so two processes never write one run; a lock left by a
+//! process that died is released by the OS and reported by the next one. Bad files are coded errors, never panics.
 
-use super::checkpoint::{Checkpoint, Meta};
+use super::checkpoint::Checkpoint;
 use super::records::Record;
 use crate::error::{Error, ErrorCode};
-use candle_core::Device;
+use crate::files::ReadError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -31,8 +34,13 @@ pub const CHECKPOINT_META: &str = "checkpoint.json";
 pub const PREV_CHECKPOINT_TENSORS: &str = "checkpoint.prev.safetensors";
 /// The previous checkpoint's metadata.
 pub const PREV_CHECKPOINT_META: &str = "checkpoint.prev.json";
+/// The lock a training holds on its run directory; it names the holder's process id while held.
+pub const LOCK_FILE: &str = ".lock";
 /// The `format` field of `checkpoint.json`, so a future layout change is detected instead of misread.
-pub const CHECKPOINT_FORMAT: &str = "ssl-lang checkpoint 1";
+pub const CHECKPOINT_FORMAT: &str = "ssl-lang checkpoint 2";
+/// Recipe fields that `--resume --override` may change: how long the run goes and how it is measured, not what the
+/// steps so far computed.
+pub const RESUMABLE_FIELDS: &[&str] = &["epochs", "eval"];
 
 /// What `config.json` records: how the run was started, so `--resume` and `eval` rebuild the same recipe and model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -65,6 +73,78 @@ pub struct RunConfig {
     pub test_images: usize,
     /// CPU threads.
     pub threads: usize,
+    /// SHA-256 of the data's images and labels (`Dataset::fingerprint`); empty in runs of earlier versions.
+    #[serde(default)]
+    pub data_sha256: String,
+}
+
+impl RunConfig {
+    /// What identifies the run's computation, field by field: the objective and its source, its params, the data,
+    /// the seed, the backend and every recipe field but [`RESUMABLE_FIELDS`] — not the version, the thread count or
+    /// the text forms. A resume must match it, and every checkpoint records its hash.
+    fn identity(&self) -> BTreeMap<String, Value> {
+        let mut id = BTreeMap::new();
+        id.insert("objective".into(), Value::from(self.objective.clone()));
+        id.insert("source".into(), Value::from(self.source.clone()));
+        for (name, value) in &self.params {
+            id.insert(format!("{}.{name}", self.objective), Value::from(*value));
+        }
+        if let Value::Object(fields) = &self.recipe {
+            for (name, value) in fields.iter().filter(|(name, _)| !RESUMABLE_FIELDS.contains(&name.as_str())) {
+                id.insert(name.clone(), value.clone());
+            }
+        }
+        id.insert("--limit".into(), serde_json::to_value(self.limit).expect("an Option<usize> serialises"));
+        id.insert("--backend".into(), Value::from(self.backend.clone()));
+        // Runs of earlier versions have no data hash: their data description stands in for it.
+        let data = if self.data_sha256.is_empty() { &self.data } else { &self.data_sha256 };
+        id.insert(DATA_IDENTITY.into(), Value::from(data.clone()));
+        id.insert("training images".into(), Value::from(self.train_images));
+        id.insert("test images".into(), Value::from(self.test_images));
+        id
+    }
+
+    /// SHA-256 of [`RunConfig::identity`], written into every checkpoint so that one from another run is refused.
+    pub fn identity_sha256(&self) -> String {
+        let text = serde_json::to_string(&self.identity()).expect("JSON values serialise");
+        crate::files::hex(&Sha256::digest(text.as_bytes()))
+    }
+
+    /// How `now` (the configuration a resume would run) differs from this one (the run's): one line per field, with
+    /// both values; empty when the resume computes what the run computed. With `allow_resumable`, changes to
+    /// [`RESUMABLE_FIELDS`] are allowed (they are not part of the identity); without it they are listed too.
+    pub fn differences(&self, now: &RunConfig, allow_resumable: bool) -> Vec<String> {
+        let (was, is) = (self.identity(), now.identity());
+        let mut out = Vec::new();
+        let names: std::collections::BTreeSet<&String> = was.keys().chain(is.keys()).collect();
+        for name in names {
+            let (a, b) = (was.get(name), is.get(name));
+            if a == b {
+                continue;
+            }
+            out.push(match name.as_str() {
+                "source" => "the objective file's text differs from the one the run started with".to_string(),
+                DATA_IDENTITY => "the data differs (other files, or another --data)".to_string(),
+                _ => format!("{name}: {} in the run, {} now", show(a), show(b)),
+            });
+        }
+        if !allow_resumable {
+            for field in RESUMABLE_FIELDS {
+                let (a, b) = (self.recipe.get(field), now.recipe.get(field));
+                if a != b {
+                    out.push(format!("{field}: {} in the run, {} now (allowed with --override)", show(a), show(b)));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The identity's entry for the data (not a recipe field's name: the recipe's `data` names where it came from).
+const DATA_IDENTITY: &str = "data (images and labels)";
+
+fn show(v: Option<&Value>) -> String {
+    v.map_or_else(|| "absent".to_string(), Value::to_string)
 }
 
 /// Why reading or writing a run directory failed; the message says what and where, and `Error::from` adds its code and help.
@@ -85,6 +165,14 @@ pub enum RunError {
         what: String,
         /// What to do.
         help: String,
+    },
+    /// Another process holds the run directory's lock: it is training this run now.
+    #[error("`{path}` is being written by another ssl-lang process ({holder})")]
+    Busy {
+        /// The run directory.
+        path: String,
+        /// What the lock file says of its holder.
+        holder: String,
     },
     /// A run name that is not a single directory name.
     #[error("`{name}` is not a valid run name: {reason}")]
@@ -154,20 +242,45 @@ pub struct RunDir {
 }
 
 impl RunDir {
-    /// Creates `runs_root/name` (and `runs_root`) for a new run. Errs with `ssl::run::exists` if the directory
-    /// already holds a run — a `config.json`, a `metrics.jsonl` or a checkpoint — so two runs never mix; an empty
-    /// or unrelated existing directory is reused.
-    pub fn create(runs_root: &Path, name: &str) -> Result<RunDir, RunError> {
+    /// Creates `runs_root/name` (and `runs_root`) for a new run and locks it. Errs with `ssl::run::busy` if another
+    /// process holds it and with `ssl::run::exists` if it already holds a run — a `config.json`, a `metrics.jsonl`
+    /// or a checkpoint —, checked under the lock, so two runs started at once under one name never both start; an
+    /// empty or unrelated existing directory is reused.
+    pub fn create(runs_root: &Path, name: &str) -> Result<(RunDir, RunLock), RunError> {
         validate_name(name)?;
-        let path = runs_root.join(name);
-        let run = RunDir { path };
+        let run = RunDir { path: runs_root.join(name) };
+        fs::create_dir_all(&run.path).map_err(|e| RunError::io("create directory", &run.path, e))?;
+        let lock = run.lock()?;
         for file in [CONFIG_FILE, METRICS_FILE, CHECKPOINT_META, CHECKPOINT_TENSORS] {
             if run.file(file).exists() {
                 return Err(RunError::Exists { path: run.path.display().to_string(), found: file.into() });
             }
         }
-        fs::create_dir_all(&run.path).map_err(|e| RunError::io("create directory", &run.path, e))?;
-        Ok(run)
+        Ok((run, lock))
+    }
+
+    /// Takes the run's write lock (an OS file lock on `.lock`, released when the [`RunLock`] is dropped or the
+    /// process dies). `ssl::run::busy` if another process holds it.
+    pub fn lock(&self) -> Result<RunLock, RunError> {
+        let path = self.file(LOCK_FILE);
+        let mut file = open_for_update(&path)?;
+        let mut previous = String::new();
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let _ = file.read_to_string(&mut previous);
+                let holder = if previous.trim().is_empty() { "starting".to_string() } else { previous.trim().into() };
+                return Err(RunError::Busy { path: self.path.display().to_string(), holder });
+            }
+            Err(TryLockError::Error(e)) => return Err(RunError::io("lock", &path, e)),
+        }
+        file.read_to_string(&mut previous).map_err(|e| RunError::io("read", &path, e))?;
+        let holder = format!("pid {}", std::process::id());
+        file.set_len(0).map_err(|e| RunError::io("truncate", &path, e))?;
+        file.seek(SeekFrom::Start(0)).map_err(|e| RunError::io("seek in", &path, e))?;
+        file.write_all(format!("{holder}\n").as_bytes()).map_err(|e| RunError::io("write", &path, e))?;
+        let unclean = Some(previous.trim().to_string()).filter(|p| !p.is_empty());
+        Ok(RunLock { file, unclean })
     }
 
     /// Opens an existing run directory (one that contains `config.json`), or, if `path` is a file inside one (a
@@ -216,12 +329,9 @@ impl RunDir {
     /// Reads `config.json`, so `--resume` and `eval` rebuild the run's recipe and model.
     pub fn read_config(&self) -> Result<RunConfig, RunError> {
         let path = self.file(CONFIG_FILE);
-        let bytes = fs::read(&path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => RunError::Missing {
-                what: format!("`{}` has no {CONFIG_FILE}", self.path.display()),
-                help: "the run was never started or its configuration was deleted; start a new run".into(),
-            },
-            _ => RunError::io("read", &path, e),
+        let bytes = read_run_file(&path)?.ok_or_else(|| RunError::Missing {
+            what: format!("`{}` has no {CONFIG_FILE}", self.path.display()),
+            help: "the run was never started or its configuration was deleted; start a new run".into(),
         })?;
         let value: Value = serde_json::from_slice(&bytes).map_err(|e| RunError::Corrupt {
             path: path.display().to_string(),
@@ -239,13 +349,7 @@ impl RunDir {
     /// middle line.
     pub fn append_metrics(&self, record: &Record) -> Result<(), RunError> {
         let path = self.file(METRICS_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| RunError::io("open", &path, e))?;
+        let mut file = open_for_update(&path)?;
         repair_tail(&mut file, &path)?;
         let mut line = serde_json::to_string(record).expect("a Record always serialises");
         line.push('\n');
@@ -260,54 +364,55 @@ impl RunDir {
     /// its line number. Blank lines are skipped.
     pub fn read_metrics(&self) -> Result<Vec<Record>, RunError> {
         let path = self.file(METRICS_FILE);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(RunError::io("read", &path, e)),
-        };
+        let Some(bytes) = read_run_file(&path)? else { return Ok(Vec::new()) };
         Ok(parse_metrics(&bytes, &path)?.0)
     }
 
     /// Rewrites `metrics.jsonl` (atomically) keeping only the records up to `step`, so that after `--resume` from
-    /// the checkpoint at `step` the log has no records from the lost steps.
+    /// the checkpoint at `step` the log has no records from the lost steps. The lines kept are kept byte for byte.
     pub fn truncate_metrics(&self, step: usize) -> Result<(), RunError> {
         let path = self.file(METRICS_FILE);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(RunError::io("read", &path, e)),
-        };
-        let (records, _) = parse_metrics(&bytes, &path)?;
-        let mut text = String::new();
-        for r in records.iter().filter(|r| r.step() <= step) {
-            text.push_str(&serde_json::to_string(r).expect("a Record always serialises"));
-            text.push('\n');
+        let Some(bytes) = read_run_file(&path)? else { return Ok(()) };
+        let (records, good) = parse_metrics(&bytes, &path)?;
+        let mut kept = Vec::with_capacity(good);
+        let lines = bytes[..good].split_inclusive(|&b| b == b'\n').filter(|l| !l.iter().all(u8::is_ascii_whitespace));
+        for (record, line) in records.iter().zip(lines) {
+            if record.step() <= step {
+                kept.extend_from_slice(line);
+                if !line.ends_with(b"\n") {
+                    kept.push(b'\n');
+                }
+            }
         }
-        write_atomic(&path, text.as_bytes())?;
+        write_atomic(&path, &kept)?;
         sync_dir(&self.path);
         Ok(())
     }
 
-    /// Writes the checkpoint: `checkpoint.safetensors` (all tensors, under the names given) and `checkpoint.json`
-    /// (`{"format", "tensors": {"bytes", "sha256"}, "meta"}`), each through a temp file and fsync, tensors first.
-    /// A good current checkpoint is first renamed to `checkpoint.prev.*`, and only then replaced, so a crash at any
-    /// point leaves at least one complete checkpoint that `load_checkpoint` finds.
+    /// Writes the checkpoint: `checkpoint.safetensors` (all tensors, under the names given, and the meta in its
+    /// header) and `checkpoint.json` (`{"format", "tensors": {"bytes", "sha256"}, "meta"}`, the meta a copy for
+    /// people), each through a temp file and fsync, tensors first. A good current checkpoint is first renamed to
+    /// `checkpoint.prev.*`, and only then replaced, so a crash at any point leaves at least one complete checkpoint
+    /// that `load_checkpoint` finds; a failed write (a full disk) removes its temp files.
     pub fn save_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), RunError> {
         let st_tmp = self.file(&format!("{CHECKPOINT_TENSORS}.tmp"));
         let json_tmp = self.file(&format!("{CHECKPOINT_META}.tmp"));
-        candle_core::safetensors::save(&checkpoint.to_tensors(), &st_tmp)
-            .map_err(|e| RunError::Tensor { path: st_tmp.display().to_string(), reason: e.to_string() })?;
-        let bytes = fs::read(&st_tmp).map_err(|e| RunError::io("read back", &st_tmp, e))?;
-        sync_file(&st_tmp)?;
+        let bytes =
+            checkpoint.to_bytes().map_err(|reason| RunError::Tensor { path: st_tmp.display().to_string(), reason })?;
         let doc = serde_json::json!({
             "format": CHECKPOINT_FORMAT,
             "tensors": {"bytes": bytes.len(), "sha256": sha256_hex(&bytes)},
             "meta": checkpoint.meta,
         });
-        drop(bytes);
         let mut text = serde_json::to_string_pretty(&doc).expect("a serde_json::Value always serialises");
         text.push('\n');
-        write_file_synced(&json_tmp, text.as_bytes())?;
+        let written = write_file_synced(&st_tmp, &bytes).and_then(|()| write_file_synced(&json_tmp, text.as_bytes()));
+        drop(bytes);
+        if let Err(e) = written {
+            let _ = fs::remove_file(&st_tmp);
+            let _ = fs::remove_file(&json_tmp);
+            return Err(e);
+        }
 
         // Keep the current checkpoint as the previous one, but only if it is good: a torn current one must not
         // displace a good previous one.
@@ -322,10 +427,11 @@ impl RunDir {
         Ok(())
     }
 
-    /// The latest good checkpoint (tensors on the CPU), or `None` if the run has none yet. A checkpoint
-    /// whose tensor file is torn or does not match the size and SHA-256 its JSON names is skipped for the previous
-    /// one; if checkpoint files exist but none is good, the error is `ssl::run::corrupt`.
-    pub fn load_checkpoint(&self) -> Result<Option<Checkpoint>, RunError> {
+    /// The latest good checkpoint (tensors on the CPU), or `None` if the run has none yet. A checkpoint whose
+    /// tensor file is torn, does not match the size and SHA-256 its JSON names, or holds a NaN or infinity is
+    /// skipped for the previous one, and [`Loaded::skipped`] says why; if checkpoint files exist but none is good,
+    /// the error is `ssl::run::corrupt`.
+    pub fn load_checkpoint(&self) -> Result<Option<Loaded>, RunError> {
         let jsons = [self.file(CHECKPOINT_META), self.file(PREV_CHECKPOINT_META)];
         let tensor_files = [self.file(CHECKPOINT_TENSORS), self.file(PREV_CHECKPOINT_TENSORS)];
         if !jsons.iter().chain(&tensor_files).any(|p| p.exists()) {
@@ -357,20 +463,18 @@ impl RunDir {
                 ));
                 continue;
             };
-            let loaded = fs::read(&tensor_files[t]).map_err(|e| e.to_string()).and_then(|bytes| {
-                if sha256_hex(&bytes) != want_sha {
-                    return Err("it changed while being read".into());
-                }
-                candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
-                    .map_err(|e| format!("not a readable safetensors file: {e}"))
-            });
+            let loaded = crate::files::read_bounded(&tensor_files[t], crate::files::TENSOR_LIMIT)
+                .map_err(|e| format!("it {e}"))
+                .and_then(|bytes| {
+                    if sha256_hex(&bytes) != want_sha {
+                        return Err("it changed while being read".into());
+                    }
+                    Checkpoint::from_bytes(&bytes)
+                });
             match loaded {
-                Ok(tensors) => {
-                    let meta: Meta = serde_json::from_value(doc["meta"].clone()).map_err(|e| RunError::Format {
-                        path: json_path.display().to_string(),
-                        detail: format!("its `meta` is not a checkpoint's: {e}"),
-                    })?;
-                    return Ok(Some(Checkpoint::from_tensors(tensors, meta)));
+                Ok(checkpoint) => {
+                    let file = tensor_files[t].clone();
+                    return Ok(Some(Loaded { checkpoint, file, sha256: want_sha, skipped: problems }));
                 }
                 Err(detail) => problems.push(format!("{}: {detail}", file_name(&tensor_files[t]))),
             }
@@ -381,9 +485,11 @@ impl RunDir {
         Err(RunError::Corrupt {
             path: self.file(CHECKPOINT_META).display().to_string(),
             detail: format!("no good checkpoint: {}", problems.join("; ")),
-            help: "the checkpoint was torn (a crash or full disk while writing) and there is no good previous one; \
-                   start the run again without --resume, under a new name"
-                .into(),
+            help: format!(
+                "the checkpoint was torn (a crash or full disk while writing) and there is no good previous one: \
+                 remove the checkpoint files (`rm {}/checkpoint*`) and --resume again to restart this run from step 0",
+                self.path.display()
+            ),
         })
     }
 
@@ -401,6 +507,70 @@ impl RunDir {
             Some((l, s)) => Some(l) == len && sha.as_deref() == Some(s.as_str()),
             None => false,
         }
+    }
+}
+
+/// Exclusive write access to a run directory, held for as long as a training writes it. Dropping it empties the
+/// lock file (a clean end) and releases the OS lock; a process that dies releases the OS lock too, but leaves its
+/// id in the file, which the next holder reports as [`RunLock::unclean`].
+#[derive(Debug)]
+pub struct RunLock {
+    file: File,
+    /// What the lock file said when the lock was taken: the previous holder, if it did not end cleanly.
+    pub unclean: Option<String>,
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = self.file.set_len(0);
+    }
+}
+
+impl RunLock {
+    /// `ssl::run::unclean` when the previous holder of `run`'s lock died without releasing it (killed, crashed).
+    pub fn unclean_warning(&self, run: &RunDir) -> Option<Error> {
+        let previous = self.unclean.as_ref()?;
+        Some(
+            Error::new(
+                ErrorCode::RunUnclean,
+                format!("the last training of {} ({previous}) ended without releasing its lock", run.path.display()),
+            )
+            .help("it was killed or crashed; its last complete checkpoint is what a resume continues from"),
+        )
+    }
+}
+
+/// A checkpoint read back, and what was skipped on the way to it.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    /// The checkpoint.
+    pub checkpoint: Checkpoint,
+    /// The tensor file it came from.
+    pub file: PathBuf,
+    /// That file's SHA-256: the checkpoint's identity (`eval`'s feature cache is keyed by it).
+    pub sha256: String,
+    /// Why newer checkpoint files were not used (empty when the latest one was good): to be reported.
+    pub skipped: Vec<String>,
+}
+
+impl Loaded {
+    /// `ssl::run::fallback` when a newer checkpoint was damaged and an older one is used instead.
+    pub fn fallback_warning(&self) -> Option<Error> {
+        if self.skipped.is_empty() {
+            return None;
+        }
+        Some(
+            Error::new(
+                ErrorCode::RunFallback,
+                format!(
+                    "the latest checkpoint is damaged ({}); using {} (step {})",
+                    self.skipped.join("; "),
+                    self.file.display(),
+                    self.checkpoint.meta.step
+                ),
+            )
+            .help("a resume trains the steps since that checkpoint again; nothing else is lost"),
+        )
     }
 }
 
@@ -511,13 +681,35 @@ fn repair_tail(file: &mut File, path: &Path) -> Result<(), RunError> {
     Ok(())
 }
 
+/// Opens (creating it if absent) a file of the run directory for reading and writing in place.
+fn open_for_update(path: &Path) -> Result<File, RunError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| RunError::io("open", path, e))
+}
+
+/// Reads a file of the run directory: `None` if absent; a directory, FIFO or device in its place, or a file over
+/// the bound, is `ssl::run::corrupt` (never a hang or a read without end).
+fn read_run_file(path: &Path) -> Result<Option<Vec<u8>>, RunError> {
+    match crate::files::read_bounded(path, crate::files::TENSOR_LIMIT) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(ReadError::NotFound) => Ok(None),
+        Err(ReadError::Io(e)) => Err(RunError::io("read", path, e)),
+        Err(e) => Err(RunError::Corrupt {
+            path: path.display().to_string(),
+            detail: format!("it {e}"),
+            help: "ssl-lang wrote a regular file here: remove what took its place".into(),
+        }),
+    }
+}
+
 /// Reads and checks a checkpoint JSON: `Ok(None)` if absent, `Err(reason)` if unusable.
 fn read_checkpoint_json(path: &Path) -> Result<Option<Value>, String> {
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.to_string()),
-    };
+    let Some(bytes) = read_run_file(path).map_err(|e| e.to_string())? else { return Ok(None) };
     let doc: Value = serde_json::from_slice(&bytes).map_err(|e| format!("not valid JSON ({e})"))?;
     match doc.get("format").and_then(Value::as_str) {
         Some(CHECKPOINT_FORMAT) => {}
@@ -550,7 +742,7 @@ fn hash_file(path: &Path) -> Option<(usize, String)> {
         hasher.update(&buf[..n]);
         len += n;
     }
-    Some((len, hex(&hasher.finalize())))
+    Some((len, crate::files::hex(&hasher.finalize())))
 }
 
 fn describe_tensor_files(
@@ -571,11 +763,7 @@ fn describe_tensor_files(
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::files::hex(&Sha256::digest(bytes))
 }
 
 fn file_name(path: &Path) -> String {
@@ -587,18 +775,17 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    write_file_synced(&tmp, bytes)?;
-    rename(&tmp, path)
+    let written = write_file_synced(&tmp, bytes).and_then(|()| rename(&tmp, path));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 fn write_file_synced(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
     let mut file = File::create(path).map_err(|e| RunError::io("create", path, e))?;
     file.write_all(bytes).map_err(|e| RunError::io("write", path, e))?;
     file.sync_all().map_err(|e| RunError::io("fsync", path, e))
-}
-
-fn sync_file(path: &Path) -> Result<(), RunError> {
-    OpenOptions::new().write(true).open(path).and_then(|f| f.sync_all()).map_err(|e| RunError::io("fsync", path, e))
 }
 
 fn rename(from: &Path, to: &Path) -> Result<(), RunError> {
@@ -624,11 +811,13 @@ impl From<RunError> for Error {
         let (code, help) = match &e {
             RunError::Exists { .. } => (ErrorCode::RunExists, "choose another name with --name, continue this run with --resume, or delete the directory".to_string()),
             RunError::Missing { help, .. } => (ErrorCode::RunMissing, help.clone()),
+            RunError::Busy { .. } => (ErrorCode::RunBusy, "wait for it to finish (or stop it with Ctrl-C: it checkpoints), then --resume; or start another run with a new --name".to_string()),
             RunError::Name { .. } => (ErrorCode::RunName, "use a plain directory name such as `simclr-1` (letters, digits, `-`, `_`, `.`)".to_string()),
+            RunError::Io { source, .. } if matches!(source.kind(), io::ErrorKind::StorageFull | io::ErrorKind::FileTooLarge | io::ErrorKind::QuotaExceeded) => (ErrorCode::RunIo, "the disk is full (or a file-size or quota limit was reached): free space (`df -h` shows it), then continue with --resume; the last complete checkpoint is intact and the partial files were removed".to_string()),
             RunError::Io { .. } => (ErrorCode::RunIo, "check that the directory exists and is writable and that the disk is not full".to_string()),
             RunError::Corrupt { help, .. } => (ErrorCode::RunCorrupt, help.clone()),
             RunError::Format { .. } => (ErrorCode::RunFormat, "the run was written by another version of ssl-lang; evaluate or resume it with that version, or start a new run".to_string()),
-            RunError::Tensor { .. } => (ErrorCode::RunIo, "checkpoint tensors must be dense tensors of a safetensors dtype; check that the disk is not full".to_string()),
+            RunError::Tensor { .. } => (ErrorCode::Tensor, "a checkpoint tensor could not be serialised: a bug to report, with the command".to_string()),
             RunError::Plot { .. } => (ErrorCode::RunPlot, "the metrics are intact in metrics.jsonl; plot them again with the run's plot command or another tool".to_string()),
         };
         Error::new(code, e.to_string()).help(help)

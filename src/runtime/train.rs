@@ -1,23 +1,27 @@
 //! The training loop: data → two augmented views → online and target networks →
 //! normalise → the objective's plan → inject the gradient at the normalised features → backward →
 //! optimiser → EMA target. Every random choice derives from (seed, step), so `--resume` continues a
-//! run exactly; a NaN stops the run with the last good checkpoint intact; Ctrl-C checkpoints.
+//! run exactly — and `--resume` refuses a command that would compute something else —; a NaN or infinity in the
+//! gradient, the weights, the statistics, the optimiser or the objective's states stops the run with the last good
+//! checkpoint intact; SIGINT, SIGTERM and SIGHUP checkpoint.
 
 use super::checkpoint::{Checkpoint, Meta};
 use super::optim::Optimizer;
 use super::records::{Baseline, EndRecord, EvalRecord, Phase, Record, StepRecord};
-use super::run::{RunConfig, RunDir};
+use super::run::{Loaded, RunConfig, RunDir, RunLock};
 use super::schedule::{target_momentum, LrSchedule};
 use crate::backend::Backend;
 use crate::check::recipe::{Momentum, Recipe};
 use crate::check::typed::{Objective, StateKind};
 use crate::data::{self, augment, Dataset};
 use crate::error::{Error, ErrorCode};
-use crate::eval::{self, features::backbone_features, health};
+use crate::eval::health::{self, first_non_finite};
+use crate::eval::{self, features::backbone_features};
 use crate::ir::cost::Sizes;
 use crate::nn::layers::l2_normalize;
 use crate::nn::{LayerImpl, Outputs, SiameseNet, Target};
 use crate::plan::{Features, ObjectiveState, Plan};
+use crate::render::Edge;
 use candle_core::{DType, Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -38,6 +42,8 @@ pub struct TrainOptions {
     pub name: Option<String>,
     /// Continue the named run from its checkpoint.
     pub resume: bool,
+    /// With `resume`: allow the recipe fields of `run::RESUMABLE_FIELDS` (epochs, eval) to change (`--override`).
+    pub allow_changes: bool,
     /// Stop after this many steps in total (smoke tests, benchmarks); the schedules still span the recipe's epochs.
     pub max_steps: Option<usize>,
     /// Use only the first this-many training images (and test images) — quick experiments.
@@ -55,6 +61,8 @@ pub struct TrainOptions {
     pub layers: LayerImpl,
     /// Set (by a signal handler, say) to stop at the next step boundary with a checkpoint.
     pub stop: Arc<AtomicBool>,
+    /// Where warnings (collapse, a damaged checkpoint skipped, an unclean end before) are reported.
+    pub edge: Edge,
 }
 
 /// What a finished (or stopped) run reports.
@@ -81,6 +89,10 @@ struct Trainer<'a> {
     lr: LrSchedule,
     state: ObjectiveState,
     run: RunDir,
+    /// Held for as long as the trainer writes the run directory.
+    _lock: RunLock,
+    /// `RunConfig::identity_sha256`, written into every checkpoint and required of the one resumed.
+    identity: String,
     steps_per_epoch: usize,
     total_steps: usize,
     last_checkpoint: Option<usize>,
@@ -124,8 +136,30 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
     let plan = Plan::with_backend(objective, backend, &Sizes::of(objective, recipe.batch, net.projection_dim()));
     let state = plan.initial_state();
     let name = opts.name.clone().unwrap_or_else(|| super::run::default_name(&objective.name));
-    let run =
-        if opts.resume { RunDir::open(&opts.runs_root.join(&name))? } else { RunDir::create(&opts.runs_root, &name)? };
+    let config = RunConfig {
+        version: env!("CARGO_PKG_VERSION").into(),
+        objective: objective.name.clone(),
+        source: source.into(),
+        recipe: serde_json::to_value(recipe).expect("a Recipe always serialises"),
+        recipe_text: recipe.to_string(),
+        overrides: opts.overrides.clone(),
+        limit: opts.limit,
+        params: objective.params.iter().map(|p| (p.name.clone(), p.value)).collect(),
+        seed: recipe.seed,
+        backend: format!("{:?}", opts.backend).to_lowercase(),
+        data: data.source.to_string(),
+        train_images: n_train,
+        test_images: data.test_len(),
+        threads: candle_core::utils::get_num_threads(),
+        data_sha256: data.fingerprint(),
+    };
+    if device.is_cpu() {
+        super::memory::check(&net, recipe, super::memory::available_bytes())?;
+    }
+    let (run, lock) = if opts.resume { resume_dir(opts, &name, &config)? } else { new_dir(opts, &name, &config)? };
+    if let Some(warning) = lock.unclean_warning(&run) {
+        opts.edge.report(&warning);
+    }
     let mut t = Trainer {
         recipe,
         plan,
@@ -135,6 +169,8 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
         lr: LrSchedule::from_recipe(recipe, steps_per_epoch),
         state,
         run,
+        _lock: lock,
+        identity: config.identity_sha256(),
         steps_per_epoch,
         total_steps,
         last_checkpoint: None,
@@ -145,25 +181,9 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
     };
     let mut step = 0;
     if opts.resume {
-        step = t.restore()?;
+        step = t.restore(&opts.edge)?;
         println!("resumed {} at step {step} of {total_steps}", t.run.path.display());
     } else {
-        t.run.write_config(&RunConfig {
-            version: env!("CARGO_PKG_VERSION").into(),
-            objective: objective.name.clone(),
-            source: source.into(),
-            recipe: serde_json::to_value(recipe).expect("a Recipe always serialises"),
-            recipe_text: recipe.to_string(),
-            overrides: opts.overrides.clone(),
-            limit: opts.limit,
-            params: objective.params.iter().map(|p| (p.name.clone(), p.value)).collect(),
-            seed: recipe.seed,
-            backend: format!("{:?}", opts.backend).to_lowercase(),
-            data: t.data.source.to_string(),
-            train_images: n_train,
-            test_images: t.data.test_len(),
-            threads: candle_core::utils::get_num_threads(),
-        })?;
         println!(
             "run {} — {} ({} training, {} test images)",
             t.run.path.display(),
@@ -215,7 +235,7 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
             );
             progress.step(step as u64, Some(&line));
             if let Some(warning) = t.collapse.observe(record.z_std_online, record.z_std_healthy) {
-                eprint!("{}", crate::render::error_human(&warning, false));
+                opts.edge.report(&warning);
             }
             t.run.append_metrics(&Record::Step(record))?;
         }
@@ -242,6 +262,42 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
     t.run.append_metrics(&Record::End(EndRecord { step, peak_rss_mb: peak_rss_mb() }))?;
     t.run.plot()?;
     Ok(TrainSummary { run_dir: t.run.path.clone(), steps: step, knn: t.last_knn, interrupted: false })
+}
+
+/// A new run's directory, locked, with its `config.json`.
+fn new_dir(opts: &TrainOptions, name: &str, config: &RunConfig) -> Result<(RunDir, RunLock), Error> {
+    let (run, lock) = RunDir::create(&opts.runs_root, name)?;
+    run.write_config(config)?;
+    Ok((run, lock))
+}
+
+/// The run to resume, locked, after checking that this command computes what the run computed: its objective
+/// source, resolved recipe and data must be the run's (`ssl::run::mismatch` names each difference); with
+/// `allow_changes` the epochs and evaluation may change, and `config.json` is updated to say so.
+fn resume_dir(opts: &TrainOptions, name: &str, config: &RunConfig) -> Result<(RunDir, RunLock), Error> {
+    let run = RunDir::open(&opts.runs_root.join(name))?;
+    let lock = run.lock()?;
+    let saved = run.read_config()?;
+    let differences = saved.differences(config, opts.allow_changes);
+    if !differences.is_empty() {
+        return Err(Error::new(
+            ErrorCode::RunMismatch,
+            format!(
+                "--resume would not continue {}: this command differs from the run's config.json in\n  - {}",
+                run.path.display(),
+                differences.join("\n  - ")
+            ),
+        )
+        .help(
+            "resume with the command that started the run (the same file, --set, --limit and --data; config.json \
+             keeps them), or start a new run under another --name; to change only the epochs or the evaluation, add \
+             --override",
+        ));
+    }
+    if saved.recipe != config.recipe {
+        run.write_config(config)?;
+    }
+    Ok((run, lock))
 }
 
 /// Σ over the batch of ⟨u, g⟩ / B: its gradient at u is g / B, which backward carries into the encoder.
@@ -314,7 +370,7 @@ impl Trainer<'_> {
         }
         let value = objective.to_scalar::<f32>()? as f64;
         if !value.is_finite() {
-            return Err(self.non_finite(step, "the gradient injected at the normalised features", value));
+            return Err(self.non_finite(step, &format!("the gradient injected at the normalised features ({value})")));
         }
         clock.lap(Phase::LocalCrops);
         let passes: Vec<&Outputs> = [&o1, &o2].into_iter().chain(&local_outputs).collect();
@@ -327,6 +383,9 @@ impl Trainer<'_> {
         if let (Some(target), Some(m)) = (&mut self.target, momentum) {
             target.ema_update(&self.net, m)?;
         }
+        if let Some(name) = self.first_poisoned()? {
+            return Err(self.non_finite(step, &format!("`{name}`, after the update,")));
+        }
         clock.lap(Phase::Ema);
         let conv = self.net.conv_work();
         if !log {
@@ -337,7 +396,7 @@ impl Trainer<'_> {
             Some(loss) => {
                 let l = loss.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                 if !l.is_finite() {
-                    return Err(self.non_finite(step, "the objective's loss", l));
+                    return Err(self.non_finite(step, &format!("the objective's loss ({l})")));
                 }
                 Some(l)
             }
@@ -364,16 +423,45 @@ impl Trainer<'_> {
             // Filled in by the loop, which knows the run's rate.
             pairs_per_s: f64::NAN,
         };
+        // The gradient's own statistics overflow before the weights do (a balance of 1e30): stop there, and never
+        // log a value JSON cannot hold.
+        let [p1, p2] = record.positive_norm;
+        let [n1, n2] = record.push_norm;
+        for (what, v) in
+            [("the positive similarity", record.pos_sim), ("the positive term", p1.max(p2)), ("the push", n1.max(n2))]
+        {
+            if !v.is_finite() {
+                return Err(self.non_finite(step, &format!("{what} ({v})")));
+            }
+        }
         Ok(Some(record))
     }
 
-    fn non_finite(&self, step: usize, quantity: &str, value: f64) -> Error {
+    /// The run's error for a NaN or infinity in `what` during step `step` (counted from 0; reported from 1, as the
+    /// logs count).
+    fn non_finite(&self, step: usize, what: &str) -> Error {
         let kept = match self.last_checkpoint {
             Some(s) => format!("and the last good checkpoint (step {s}) is intact"),
             None => "before any checkpoint was written".to_string(),
         };
-        Error::new(ErrorCode::TrainNonFinite, format!("{quantity} became {value} at step {step}; the run stopped, {kept}"))
-            .help("usually a learning rate or balance too large for this batch and dimension (try `--set optimizer=sgd(lr = ...)` with a smaller lr, or a smaller lambda), or features collapsing to zero before normalisation")
+        Error::new(
+            ErrorCode::TrainNonFinite,
+            format!("{what} became NaN or infinite in step {}; the run stopped, {kept}", step + 1),
+        )
+        .help("usually a learning rate or balance too large for this batch and dimension (try `--set optimizer=sgd(lr = ...)` with a smaller lr, or a smaller lambda), or features collapsing to zero before normalisation")
+    }
+
+    /// The checkpoint name of the first weight, statistic, target tensor, optimiser or objective state that holds a
+    /// NaN or infinity — checked after every update, so that a poisoned state is never written as a checkpoint.
+    fn first_poisoned(&self) -> Result<Option<String>, Error> {
+        let mut tensors: Vec<(String, Tensor)> = self.snapshot(0)?.to_tensors().into_iter().collect();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, t) in tensors {
+            if first_non_finite(&t)?.is_some() {
+                return Ok(Some(name));
+            }
+        }
+        Ok(None)
     }
 
     fn knn(&mut self) -> Result<f64, Error> {
@@ -385,36 +473,63 @@ impl Trainer<'_> {
         Ok(top1)
     }
 
-    /// Saves everything the next step needs: weights, BatchNorm statistics, target, optimiser, states.
-    fn checkpoint(&mut self, step: usize) -> Result<(), Error> {
+    /// Everything the next step needs: weights, BatchNorm statistics, target, optimiser, states.
+    fn snapshot(&self, step: usize) -> Result<Checkpoint, Error> {
         let mut states = HashMap::new();
         for (i, s) in self.plan.objective.states.iter().enumerate() {
             if let Some(t) = self.state.ema[i].as_ref().or(self.state.fifo[i].as_ref()) {
                 states.insert(s.name.clone(), t.clone());
             }
         }
-        let checkpoint = Checkpoint {
-            meta: Meta { step, epoch: step / self.steps_per_epoch, knn_top1: self.last_knn },
+        Ok(Checkpoint {
+            meta: Meta {
+                step,
+                epoch: step / self.steps_per_epoch,
+                knn_top1: self.last_knn,
+                run_identity: self.identity.clone(),
+            },
             online: self.net.params().to_map()?,
             buffers: self.net.buffers().to_map(),
             target: self.target.as_ref().map(Target::to_map).unwrap_or_default(),
             optimizer: self.optimizer.state(),
             states,
-        };
+        })
+    }
+
+    /// Saves the snapshot at `step`, unless something in it is poisoned (a NaN or infinity is never written).
+    fn checkpoint(&mut self, step: usize) -> Result<(), Error> {
+        if let Some(name) = self.first_poisoned()? {
+            return Err(self.non_finite(step.saturating_sub(1), &format!("`{name}`")));
+        }
+        let checkpoint = self.snapshot(step)?;
         self.run.save_checkpoint(&checkpoint)?;
         self.last_checkpoint = Some(step);
         Ok(())
     }
 
-    /// Loads the latest checkpoint; returns its step.
-    fn restore(&mut self) -> Result<usize, Error> {
-        let Some(checkpoint) = self.run.load_checkpoint()? else {
-            return Err(Error::new(
-                ErrorCode::RunNoCheckpoint,
-                format!("run {} has no checkpoint to resume from", self.run.path.display()),
-            )
-            .help("start it again without --resume"));
+    /// Loads the latest checkpoint, which must be this run's; returns its step (0 when the run has none yet: it was
+    /// stopped before its first checkpoint, and starts again from the beginning).
+    fn restore(&mut self, edge: &Edge) -> Result<usize, Error> {
+        let Some(loaded) = self.run.load_checkpoint()? else {
+            println!("note: {} has no checkpoint yet; it starts again from step 0", self.run.path.display());
+            self.run.truncate_metrics(0)?;
+            return Ok(0);
         };
+        if let Some(warning) = loaded.fallback_warning() {
+            edge.report(&warning);
+        }
+        let Loaded { checkpoint, file, .. } = loaded;
+        if checkpoint.meta.run_identity != self.identity {
+            return Err(Error::new(
+                ErrorCode::RunMismatch,
+                format!(
+                    "{} does not belong to run {}: it was written by a run of another objective, recipe or data",
+                    file.display(),
+                    self.run.path.display()
+                ),
+            )
+            .help("put the run's own checkpoint back, or start a new run under another --name"));
+        }
         // Checkpoints are read on the CPU; everything they restore lives where the network does.
         let checkpoint = checkpoint.to_device(self.net.device())?;
         checkpoint.restore_online(&self.net)?;
