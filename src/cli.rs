@@ -138,6 +138,16 @@ enum Command {
         #[arg(long)]
         data: Option<PathBuf>,
     },
+    /// Write the HTML report of a run (results, health, curves, unified form, recipe), or compare several runs
+    /// on one page. Example: `ssl-lang report runs/unigrad-a runs/simclr-b --out compare.html`.
+    Report {
+        /// Run directories (or files inside them).
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// Where to write it (default: the run's own report.html for one run, ./report.html for several).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -276,6 +286,7 @@ pub fn run(cli: Cli, stop: Arc<AtomicBool>) -> ExitCode {
             let setup = commands::bench::Setup { batch, steps, overrides: set, device: device.device, baseline, torch };
             commands::bench::run(files, data, &setup)
         }
+        Command::Report { runs, out } => commands::report::run(&runs, out.as_deref()),
         Command::Eval { run, knn, linear, data, device } => {
             let protocols = commands::eval::Protocols { knn, linear };
             commands::eval::run(&run, protocols, data.as_deref(), &device.device, &edge)

@@ -2,7 +2,7 @@
 //! source, overrides, data limit) rebuilds the network; features are computed once per checkpoint and data set and
 //! cached in the run directory.
 
-use super::{device, select, Edge, Failure};
+use super::{device, Edge, Failure};
 use crate::check::recipe::Knn;
 use crate::data;
 use crate::data::Dataset;
@@ -11,7 +11,6 @@ use crate::eval::features::{backbone_features, knn_protocol};
 use crate::eval::{self, LinearProbe};
 use crate::files::hex;
 use crate::nn::SiameseNet;
-use crate::runtime::overrides;
 use crate::runtime::run::RunDir;
 use candle_core::Tensor;
 use candle_core::{DType, Device};
@@ -38,19 +37,7 @@ pub fn run(
     let device = device::open(device_name)?;
     let run = RunDir::open(path)?;
     let config = run.read_config()?;
-    let stale = |why: String| {
-        Error::new(ErrorCode::RunStale, format!("run {}: {why}", run.path.display()))
-            .help("evaluate it with the ssl-lang version that wrote it (config.json names it), or train it again")
-    };
-    let (program, diagnostics) = crate::compile(&config.source);
-    if crate::diagnostic::has_errors(&diagnostics) {
-        return Err(stale("its saved objective no longer checks".into()).into());
-    }
-    let (mut objective, mut recipe) = select(&program, Some(&config.objective), "config.json")
-        .map_err(|e| stale(format!("its saved source has no objective `{}` ({})", config.objective, e.message)))?;
-    let sets: Vec<String> = config.overrides.iter().map(|s| s.replacen(" = ", "=", 1)).collect();
-    overrides::apply(&mut recipe, &mut objective, &sets)
-        .map_err(|_| stale("its saved overrides no longer apply".into()))?;
+    let (_, _, recipe) = super::saved_objective(&run, &config)?;
     let Some(loaded) = run.load_checkpoint()? else {
         return Err(Error::new(
             ErrorCode::RunNoCheckpoint,

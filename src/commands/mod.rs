@@ -10,6 +10,7 @@ pub mod device;
 pub mod eval;
 pub mod explain;
 pub mod grad;
+pub mod report;
 pub mod train;
 pub mod verify;
 
@@ -124,4 +125,26 @@ pub fn select(program: &Program, wanted: Option<&str>, file: &str) -> Result<(Ob
         Recipe::default()
     };
     Ok((o.clone(), recipe))
+}
+
+/// The objective and recipe a saved run trained: its `config.json`'s source compiled again, the objective it names
+/// selected and its overrides applied. `ssl::run::stale` when this version no longer reads them so.
+pub fn saved_objective(
+    run: &crate::runtime::run::RunDir,
+    config: &crate::runtime::run::RunConfig,
+) -> Result<(Program, Objective, Recipe), Error> {
+    let stale = |why: String| {
+        Error::new(ErrorCode::RunStale, format!("run {}: {why}", run.path.display()))
+            .help("read it with the ssl-lang version that wrote it (config.json names it), or train it again")
+    };
+    let (program, diagnostics) = crate::compile(&config.source);
+    if crate::diagnostic::has_errors(&diagnostics) {
+        return Err(stale("its saved objective no longer checks".into()));
+    }
+    let (mut objective, mut recipe) = select(&program, Some(&config.objective), "config.json")
+        .map_err(|e| stale(format!("its saved source has no objective `{}` ({})", config.objective, e.message)))?;
+    let sets: Vec<String> = config.overrides.iter().map(|s| s.replacen(" = ", "=", 1)).collect();
+    crate::runtime::overrides::apply(&mut recipe, &mut objective, &sets)
+        .map_err(|_| stale("its saved overrides no longer apply".into()))?;
+    Ok((program, objective, recipe))
 }

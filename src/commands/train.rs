@@ -76,6 +76,8 @@ pub fn run(args: TrainArgs, stop: Arc<AtomicBool>, edge: &Edge) -> Result<(), Fa
         edge: *edge,
     };
     let summary = train(&source.text, &objective, &recipe, &opts)?;
+    let report = super::report::write_for(&crate::runtime::run::RunDir { path: summary.run_dir.clone() })?;
+    println!("report: {}", report.display());
     if summary.interrupted {
         return Err(Failure::Reported(INTERRUPTED));
     }

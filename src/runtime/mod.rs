@@ -1,5 +1,5 @@
 //! The training runtime: the loop, the run directory with its typed records and checkpoints, optimisers,
-//! schedules, `--set` overrides, plots, progress and the memory guard.
+//! schedules, `--set` overrides, plots, the HTML report, progress and the memory guard.
 
 pub mod checkpoint;
 pub mod memory;
@@ -8,6 +8,7 @@ pub mod overrides;
 pub mod plot;
 pub mod progress;
 pub mod records;
+pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod train;

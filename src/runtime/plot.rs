@@ -118,12 +118,12 @@ fn plots() -> Vec<Plot> {
     ]
 }
 
-/// Writes the SVG plots of `records` (metrics.jsonl records) into `dir`: `loss.svg` (loss vs step), `knn.svg`
-/// (kNN top-1 vs epoch, with the raw-pixel and random-init baselines when logged), `zstd.svg` (online and target
-/// z-std vs step, with a line at the healthy 1/√D) and `similarity.svg` (positive similarity vs step). A plot with no
-/// points is skipped, as are non-finite values. Returns the files written, in that order.
-pub fn plot_metrics(records: &[Record], dir: &Path) -> Result<Vec<PathBuf>, RunError> {
-    let mut written = Vec::new();
+/// The SVG plots of `records` (metrics.jsonl records), as (file name, SVG text): `loss.svg` (loss vs step),
+/// `knn.svg` (kNN top-1 vs epoch, with the raw-pixel and random-init baselines when logged), `zstd.svg` (online and
+/// target z-std vs step, with a line at the healthy 1/√D) and `similarity.svg` (positive similarity vs step). A plot
+/// with no points is skipped, as are non-finite values. The run directory's files and `report.html` share them.
+pub fn svgs(records: &[Record]) -> Result<Vec<(&'static str, String)>, String> {
+    let mut out = Vec::new();
     for plot in plots() {
         let curves: Vec<(&Series, Vec<(f64, f64)>)> =
             plot.series.iter().map(|s| (s, points(records, s.point))).filter(|(_, p)| !p.is_empty()).collect();
@@ -132,14 +132,22 @@ pub fn plot_metrics(records: &[Record], dir: &Path) -> Result<Vec<PathBuf>, RunE
         }
         let references: Vec<(&Reference, f64)> =
             plot.references.iter().filter_map(|r| last_finite(records, r.value).map(|v| (r, v))).collect();
-        let path = dir.join(plot.file);
-        let svg = render(&plot, &curves, &references)
-            .map_err(|reason| RunError::Plot { path: path.display().to_string(), reason })?;
-        std::fs::create_dir_all(dir).map_err(|e| RunError::Io {
-            action: "create directory".into(),
-            path: dir.display().to_string(),
-            source: e,
-        })?;
+        out.push((plot.file, render(&plot, &curves, &references).map_err(|e| format!("{}: {e}", plot.file))?));
+    }
+    Ok(out)
+}
+
+/// Writes [`svgs`] into `dir`; returns the files written, in order.
+pub fn plot_metrics(records: &[Record], dir: &Path) -> Result<Vec<PathBuf>, RunError> {
+    let plots = svgs(records).map_err(|reason| RunError::Plot { path: dir.display().to_string(), reason })?;
+    std::fs::create_dir_all(dir).map_err(|e| RunError::Io {
+        action: "create directory".into(),
+        path: dir.display().to_string(),
+        source: e,
+    })?;
+    let mut written = Vec::new();
+    for (file, svg) in plots {
+        let path = dir.join(file);
         write_atomic(&path, svg.as_bytes())?;
         written.push(path);
     }
