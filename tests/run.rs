@@ -479,3 +479,31 @@ fn a_checkpoint_holding_an_infinity_is_skipped_and_the_skip_reported() {
     assert_eq!(warning.code.as_str(), "ssl::run::fallback");
     assert!(warning.message.contains("step 10"), "{}", warning.message);
 }
+
+#[test]
+fn a_checkpoint_of_another_format_version_is_a_format_error() {
+    let root = TempRoot::new("format");
+    let run = new_run(&root);
+    run.save_checkpoint(&sample(3)).unwrap();
+    let json = run.path.join("checkpoint.json");
+    let text = fs::read_to_string(&json).unwrap().replace("ssl-lang checkpoint 2", "ssl-lang checkpoint 1");
+    fs::write(&json, text).unwrap();
+    assert_code(run.load_checkpoint().unwrap_err(), "ssl::run::format");
+}
+
+#[test]
+fn resume_differences_name_each_field_and_accept_configs_without_a_data_hash() {
+    let was = config("simclr");
+    assert!(was.differences(&was, false).is_empty());
+    let hashed = |sha: &str| RunConfig { data_sha256: sha.into(), ..config("simclr") };
+    // A run of an earlier version has no data hash: its data description is compared instead.
+    assert!(was.differences(&hashed("ab"), false).is_empty());
+    assert_eq!(hashed("ab").differences(&hashed("cd"), false), ["the data differs (other files, or another --data)"]);
+    let batch = RunConfig { recipe: json!({"batch": 128, "lr": 0.06}), ..config("simclr") };
+    assert_eq!(was.differences(&batch, true), ["batch: 256 in the run, 128 now"]);
+    let epochs = RunConfig { recipe: json!({"batch": 256, "lr": 0.06, "epochs": 3}), ..config("simclr") };
+    assert!(was.differences(&epochs, true).is_empty());
+    assert_eq!(was.differences(&epochs, false), ["epochs: absent in the run, 3 now (allowed with --override)"]);
+    assert_eq!(was.identity_sha256(), epochs.identity_sha256(), "epochs are not part of the identity");
+    assert_ne!(was.identity_sha256(), batch.identity_sha256());
+}

@@ -82,7 +82,7 @@ impl RunConfig {
     /// What identifies the run's computation, field by field: the objective and its source, its params, the data,
     /// the seed, the backend and every recipe field but [`RESUMABLE_FIELDS`] — not the version, the thread count or
     /// the text forms. A resume must match it, and every checkpoint records its hash.
-    fn identity(&self) -> BTreeMap<String, Value> {
+    fn identity(&self, data_hash: bool) -> BTreeMap<String, Value> {
         let mut id = BTreeMap::new();
         id.insert("objective".into(), Value::from(self.objective.clone()));
         id.insert("source".into(), Value::from(self.source.clone()));
@@ -96,8 +96,8 @@ impl RunConfig {
         }
         id.insert("--limit".into(), serde_json::to_value(self.limit).expect("an Option<usize> serialises"));
         id.insert("--backend".into(), Value::from(self.backend.clone()));
-        // Runs of earlier versions have no data hash: their data description stands in for it.
-        let data = if self.data_sha256.is_empty() { &self.data } else { &self.data_sha256 };
+        // Runs of earlier versions have no data hash: there the data description stands in for it.
+        let data = if data_hash { &self.data_sha256 } else { &self.data };
         id.insert(DATA_IDENTITY.into(), Value::from(data.clone()));
         id.insert("training images".into(), Value::from(self.train_images));
         id.insert("test images".into(), Value::from(self.test_images));
@@ -106,7 +106,7 @@ impl RunConfig {
 
     /// SHA-256 of [`RunConfig::identity`], written into every checkpoint so that one from another run is refused.
     pub fn identity_sha256(&self) -> String {
-        let text = serde_json::to_string(&self.identity()).expect("JSON values serialise");
+        let text = serde_json::to_string(&self.identity(!self.data_sha256.is_empty())).expect("JSON values serialise");
         crate::files::hex(&Sha256::digest(text.as_bytes()))
     }
 
@@ -114,7 +114,8 @@ impl RunConfig {
     /// both values; empty when the resume computes what the run computed. With `allow_resumable`, changes to
     /// [`RESUMABLE_FIELDS`] are allowed (they are not part of the identity); without it they are listed too.
     pub fn differences(&self, now: &RunConfig, allow_resumable: bool) -> Vec<String> {
-        let (was, is) = (self.identity(), now.identity());
+        let data_hash = !self.data_sha256.is_empty() && !now.data_sha256.is_empty();
+        let (was, is) = (self.identity(data_hash), now.identity(data_hash));
         let mut out = Vec::new();
         let names: std::collections::BTreeSet<&String> = was.keys().chain(is.keys()).collect();
         for name in names {
@@ -443,9 +444,12 @@ impl RunDir {
             let doc = match read_checkpoint_json(json_path) {
                 Ok(Some(doc)) => doc,
                 Ok(None) => continue,
-                Err(detail) => {
+                Err(JsonProblem::Unusable(detail)) => {
                     problems.push(format!("{}: {detail}", file_name(json_path)));
                     continue;
+                }
+                Err(JsonProblem::OtherVersion(detail)) => {
+                    return Err(RunError::Format { path: json_path.display().to_string(), detail })
                 }
             };
             let (Some(want_len), Some(want_sha)) = tensor_identity(&doc) else { continue };
@@ -707,17 +711,29 @@ fn read_run_file(path: &Path) -> Result<Option<Vec<u8>>, RunError> {
     }
 }
 
-/// Reads and checks a checkpoint JSON: `Ok(None)` if absent, `Err(reason)` if unusable.
-fn read_checkpoint_json(path: &Path) -> Result<Option<Value>, String> {
-    let Some(bytes) = read_run_file(path).map_err(|e| e.to_string())? else { return Ok(None) };
-    let doc: Value = serde_json::from_slice(&bytes).map_err(|e| format!("not valid JSON ({e})"))?;
+/// Why a checkpoint JSON cannot be used.
+enum JsonProblem {
+    /// Damaged or not a checkpoint's: the previous checkpoint may do.
+    Unusable(String),
+    /// Written by another version of ssl-lang (another `format`): nothing of this run can be read.
+    OtherVersion(String),
+}
+
+/// Reads and checks a checkpoint JSON: `Ok(None)` if absent.
+fn read_checkpoint_json(path: &Path) -> Result<Option<Value>, JsonProblem> {
+    let unusable = |e: String| JsonProblem::Unusable(e);
+    let Some(bytes) = read_run_file(path).map_err(|e| unusable(e.to_string()))? else { return Ok(None) };
+    let doc: Value = serde_json::from_slice(&bytes).map_err(|e| unusable(format!("not valid JSON ({e})")))?;
     match doc.get("format").and_then(Value::as_str) {
         Some(CHECKPOINT_FORMAT) => {}
-        Some(other) => return Err(format!("format `{other}` is not `{CHECKPOINT_FORMAT}`")),
-        None => return Err("no `format` field".into()),
+        Some(other) if other.starts_with("ssl-lang checkpoint ") => {
+            return Err(JsonProblem::OtherVersion(format!("format `{other}` is not `{CHECKPOINT_FORMAT}`")))
+        }
+        Some(other) => return Err(unusable(format!("format `{other}` is not `{CHECKPOINT_FORMAT}`"))),
+        None => return Err(unusable("no `format` field".into())),
     }
     if tensor_identity(&doc).0.is_none() || tensor_identity(&doc).1.is_none() {
-        return Err("no `tensors.bytes` and `tensors.sha256`".into());
+        return Err(unusable("no `tensors.bytes` and `tensors.sha256`".into()));
     }
     Ok(Some(doc))
 }
