@@ -507,3 +507,12 @@ fn resume_differences_name_each_field_and_accept_configs_without_a_data_hash() {
     assert_eq!(was.identity_sha256(), epochs.identity_sha256(), "epochs are not part of the identity");
     assert_ne!(was.identity_sha256(), batch.identity_sha256());
 }
+
+#[test]
+fn a_lock_file_replaced_by_a_fifo_is_an_error_not_a_hang() {
+    let root = TempRoot::new("lockfifo");
+    let run = new_run(&root);
+    fs::remove_file(run.path.join(".lock")).unwrap();
+    assert!(std::process::Command::new("mkfifo").arg(run.path.join(".lock")).status().unwrap().success());
+    assert_code(run.lock().unwrap_err(), "ssl::run::corrupt");
+}

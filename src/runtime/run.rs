@@ -265,17 +265,25 @@ impl RunDir {
     pub fn lock(&self) -> Result<RunLock, RunError> {
         let path = self.file(LOCK_FILE);
         let mut file = open_for_update(&path)?;
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return Err(RunError::Corrupt {
+                path: path.display().to_string(),
+                detail: "it is not a regular file".into(),
+                help: "ssl-lang keeps its lock in a plain file here: remove what took its place".into(),
+            });
+        }
+        // The lock file holds one short line; a longer one was not written by ssl-lang and is not read whole.
         let mut previous = String::new();
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
-                let _ = file.read_to_string(&mut previous);
+                let _ = (&file).take(256).read_to_string(&mut previous);
                 let holder = if previous.trim().is_empty() { "starting".to_string() } else { previous.trim().into() };
                 return Err(RunError::Busy { path: self.path.display().to_string(), holder });
             }
             Err(TryLockError::Error(e)) => return Err(RunError::io("lock", &path, e)),
         }
-        file.read_to_string(&mut previous).map_err(|e| RunError::io("read", &path, e))?;
+        let _ = (&file).take(256).read_to_string(&mut previous);
         let holder = format!("pid {}", std::process::id());
         file.set_len(0).map_err(|e| RunError::io("truncate", &path, e))?;
         file.seek(SeekFrom::Start(0)).map_err(|e| RunError::io("seek in", &path, e))?;
