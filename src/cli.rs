@@ -26,6 +26,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Check .ssl files and report every error and warning (exit 0 clean, 1 errors, 2 I/O).
+    #[command(after_help = "Example: ssl-lang check objectives/*.ssl --deny-warnings")]
     Check {
         /// Files to check.
         #[arg(required = true)]
@@ -35,6 +36,7 @@ enum Command {
         deny_warnings: bool,
     },
     /// Show an objective's typed unified form: terms, shapes, params, states, family and recipe.
+    #[command(after_help = "Example: ssl-lang explain objectives/unigrad.ssl --ir")]
     Explain {
         /// The .ssl file.
         file: PathBuf,
@@ -55,6 +57,9 @@ enum Command {
     /// Evaluate one step of an objective on given features: reads `u1 u2 t1 t2` ([N, D] f32 or
     /// f64) and optional initial states (by state name) from a safetensors file; writes `g1`, `g2`,
     /// the updated states and, where the objective has one, the per-sample `loss`.
+    #[command(
+        after_help = "Example: ssl-lang grad objectives/simclr.ssl --inputs feats.safetensors --out grads.safetensors --normalize"
+    )]
     Grad {
         /// The .ssl file.
         file: PathBuf,
@@ -77,7 +82,10 @@ enum Command {
         device: DeviceArg,
     },
     /// Train a Siamese encoder with an objective and its recipe on Fashion-MNIST, writing
-    /// runs/NAME/ (metrics.jsonl, config.json, checkpoints, SVG plots).
+    /// runs/NAME/ (metrics.jsonl, config.json, checkpoints, SVG plots, report.html).
+    #[command(
+        after_help = "Examples:\n  ssl-lang train objectives/unigrad.ssl --name u1\n  ssl-lang train objectives/unigrad.ssl --name u1 --resume\n  ssl-lang train objectives/unigrad.ssl --name u1 --resume --override --set epochs=20\nExit status: 0 done, 1 the input is wrong, 2 usage or I/O, 130 stopped by a signal after its checkpoint."
+    )]
     Train {
         /// The .ssl file.
         file: PathBuf,
@@ -123,6 +131,7 @@ enum Command {
         device: DeviceArg,
     },
     /// Evaluate a run's latest checkpoint: weighted kNN and/or a linear probe on frozen features.
+    #[command(after_help = "Example: ssl-lang eval runs/u1 --knn --linear")]
     Eval {
         /// A run directory (or a file inside it).
         run: PathBuf,
@@ -139,7 +148,8 @@ enum Command {
         data: Option<PathBuf>,
     },
     /// Write the HTML report of a run (results, health, curves, unified form, recipe), or compare several runs
-    /// on one page. Example: `ssl-lang report runs/unigrad-a runs/simclr-b --out compare.html`.
+    /// on one page.
+    #[command(after_help = "Example: ssl-lang report runs/u1 runs/s1 --out compare.html")]
     Report {
         /// Run directories (or files inside them).
         #[arg(required = true)]
@@ -157,6 +167,7 @@ enum Command {
     /// negative on fresh random inputs, and check one whole step of the fused kernels against the reference
     /// (with `--device cuda[:N]`: a step on that GPU against the CPU reference, 1e-4). Prints a table; exit 1 on
     /// any failure.
+    #[command(after_help = "Example: ssl-lang verify objectives/*.ssl")]
     Verify {
         /// The .ssl files.
         #[arg(required = true)]
@@ -169,6 +180,9 @@ enum Command {
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Training throughput (pairs/s) per objective, with the share of each phase of the step and peak memory.
+    #[command(
+        after_help = "Example: ssl-lang bench train --steps 3 --against-torch \"$(bash ../shared/reference/pytorch/setup.sh)\""
+    )]
     Train {
         /// Objective files (default: every file in objectives/).
         files: Vec<PathBuf>,

@@ -192,3 +192,16 @@ fn device_errors_are_coded() {
     assert_eq!(ssl_lang::commands::device::parse("cpu").ok(), Some(None));
     assert!(ssl_lang::commands::device::parse("cuda:-1").is_err());
 }
+
+/// Every command's `--help` ends with an example of its use.
+#[test]
+fn every_command_help_has_an_example() {
+    for command in
+        [&["check"][..], &["explain"], &["verify"], &["grad"], &["train"], &["eval"], &["report"], &["bench", "train"]]
+    {
+        let out =
+            std::process::Command::new(env!("CARGO_BIN_EXE_ssl-lang")).args(command).arg("--help").output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("Example"), "`ssl-lang {} --help` has no example:\n{help}", command.join(" "));
+    }
+}
