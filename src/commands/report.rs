@@ -48,7 +48,7 @@ fn write(dirs: &[RunDir], out: &Path) -> Result<(), Error> {
             name: dir.path.file_name().map_or_else(|| dir.path.display().to_string(), |n| n.to_string_lossy().into()),
             config,
             records,
-            unified_form: unified_form.clone(),
+            unified_form,
         })
         .collect();
     let page = html(&reports).map_err(|reason| {

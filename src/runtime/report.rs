@@ -16,7 +16,7 @@ pub struct RunReport<'a> {
     /// Its `metrics.jsonl`.
     pub records: &'a [Record],
     /// `explain`'s text of its objective (or why it cannot be given).
-    pub unified_form: String,
+    pub unified_form: &'a str,
 }
 
 /// What a run's records say, gathered once for the tables.
@@ -181,7 +181,7 @@ fn section(out: &mut String, run: &RunReport) -> Result<(), String> {
     }
     out.push_str("</div>\n");
 
-    let _ = writeln!(out, "<h3>The objective's unified form</h3>\n<pre>{}</pre>", escape(&run.unified_form));
+    let _ = writeln!(out, "<h3>The objective's unified form</h3>\n<pre>{}</pre>", escape(run.unified_form));
     let _ = writeln!(out, "<h3>The resolved recipe</h3>\n<pre>{}</pre>", escape(&c.recipe_text));
     if !c.overrides.is_empty() {
         let _ = writeln!(out, "<p>overrides: <code>{}</code></p>", escape(&c.overrides.join("; ")));

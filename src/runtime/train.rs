@@ -454,7 +454,7 @@ impl Trainer<'_> {
     /// The checkpoint name of the first weight, statistic, target tensor, optimiser or objective state that holds a
     /// NaN or infinity — checked after every update, so that a poisoned state is never written as a checkpoint.
     fn first_poisoned(&self) -> Result<Option<String>, Error> {
-        let mut tensors: Vec<(String, Tensor)> = self.snapshot(0)?.to_tensors().into_iter().collect();
+        let mut tensors: Vec<(String, Tensor)> = self.snapshot(0).to_tensors().into_iter().collect();
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, t) in tensors {
             if first_non_finite(&t)?.is_some() {
@@ -474,34 +474,33 @@ impl Trainer<'_> {
     }
 
     /// Everything the next step needs: weights, BatchNorm statistics, target, optimiser, states.
-    fn snapshot(&self, step: usize) -> Result<Checkpoint, Error> {
+    fn snapshot(&self, step: usize) -> Checkpoint {
         let mut states = HashMap::new();
         for (i, s) in self.plan.objective.states.iter().enumerate() {
             if let Some(t) = self.state.ema[i].as_ref().or(self.state.fifo[i].as_ref()) {
                 states.insert(s.name.clone(), t.clone());
             }
         }
-        Ok(Checkpoint {
+        Checkpoint {
             meta: Meta {
                 step,
                 epoch: step / self.steps_per_epoch,
                 knn_top1: self.last_knn,
                 run_identity: self.identity.clone(),
             },
-            online: self.net.params().to_map()?,
+            // The parameters' own storage, not copies: the snapshot is checked or written before the next update.
+            online: self.net.params().iter().map(|p| (p.name.clone(), p.var.as_tensor().clone())).collect(),
             buffers: self.net.buffers().to_map(),
             target: self.target.as_ref().map(Target::to_map).unwrap_or_default(),
             optimizer: self.optimizer.state(),
             states,
-        })
+        }
     }
 
-    /// Saves the snapshot at `step`, unless something in it is poisoned (a NaN or infinity is never written).
+    /// Saves the snapshot at `step`. Nothing in it is poisoned: every step checks the state it leaves
+    /// ([`Trainer::first_poisoned`]), and a resumed state was checked when its checkpoint was read.
     fn checkpoint(&mut self, step: usize) -> Result<(), Error> {
-        if let Some(name) = self.first_poisoned()? {
-            return Err(self.non_finite(step.saturating_sub(1), &format!("`{name}`")));
-        }
-        let checkpoint = self.snapshot(step)?;
+        let checkpoint = self.snapshot(step);
         self.run.save_checkpoint(&checkpoint)?;
         self.last_checkpoint = Some(step);
         Ok(())
