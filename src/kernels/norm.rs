@@ -12,6 +12,7 @@
 
 use super::gemm::Float;
 use super::read;
+use super::simd::vectorized;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
@@ -106,6 +107,7 @@ pub fn relu_backward(dy: &Tensor, y: &Tensor) -> Result<Tensor> {
 // Kernels.
 
 /// Σv and Σv² of a slice in f64, in eight independent lanes so that the loop vectorises.
+#[inline(always)]
 fn sum_and_squares<T: Float>(v: &[T]) -> (f64, f64) {
     let (mut s, mut q) = ([0f64; 8], [0f64; 8]);
     let chunks = v.chunks_exact(8);
@@ -136,6 +138,7 @@ fn masked<T: Float>(dy: T, y: T, relu: bool) -> T {
 }
 
 /// Σdz and Σdz·x over a row, dz = dy masked by y > 0 when `relu`, in eight independent f64 lanes.
+#[inline(always)]
 fn grad_sums<T: Float>(dy: &[T], x: &[T], y: &[T], relu: bool) -> (f64, f64) {
     let (mut s, mut p) = ([0f64; 8], [0f64; 8]);
     let (dy8, x8, y8) = (dy.chunks_exact(8), x.chunks_exact(8), y.chunks_exact(8));
@@ -162,13 +165,18 @@ fn reduce_channels(b: usize, c: usize, s: usize, row: impl Fn(usize, usize) -> (
         .into_par_iter()
         .map(|g| {
             let mut acc = vec![0f64; 2 * c];
-            for img in g * group..((g + 1) * group).min(b) {
-                for ch in 0..c {
-                    let (u, v) = row(img, ch);
-                    acc[ch] += u;
-                    acc[c + ch] += v;
-                }
-            }
+            vectorized(
+                #[inline(always)]
+                || {
+                    for img in g * group..((g + 1) * group).min(b) {
+                        for ch in 0..c {
+                            let (u, v) = row(img, ch);
+                            acc[ch] += u;
+                            acc[c + ch] += v;
+                        }
+                    }
+                },
+            );
             acc
         })
         .collect();
@@ -185,10 +193,15 @@ fn reduce_channels(b: usize, c: usize, s: usize, row: impl Fn(usize, usize) -> (
 fn map_rows<T: Float>(out: &mut [T], c: usize, s: usize, f: impl Fn(usize, &mut [T], usize) + Sync) {
     let group = images_per_task(c, s);
     out.par_chunks_mut(group * c * s).enumerate().for_each(|(g, chunk)| {
-        for (r, row) in chunk.chunks_mut(s).enumerate() {
-            let flat = g * group * c + r;
-            f(flat % c, row, flat);
-        }
+        vectorized(
+            #[inline(always)]
+            || {
+                for (r, row) in chunk.chunks_mut(s).enumerate() {
+                    let flat = g * group * c + r;
+                    f(flat % c, row, flat);
+                }
+            },
+        )
     });
 }
 
@@ -206,13 +219,19 @@ fn forward<T: Float>(op: &BatchNormOp, x: &[T], gamma: &[T], beta: &[T], (c, s):
     let shift: Vec<f64> = beta.iter().zip(&scale).zip(&op.mean).map(|((b, k), m)| b - m * k).collect();
     let (scale, shift) = (cast::<T>(&scale), cast::<T>(&shift));
     let mut y = vec![T::zero(); x.len()];
-    map_rows(&mut y, c, s, |ch, row, r| {
-        let (k, t) = (scale[ch], shift[ch]);
-        for (o, &v) in row.iter_mut().zip(&x[r * s..(r + 1) * s]) {
-            let z = v * k + t;
-            *o = if op.relu && z < T::zero() { T::zero() } else { z };
-        }
-    });
+    map_rows(
+        &mut y,
+        c,
+        s,
+        #[inline(always)]
+        |ch, row, r| {
+            let (k, t) = (scale[ch], shift[ch]);
+            for (o, &v) in row.iter_mut().zip(&x[r * s..(r + 1) * s]) {
+                let z = v * k + t;
+                *o = if op.relu && z < T::zero() { T::zero() } else { z };
+            }
+        },
+    );
     y
 }
 
@@ -220,10 +239,16 @@ fn forward<T: Float>(op: &BatchNormOp, x: &[T], gamma: &[T], beta: &[T], (c, s):
 fn backward<T: Float>(g: &BatchNormGradOp, dy: &[T], x: &[T], y: &[T], (b, c, s): (usize, usize, usize)) -> Vec<T> {
     let op = &g.op;
     let rows = |r: usize| r * s..(r + 1) * s;
-    let sums = reduce_channels(b, c, s, |img, ch| {
-        let r = rows(img * c + ch);
-        grad_sums(&dy[r.clone()], &x[r.clone()], &y[r], op.relu)
-    });
+    let sums = reduce_channels(
+        b,
+        c,
+        s,
+        #[inline(always)]
+        |img, ch| {
+            let r = rows(img * c + ch);
+            grad_sums(&dy[r.clone()], &x[r.clone()], &y[r], op.relu)
+        },
+    );
     let n = (b * s) as f64;
     // dβ = Σdz, dγ = Σdz·x̂ = invstd·(Σdz·x − mean·Σdz).
     let dbeta: Vec<f64> = sums[..c].to_vec();
@@ -241,13 +266,19 @@ fn backward<T: Float>(g: &BatchNormGradOp, dy: &[T], x: &[T], y: &[T], (b, c, s)
     let (mean, invstd): (Vec<T>, Vec<T>) = (cast(&op.mean), cast(&op.invstd));
     let mut out = vec![T::zero(); x.len() + 2 * c];
     let (dx, params) = out.split_at_mut(x.len());
-    map_rows(dx, c, s, |ch, row, r| {
-        let r = rows(r);
-        let (k, db, dg, m, i) = (k[ch], db_n[ch], dg_n[ch], mean[ch], invstd[ch]);
-        for ((o, (&gy, &yv)), &xv) in row.iter_mut().zip(dy[r.clone()].iter().zip(&y[r.clone()])).zip(&x[r]) {
-            *o = k * (masked(gy, yv, op.relu) - db - (xv - m) * i * dg);
-        }
-    });
+    map_rows(
+        dx,
+        c,
+        s,
+        #[inline(always)]
+        |ch, row, r| {
+            let r = rows(r);
+            let (k, db, dg, m, i) = (k[ch], db_n[ch], dg_n[ch], mean[ch], invstd[ch]);
+            for ((o, (&gy, &yv)), &xv) in row.iter_mut().zip(dy[r.clone()].iter().zip(&y[r.clone()])).zip(&x[r]) {
+                *o = k * (masked(gy, yv, op.relu) - db - (xv - m) * i * dg);
+            }
+        },
+    );
     params[..c].copy_from_slice(&cast::<T>(&dgamma));
     params[c..].copy_from_slice(&cast::<T>(&dbeta));
     out
@@ -258,9 +289,14 @@ fn zip_map<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
     let mut out = vec![T::zero(); a.len()];
     out.par_chunks_mut(TASK_ELEMS).zip(a.par_chunks(TASK_ELEMS).zip(b.par_chunks(TASK_ELEMS))).for_each(
         |(o, (a, b))| {
-            for ((o, &u), &v) in o.iter_mut().zip(a).zip(b) {
-                *o = f(u, v);
-            }
+            vectorized(
+                #[inline(always)]
+                || {
+                    for ((o, &u), &v) in o.iter_mut().zip(a).zip(b) {
+                        *o = f(u, v);
+                    }
+                },
+            )
         },
     );
     out
@@ -268,18 +304,28 @@ fn zip_map<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
 
 /// relu(a + b); a NaN stays NaN, so that the training step's check sees it.
 fn add_relu_kernel<T: Float>(a: &[T], b: &[T]) -> Vec<T> {
-    zip_map(a, b, |u, v| {
-        let z = u + v;
-        if z < T::zero() {
-            T::zero()
-        } else {
-            z
-        }
-    })
+    zip_map(
+        a,
+        b,
+        #[inline(always)]
+        |u, v| {
+            let z = u + v;
+            if z < T::zero() {
+                T::zero()
+            } else {
+                z
+            }
+        },
+    )
 }
 
 fn relu_grad_kernel<T: Float>(dy: &[T], y: &[T]) -> Vec<T> {
-    zip_map(dy, y, |g, y| masked(g, y, true))
+    zip_map(
+        dy,
+        y,
+        #[inline(always)]
+        |g, y| masked(g, y, true),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -298,11 +344,23 @@ impl candle_core::CustomOp1 for SumsOp {
         let sums = match s {
             CpuStorage::F32(_) => {
                 let x = read::<f32>(s, l)?;
-                reduce_channels(b, c, sp, |img, ch| sum_and_squares(&x[(img * c + ch) * sp..(img * c + ch + 1) * sp]))
+                reduce_channels(
+                    b,
+                    c,
+                    sp,
+                    #[inline(always)]
+                    |img, ch| sum_and_squares(&x[(img * c + ch) * sp..(img * c + ch + 1) * sp]),
+                )
             }
             CpuStorage::F64(_) => {
                 let x = read::<f64>(s, l)?;
-                reduce_channels(b, c, sp, |img, ch| sum_and_squares(&x[(img * c + ch) * sp..(img * c + ch + 1) * sp]))
+                reduce_channels(
+                    b,
+                    c,
+                    sp,
+                    #[inline(always)]
+                    |img, ch| sum_and_squares(&x[(img * c + ch) * sp..(img * c + ch + 1) * sp]),
+                )
             }
             _ => bail!("batch norm: f32 or f64 expected"),
         };

@@ -4,6 +4,7 @@
 
 use super::{gemm, mat, partition, schedule, scratch, sum_in_order, ConvGeom};
 use crate::kernels::gemm::Float;
+use crate::kernels::simd::vectorized;
 use rayon::prelude::*;
 
 /// Whether a strided im2col reads a phase-split copy of the image ([`split_phases`]): when every phase is used by
@@ -19,6 +20,7 @@ fn phase_start(w: usize, s: usize, phase: usize) -> usize {
 
 /// Reorders every row of x [C, H, W] by column phase for stride s: columns φ, φ + s, φ + 2s, … for φ = 0, 1, …,
 /// so that each kernel column of a strided im2col reads a contiguous run.
+#[inline(always)]
 fn split_phases<T: Float>(g: &ConvGeom, x: &[T], out: &mut [T]) {
     let (w, s) = (g.w, g.stride);
     for (src, dst) in x.chunks_exact(w).zip(out.chunks_exact_mut(w)) {
@@ -33,6 +35,7 @@ fn split_phases<T: Float>(g: &ConvGeom, x: &[T], out: &mut [T]) {
 }
 
 /// The inverse of [`split_phases`].
+#[inline(always)]
 fn merge_phases<T: Float>(g: &ConvGeom, phased: &[T], x: &mut [T]) {
     let (w, s) = (g.w, g.stride);
     for (src, dst) in phased.chunks_exact(w).zip(x.chunks_exact_mut(w)) {
@@ -58,80 +61,90 @@ fn phase_offset(g: &ConvGeom, kx: usize) -> isize {
 /// x[c, oy·s + ky − pad, ox·s + kx − pad] (0 outside) for every output pixel (oy, ox). For a stride above 1 the
 /// image is first phase-split into `buf` (see [`phase_split`]), so that every row segment is a contiguous copy.
 fn im2col<T: Float>(g: &ConvGeom, x: &[T], col: &mut [T], ld: usize, off: usize, buf: &mut Vec<T>) {
-    let (h, w, s, wo) = (g.h, g.w, g.stride, g.wo);
-    let split = phase_split(g);
-    let x = if split {
-        let phased = scratch(buf, x.len());
-        split_phases(g, x, phased);
-        &*phased
-    } else {
-        x
-    };
-    for c in 0..g.c_in {
-        let xc = &x[c * h * w..(c + 1) * h * w];
-        for ky in 0..g.kh {
-            let (oy_lo, oy_hi) = g.inside(ky, g.ho, h);
-            for kx in 0..g.kw {
-                let r = (c * g.kh + ky) * g.kw + kx;
-                let row = &mut col[r * ld + off..r * ld + off + g.p()];
-                let (ox_lo, ox_hi) = g.inside(kx, wo, w);
-                let start = (phase_offset(g, kx) + ox_lo as isize) as usize;
-                row[..oy_lo * wo].fill(T::zero());
-                row[oy_hi * wo..].fill(T::zero());
-                for oy in oy_lo..oy_hi {
-                    let src = &xc[(oy * s + ky - g.pad) * w..][..w];
-                    let dst = &mut row[oy * wo..(oy + 1) * wo];
-                    dst[..ox_lo].fill(T::zero());
-                    dst[ox_hi..].fill(T::zero());
-                    if split || s == 1 {
-                        dst[ox_lo..ox_hi].copy_from_slice(&src[start..start + ox_hi - ox_lo]);
-                    } else {
-                        for (ox, d) in dst.iter_mut().enumerate().take(ox_hi).skip(ox_lo) {
-                            *d = src[ox * s + kx - g.pad];
+    vectorized(
+        #[inline(always)]
+        || {
+            let (h, w, s, wo) = (g.h, g.w, g.stride, g.wo);
+            let split = phase_split(g);
+            let x = if split {
+                let phased = scratch(buf, x.len());
+                split_phases(g, x, phased);
+                &*phased
+            } else {
+                x
+            };
+            for c in 0..g.c_in {
+                let xc = &x[c * h * w..(c + 1) * h * w];
+                for ky in 0..g.kh {
+                    let (oy_lo, oy_hi) = g.inside(ky, g.ho, h);
+                    for kx in 0..g.kw {
+                        let r = (c * g.kh + ky) * g.kw + kx;
+                        let row = &mut col[r * ld + off..r * ld + off + g.p()];
+                        let (ox_lo, ox_hi) = g.inside(kx, wo, w);
+                        let start = (phase_offset(g, kx) + ox_lo as isize) as usize;
+                        row[..oy_lo * wo].fill(T::zero());
+                        row[oy_hi * wo..].fill(T::zero());
+                        for oy in oy_lo..oy_hi {
+                            let src = &xc[(oy * s + ky - g.pad) * w..][..w];
+                            let dst = &mut row[oy * wo..(oy + 1) * wo];
+                            dst[..ox_lo].fill(T::zero());
+                            dst[ox_hi..].fill(T::zero());
+                            if split || s == 1 {
+                                dst[ox_lo..ox_hi].copy_from_slice(&src[start..start + ox_hi - ox_lo]);
+                            } else {
+                                for (ox, d) in dst.iter_mut().enumerate().take(ox_hi).skip(ox_lo) {
+                                    *d = src[ox * s + kx - g.pad];
+                                }
+                            }
                         }
                     }
                 }
             }
-        }
-    }
+        },
+    )
 }
 
 /// col2im: the adjoint of [`im2col`], writing dx [C, H, W] (every element) from columns `off..off + P` of `col`
 /// (row stride `ld`); strided convolutions accumulate into a phase-split image in `buf` and merge it at the end
 /// (see [`phase_split`]).
 fn col2im<T: Float>(g: &ConvGeom, col: &[T], ld: usize, off: usize, dx: &mut [T], buf: &mut Vec<T>) {
-    let (h, w, s, wo) = (g.h, g.w, g.stride, g.wo);
-    let split = phase_split(g);
-    let acc = if split { scratch(buf, dx.len()) } else { &mut *dx };
-    acc.fill(T::zero());
-    for c in 0..g.c_in {
-        let dxc = &mut acc[c * h * w..(c + 1) * h * w];
-        for ky in 0..g.kh {
-            let (oy_lo, oy_hi) = g.inside(ky, g.ho, h);
-            for kx in 0..g.kw {
-                let r = (c * g.kh + ky) * g.kw + kx;
-                let row = &col[r * ld + off..r * ld + off + g.p()];
-                let (ox_lo, ox_hi) = g.inside(kx, wo, w);
-                let start = (phase_offset(g, kx) + ox_lo as isize) as usize;
-                for oy in oy_lo..oy_hi {
-                    let dst = &mut dxc[(oy * s + ky - g.pad) * w..][..w];
-                    let src = &row[oy * wo + ox_lo..oy * wo + ox_hi];
-                    if split || s == 1 {
-                        for (d, &v) in dst[start..start + ox_hi - ox_lo].iter_mut().zip(src) {
-                            *d += v;
-                        }
-                    } else {
-                        for (ox, &v) in (ox_lo..ox_hi).zip(src) {
-                            dst[ox * s + kx - g.pad] += v;
+    vectorized(
+        #[inline(always)]
+        || {
+            let (h, w, s, wo) = (g.h, g.w, g.stride, g.wo);
+            let split = phase_split(g);
+            let acc = if split { scratch(buf, dx.len()) } else { &mut *dx };
+            acc.fill(T::zero());
+            for c in 0..g.c_in {
+                let dxc = &mut acc[c * h * w..(c + 1) * h * w];
+                for ky in 0..g.kh {
+                    let (oy_lo, oy_hi) = g.inside(ky, g.ho, h);
+                    for kx in 0..g.kw {
+                        let r = (c * g.kh + ky) * g.kw + kx;
+                        let row = &col[r * ld + off..r * ld + off + g.p()];
+                        let (ox_lo, ox_hi) = g.inside(kx, wo, w);
+                        let start = (phase_offset(g, kx) + ox_lo as isize) as usize;
+                        for oy in oy_lo..oy_hi {
+                            let dst = &mut dxc[(oy * s + ky - g.pad) * w..][..w];
+                            let src = &row[oy * wo + ox_lo..oy * wo + ox_hi];
+                            if split || s == 1 {
+                                for (d, &v) in dst[start..start + ox_hi - ox_lo].iter_mut().zip(src) {
+                                    *d += v;
+                                }
+                            } else {
+                                for (ox, &v) in (ox_lo..ox_hi).zip(src) {
+                                    dst[ox * s + kx - g.pad] += v;
+                                }
+                            }
                         }
                     }
                 }
             }
-        }
-    }
-    if split {
-        merge_phases(g, &buf[..dx.len()], dx);
-    }
+            if split {
+                merge_phases(g, &buf[..dx.len()], dx);
+            }
+        },
+    )
 }
 
 /// Copies the `[rows, P]` blocks of `n_img` consecutive images (image stride rows·P) side by side into

@@ -10,6 +10,7 @@
 
 use super::{gemm, mat, partition, scratch, sum_in_order, ConvGeom};
 use crate::kernels::gemm::Float;
+use crate::kernels::simd::vectorized;
 use rayon::prelude::*;
 
 /// Tile columns a Winograd GEMM should have at least before images share one.
@@ -112,157 +113,176 @@ fn take<'a, T>(rest: &mut &'a mut [T], len: usize) -> &'a mut [T] {
 /// q mod 2) shifted by (r div 2)·(tw + 1) + q div 2, so the whole transform is a few long contiguous vector
 /// operations. The spare column's values are computed and never used (its output gradient is zero).
 fn input_transform<T: Float>(g: &ConvGeom, x: &[T], v: &mut [T], ld: usize, t0: usize, buf: &mut Vec<T>) {
-    let (th, tw) = tiles(g);
-    let n1 = tw + 1;
-    let len = th * n1;
-    let plen = (th + 1) * n1 + 1;
-    let mut rest = scratch(buf, 4 * plen + 8 * (len + 1));
-    let mut planes: [&mut [T]; 4] = std::array::from_fn(|_| take(&mut rest, plen));
-    let r: [&mut [T]; 8] = std::array::from_fn(|_| take(&mut rest, len + 1));
-    let block = g.c_in * ld;
-    let pad = g.pad as isize;
-    for c in 0..g.c_in {
-        let plane = &x[c * g.h * g.w..][..g.h * g.w];
-        // Polyphase split of the padded image.
-        for p in planes.iter_mut() {
-            p.fill(T::zero());
-        }
-        for yp in 0..=th {
-            for a in 0..2 {
-                let iy = (2 * yp + a) as isize - pad;
-                if iy < 0 || iy >= g.h as isize {
-                    continue;
-                }
-                let row = &plane[iy as usize * g.w..][..g.w];
-                for bp in 0..2 {
-                    let dst = &mut planes[2 * a + bp][yp * n1..(yp + 1) * n1];
-                    // ix = 2x' + b − pad must lie in [0, W): the first x' is ⌈(pad − b) / 2⌉ (or 0), and from there
-                    // the source advances two columns per destination column.
-                    let skip = (pad - bp as isize).max(0) as usize;
-                    let first = skip.div_ceil(2);
-                    let start = 2 * first + bp - g.pad.min(2 * first + bp);
-                    for (d, &v) in dst[first..].iter_mut().zip(row[start..].iter().step_by(2)) {
-                        *d = v;
+    vectorized(
+        #[inline(always)]
+        || {
+            let (th, tw) = tiles(g);
+            let n1 = tw + 1;
+            let len = th * n1;
+            let plen = (th + 1) * n1 + 1;
+            let mut rest = scratch(buf, 4 * plen + 8 * (len + 1) + 2 * n1);
+            let mut planes: [&mut [T]; 4] = std::array::from_fn(|_| take(&mut rest, plen));
+            let r: [&mut [T]; 8] = std::array::from_fn(|_| take(&mut rest, len + 1));
+            // One padded input row: zeros in the padding, the row itself written for every row below.
+            let padded = take(&mut rest, 2 * n1);
+            padded.fill(T::zero());
+            let block = g.c_in * ld;
+            let pad = g.pad as isize;
+            for c in 0..g.c_in {
+                let plane = &x[c * g.h * g.w..][..g.h * g.w];
+                // Polyphase split of the padded image, a row at a time: the padded row (zeros outside the image)
+                // is laid out in `padded`, and its pairs of columns split into the two planes of that row parity,
+                // a deinterleave the compiler vectorises.
+                for yp in 0..=th {
+                    for a in 0..2 {
+                        let iy = (2 * yp + a) as isize - pad;
+                        let (even, odd) = planes[2 * a..].split_at_mut(1);
+                        let (even, odd) = (&mut even[0][yp * n1..(yp + 1) * n1], &mut odd[0][yp * n1..(yp + 1) * n1]);
+                        if iy < 0 || iy >= g.h as isize {
+                            even.fill(T::zero());
+                            odd.fill(T::zero());
+                            continue;
+                        }
+                        let row = &plane[iy as usize * g.w..][..g.w];
+                        let inside = g.w.min(padded.len() - g.pad);
+                        padded[g.pad..g.pad + inside].copy_from_slice(&row[..inside]);
+                        for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(padded.chunks_exact(2)) {
+                            *e = pair[0];
+                            *o = pair[1];
+                        }
                     }
                 }
+                for p in planes.iter_mut() {
+                    p[plen - 1] = T::zero();
+                }
+                // Vertical, per column parity b: R_0b = d0 − d2, R_1b = d1 + d2, R_2b = d2 − d1, R_3b = d1 − d3, where
+                // d0 = P_0b, d1 = P_1b, d2 = P_0b shifted a row, d3 = P_1b shifted a row.
+                for bp in 0..2 {
+                    let (p0, p1) = (&*planes[bp], &*planes[2 + bp]);
+                    let (d0, d1, d2, d3) = (&p0[..len + 1], &p1[..len + 1], &p0[n1..], &p1[n1..]);
+                    let [r0, r1, r2, r3] = [0, 1, 2, 3].map(|i| 2 * i + bp);
+                    zip_with(r[r0], d0, d2, |a, b| a - b);
+                    zip_with(r[r1], d1, d2, |a, b| a + b);
+                    zip_with(r[r2], d2, d1, |a, b| a - b);
+                    zip_with(r[r3], d1, d3, |a, b| a - b);
+                }
+                // Horizontal, per row i: columns 0..3 of a tile are e[t], o[t], e[t + 1], o[t + 1].
+                for i in 0..4 {
+                    let (e, o) = (&*r[2 * i], &*r[2 * i + 1]);
+                    let at = |j: usize| (4 * i + j) * block + c * ld + t0;
+                    zip_with(&mut v[at(0)..][..len], e, &e[1..], |a, b| a - b);
+                    zip_with(&mut v[at(1)..][..len], o, &e[1..], |a, b| a + b);
+                    zip_with(&mut v[at(2)..][..len], &e[1..], o, |a, b| a - b);
+                    zip_with(&mut v[at(3)..][..len], o, &o[1..], |a, b| a - b);
+                }
             }
-        }
-        // Vertical, per column parity b: R_0b = d0 − d2, R_1b = d1 + d2, R_2b = d2 − d1, R_3b = d1 − d3, where
-        // d0 = P_0b, d1 = P_1b, d2 = P_0b shifted a row, d3 = P_1b shifted a row.
-        for bp in 0..2 {
-            let (p0, p1) = (&*planes[bp], &*planes[2 + bp]);
-            let (d0, d1, d2, d3) = (&p0[..len + 1], &p1[..len + 1], &p0[n1..], &p1[n1..]);
-            let [r0, r1, r2, r3] = [0, 1, 2, 3].map(|i| 2 * i + bp);
-            zip_with(r[r0], d0, d2, |a, b| a - b);
-            zip_with(r[r1], d1, d2, |a, b| a + b);
-            zip_with(r[r2], d2, d1, |a, b| a - b);
-            zip_with(r[r3], d1, d3, |a, b| a - b);
-        }
-        // Horizontal, per row i: columns 0..3 of a tile are e[t], o[t], e[t + 1], o[t + 1].
-        for i in 0..4 {
-            let (e, o) = (&*r[2 * i], &*r[2 * i + 1]);
-            let at = |j: usize| (4 * i + j) * block + c * ld + t0;
-            zip_with(&mut v[at(0)..][..len], e, &e[1..], |a, b| a - b);
-            zip_with(&mut v[at(1)..][..len], o, &e[1..], |a, b| a + b);
-            zip_with(&mut v[at(2)..][..len], &e[1..], o, |a, b| a - b);
-            zip_with(&mut v[at(3)..][..len], o, &o[1..], |a, b| a - b);
-        }
-    }
+        },
+    )
 }
 
 /// y [O, Ho, Wo] of one image from M[ξ][o][t0 + t] (16 blocks of [O, ld], tiles numbered as in
 /// [`input_transform`]): each 2×2 output tile is Aᵀ M A, cut at the output's edge.
 fn output_transform<T: Float>(g: &ConvGeom, m: &[T], ld: usize, t0: usize, y: &mut [T], buf: &mut Vec<T>) {
-    let (th, tw) = tiles(g);
-    let n1 = tw + 1;
-    let len = th * n1;
-    let mut rest = scratch(buf, 12 * len);
-    let mut s: [&mut [T]; 8] = std::array::from_fn(|_| take(&mut rest, len));
-    let mut eo: [&mut [T]; 4] = std::array::from_fn(|_| take(&mut rest, len));
-    let block = g.c_out * ld;
-    for o in 0..g.c_out {
-        let mrow = |i: usize, j: usize| &m[(4 * i + j) * block + o * ld + t0..][..len];
-        // Vertical: s0j = M0j + M1j + M2j, s1j = M1j − M2j − M3j.
-        for j in 0..4 {
-            let (m0, m1, m2, m3) = (mrow(0, j), mrow(1, j), mrow(2, j), mrow(3, j));
-            let (lo, hi) = s.split_at_mut(2 * j + 1);
-            for (k, (s0, s1)) in lo[2 * j].iter_mut().zip(hi[0].iter_mut()).enumerate() {
-                *s0 = m0[k] + m1[k] + m2[k];
-                *s1 = m1[k] - m2[k] - m3[k];
+    vectorized(
+        #[inline(always)]
+        || {
+            let (th, tw) = tiles(g);
+            let n1 = tw + 1;
+            let len = th * n1;
+            let mut rest = scratch(buf, 12 * len);
+            let mut s: [&mut [T]; 8] = std::array::from_fn(|_| take(&mut rest, len));
+            let mut eo: [&mut [T]; 4] = std::array::from_fn(|_| take(&mut rest, len));
+            let block = g.c_out * ld;
+            for o in 0..g.c_out {
+                let mrow = |i: usize, j: usize| &m[(4 * i + j) * block + o * ld + t0..][..len];
+                // Vertical: s0j = M0j + M1j + M2j, s1j = M1j − M2j − M3j.
+                for j in 0..4 {
+                    let (m0, m1, m2, m3) = (mrow(0, j), mrow(1, j), mrow(2, j), mrow(3, j));
+                    let (lo, hi) = s.split_at_mut(2 * j + 1);
+                    for (k, (s0, s1)) in lo[2 * j].iter_mut().zip(hi[0].iter_mut()).enumerate() {
+                        *s0 = m0[k] + m1[k] + m2[k];
+                        *s1 = m1[k] - m2[k] - m3[k];
+                    }
+                }
+                // Horizontal, per output row a: even columns sa0 + sa1 + sa2, odd columns sa1 − sa2 − sa3.
+                for a in 0..2 {
+                    let (sa0, sa1, sa2, sa3) = (&*s[a], &*s[2 + a], &*s[4 + a], &*s[6 + a]);
+                    let (ev, od) = eo.split_at_mut(2);
+                    for (k, (e, d)) in ev[a].iter_mut().zip(od[a].iter_mut()).enumerate() {
+                        *e = sa0[k] + sa1[k] + sa2[k];
+                        *d = sa1[k] - sa2[k] - sa3[k];
+                    }
+                }
+                let plane = &mut y[o * g.p()..(o + 1) * g.p()];
+                for (oy, row) in plane.chunks_exact_mut(g.wo).enumerate() {
+                    let (ty, a) = (oy / 2, oy % 2);
+                    let (e, d) = (&eo[a][ty * n1..ty * n1 + tw], &eo[2 + a][ty * n1..ty * n1 + tw]);
+                    let mut pairs = row.chunks_exact_mut(2);
+                    for ((pair, &ev), &dv) in (&mut pairs).zip(e).zip(d) {
+                        pair[0] = ev;
+                        pair[1] = dv;
+                    }
+                    if let [last] = pairs.into_remainder() {
+                        *last = e[tw - 1];
+                    }
+                }
             }
-        }
-        // Horizontal, per output row a: even columns sa0 + sa1 + sa2, odd columns sa1 − sa2 − sa3.
-        for a in 0..2 {
-            let (sa0, sa1, sa2, sa3) = (&*s[a], &*s[2 + a], &*s[4 + a], &*s[6 + a]);
-            let (ev, od) = eo.split_at_mut(2);
-            for (k, (e, d)) in ev[a].iter_mut().zip(od[a].iter_mut()).enumerate() {
-                *e = sa0[k] + sa1[k] + sa2[k];
-                *d = sa1[k] - sa2[k] - sa3[k];
-            }
-        }
-        let plane = &mut y[o * g.p()..(o + 1) * g.p()];
-        for (oy, row) in plane.chunks_exact_mut(g.wo).enumerate() {
-            let (ty, a) = (oy / 2, oy % 2);
-            let (e, d) = (&eo[a][ty * n1..ty * n1 + tw], &eo[2 + a][ty * n1..ty * n1 + tw]);
-            let mut pairs = row.chunks_exact_mut(2);
-            for ((pair, &ev), &dv) in (&mut pairs).zip(e).zip(d) {
-                pair[0] = ev;
-                pair[1] = dv;
-            }
-            if let [last] = pairs.into_remainder() {
-                *last = e[tw - 1];
-            }
-        }
-    }
+        },
+    )
 }
 
 /// dM[ξ][o][t0 + t] = (A dY Aᵀ)[ξ] for every tile of one image's output gradient dy [O, Ho, Wo] (zero past the
 /// edge and in the spare tile column); `dm` holds 16 blocks of [O, ld], tiles numbered as in [`input_transform`].
 fn output_grad_transform<T: Float>(g: &ConvGeom, dy: &[T], dm: &mut [T], ld: usize, t0: usize, buf: &mut Vec<T>) {
-    let (th, tw) = tiles(g);
-    let n1 = tw + 1;
-    let len = th * n1;
-    let mut rest = scratch(buf, 12 * len);
-    // q[2a + b] = dY[2ty + a][2tx + b]; h[4a + j] = (dY Aᵀ)[a][j].
-    let mut q: [&mut [T]; 4] = std::array::from_fn(|_| take(&mut rest, len));
-    let h: [&mut [T]; 8] = std::array::from_fn(|_| take(&mut rest, len));
-    let block = g.c_out * ld;
-    for o in 0..g.c_out {
-        for p in q.iter_mut() {
-            p.fill(T::zero());
-        }
-        let plane = &dy[o * g.p()..(o + 1) * g.p()];
-        for (oy, row) in plane.chunks_exact(g.wo).enumerate() {
-            let (ty, a) = (oy / 2, oy % 2);
-            let (qe, qo) = q.split_at_mut(2 * a + 1);
-            let (e, d) = (&mut qe[2 * a][ty * n1..ty * n1 + tw], &mut qo[0][ty * n1..ty * n1 + tw]);
-            let mut pairs = row.chunks_exact(2);
-            for ((pair, ev), dv) in (&mut pairs).zip(e.iter_mut()).zip(d.iter_mut()) {
-                *ev = pair[0];
-                *dv = pair[1];
+    vectorized(
+        #[inline(always)]
+        || {
+            let (th, tw) = tiles(g);
+            let n1 = tw + 1;
+            let len = th * n1;
+            let mut rest = scratch(buf, 12 * len);
+            // q[2a + b] = dY[2ty + a][2tx + b]; h[4a + j] = (dY Aᵀ)[a][j].
+            let mut q: [&mut [T]; 4] = std::array::from_fn(|_| take(&mut rest, len));
+            let h: [&mut [T]; 8] = std::array::from_fn(|_| take(&mut rest, len));
+            let block = g.c_out * ld;
+            for o in 0..g.c_out {
+                for p in q.iter_mut() {
+                    p.fill(T::zero());
+                }
+                let plane = &dy[o * g.p()..(o + 1) * g.p()];
+                for (oy, row) in plane.chunks_exact(g.wo).enumerate() {
+                    let (ty, a) = (oy / 2, oy % 2);
+                    let (qe, qo) = q.split_at_mut(2 * a + 1);
+                    let (e, d) = (&mut qe[2 * a][ty * n1..ty * n1 + tw], &mut qo[0][ty * n1..ty * n1 + tw]);
+                    let mut pairs = row.chunks_exact(2);
+                    for ((pair, ev), dv) in (&mut pairs).zip(e.iter_mut()).zip(d.iter_mut()) {
+                        *ev = pair[0];
+                        *dv = pair[1];
+                    }
+                    if let [last] = pairs.remainder() {
+                        e[tw - 1] = *last;
+                    }
+                }
+                // Horizontal: h[a] = (y0, y0 + y1, y0 − y1, −y1) for y0, y1 the even and odd columns of row a.
+                for a in 0..2 {
+                    let (y0, y1) = (&*q[2 * a], &*q[2 * a + 1]);
+                    zip_with(h[4 * a], y0, y0, |u, _| u);
+                    zip_with(h[4 * a + 1], y0, y1, |u, v| u + v);
+                    zip_with(h[4 * a + 2], y0, y1, |u, v| u - v);
+                    zip_with(h[4 * a + 3], y1, y1, |v, _| -v);
+                }
+                // Vertical: dM0j = h0j, dM1j = h0j + h1j, dM2j = h0j − h1j, dM3j = −h1j.
+                for j in 0..4 {
+                    let (h0, h1) = (&*h[j], &*h[4 + j]);
+                    let at = |i: usize| (4 * i + j) * block + o * ld + t0;
+                    zip_with(&mut dm[at(0)..][..len], h0, h0, |u, _| u);
+                    zip_with(&mut dm[at(1)..][..len], h0, h1, |u, v| u + v);
+                    zip_with(&mut dm[at(2)..][..len], h0, h1, |u, v| u - v);
+                    zip_with(&mut dm[at(3)..][..len], h1, h1, |v, _| -v);
+                }
             }
-            if let [last] = pairs.remainder() {
-                e[tw - 1] = *last;
-            }
-        }
-        // Horizontal: h[a] = (y0, y0 + y1, y0 − y1, −y1) for y0, y1 the even and odd columns of row a.
-        for a in 0..2 {
-            let (y0, y1) = (&*q[2 * a], &*q[2 * a + 1]);
-            zip_with(h[4 * a], y0, y0, |u, _| u);
-            zip_with(h[4 * a + 1], y0, y1, |u, v| u + v);
-            zip_with(h[4 * a + 2], y0, y1, |u, v| u - v);
-            zip_with(h[4 * a + 3], y1, y1, |v, _| -v);
-        }
-        // Vertical: dM0j = h0j, dM1j = h0j + h1j, dM2j = h0j − h1j, dM3j = −h1j.
-        for j in 0..4 {
-            let (h0, h1) = (&*h[j], &*h[4 + j]);
-            let at = |i: usize| (4 * i + j) * block + o * ld + t0;
-            zip_with(&mut dm[at(0)..][..len], h0, h0, |u, _| u);
-            zip_with(&mut dm[at(1)..][..len], h0, h1, |u, v| u + v);
-            zip_with(&mut dm[at(2)..][..len], h0, h1, |u, v| u - v);
-            zip_with(&mut dm[at(3)..][..len], h1, h1, |v, _| -v);
-        }
-    }
+        },
+    )
 }
 
 /// Winograd forward: y [B, O, Ho, Wo] from x and w (3×3, stride 1), contiguous.

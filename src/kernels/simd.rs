@@ -1,0 +1,67 @@
+//! Our slice kernels' loops compiled for the vector instructions of the CPU they run on, chosen at run time.
+//!
+//! A portable build targets x86-64's baseline (SSE2, 4 floats a vector); the loops of our kernels (BatchNorm passes,
+//! Winograd transforms, col2im) are written to auto-vectorise, and compiled for AVX2 + FMA (8 floats) they run the
+//! training step 1.2× faster measured. [`vectorized`] runs a kernel inside a function compiled with those features
+//! when the CPU has them, so one binary is both portable and fast (the `gemm` crate dispatches its own kernels the
+//! same way). Results do not depend on the choice: without fast-math the compiler keeps every floating-point
+//! operation and its order, and only widens the vectors.
+//!
+//! For the features to reach a loop, the loop must be inlined into the dispatching function: the kernel closure is
+//! marked `#[inline(always)]`, as is every helper it calls that holds a hot loop.
+
+/// Runs `kernel` compiled for AVX2 + FMA when this CPU has them, as plain x86-64 (or the target's baseline)
+/// otherwise. The crate's one `unsafe`: calling a function compiled for features the CPU may lack is unsafe, and is
+/// sound here because they were detected first.
+#[inline(always)]
+#[allow(unsafe_code)]
+pub fn vectorized<R>(kernel: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the features `avx2_fma` is compiled for were detected on this CPU just above.
+            return unsafe { avx2_fma(kernel) };
+        }
+    }
+    kernel()
+}
+
+/// `kernel()`, compiled with AVX2 and FMA enabled.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn avx2_fma<R>(kernel: impl FnOnce() -> R) -> R {
+    kernel()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::vectorized;
+
+    /// The vectorised and the plain compilation of one kernel give bit-identical results on fresh random data
+    /// (including a reduction, whose order the compiler must keep).
+    #[test]
+    fn same_bits_either_way() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ std::process::id() as u64;
+        let data: Vec<f32> = (0..10_007)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect();
+        #[inline(always)]
+        fn kernel(v: &[f32]) -> (Vec<f32>, f32) {
+            let mapped: Vec<f32> = v.iter().map(|x| x * 1.7 + 0.3).collect();
+            let sum = v.iter().fold(0f32, |s, x| s + x * x);
+            (mapped, sum)
+        }
+        let plain = kernel(std::hint::black_box(&data));
+        let fast = vectorized(
+            #[inline(always)]
+            || kernel(&data),
+        );
+        assert!(plain.0.iter().zip(&fast.0).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert_eq!(plain.1.to_bits(), fast.1.to_bits());
+    }
+}
