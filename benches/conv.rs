@@ -3,7 +3,7 @@
 //! resnet_mini + projector forward + backward with each, all in one run.
 //!
 //! `cargo bench --bench conv` (everything); arguments after `--`: `quick` (fewer repetitions), `layers` (only the
-//! per-layer table), `net` (only the whole network).
+//! per-layer tables), `winograd` (only the Winograd table), `net` (only the whole network).
 //!
 //! Achieved GFLOP/s count direct-convolution FLOPs (2·B·O·C·kh·kw·Ho·Wo per product). The ceilings, measured in
 //! the same run: a square 1024³ GEMM, and per layer the plain GEMM the layer's forward is equivalent to
@@ -74,8 +74,8 @@ fn winograd_table(rng: &mut StdRng, batch: usize, reps: usize, budget: f64) -> R
     use conv::ConvAlgo::{Im2col, Winograd};
     println!("Winograd F(2×2, 3×3) vs im2col + GEMM, stride-1 3×3 layers (f32 error: max relative to f64 direct)");
     println!(
-        "{:<22} {:<7} {:>10} {:>10} {:>8} {:>10} {:>10} {:>11} {:>11}",
-        "layer", "product", "im2col ms", "wino ms", "speed-up", "im2col GF/s", "wino GF/s", "im2col err", "wino err"
+        "{:<22} {:<7} {:>10} {:>10} {:>8} {:>10} {:>8}",
+        "layer", "product", "im2col ms", "wino ms", "speed-up", "im2col err", "wino err"
     );
     let layers =
         [("s1 conv 32→32 @28", 32, 32, 28), ("s2 conv2 64→64 @14", 64, 64, 14), ("s3 conv2 128→128 @7", 128, 128, 7)];
@@ -97,26 +97,24 @@ fn winograd_table(rng: &mut StdRng, batch: usize, reps: usize, budget: f64) -> R
                 "dx" => conv::input_grad_with(&g, &dy64, &w64, Im2col),
                 _ => conv::weight_grad_with(&g, &x64, &dy64, Im2col),
             };
-            let (ei, ew) = (rel_err(&run(Im2col), &exact), rel_err(&run(Winograd), &exact));
-            let ti = median(reps, budget, || {
-                std::hint::black_box(run(Im2col));
-                Ok(())
-            })?;
-            let tw = median(reps, budget, || {
-                std::hint::black_box(run(Winograd));
-                Ok(())
-            })?;
+            let algos = [Im2col, Winograd];
+            let errs = algos.map(|a| rel_err(&run(a), &exact));
+            let mut times = [0.0; 2];
+            for (t, algo) in times.iter_mut().zip(algos) {
+                *t = median(reps, budget, || {
+                    std::hint::black_box(run(algo));
+                    Ok(())
+                })?;
+            }
             println!(
-                "{:<22} {:<7} {:>10.2} {:>10.2} {:>7.2}× {:>10.1} {:>10.1} {:>11.1e} {:>11.1e}",
+                "{:<22} {:<7} {:>10.2} {:>10.2} {:>7.2}× {:>10.1e} {:>8.1e}",
                 if product == "fwd" { name } else { "" },
                 product,
-                ti * 1e3,
-                tw * 1e3,
-                ti / tw,
-                g.flops() / ti / 1e9,
-                g.flops() / tw / 1e9,
-                ei,
-                ew
+                times[0] * 1e3,
+                times[1] * 1e3,
+                times[0] / times[1],
+                errs[0],
+                errs[1]
             );
         }
     }
@@ -143,6 +141,9 @@ fn main() -> Result<()> {
     let t = median(reps, budget, || a.matmul(&b).map(drop))?;
     let ceiling = gflops(2.0 * 1024f64.powi(3), t);
     println!("plain GEMM 1024×1024×1024 (candle matmul): {:.2} ms, {ceiling:.1} GFLOP/s\n", t * 1e3);
+    if args.iter().any(|a| a == "winograd") {
+        return winograd_table(&mut rng, batch, reps, budget);
+    }
 
     // (name, C, O, H, k, stride, pad, count in the network)
     let layers = [
