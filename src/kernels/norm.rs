@@ -11,8 +11,8 @@
 //! with f32/f64 are the caller's to route to candle's ops (see `model::batch_norm_train`).
 
 use super::gemm::Float;
-use super::read;
 use super::simd::vectorized;
+use super::{read, zeros};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
@@ -218,7 +218,7 @@ fn forward<T: Float>(op: &BatchNormOp, x: &[T], gamma: &[T], beta: &[T], (c, s):
     let scale: Vec<f64> = gamma.iter().zip(&op.invstd).map(|(g, i)| g * i).collect();
     let shift: Vec<f64> = beta.iter().zip(&scale).zip(&op.mean).map(|((b, k), m)| b - m * k).collect();
     let (scale, shift) = (cast::<T>(&scale), cast::<T>(&shift));
-    let mut y = vec![T::zero(); x.len()];
+    let mut y = zeros(x.len());
     map_rows(
         &mut y,
         c,
@@ -264,7 +264,7 @@ fn backward<T: Float>(g: &BatchNormGradOp, dy: &[T], x: &[T], y: &[T], (b, c, s)
         (vec![T::zero(); c], vec![T::zero(); c])
     };
     let (mean, invstd): (Vec<T>, Vec<T>) = (cast(&op.mean), cast(&op.invstd));
-    let mut out = vec![T::zero(); x.len() + 2 * c];
+    let mut out = zeros(x.len() + 2 * c);
     let (dx, params) = out.split_at_mut(x.len());
     map_rows(
         dx,
@@ -286,7 +286,7 @@ fn backward<T: Float>(g: &BatchNormGradOp, dy: &[T], x: &[T], y: &[T], (b, c, s)
 
 /// `f(a[i], b[i])` for every i, in parallel chunks.
 fn zip_map<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
-    let mut out = vec![T::zero(); a.len()];
+    let mut out = zeros(a.len());
     out.par_chunks_mut(TASK_ELEMS).zip(a.par_chunks(TASK_ELEMS).zip(b.par_chunks(TASK_ELEMS))).for_each(
         |(o, (a, b))| {
             vectorized(

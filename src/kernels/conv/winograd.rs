@@ -11,6 +11,7 @@
 use super::{gemm, mat, partition, scratch, sum_in_order, ConvGeom};
 use crate::kernels::gemm::Float;
 use crate::kernels::simd::vectorized;
+use crate::kernels::zeros;
 use rayon::prelude::*;
 
 /// Tile columns a Winograd GEMM should have at least before images share one.
@@ -289,7 +290,7 @@ fn output_grad_transform<T: Float>(g: &ConvGeom, dy: &[T], dm: &mut [T], ld: usi
 pub(super) fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T]) -> Vec<T> {
     let (o, c) = (g.c_out, g.c_in);
     let (th, tw) = tiles(g);
-    let mut y = vec![T::zero(); g.batch * g.out_len()];
+    let mut y = zeros(g.batch * g.out_len());
     if y.is_empty() {
         return y;
     }
