@@ -169,6 +169,22 @@ fn add_relu_matches_candle_autodiff() -> Result<()> {
     Ok(())
 }
 
+/// The parallel `a + b` equals candle's add bit for bit, in both float types and across the parallel split (70,000
+/// elements span several tasks); mismatched shapes are an error.
+#[test]
+fn add_matches_candle() -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(4);
+    for dtype in [DType::F64, DType::F32] {
+        for shape in [&[1usize][..], &[3, 4, 5, 5], &[70_000]] {
+            let (a, b) = (random(shape, &mut rng, dtype, 0.0)?, random(shape, &mut rng, dtype, 0.0)?);
+            assert_eq!(values(&norm::add(&a, &b)?)?, values(&(&a + &b)?)?, "{dtype:?} {shape:?}");
+        }
+    }
+    let dev = Device::Cpu;
+    assert!(norm::add(&Tensor::zeros(3, DType::F32, &dev)?, &Tensor::zeros(4, DType::F32, &dev)?).is_err());
+    Ok(())
+}
+
 /// The train-mode gradient against central finite differences of L = Σ y·r in f64 (h = 1e-6, tolerance 1e-7
 /// relative to the largest gradient), for x, γ and β, with the ReLU.
 #[test]

@@ -103,6 +103,12 @@ pub fn relu_backward(dy: &Tensor, y: &Tensor) -> Result<Tensor> {
     dy.apply_op2_no_bwd(y, &ReluGradOp)
 }
 
+/// `a + b` on all threads (no graph): the sum of a residual block's two input gradients, which candle's own add
+/// computes on one thread.
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    a.apply_op2_no_bwd(b, &AddOp)
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Kernels.
 
@@ -319,6 +325,15 @@ fn add_relu_kernel<T: Float>(a: &[T], b: &[T]) -> Vec<T> {
     )
 }
 
+fn add_kernel<T: Float>(a: &[T], b: &[T]) -> Vec<T> {
+    zip_map(
+        a,
+        b,
+        #[inline(always)]
+        |u, v| u + v,
+    )
+}
+
 fn relu_grad_kernel<T: Float>(dy: &[T], y: &[T]) -> Vec<T> {
     zip_map(
         dy,
@@ -467,6 +482,19 @@ impl CustomOp2 for AddReluOp {
     fn bwd(&self, _a: &Tensor, _b: &Tensor, y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dz = relu_backward(dy, y)?;
         Ok((Some(dz.clone()), Some(dz)))
+    }
+}
+
+/// a + b.
+struct AddOp;
+
+impl CustomOp2 for AddOp {
+    fn name(&self) -> &'static str {
+        "ssl-add"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok((elementwise(s1, l1, s2, l2, add_kernel, add_kernel)?, l1.shape().clone()))
     }
 }
 

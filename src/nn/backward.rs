@@ -53,7 +53,7 @@ impl SiameseNet {
                 }
                 None => dz,
             };
-            dh = (dh1 + dshort)?;
+            dh = norm::add(&dh1, &dshort)?;
         }
         let dz0 = self.norm_backward(&dh, stem, &r.stem_bn, store)?;
         let w = &self.tensors[r.stem.w];
