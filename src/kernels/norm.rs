@@ -100,13 +100,13 @@ pub fn batch_norm_backward(
 
 /// `dy` where `y > 0`, else 0: the ReLU's backward from its output (no graph).
 pub fn relu_backward(dy: &Tensor, y: &Tensor) -> Result<Tensor> {
-    dy.apply_op2_no_bwd(y, &ReluGradOp)
+    dy.apply_op2_no_bwd(y, &RELU_GRAD)
 }
 
 /// `a + b` on all threads (no graph): the sum of a residual block's two input gradients, which candle's own add
 /// computes on one thread.
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    a.apply_op2_no_bwd(b, &AddOp)
+    a.apply_op2_no_bwd(b, &ADD)
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -485,29 +485,26 @@ impl CustomOp2 for AddReluOp {
     }
 }
 
-/// a + b.
-struct AddOp;
-
-impl CustomOp2 for AddOp {
-    fn name(&self) -> &'static str {
-        "ssl-add"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        Ok((elementwise(s1, l1, s2, l2, add_kernel, add_kernel)?, l1.shape().clone()))
-    }
+/// A two-operand elementwise kernel with no backward of its own (the gradient passes `add` and `relu_backward`).
+struct ZipOp {
+    name: &'static str,
+    f32: fn(&[f32], &[f32]) -> Vec<f32>,
+    f64: fn(&[f64], &[f64]) -> Vec<f64>,
 }
 
-/// dy masked by y > 0.
-struct ReluGradOp;
+/// a + b.
+const ADD: ZipOp = ZipOp { name: "ssl-add", f32: add_kernel, f64: add_kernel };
 
-impl CustomOp2 for ReluGradOp {
+/// dy masked by y > 0.
+const RELU_GRAD: ZipOp = ZipOp { name: "ssl-relu-grad", f32: relu_grad_kernel, f64: relu_grad_kernel };
+
+impl CustomOp2 for ZipOp {
     fn name(&self) -> &'static str {
-        "ssl-relu-grad"
+        self.name
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        Ok((elementwise(s1, l1, s2, l2, relu_grad_kernel, relu_grad_kernel)?, l1.shape().clone()))
+        Ok((elementwise(s1, l1, s2, l2, self.f32, self.f64)?, l1.shape().clone()))
     }
 }
 
