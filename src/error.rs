@@ -60,6 +60,7 @@ code_table! {
     RunStale        = "ssl::run::stale",            Input,   "a run whose saved objective no longer checks";
     RunPlot         = "ssl::run::plot",             Usage,   "a plot that cannot be rendered";
     TrainConfig     = "ssl::train::config",         Input,   "a recipe setting that cannot work with the data";
+    TrainForm       = "ssl::train::form",           Input,   "a form (gradient or loss) the objective cannot train in";
     TrainMemory     = "ssl::train::memory",         Input,   "a step too large for the memory available";
     TrainNonFinite  = "ssl::train::nonfinite",      Input,   "a NaN or infinity in training";
     TrainCollapse   = "ssl::train::collapse",       Warning, "the online features stay collapsed";

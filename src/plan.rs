@@ -7,7 +7,7 @@ use crate::backend::{execute, fused, Backend};
 use crate::check::typed::{Objective, StateKind};
 use crate::ir::fuse::Kernel;
 use crate::ir::{self, cost::Sizes, Lowered, Node};
-use candle_core::{Result, Tensor};
+use candle_core::{Result, Tensor, Var};
 use std::collections::HashMap;
 
 /// The four feature matrices of a step, each [N, D], L2-normalised by the caller.
@@ -51,8 +51,11 @@ pub struct Gradients {
     pub g1: Tensor,
     /// Gradient at the view-2 online features (zero when not symmetric).
     pub g2: Tensor,
-    /// Per-sample loss [N], averaged over view orders, when the objective has one.
+    /// Per-sample loss [N], averaged over view orders, when the objective has one (in the loss form: `total`,
+    /// the same for every sample).
     pub loss: Option<Tensor>,
+    /// In the loss form, the gradients at the online outputs before L2 normalisation (z1, z2), scaled as `g1`.
+    pub gz: Option<[Tensor; 2]>,
     /// Health statistics.
     pub stats: Stats,
 }
@@ -103,7 +106,7 @@ impl Plan {
     }
 
     fn inputs<'a>(&'a self, features: [&'a Tensor; 4], state: &'a ObjectiveState) -> Inputs<'a> {
-        Inputs { features, params: &self.params, ema: &state.ema, fifo: &state.fifo }
+        Inputs { features, params: &self.params, ema: &state.ema, fifo: &state.fifo, z: None, frozen: None }
     }
 
     /// Updates every ema state from this batch (in declaration order, so later ones see earlier).
@@ -201,7 +204,83 @@ impl Plan {
             (g_a, zeros, loss_a)
         };
         self.push_fifos(f, state)?;
-        Ok(Gradients { g1, g2, loss, stats })
+        Ok(Gradients { g1, g2, loss, gz: None, stats })
+    }
+
+    /// One training step of the loss form: emas, the batch-level `total` and its gradient at every online feature
+    /// (autodiff through the reference ops), fifo pushes. `z` are the online outputs before L2 normalisation. The
+    /// gradients are N·∂total/∂x, scaled as the gradient form's per-sample ones; `stats.positive_norm` holds their
+    /// mean norm at u1 and u2, and `push_norm` is zero (the loss form has no separate push).
+    pub fn total_step(&self, f: &Features, z: [&Tensor; 2], state: &mut ObjectiveState) -> Result<Gradients> {
+        self.update_emas(f, state)?;
+        let (value, [g1, g2, gz1, gz2]) = self.total_gradient(f, z, state)?;
+        let n = f.u1.dims()[0];
+        let scale = |g: Tensor| g * n as f64;
+        let (g1, g2, gz) = (scale(g1)?, scale(g2)?, [scale(gz1)?, scale(gz2)?]);
+        let mean_norm = |t: &Tensor| -> Result<f64> {
+            t.sqr()?.sum(1)?.sqrt()?.mean_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()
+        };
+        let positive_similarity =
+            (&f.u1 * &f.t2)?.sum(1)?.mean_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        let stats =
+            Stats { positive_similarity, positive_norm: [mean_norm(&g1)?, mean_norm(&g2)?], push_norm: [0.0; 2] };
+        let loss = Some(value.broadcast_as(n)?.contiguous()?);
+        self.push_fifos(f, state)?;
+        Ok(Gradients { g1, g2, loss, gz: Some(gz), stats })
+    }
+
+    /// `total` at the features and its gradients at (u1, u2, z1, z2) by autodiff (zeros where it does not depend on
+    /// one); states are read, not updated.
+    pub fn total_gradient(
+        &self,
+        f: &Features,
+        z: [&Tensor; 2],
+        state: &ObjectiveState,
+    ) -> Result<(Tensor, [Tensor; 4])> {
+        let leaves = [&f.u1, &f.u2, z[0], z[1]].map(|t| Var::from_tensor(&t.detach()));
+        let [u1, u2, z1, z2] = leaves;
+        let (u1, u2, z1, z2) = (u1?, u2?, z1?, z2?);
+        let value = self.eval_total(
+            [u1.as_tensor(), u2.as_tensor(), &f.t1, &f.t2],
+            [z1.as_tensor(), z2.as_tensor()],
+            state,
+            None,
+        )?;
+        let grads = value.backward()?;
+        let grad = |v: &Var| grads.get(v.as_tensor()).map_or_else(|| v.as_tensor().zeros_like(), |g| Ok(g.clone()));
+        Ok((value.detach(), [grad(&u1)?, grad(&u2)?, grad(&z1)?, grad(&z2)?]))
+    }
+
+    /// `total` (a rank-0 tensor) on the reference ops, with `stopgrad` nodes taking `frozen`'s values where given.
+    pub fn eval_total(
+        &self,
+        features: [&Tensor; 4],
+        z: [&Tensor; 2],
+        state: &ObjectiveState,
+        frozen: Option<&HashMap<Node, Tensor>>,
+    ) -> Result<Tensor> {
+        let Some(total) = self.lowered.total else {
+            candle_core::bail!("objective `{}` has no `total`", self.objective.name)
+        };
+        let inputs = Inputs { z: Some(z), frozen, ..self.inputs(features, state) };
+        execute(&self.lowered.graph, &HashMap::new(), &[total], &inputs)?.remove(0).reshape(())
+    }
+
+    /// The value of every `stopgrad` node of `total` at these features, for a check that holds them fixed.
+    pub fn stopgrad_values(
+        &self,
+        features: [&Tensor; 4],
+        z: [&Tensor; 2],
+        state: &ObjectiveState,
+    ) -> Result<HashMap<Node, Tensor>> {
+        let g = &self.lowered.graph;
+        let nodes: Vec<Node> = (0..g.ops.len() as u32)
+            .map(Node)
+            .filter(|&n| matches!(g.op(n), ir::Op::Unary(ir::Unary::StopGrad, _)))
+            .collect();
+        let inputs = Inputs { z: Some(z), ..self.inputs(features, state) };
+        let values = execute(g, &HashMap::new(), &nodes, &inputs)?;
+        Ok(nodes.into_iter().zip(values).collect())
     }
 
     /// The gradient at an extra online view (a multi-crop local crop): the local feature stands in

@@ -5,6 +5,7 @@
 
 use crate::ir::{Axis, Binary, Feature, Graph, Node, Op, Reduction, SetSource, Unary};
 use candle_core::{DType, Device, Result, Tensor};
+use std::collections::HashMap;
 
 /// Everything a step's evaluation reads besides the graph.
 pub struct Inputs<'a> {
@@ -16,11 +17,23 @@ pub struct Inputs<'a> {
     pub ema: &'a [Option<Tensor>],
     /// Fifo contents by state index, [fill, D] (`None` for emas).
     pub fifo: &'a [Option<Tensor>],
+    /// The online outputs before L2 normalisation, z1 and z2 [N, D], where the caller has them (`total` reads them).
+    pub z: Option<[&'a Tensor; 2]>,
+    /// Values that `stopgrad` nodes take instead of their operand's (a finite-difference check holds them fixed).
+    pub frozen: Option<&'a HashMap<Node, Tensor>>,
 }
 
 impl Inputs<'_> {
-    fn feature(&self, f: Feature) -> &Tensor {
-        self.features[f as usize]
+    fn feature(&self, f: Feature) -> Result<&Tensor> {
+        Ok(match f {
+            Feature::U1 | Feature::U2 | Feature::T1 | Feature::T2 => self.features[f as usize],
+            Feature::Z1 | Feature::Z2 => match self.z {
+                Some(z) => z[f as usize - Feature::Z1 as usize],
+                None => candle_core::bail!(
+                    "`.z1`/`.z2` are read, but this evaluation was given no pre-normalisation features"
+                ),
+            },
+        })
     }
 
     fn n(&self) -> usize {
@@ -79,10 +92,10 @@ pub fn eval_node(g: &Graph, n: Node, values: &[Option<Tensor>], x: &Inputs) -> R
         Op::BatchSize => x.scalar(x.n() as f64)?,
         Op::Dim => x.scalar(x.d() as f64)?,
         Op::AxisSize(a) => x.scalar(x.size(g, *a)? as f64)?,
-        Op::Feature(f) => x.feature(*f).clone(),
+        Op::Feature(f) => x.feature(*f)?.clone(),
         Op::SetRows(src, _) => match src {
-            SetSource::Targets => Tensor::cat(&[x.feature(Feature::T1), x.feature(Feature::T2)], 0)?.detach(),
-            SetSource::Batch(f) => x.feature(*f).detach(),
+            SetSource::Targets => Tensor::cat(&[x.feature(Feature::T1)?, x.feature(Feature::T2)?], 0)?.detach(),
+            SetSource::Batch(f) => x.feature(*f)?.detach(),
             SetSource::Fifo(i) => match x.fifo.get(*i).and_then(|f| f.as_ref()) {
                 Some(t) => t.detach(),
                 None => Tensor::zeros((0, x.d()), x.dtype(), x.device())?,
@@ -112,6 +125,10 @@ pub fn eval_node(g: &Graph, n: Node, values: &[Option<Tensor>], x: &Inputs) -> R
                 Unary::Log => t.log()?,
                 Unary::Sqrt => t.sqrt()?,
                 Unary::Relu => t.relu()?,
+                Unary::StopGrad => match x.frozen.and_then(|f| f.get(&n)) {
+                    Some(v) => v.clone(),
+                    None => t.detach(),
+                },
             }
         }
         Op::Binary(b, l, r) => {

@@ -21,7 +21,10 @@ pub struct Bound {
 }
 
 /// Builtin names every objective sees, with their types.
-pub const BUILTIN_NAMES: &[&str] = &["u1", "u2", "t1", "t2", "N", "D", "targets", "batch"];
+pub const BUILTIN_NAMES: &[&str] = &["u1", "u2", "t1", "t2", "N", "D", "targets", "batch", "online"];
+
+/// The fields of a batch sample.
+pub const SAMPLE_FIELDS: &[&str] = &["u1", "u2", "t1", "t2", "z1", "z2"];
 
 /// Builtin functions, with parameter names.
 pub const FUNCTIONS: &[(&str, &[&str])] = &[
@@ -40,6 +43,7 @@ pub const FUNCTIONS: &[(&str, &[&str])] = &[
     ("logsumexp", &["x"]),
     ("softmax", &["x"]),
     ("eye", &[]),
+    ("stopgrad", &["x"]),
     ("ema", &["rate", "value"]),
     ("fifo", &["size", "set"]),
 ];
@@ -112,6 +116,7 @@ impl Checker<'_> {
             "D" => return builtin(Builtin::D, Type::Scalar),
             "targets" => return texpr(TKind::Targets, Type::Set(Elem::Vec, Size { per_n: 2, fixed: 0 }), false, span),
             "batch" => return texpr(TKind::Batch, Type::Set(Elem::Sample, Size { per_n: 1, fixed: 0 }), false, span),
+            "online" => return texpr(TKind::Online, Type::Set(Elem::Vec, Size { per_n: 2, fixed: 0 }), false, span),
             _ => {}
         }
         if self.index_names.contains(name) {
@@ -132,7 +137,8 @@ impl Checker<'_> {
         visible.extend(["true".to_string(), "false".to_string()]);
         let help = match did_you_mean(name, visible.iter().map(String::as_str)) {
             Some(s) => format!("did you mean `{s}`?"),
-            None => "declare it with `param`, `let` or `state`, or use a builtin: u1 u2 t1 t2 targets batch N D".into(),
+            None => "declare it with `param`, `let` or `state`, or use a builtin: u1 u2 t1 t2 targets online batch N D"
+                .into(),
         };
         self.error(
             Diagnostic::new(Code::UnknownName, format!("unknown name `{name}`"), span, "not declared").help(help),
@@ -206,10 +212,13 @@ impl Checker<'_> {
                     "u2" => Builtin::U2,
                     "t1" => Builtin::T1,
                     "t2" => Builtin::T2,
+                    "z1" => Builtin::Z1,
+                    "z2" => Builtin::Z2,
                     other => {
-                        let help = match did_you_mean(other, ["u1", "u2", "t1", "t2"]) {
-                            Some(s) => format!("did you mean `{s}`? samples have fields u1, u2, t1, t2"),
-                            None => "samples have fields u1, u2, t1, t2".into(),
+                        let fields = SAMPLE_FIELDS.join(", ");
+                        let help = match did_you_mean(other, SAMPLE_FIELDS.iter().copied()) {
+                            Some(s) => format!("did you mean `{s}`? samples have fields {fields}"),
+                            None => format!("samples have fields {fields}"),
                         };
                         self.error(
                             Diagnostic::new(
@@ -378,6 +387,7 @@ impl Checker<'_> {
             "sum" => (Func::SumEntries, (types == [Vec]).then_some(Scalar), "a vector (or a comprehension)"),
             "mean" => (Func::MeanEntries, (types == [Vec]).then_some(Scalar), "a vector (or a comprehension)"),
             "eye" => (Func::Eye, Some(Mat), "no arguments"),
+            "stopgrad" => (Func::StopGrad, types[0].is_numeric().then_some(types[0]), "a scalar, vector or matrix"),
             _ => {
                 // softmax: context checked by the caller.
                 let var = self.softmax_var.expect("softmax context checked before");

@@ -77,6 +77,10 @@ pub fn check(file: &ast::File) -> (Program, Vec<Diagnostic>) {
         let batch_span = fields.iter().find(|(n, _)| n == "batch").map(|(_, s)| *s);
         if let Some(o) = objectives.iter().find(|o| o.name == train.name.name) {
             check_queues(o, &recipe, batch_span, &mut diagnostics);
+            if let Some((message, help)) = recipe::form_problem(o, &recipe) {
+                let span = fields.iter().find(|(n, _)| n == "form").map_or(train.name.span, |(_, s)| *s);
+                diagnostics.push(Diagnostic::new(Code::RecipeValue, message, span, "cannot train").help(help));
+            }
         }
     }
 
@@ -107,7 +111,7 @@ pub fn check(file: &ast::File) -> (Program, Vec<Diagnostic>) {
         let trains_with_predictor = recipe_target.as_deref() == Some(o.name.as_str()) && recipe.predictor.is_some();
         // When its train block failed to parse, whether it has a predictor is unknown.
         let recipe_unknown = file.may_have_unparsed_train(&o.name);
-        if o.negative.is_none() && !trains_with_predictor && !recipe_unknown {
+        if o.negative.is_none() && o.positive.is_some() && !trains_with_predictor && !recipe_unknown {
             let span = file.objectives.iter().find(|a| a.name.name == o.name).map_or(Span::default(), |a| a.name.span);
             diagnostics.push(
                 Diagnostic::new(

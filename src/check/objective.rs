@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 const MAX_RESOLUTION_DEPTH: usize = 64;
 
 /// The objective entries and their required types.
-const KEYS: &[&str] = &["positive", "negative", "balance", "loss", "symmetric"];
+const KEYS: &[&str] = &["positive", "negative", "balance", "loss", "total", "symmetric"];
 
 /// A declared name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,6 +147,29 @@ pub fn check_objective(o: &ast::Objective, diagnostics: &mut Vec<Diagnostic>) ->
     let negative = role(&mut cx, "negative", Type::Vec);
     let balance = role(&mut cx, "balance", Type::Scalar);
     let loss = role(&mut cx, "loss", Type::Scalar);
+    let total = role(&mut cx, "total", Type::Scalar);
+    if let Some(t) = total.as_ref().filter(|t| t.per_sample) {
+        // Point at the first per-sample name (through lets, the whole expression).
+        let mut first = None;
+        t.walk(&mut |e| {
+            if first.is_none() && e.per_sample && matches!(e.kind, TKind::Builtin(_)) {
+                first = Some(e);
+            }
+        });
+        let (span, label) = match first {
+            Some(e) => (e.span, format!("the current sample's `{}`", cx.show(e))),
+            None => (t.span, "per sample".to_string()),
+        };
+        cx.error(
+            Diagnostic::new(
+                Code::BatchLevel,
+                "`total` is one number for the whole batch, but this depends on the current sample",
+                span,
+                label,
+            )
+            .help("`u1 u2 t1 t2` are the current sample's features; over the batch write `mean(... b.u1 ... for b in batch)`"),
+        );
+    }
     let symmetric = match role(&mut cx, "symmetric", Type::Bool) {
         Some(TExpr { kind: TKind::Bool(b), .. }) => b,
         Some(other) if other.ty == Type::Bool => {
@@ -164,7 +187,7 @@ pub fn check_objective(o: &ast::Objective, diagnostics: &mut Vec<Diagnostic>) ->
         _ => true,
     };
     // A misspelt `positive = ...` is already reported as an unknown entry with a suggestion.
-    if positive.is_none() && !cx.misspelt_positive {
+    if positive.is_none() && total.is_none() && !cx.misspelt_positive {
         cx.error(
             Diagnostic::new(
                 Code::MissingPositive,
@@ -172,7 +195,7 @@ pub fn check_objective(o: &ast::Objective, diagnostics: &mut Vec<Diagnostic>) ->
                 o.name.span,
                 "no `positive = ...`",
             )
-            .help("every objective pulls the two views together: add `positive = -t2`"),
+            .help("every objective pulls the two views together: add `positive = -t2`, or give its loss over the batch as `total = ...`"),
         );
     }
     cx.warn_unused();
@@ -192,14 +215,27 @@ pub fn check_objective(o: &ast::Objective, diagnostics: &mut Vec<Diagnostic>) ->
         lets,
         weights,
         states,
-        positive: positive?,
+        positive,
         negative,
         balance,
         loss,
+        total,
         symmetric,
         family: Family::PositiveOnly,
     };
     objective.family = family(&objective);
+    if let Some(z) = pre_normalisation_outside_total(&objective) {
+        cx.diagnostics.push(
+            Diagnostic::new(
+                Code::TotalOnly,
+                format!("`{}` is only defined in `total`", Show { expr: z, objective: &objective }),
+                z.span,
+                "outside `total`",
+            )
+            .help("the gradient form works on the normalised features: use `.u1` / `.u2` here, or move this into `total = ...`"),
+        );
+        return None;
+    }
     Some(objective)
 }
 
@@ -308,10 +344,11 @@ impl<'a> Checker<'a> {
                     ty: Type::Error,
                 })
                 .collect(),
-            positive: poisoned(Span::default()),
+            positive: None,
             negative: None,
             balance: None,
             loss: None,
+            total: None,
             symmetric: true,
             family: Family::PositiveOnly,
         };
@@ -398,7 +435,7 @@ impl<'a> Checker<'a> {
             }
             let help = match suggestion {
                 Some(s) => format!("did you mean `{s}`?"),
-                None => format!("an objective sets positive, negative, balance, loss and symmetric; to name a value, write `let {} = ...`", key.name),
+                None => format!("an objective sets positive, negative, balance, loss, total and symmetric; to name a value, write `let {} = ...`", key.name),
             };
             self.error(
                 Diagnostic::new(
@@ -756,38 +793,56 @@ impl<'a> Checker<'a> {
         for (span, name, what) in unused {
             self.error(
                 Diagnostic::new(Code::Unused, format!("{what} `{name}` is never used"), span, "unused")
-                    .help("remove it, or use it in the positive, negative, balance or loss"),
+                    .help("remove it, or use it in the positive, negative, balance, loss or total"),
             );
         }
     }
 }
 
+/// The first sub-expression satisfying `pred` that `roots` reach, looking through lets and weights.
+fn reachable<'o>(o: &'o Objective, roots: Vec<&'o TExpr>, pred: &dyn Fn(&TExpr) -> bool) -> Option<&'o TExpr> {
+    let mut stack = roots;
+    let mut seen = 0;
+    while let Some(e) = stack.pop() {
+        seen += 1;
+        if seen > 10_000 {
+            break;
+        }
+        let mut hit = None;
+        e.walk(&mut |s| {
+            if hit.is_none() && pred(s) {
+                hit = Some(s);
+            }
+            match &s.kind {
+                TKind::Let(i) => stack.push(&o.lets[*i].value),
+                TKind::WeightAt { weight, .. } => stack.push(&o.weights[*weight].body),
+                _ => {}
+            }
+        });
+        if hit.is_some() {
+            return hit;
+        }
+    }
+    None
+}
+
+/// A `.z1` / `.z2` field (the online outputs before normalisation) reached from anything but `total`: the gradient
+/// form is injected at the normalised features, so only the batch-level loss may read them.
+fn pre_normalisation_outside_total(o: &Objective) -> Option<&TExpr> {
+    let mut roots: Vec<&TExpr> = [&o.positive, &o.negative, &o.balance, &o.loss].into_iter().flatten().collect();
+    for s in &o.states {
+        match &s.kind {
+            StateKind::Ema { rate, value } => roots.extend([rate, value]),
+            StateKind::Fifo { set, .. } => roots.push(set),
+        }
+    }
+    reachable(o, roots, &|e| matches!(e.kind, TKind::Field(_, Builtin::Z1 | Builtin::Z2)))
+}
+
 /// Reads the family off the negative term, looking through lets and weights.
 fn family(o: &Objective) -> Family {
     let Some(negative) = &o.negative else { return Family::PositiveOnly };
-    let reaches = |pred: &dyn Fn(&TExpr) -> bool| -> bool {
-        let mut stack = vec![negative];
-        let mut seen = 0;
-        while let Some(e) = stack.pop() {
-            seen += 1;
-            if seen > 10_000 {
-                break;
-            }
-            let mut hit = false;
-            e.walk(&mut |s| {
-                hit |= pred(s);
-                match &s.kind {
-                    TKind::Let(i) => stack.push(&o.lets[*i].value),
-                    TKind::WeightAt { weight, .. } => stack.push(&o.weights[*weight].body),
-                    _ => {}
-                }
-            });
-            if hit {
-                return true;
-            }
-        }
-        false
-    };
+    let reaches = |pred: &dyn Fn(&TExpr) -> bool| reachable(o, vec![negative], pred).is_some();
     if reaches(&|e| matches!(e.kind, TKind::Softmax { .. })) {
         Family::Contrastive
     } else if reaches(&|e| matches!(e.kind, TKind::State(i) if o.states[i].ty == Type::Mat)) {

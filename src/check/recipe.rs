@@ -172,6 +172,24 @@ pub struct Knn {
     pub every: usize,
 }
 
+/// What training differentiates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Form {
+    /// Inject the unified gradient `positive + balance · negative` at each sample's online features.
+    #[default]
+    Gradient,
+    /// Backpropagate the batch-level `total` through every online feature.
+    Loss,
+}
+
+impl Form {
+    /// The default form, which run records leave out (so runs from before the field existed still match).
+    pub fn is_gradient(&self) -> bool {
+        *self == Form::Gradient
+    }
+}
+
 /// A fully resolved recipe.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Recipe {
@@ -201,6 +219,9 @@ pub struct Recipe {
     pub eval: Option<Knn>,
     /// Checkpoint every this many epochs (and at the end).
     pub checkpoint: usize,
+    /// The unified gradient form, or the batch-level loss.
+    #[serde(skip_serializing_if = "Form::is_gradient")]
+    pub form: Form,
 }
 
 impl Default for Recipe {
@@ -223,6 +244,7 @@ impl Default for Recipe {
             ],
             eval: Some(Knn { k: 200, t: 0.1, every: 1 }),
             checkpoint: 5,
+            form: Form::Gradient,
         }
     }
 }
@@ -234,6 +256,28 @@ impl Recipe {
             Optimizer::Sgd { lr, .. } | Optimizer::Lars { lr, .. } | Optimizer::Adamw { lr, .. } => *lr,
         };
         lr.unwrap_or(0.06 * self.batch as f64 / 256.0)
+    }
+}
+
+/// Why `recipe` cannot train `objective` in its form (message, help), if it cannot: the loss form needs a `total`,
+/// the gradient form a positive term, and `total` covers the two global views only (no multi-crop).
+pub fn form_problem(objective: &crate::check::typed::Objective, recipe: &Recipe) -> Option<(String, String)> {
+    let name = &objective.name;
+    match recipe.form {
+        Form::Loss if objective.total.is_none() => Some((
+            format!("`form = loss` trains the batch-level loss, but objective `{name}` has no `total = ...`"),
+            "add `total = ...` to the objective, or train its gradient form (`form = gradient`)".into(),
+        )),
+        Form::Loss if recipe.augment.iter().any(|a| matches!(a, Augment::Multicrop { .. })) => Some((
+            "`form = loss` differentiates `total`, which sees the two global views only, not multi-crop local views"
+                .into(),
+            "remove `multicrop(...)` from `augment`, or train the gradient form (`form = gradient`)".into(),
+        )),
+        Form::Gradient if objective.positive.is_none() => Some((
+            format!("objective `{name}` has only a batch-level loss (`total`), so it trains with `form = loss`"),
+            "add `form = loss` to the train block, or pass `--set form=loss`".into(),
+        )),
+        _ => None,
     }
 }
 
@@ -252,6 +296,7 @@ pub const FIELDS: &[&str] = &[
     "augment",
     "eval",
     "checkpoint",
+    "form",
 ];
 
 /// Decodes a train block onto the defaults. Returns the recipe and the span of each field set.
@@ -303,6 +348,7 @@ fn decode_field(recipe: &mut Recipe, field: &Field, diagnostics: &mut Vec<Diagno
         "schedule" => d.schedule(v).map(|x| recipe.schedule = x),
         "augment" => d.augment(v).map(|x| recipe.augment = x),
         "eval" => d.eval(v).map(|x| recipe.eval = x),
+        "form" => d.form(v).map(|x| recipe.form = x),
         "checkpoint" => d.int(v, 1, 1 << 20).map(|x| recipe.checkpoint = x),
         other => {
             let help = match did_you_mean(other, FIELDS.iter().copied()) {
@@ -655,6 +701,11 @@ impl Decoder<'_> {
         Some(out)
     }
 
+    fn form(&mut self, e: &Expr) -> Option<Form> {
+        let c = self.ctor(e, "a form", &[("gradient", &[]), ("loss", &[])])?;
+        Some(if c.name == "loss" { Form::Loss } else { Form::Gradient })
+    }
+
     fn eval(&mut self, e: &Expr) -> Option<Option<Knn>> {
         let c = self.ctor(e, "an evaluation", &[("knn", &["k", "t", "every"]), ("none", &[])])?;
         if c.name == "none" {
@@ -738,6 +789,10 @@ impl std::fmt::Display for Recipe {
         writeln!(f, "schedule   = {schedule}")?;
         writeln!(f, "augment    = [{}]", augment.join(", "))?;
         writeln!(f, "eval       = {eval}")?;
-        writeln!(f, "checkpoint = {}", self.checkpoint)
+        writeln!(f, "checkpoint = {}", self.checkpoint)?;
+        if self.form == Form::Loss {
+            writeln!(f, "form       = loss")?;
+        }
+        Ok(())
     }
 }

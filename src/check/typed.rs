@@ -64,14 +64,17 @@ pub struct Objective {
     pub weights: Vec<Weight>,
     /// States, in declaration order.
     pub states: Vec<State>,
-    /// The pull term.
-    pub positive: TExpr,
+    /// The pull term; `None` only when the objective is a batch-level `total` alone.
+    pub positive: Option<TExpr>,
     /// The push term; `None` means zero.
     pub negative: Option<TExpr>,
     /// The balance; `None` means 1.
     pub balance: Option<TExpr>,
-    /// The closed-form loss, when given.
+    /// The closed-form per-sample loss, when given.
     pub loss: Option<TExpr>,
+    /// The batch-level loss (`total = ...`), a scalar over the whole batch that `form = loss` differentiates
+    /// through every online feature.
+    pub total: Option<TExpr>,
     /// Whether the gradient is averaged with the mirrored views.
     pub symmetric: bool,
     /// Its family.
@@ -156,6 +159,10 @@ pub enum Builtin {
     T1,
     /// Target feature of the other view.
     T2,
+    /// Online output of this view before L2 normalisation (a field of batch samples, in `total` only).
+    Z1,
+    /// Online output of the other view before L2 normalisation.
+    Z2,
     /// Batch size.
     N,
     /// Feature dimension.
@@ -170,6 +177,8 @@ impl Builtin {
             Builtin::U2 => "u2",
             Builtin::T1 => "t1",
             Builtin::T2 => "t2",
+            Builtin::Z1 => "z1",
+            Builtin::Z2 => "z2",
             Builtin::N => "N",
             Builtin::D => "D",
         }
@@ -205,6 +214,8 @@ pub enum Func {
     MeanEntries,
     /// The D × D identity.
     Eye,
+    /// Its argument's value, through which no gradient flows.
+    StopGrad,
 }
 
 impl Func {
@@ -224,6 +235,7 @@ impl Func {
             Func::SumEntries => "sum",
             Func::MeanEntries => "mean",
             Func::Eye => "eye",
+            Func::StopGrad => "stopgrad",
         }
     }
 }
@@ -284,6 +296,8 @@ pub enum TKind {
     Targets,
     /// `batch`: the samples of the batch (N).
     Batch,
+    /// `online`: both views' online features of the whole batch (2N); live in `total`, constants elsewhere.
+    Online,
     /// `[a, b, ...]`.
     List(Vec<TExpr>),
     /// Unary minus.
@@ -331,7 +345,7 @@ pub enum TKind {
 
 impl TExpr {
     /// Visits this expression and every sub-expression, parents first.
-    pub fn walk(&self, f: &mut impl FnMut(&TExpr)) {
+    pub fn walk<'s>(&'s self, f: &mut impl FnMut(&'s TExpr)) {
         f(self);
         match &self.kind {
             TKind::List(items) | TKind::Call(_, items) => items.iter().for_each(|e| e.walk(f)),
@@ -383,6 +397,7 @@ fn write_expr(f: &mut fmt::Formatter<'_>, e: &TExpr, o: &Objective, outer: u8) -
         TKind::Index(_, name) => f.write_str(name),
         TKind::Targets => f.write_str("targets"),
         TKind::Batch => f.write_str("batch"),
+        TKind::Online => f.write_str("online"),
         TKind::List(items) => {
             f.write_str("[")?;
             for (i, item) in items.iter().enumerate() {

@@ -45,8 +45,13 @@ pub fn explain(program: &Program, objective: &Objective) -> String {
     let o = objective;
     let show = |e: &TExpr| Show { expr: e, objective: o }.to_string();
     let _ = writeln!(out, "objective {}  ({} family)", o.name, o.family);
-    let _ = writeln!(out, "  dL/du1 = positive + balance * negative");
-    if o.symmetric {
+    if o.positive.is_some() {
+        let _ = writeln!(out, "  dL/du1 = positive + balance * negative");
+    } else {
+        let _ = writeln!(out, "  trained by autodiff of `total` (form = loss) through every online feature");
+    }
+    if o.positive.is_none() {
+    } else if o.symmetric {
         let _ = writeln!(out, "  symmetric: evaluated for both view orders and averaged");
     } else {
         let _ = writeln!(out, "  not symmetric: evaluated for view 1 only");
@@ -57,12 +62,15 @@ pub fn explain(program: &Program, objective: &Objective) -> String {
         Some(e) => [role.to_string(), describe(e, o), format!("= {}", show(e))],
         None => [role.to_string(), default.to_string(), String::new()],
     };
-    let terms = [
-        term("positive", Some(&o.positive), ""),
+    let mut terms = vec![
+        term("positive", o.positive.as_ref(), "none (batch-level `total` only)"),
         term("negative", o.negative.as_ref(), "none (zero)"),
         term("balance", o.balance.as_ref(), "1 (default)"),
         term("loss", o.loss.as_ref(), "none (gradient form only; `verify` checks no closed form)"),
     ];
+    if let Some(total) = &o.total {
+        terms.push(term("total", Some(total), ""));
+    }
     // Defaults are prose, not a column entry: they do not widen the column.
     let width = terms.iter().filter(|t| !t[2].is_empty()).map(|t| t[1].len()).max().unwrap_or(0);
     for [role, what, value] in &terms {

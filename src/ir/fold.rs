@@ -20,6 +20,7 @@ pub fn unary(g: &Graph, op: Unary, x: Node) -> Option<Result<f64, Node>> {
             Unary::Log => v.ln(),
             Unary::Sqrt => v.sqrt(),
             Unary::Relu => v.max(0.0),
+            Unary::StopGrad => v,
         }));
     }
     match (op, g.op(x)) {

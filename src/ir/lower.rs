@@ -3,6 +3,10 @@
 //! contraction. A set built with `++` or `[a, b]` is lowered part by part: each reduction (and each
 //! softmax's normaliser) is computed per part and combined, so `[t2] ++ Q` never materialises an
 //! [N, K, D] tensor.
+//!
+//! The batch-level `total` has no current sample: it is lowered with every online feature live (the rows of `batch`
+//! and `online` are the feature matrices themselves, relabelled to the set's axis), so that autodiff of it reaches
+//! each online feature; everywhere else the other samples are constants, as the unified form treats them.
 
 use super::{Axis, Binary, Feature, Graph, Lowered, Node, Op, SetAxis, SetSource, Unary};
 use crate::check::typed::{Builtin, Func, Objective, Reduce, StateKind, TExpr, TKind, VarId};
@@ -12,9 +16,12 @@ use std::collections::HashMap;
 
 /// Lowers a checked objective.
 pub fn lower(o: &Objective) -> Lowered {
-    let mut cx = Lowering { o, g: Graph::default() };
+    let mut cx = Lowering { o, g: Graph::default(), live: false };
     let env = Env::default();
-    let positive = cx.expr(&o.positive, &env);
+    let positive = match &o.positive {
+        Some(p) => cx.expr(p, &env),
+        None => cx.g.constant(0.0),
+    };
     let push = match &o.negative {
         Some(neg) => {
             let neg = cx.expr(neg, &env);
@@ -30,6 +37,9 @@ pub fn lower(o: &Objective) -> Lowered {
     };
     let gradient = cx.g.binary(Binary::Add, positive, push);
     let loss = o.loss.as_ref().map(|l| cx.expr(l, &env));
+    cx.live = true;
+    let total = o.total.as_ref().map(|t| cx.expr(t, &env));
+    cx.live = false;
     let mut ema_values = Vec::new();
     let mut fifo_pushes = Vec::new();
     for (i, s) in o.states.iter().enumerate() {
@@ -53,7 +63,7 @@ pub fn lower(o: &Objective) -> Lowered {
             }
         }
     }
-    super::prune::prune(Lowered { graph: cx.g, gradient, positive, push, loss, ema_values, fifo_pushes })
+    super::prune::prune(Lowered { graph: cx.g, gradient, positive, push, loss, total, ema_values, fifo_pushes })
 }
 
 /// One part of a set: rows of a matrix, a single vector, or the samples of the batch.
@@ -87,6 +97,8 @@ struct Env<'a> {
 struct Lowering<'a> {
     o: &'a Objective,
     g: Graph,
+    /// Lowering `total`: the batch's online features are live, not constants.
+    live: bool,
 }
 
 impl<'a> Lowering<'a> {
@@ -94,6 +106,7 @@ impl<'a> Lowering<'a> {
     fn parts(&self, set: &'a TExpr) -> Vec<Part<'a>> {
         match &set.kind {
             TKind::Targets => vec![Part::Rows(SetSource::Targets)],
+            TKind::Online => vec![Part::Rows(SetSource::Batch(Feature::U1)), Part::Rows(SetSource::Batch(Feature::U2))],
             TKind::Batch => vec![Part::Samples],
             TKind::State(i) => vec![Part::Rows(SetSource::Fifo(*i))],
             TKind::List(items) => items.iter().map(Part::Item).collect(),
@@ -163,7 +176,7 @@ impl<'a> Lowering<'a> {
     fn expr(&mut self, e: &'a TExpr, env: &Env<'a>) -> Node {
         match &e.kind {
             TKind::Const(x) => self.g.constant(*x),
-            TKind::Bool(_) | TKind::Targets | TKind::Batch | TKind::List(_) | TKind::Error => {
+            TKind::Bool(_) | TKind::Targets | TKind::Batch | TKind::Online | TKind::List(_) | TKind::Error => {
                 unreachable!("checker: not a tensor value")
             }
             TKind::Param(i) => self.g.add(Op::Param(*i), vec![]),
@@ -183,13 +196,13 @@ impl<'a> Lowering<'a> {
             },
             TKind::Index(var, _) => match env.vars[var].value {
                 Bound::Node(n) => n,
-                Bound::Axis(axis, Some(src)) => self.g.rows(src, axis),
+                Bound::Axis(axis, Some(src)) => self.set_rows(src, axis),
                 Bound::Axis(_, None) => unreachable!("checker: samples are only used through fields"),
             },
             TKind::Field(base, field) => {
                 let TKind::Index(var, _) = &base.kind else { unreachable!("checker: fields of index variables") };
                 let Bound::Axis(axis, _) = env.vars[var].value else { unreachable!("samples bind to an axis") };
-                self.g.rows(SetSource::Batch(feature(*field)), axis)
+                self.set_rows(SetSource::Batch(feature(*field)), axis)
             }
             TKind::Neg(a) => {
                 let a = self.expr(a, env);
@@ -234,6 +247,21 @@ impl<'a> Lowering<'a> {
         }
     }
 
+    /// The rows of a set along `axis`: in `total` a batch feature is the live feature matrix relabelled to the
+    /// set's axis, elsewhere (and for every other source) the set's rows as constants.
+    fn set_rows(&mut self, src: SetSource, axis: Axis) -> Node {
+        match src {
+            SetSource::Batch(f) if self.live => {
+                if !self.g.set_axes.iter().any(|(a, _)| *a == axis) {
+                    self.g.set_axes.push((axis, src));
+                }
+                let x = self.g.add(Op::Feature(f), vec![Axis::N, Axis::D]);
+                self.g.rename(x, Axis::N, axis)
+            }
+            _ => self.g.rows(src, axis),
+        }
+    }
+
     fn call(&mut self, func: Func, args: &'a [TExpr], env: &Env<'a>) -> Node {
         let lowered: Vec<Node> = args.iter().map(|a| self.expr(a, env)).collect();
         let arg = |i: usize| lowered[i];
@@ -269,6 +297,7 @@ impl<'a> Lowering<'a> {
                 }
             }
             Func::Eye => self.g.add(Op::Eye, vec![Axis::D, Axis::E]),
+            Func::StopGrad => self.g.unary(Unary::StopGrad, arg(0)),
         }
     }
 }
@@ -279,6 +308,8 @@ fn feature(b: Builtin) -> Feature {
         Builtin::U2 => Feature::U2,
         Builtin::T1 => Feature::T1,
         Builtin::T2 => Feature::T2,
+        Builtin::Z1 => Feature::Z1,
+        Builtin::Z2 => Feature::Z2,
         Builtin::N | Builtin::D => unreachable!("scalars are not features"),
     }
 }

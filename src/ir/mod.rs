@@ -82,6 +82,10 @@ pub enum Feature {
     T1,
     /// Target, other view.
     T2,
+    /// Online, this view, before L2 normalisation (read by `total` only).
+    Z1,
+    /// Online, other view, before L2 normalisation.
+    Z2,
 }
 
 /// Where a set axis gets its rows.
@@ -108,6 +112,8 @@ pub enum Unary {
     Sqrt,
     /// max(x, 0).
     Relu,
+    /// x, through which no gradient flows.
+    StopGrad,
 }
 
 /// Elementwise binary operations (broadcasting over missing axes).
@@ -271,6 +277,8 @@ pub struct Lowered {
     pub push: Node,
     /// The per-sample loss [N], when the objective has one.
     pub loss: Option<Node>,
+    /// The batch-level loss (a scalar), when the objective has one: online features are live in it.
+    pub total: Option<Node>,
     /// Each ema state's batch value and rate, by state index, in declaration order.
     pub ema_values: Vec<(usize, Node, Node)>,
     /// Each fifo state's pushed rows [K, D], by state index.
@@ -282,6 +290,7 @@ impl Lowered {
     pub fn roots(&self) -> Vec<Node> {
         let mut roots = vec![self.gradient, self.positive, self.push];
         roots.extend(self.loss);
+        roots.extend(self.total);
         roots.extend(self.ema_values.iter().flat_map(|&(_, v, r)| [v, r]));
         roots.extend(self.fifo_pushes.iter().map(|&(_, n)| n));
         roots
@@ -294,6 +303,7 @@ impl Lowered {
             positive: map(self.positive),
             push: map(self.push),
             loss: self.loss.map(&map),
+            total: self.total.map(&map),
             ema_values: self.ema_values.iter().map(|&(i, v, r)| (i, map(v), map(r))).collect(),
             fifo_pushes: self.fifo_pushes.iter().map(|&(i, n)| (i, map(n))).collect(),
             graph,
@@ -344,6 +354,9 @@ impl Lowered {
         let _ = writeln!(out, "gradient = %{}", self.gradient.0);
         if let Some(l) = self.loss {
             let _ = writeln!(out, "loss     = %{}", l.0);
+        }
+        if let Some(t) = self.total {
+            let _ = writeln!(out, "total    = %{}", t.0);
         }
         if sizes.is_some() {
             let _ =

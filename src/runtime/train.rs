@@ -11,7 +11,7 @@ use super::records::{Baseline, EndRecord, EvalRecord, Phase, Record, StepRecord}
 use super::run::{Loaded, RunConfig, RunDir, RunLock};
 use super::schedule::{target_momentum, LrSchedule};
 use crate::backend::Backend;
-use crate::check::recipe::{Momentum, Recipe};
+use crate::check::recipe::{Form, Momentum, Recipe};
 use crate::check::typed::{Objective, StateKind};
 use crate::data::{self, augment, Dataset};
 use crate::error::{Error, ErrorCode};
@@ -104,6 +104,9 @@ struct Trainer<'a> {
 
 /// Trains `objective` with `recipe`, writing the run directory.
 pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainOptions) -> Result<TrainSummary, Error> {
+    if let Some((message, help)) = crate::check::recipe::form_problem(objective, recipe) {
+        return Err(Error::new(ErrorCode::TrainForm, message).help(help));
+    }
     let device = opts.device.clone();
     let mut data = data::load(&recipe.data, opts.data_dir.as_deref())?;
     if let Some(limit) = opts.limit {
@@ -350,13 +353,19 @@ impl Trainer<'_> {
         }
         let features = Features { u1: u1.detach(), u2: u2.detach(), t1, t2 };
         clock.lap(Phase::TargetForward);
-        let grads = if log && self.plan.lowered.loss.is_some() {
-            self.plan.step_with_loss(&features, &mut self.state)?
-        } else {
-            self.plan.step(&features, &mut self.state)?
+        let (z1, z2) = (head(&o1), head(&o2));
+        let grads = match recipe.form {
+            Form::Loss => self.plan.total_step(&features, [&z1.detach(), &z2.detach()], &mut self.state)?,
+            Form::Gradient if log && self.plan.lowered.loss.is_some() => {
+                self.plan.step_with_loss(&features, &mut self.state)?
+            }
+            Form::Gradient => self.plan.step(&features, &mut self.state)?,
         };
         clock.lap(Phase::Plan);
         let mut objective = (surrogate(&u1, &grads.g1)? + surrogate(&u2, &grads.g2)?)?;
+        if let Some([gz1, gz2]) = &grads.gz {
+            objective = ((objective + surrogate(&z1, gz1)?)? + surrogate(&z2, gz2)?)?;
+        }
         // Multi-crop: local crops are online views only, each pulled toward both global targets and
         // weighted as one global view (whose gradient carries the ½ of the two view orders).
         let locals = v1.local_tensors(device)?;
