@@ -64,7 +64,103 @@ pub const DEVICE_TOLERANCE: f64 = 1e-4;
 pub fn verify(objective: &Objective, device: &Device) -> Result<Vec<Row>> {
     let mut rows = vec![step_matches_reference(objective, device)?];
     rows.extend(loss_gradient(objective)?);
+    if objective.total.is_some() {
+        rows.push(total_gradient(objective)?);
+    }
     Ok(rows)
+}
+
+/// The tolerance of the batch-level loss's autodiff against finite differences (relative to max(|∇|·|δ|, 1), f64).
+pub const TOTAL_TOLERANCE: f64 = 1e-6;
+
+/// The largest error seen so far and the first case (N, D, seed) that failed, for the row's note.
+#[derive(Default)]
+struct Worst {
+    error: f64,
+    failed: Option<(usize, usize, u64)>,
+}
+
+impl Worst {
+    /// Records one case's error; a NaN counts as infinitely wrong.
+    fn see(&mut self, error: f64, tolerance: f64, case: (usize, usize, u64)) {
+        let error = if error.is_nan() { f64::INFINITY } else { error };
+        if error > tolerance && self.failed.is_none() {
+            self.failed = Some(case);
+        }
+        self.error = self.error.max(error);
+    }
+
+    /// What the note says about a failure.
+    fn note(&self) -> String {
+        match self.failed {
+            Some((n, d, seed)) => format!(" — first failure at N = {n}, D = {d}, seed {seed}"),
+            None => String::new(),
+        }
+    }
+}
+
+/// Autodiff of `total` through (u1, u2, z1, z2) in f64 against central finite differences of `total` itself along
+/// three random directions per case (step 1e-5, `stopgrad` values held fixed), at every size and seed.
+fn total_gradient(objective: &Objective) -> Result<Row> {
+    let plan = Plan::new(objective);
+    let mut worst = Worst::default();
+    let h = 1e-5;
+    for &(n, d) in SIZES {
+        for seed in 0..SEEDS {
+            let mut rng = StdRng::seed_from_u64(seed * 4099 + (n * 31 + d) as u64);
+            let mut state = prepared_state(&plan, &mut rng, n, d)?;
+            let f = random_features(&mut rng, n, d)?;
+            plan.update_emas(&f, &mut state)?;
+            // Outputs before normalisation: any direction, any length.
+            let z = [random_matrix(&mut rng, n, d, 2.0)?, random_matrix(&mut rng, n, d, 2.0)?];
+            let (value, grads) = plan.total_gradient(&f, [&z[0], &z[1]], &state)?;
+            let mut error = finite_error(&value)?;
+            let base = [&f.u1, &f.u2, &z[0], &z[1]];
+            let frozen = plan.stopgrad_values([&f.u1, &f.u2, &f.t1, &f.t2], [&z[0], &z[1]], &state)?;
+            for _ in 0..3 {
+                let dir: Vec<Tensor> = (0..4).map(|_| random_matrix(&mut rng, n, d, 1.0)).collect::<Result<_>>()?;
+                let at = |sign: f64| -> Result<f64> {
+                    let x: Vec<Tensor> =
+                        base.iter().zip(&dir).map(|(b, v)| *b + (v * (sign * h))?).collect::<Result<_>>()?;
+                    let t = plan.eval_total([&x[0], &x[1], &f.t1, &f.t2], [&x[2], &x[3]], &state, Some(&frozen))?;
+                    t.to_scalar::<f64>()
+                };
+                let numeric = (at(1.0)? - at(-1.0)?) / (2.0 * h);
+                let (mut analytic, mut scale) = (0.0, 0.0);
+                for (g, v) in grads.iter().zip(&dir) {
+                    analytic += (g * v)?.sum_all()?.to_scalar::<f64>()?;
+                    scale += g.sqr()?.sum_all()?.to_scalar::<f64>()? * v.sqr()?.sum_all()?.to_scalar::<f64>()?;
+                }
+                // Relative to |∇|·|δ|, floored at 1 as the f32 check is: where `total` is flat (N = 1 makes
+                // NT-Xent identically zero) the differences' round-off, ~1e-7 here, is all there is to compare.
+                error = error.max((numeric - analytic).abs() / scale.sqrt().max(1.0));
+            }
+            worst.see(error, TOTAL_TOLERANCE, (n, d, seed));
+        }
+    }
+    Ok(Row {
+        objective: objective.name.clone(),
+        check: "total gradient".into(),
+        max_error: Some(worst.error),
+        pass: worst.failed.is_none(),
+        note: format!(
+            "autodiff of `total` at u1, u2, z1, z2 (f64) vs central differences of `total` along 3 random directions; {} cases{}",
+            SIZES.len() as u64 * SEEDS,
+            worst.note()
+        ),
+    })
+}
+
+/// 0 when every entry of `t` is finite, infinity otherwise.
+fn finite_error(t: &Tensor) -> Result<f64> {
+    let sum = t.to_dtype(DType::F64)?.abs()?.sum_all()?.to_scalar::<f64>()?;
+    Ok(if sum.is_finite() { 0.0 } else { f64::INFINITY })
+}
+
+/// An [n, d] f64 matrix of uniform entries in (−scale, scale).
+fn random_matrix(rng: &mut StdRng, n: usize, d: usize, scale: f64) -> Result<Tensor> {
+    let data: Vec<f64> = (0..n * d).map(|_| rng.gen_range(-scale..scale)).collect();
+    Tensor::from_vec(data, (n, d), &Device::Cpu)
 }
 
 /// A fresh state for a check: fifos hold more rows than the batch, emas have seen one batch.
@@ -84,8 +180,9 @@ fn prepared_state(plan: &Plan, rng: &mut StdRng, n: usize, d: usize) -> Result<c
 /// the CPU, the reference backend (candle's ops) on another device — in f32: every output agrees.
 fn step_matches_reference(objective: &Objective, device: &Device) -> Result<Row> {
     let reference = Plan::new(objective);
-    let mut worst = 0.0f64;
+    let mut worst = Worst::default();
     let mut kernels = std::collections::BTreeMap::new();
+    let tolerance = if device.is_cpu() { FUSED_TOLERANCE } else { DEVICE_TOLERANCE };
     for &(n, d) in SIZES {
         for seed in 0..SEEDS {
             let fifo = objective
@@ -137,31 +234,29 @@ fn step_matches_reference(objective: &Objective, device: &Device) -> Result<Row>
             // Gradients and losses are sums of O(1) terms (unit features) that may cancel to ~0,
             // so their error is taken relative to max(|reference|, 1).
             let unit = |x: &Tensor, y: &Tensor| error_against(x, y, 1.0);
-            worst = worst.max(unit(&gb.g1, &ga.g1)?).max(unit(&gb.g2, &ga.g2)?);
+            let mut error = unit(&gb.g1, &ga.g1)?.max(unit(&gb.g2, &ga.g2)?);
             if let (Some(la), Some(lb)) = (&ga.loss, &gb.loss) {
-                worst = worst.max(unit(lb, la)?);
+                error = error.max(unit(lb, la)?);
             }
             for (x, y) in a.ema.iter().chain(&a.fifo).zip(b.ema.iter().chain(&b.fifo)) {
                 if let (Some(x), Some(y)) = (x, y) {
-                    worst = worst.max(relative_error(y, x)?);
+                    error = error.max(relative_error(y, x)?);
                 }
             }
+            worst.see(error, tolerance, (n, d, seed));
         }
     }
     let used: Vec<String> = kernels.keys().map(|k| k.to_string()).collect();
-    let (check, tolerance) = if device.is_cpu() {
-        ("fused = reference".to_string(), FUSED_TOLERANCE)
-    } else {
-        (format!("{device:?} = cpu reference"), DEVICE_TOLERANCE)
-    };
+    let check = if device.is_cpu() { "fused = reference".to_string() } else { format!("{device:?} = cpu reference") };
     Ok(Row {
         objective: objective.name.clone(),
         check,
-        max_error: Some(worst),
-        pass: worst <= tolerance,
+        max_error: Some(worst.error),
+        pass: worst.failed.is_none(),
         note: format!(
-            "one whole step in f32: gradients and loss vs max(|ref|, 1), states relative; kernels: {}",
-            if used.is_empty() { "none (reference ops throughout)".to_string() } else { used.join(", ") }
+            "one whole step in f32: gradients and loss vs max(|ref|, 1), states relative; kernels: {}{}",
+            if used.is_empty() { "none (reference ops throughout)".to_string() } else { used.join(", ") },
+            worst.note()
         ),
     })
 }
@@ -184,7 +279,7 @@ fn loss_gradient(objective: &Objective) -> Result<Vec<Row>> {
             note: note.into(),
         }]);
     };
-    let mut worst = 0.0f64;
+    let mut worst = Worst::default();
     for &(n, d) in SIZES {
         for seed in 0..SEEDS {
             let mut rng = StdRng::seed_from_u64(seed * 1000 + (n * 31 + d) as u64);
@@ -201,18 +296,18 @@ fn loss_gradient(objective: &Objective) -> Result<Vec<Row>> {
                 Some(g) => g.clone(),
                 None => u1.as_tensor().zeros_like()?,
             };
-            worst = worst.max(relative_error(&autodiff, &gradient)?);
+            worst.see(relative_error(&autodiff, &gradient)?, LOSS_TOLERANCE, (n, d, seed));
         }
     }
-    let pass = worst <= LOSS_TOLERANCE;
     Ok(vec![Row {
         objective: name,
         check: "loss gradient".into(),
-        max_error: Some(worst),
-        pass,
+        max_error: Some(worst.error),
+        pass: worst.failed.is_none(),
         note: format!(
-            "autodiff of `loss` at u1 (f64) vs positive + balance * negative; {} cases",
-            SIZES.len() as u64 * SEEDS
+            "autodiff of `loss` at u1 (f64) vs positive + balance * negative; {} cases{}",
+            SIZES.len() as u64 * SEEDS,
+            worst.note()
         ),
     }])
 }
@@ -223,12 +318,16 @@ pub fn relative_error(a: &Tensor, b: &Tensor) -> Result<f64> {
     error_against(a, b, 1e-6)
 }
 
-/// max |a − b| / max(max |b|, floor).
+/// max |a − b| / max(max |b|, floor); infinite when either holds a NaN or an infinity (a NaN must never compare
+/// as "no error").
 pub fn error_against(a: &Tensor, b: &Tensor, floor: f64) -> Result<f64> {
     let a = a.to_dtype(DType::F64)?;
     let b = b.to_dtype(DType::F64)?;
     if a.elem_count() == 0 && b.elem_count() == 0 {
         return Ok(0.0);
+    }
+    if finite_error(&a)? > 0.0 || finite_error(&b)? > 0.0 {
+        return Ok(f64::INFINITY);
     }
     let diff = (&a - &b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
     let scale = b.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?.max(floor);

@@ -196,6 +196,8 @@ fn cases() -> Vec<Error> {
     // RunPlot: plotters failing to draw into a string; see `every_code_is_produced`.
 
     out.push(train_error(&Recipe::default(), &[], 64, &root.join("train")));
+    // UniGrad has no batch-level `total`, so it cannot train with `form = loss`.
+    out.push(train_error(&Recipe::default(), &["form=loss"], 64, &root.join("train")));
     out.push(train_error(
         &Recipe { batch: 32, ..Default::default() },
         &["unigrad.lambda=1e30"],

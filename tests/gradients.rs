@@ -251,3 +251,76 @@ fn contrastive_kernel_handles_long_queues() {
     assert!(relative_error(&b.g1, &a.g1).unwrap() < 1e-12);
     assert!(relative_error(&b.g2, &a.g2).unwrap() < 1e-12);
 }
+
+/// Known gradients of batch-level losses: `total` is differentiated through every online feature (u and z), targets
+/// stay constants, `stopgrad` blocks exactly its argument. f64, 1e-12.
+#[test]
+fn total_gradients_match_known_derivatives() {
+    let (n, d) = (7, 5);
+    let f = features(11, n, d);
+    let z1 = (&f.u1 * 3.0).unwrap();
+    let z2 = (&f.u2 * 0.5).unwrap();
+    let grads = |source: &str| {
+        let plan = Plan::new(&objective(source));
+        let state = plan.initial_state();
+        plan.total_gradient(&f, [&z1, &z2], &state).unwrap()
+    };
+    let close = |a: &Tensor, b: &Tensor| assert!(relative_error(a, b).unwrap() < 1e-12, "{a} vs {b}");
+    let zero = f.u1.zeros_like().unwrap();
+    let per_n = |t: &Tensor| (t / n as f64).unwrap();
+
+    // Alignment to the target: ∂/∂u1 = t2 / N, nothing reaches u2, z or the targets.
+    let (value, [g1, g2, gz1, gz2]) = grads("objective a { total = mean(dot(b.u1, b.t2) for b in batch) }");
+    let expected = (&f.u1 * &f.t2).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap() / n as f64;
+    assert!((value.to_scalar::<f64>().unwrap() - expected).abs() < 1e-12);
+    close(&g1, &per_n(&f.t2));
+    for g in [&g2, &gz1, &gz2] {
+        close(g, &zero);
+    }
+
+    // Online against online: both views receive the other's feature; stopgrad on u2 leaves u1's share only.
+    let (_, [g1, g2, ..]) = grads("objective a { total = mean(dot(b.u1, b.u2) for b in batch) }");
+    close(&g1, &per_n(&f.u2));
+    close(&g2, &per_n(&f.u1));
+    let (_, [g1, g2, ..]) = grads("objective a { total = mean(dot(b.u1, stopgrad(b.u2)) for b in batch) }");
+    close(&g1, &per_n(&f.u2));
+    close(&g2, &zero);
+
+    // A set over the online features: Σ_b Σ_v ⟨u_b, v⟩ over v in online gives every feature 2·Σ(U1 + U2) / N.
+    let (_, [g1, g2, ..]) = grads("objective a { total = mean(sum(dot(b.u1, v) for v in online) for b in batch) }");
+    let total_u = (f.u1.sum_keepdim(0).unwrap() + f.u2.sum_keepdim(0).unwrap()).unwrap();
+    let own = per_n(&total_u.broadcast_as((n, d)).unwrap().contiguous().unwrap());
+    let partner = per_n(&f.u1.sum_keepdim(0).unwrap().broadcast_as((n, d)).unwrap().contiguous().unwrap());
+    close(&g1, &(&own + &partner).unwrap());
+    close(&g2, &partner);
+
+    // Before normalisation: ∂ mean ‖z1‖² / ∂z1 = 2·z1 / N.
+    let (_, [_, _, gz1, gz2]) = grads("objective a { total = mean(dot(b.z1, b.z1) for b in batch) }");
+    close(&gz1, &per_n(&(&z1 * 2.0).unwrap()));
+    close(&gz2, &zero);
+}
+
+/// `verify` proves batch-level losses against finite differences of the loss, and a NaN is never a pass.
+#[test]
+fn verify_checks_total_and_fails_on_nan() {
+    let rows = verify(&standard("simclr"), &candle_core::Device::Cpu).unwrap();
+    let total = rows.iter().find(|r| r.check == "total gradient").expect("a total row");
+    assert!(total.pass && total.max_error.unwrap() < 1e-6, "{total:?}");
+
+    let uniformity = objective(
+        "objective au { param t = 2.0 in (0, inf)
+           total = mean(dot(b.u1 - b.u2, b.u1 - b.u2) for b in batch)
+             + log(mean(mean(exp(-t * dot(stopgrad(b.u1) - v, b.u1 - v)) for v in online) for b in batch)) }",
+    );
+    let rows = verify(&uniformity, &candle_core::Device::Cpu).unwrap();
+    assert!(rows.iter().all(|r| r.pass), "{rows:#?}");
+
+    // log of a negative number: NaN everywhere.
+    let nan_total = objective("objective n { total = mean(log(dot(b.u1, b.t2) - 5) for b in batch) }");
+    let rows = verify(&nan_total, &candle_core::Device::Cpu).unwrap();
+    let total = rows.iter().find(|r| r.check == "total gradient").unwrap();
+    assert!(!total.pass && total.note.contains("first failure"), "{total:?}");
+    let nan_gradient = objective("objective n { positive = -t2 * log(dot(u1, t2) - 5) }");
+    let rows = verify(&nan_gradient, &candle_core::Device::Cpu).unwrap();
+    assert!(rows.iter().any(|r| !r.pass), "a NaN gradient passed: {rows:#?}");
+}
