@@ -175,11 +175,7 @@ impl Plan {
         self.update_emas(f, state)?;
         let symmetric = self.objective.symmetric;
         let [g_a, pos_a, push_a] = self.view_gradient(view(f, false), state)?;
-        let mean_norm = |t: &Tensor| -> Result<f64> {
-            t.sqr()?.sum(1)?.sqrt()?.mean_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()
-        };
-        let positive_similarity =
-            (&f.u1 * &f.t2)?.sum(1)?.mean_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        let positive_similarity = positive_similarity(f)?;
         let mut stats = Stats {
             positive_similarity,
             positive_norm: [mean_norm(&pos_a)?, 0.0],
@@ -217,11 +213,7 @@ impl Plan {
         let n = f.u1.dims()[0];
         let scale = |g: Tensor| g * n as f64;
         let (g1, g2, gz) = (scale(g1)?, scale(g2)?, [scale(gz1)?, scale(gz2)?]);
-        let mean_norm = |t: &Tensor| -> Result<f64> {
-            t.sqr()?.sum(1)?.sqrt()?.mean_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()
-        };
-        let positive_similarity =
-            (&f.u1 * &f.t2)?.sum(1)?.mean_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        let positive_similarity = positive_similarity(f)?;
         let stats =
             Stats { positive_similarity, positive_norm: [mean_norm(&g1)?, mean_norm(&g2)?], push_norm: [0.0; 2] };
         let loss = Some(value.broadcast_as(n)?.contiguous()?);
@@ -237,9 +229,8 @@ impl Plan {
         z: [&Tensor; 2],
         state: &ObjectiveState,
     ) -> Result<(Tensor, [Tensor; 4])> {
-        let leaves = [&f.u1, &f.u2, z[0], z[1]].map(|t| Var::from_tensor(&t.detach()));
-        let [u1, u2, z1, z2] = leaves;
-        let (u1, u2, z1, z2) = (u1?, u2?, z1?, z2?);
+        let leaf = |t: &Tensor| Var::from_tensor(&t.detach());
+        let (u1, u2, z1, z2) = (leaf(&f.u1)?, leaf(&f.u2)?, leaf(z[0])?, leaf(z[1])?);
         let value = self.eval_total(
             [u1.as_tensor(), u2.as_tensor(), &f.t1, &f.t2],
             [z1.as_tensor(), z2.as_tensor()],
@@ -309,6 +300,16 @@ impl Plan {
         }
         Ok(())
     }
+}
+
+/// The mean Euclidean norm of the rows of `t`.
+fn mean_norm(t: &Tensor) -> Result<f64> {
+    t.sqr()?.sum(1)?.sqrt()?.mean_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()
+}
+
+/// The mean of u1·t2 over the batch.
+fn positive_similarity(f: &Features) -> Result<f64> {
+    (&f.u1 * &f.t2)?.sum(1)?.mean_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()
 }
 
 /// The features in view order: (u1, u2, t1, t2), or mirrored (u2, u1, t2, t1).
