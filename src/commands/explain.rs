@@ -44,7 +44,11 @@ pub fn explain(program: &Program, objective: &Objective) -> String {
     let mut out = String::new();
     let o = objective;
     let show = |e: &TExpr| Show { expr: e, objective: o }.to_string();
-    let _ = writeln!(out, "objective {}  ({} family)", o.name, o.family);
+    if o.positive.is_some() {
+        let _ = writeln!(out, "objective {}  ({} family)", o.name, o.family);
+    } else {
+        let _ = writeln!(out, "objective {}  (a batch-level loss, no gradient form)", o.name);
+    }
     if o.positive.is_some() {
         let _ = writeln!(out, "  dL/du1 = positive + balance * negative");
     } else {
@@ -62,12 +66,15 @@ pub fn explain(program: &Program, objective: &Objective) -> String {
         Some(e) => [role.to_string(), describe(e, o), format!("= {}", show(e))],
         None => [role.to_string(), default.to_string(), String::new()],
     };
-    let mut terms = vec![
-        term("positive", o.positive.as_ref(), "none (batch-level `total` only)"),
-        term("negative", o.negative.as_ref(), "none (zero)"),
-        term("balance", o.balance.as_ref(), "1 (default)"),
-        term("loss", o.loss.as_ref(), "none (gradient form only; `verify` checks no closed form)"),
-    ];
+    let mut terms = Vec::new();
+    if o.positive.is_some() {
+        terms.extend([
+            term("positive", o.positive.as_ref(), ""),
+            term("negative", o.negative.as_ref(), "none (zero)"),
+            term("balance", o.balance.as_ref(), "1 (default)"),
+            term("loss", o.loss.as_ref(), "none (gradient form only; `verify` checks no closed form)"),
+        ]);
+    }
     if let Some(total) = &o.total {
         terms.push(term("total", Some(total), ""));
     }
