@@ -66,8 +66,57 @@ pub fn verify(objective: &Objective, device: &Device) -> Result<Vec<Row>> {
     rows.extend(loss_gradient(objective)?);
     if objective.total.is_some() {
         rows.push(total_gradient(objective)?);
+        if objective.positive.is_some() {
+            rows.push(forms_compared(objective)?);
+        }
     }
     Ok(rows)
+}
+
+/// How the two forms of one objective differ (a measurement, not a check): at random outputs z (u = z/‖z‖) with
+/// the targets equal to the online features (`momentum = none`), the gradient each form sends into the network at
+/// z — the unified one injected at u and carried through the normalisation, the loss form's ∂total/∂z plus its
+/// ∂total/∂u carried the same way — compared by direction (cosine over all samples and both views) and scale.
+fn forms_compared(objective: &Objective) -> Result<Row> {
+    let plan = Plan::new(objective);
+    let (mut cosine, mut ratios) = (f64::INFINITY, Vec::new());
+    for &(n, d) in SIZES.iter().filter(|(n, d)| *n > 1 && *d > 1) {
+        for seed in 0..SEEDS {
+            let mut rng = StdRng::seed_from_u64(seed * 613 + (n * 31 + d) as u64);
+            let z = [random_matrix(&mut rng, n, d, 2.0)?, random_matrix(&mut rng, n, d, 2.0)?];
+            let u = [crate::nn::layers::l2_normalize(&z[0])?, crate::nn::layers::l2_normalize(&z[1])?];
+            let f = Features { u1: u[0].clone(), u2: u[1].clone(), t1: u[0].clone(), t2: u[1].clone() };
+            let mut state = prepared_state(&plan, &mut rng, n, d)?;
+            let unified = plan.step(&f, &mut state.clone())?;
+            let loss = plan.total_step(&f, [&z[0], &z[1]], &mut state)?;
+            let gz = loss.gz.as_ref().expect("the loss form has z gradients");
+            // d/dz of ⟨u(z), g⟩ = (g − u⟨u, g⟩) / ‖z‖.
+            let through = |g: &Tensor, i: usize| -> Result<Tensor> {
+                let along = (&u[i] * g)?.sum_keepdim(1)?;
+                let norm = z[i].sqr()?.sum_keepdim(1)?.sqrt()?;
+                (g - u[i].broadcast_mul(&along)?)?.broadcast_div(&norm)
+            };
+            let a = Tensor::cat(&[through(&unified.g1, 0)?, through(&unified.g2, 1)?], 0)?;
+            let b = Tensor::cat(&[(through(&loss.g1, 0)? + &gz[0])?, (through(&loss.g2, 1)? + &gz[1])?], 0)?;
+            let dot = |x: &Tensor, y: &Tensor| -> Result<f64> { (x * y)?.sum_all()?.to_scalar::<f64>() };
+            let (na, nb) = (dot(&a, &a)?.sqrt(), dot(&b, &b)?.sqrt());
+            if na > 1e-12 && nb > 1e-12 {
+                cosine = cosine.min(dot(&a, &b)? / (na * nb));
+                ratios.push(nb / na);
+            }
+        }
+    }
+    ratios.sort_by(f64::total_cmp);
+    let note = match ratios.get(ratios.len() / 2) {
+        Some(r) => format!(
+            "not a check: the gradient both forms send into the network at the projector output, targets = online \
+             features; direction cosine at least {cosine:.4} over {} cases, loss form / gradient form scale {r:.3} \
+             (median)",
+            ratios.len()
+        ),
+        None => "not a check: both forms' gradients vanish at every case".into(),
+    };
+    Ok(Row { objective: objective.name.clone(), check: "forms compared".into(), max_error: None, pass: true, note })
 }
 
 /// The tolerance of the batch-level loss's autodiff against finite differences (relative to max(|∇|·|δ|, 1), f64).

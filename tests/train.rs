@@ -127,13 +127,29 @@ fn bad_overrides_are_coded_errors() {
     std::fs::remove_dir_all(&root).ok();
 }
 
-/// Every standard objective trains a few steps on the bundled subset without a NaN, and the
+/// Every standard objective trains a few steps on the bundled subset without a NaN, in both forms, and the
 /// weights move away from their (seeded) initial values.
 #[test]
 fn every_standard_objective_trains_and_changes_the_weights() {
     let root = runs_root("all");
     let bundled = format!("{}/data/fashion-mnist-subset", env!("CARGO_MANIFEST_DIR"));
     for name in ["simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg", "unigrad"] {
+        // The original loss trains too (its logged loss is `total`).
+        let out = train(
+            name,
+            &root,
+            "loss",
+            &["--max-steps", "2", "--data", &bundled, "--set", "eval=none", "--set", "form=loss"],
+        );
+        assert!(out.status.success(), "{name}, form = loss: {}", String::from_utf8_lossy(&out.stderr));
+        let totals: Vec<f64> = records(&root, "loss")
+            .iter()
+            .filter(|r| r["kind"] == "step")
+            .map(|r| r["loss"].as_f64().unwrap())
+            .collect();
+        assert!(totals.len() == 2 && totals.iter().all(|l| l.is_finite()), "{name}, form = loss: {totals:?}");
+        std::fs::remove_dir_all(root.join("loss")).unwrap();
+
         let out = train(name, &root, name, &["--max-steps", "2", "--data", &bundled, "--set", "eval=none"]);
         assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
         let losses: Vec<f64> = records(&root, name)

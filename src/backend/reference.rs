@@ -125,6 +125,8 @@ pub fn eval_node(g: &Graph, n: Node, values: &[Option<Tensor>], x: &Inputs) -> R
                 Unary::Log => t.log()?,
                 Unary::Sqrt => t.sqrt()?,
                 Unary::Relu => t.relu()?,
+                Unary::Abs => t.abs()?,
+                Unary::Tanh => t.tanh()?,
                 Unary::StopGrad => match x.frozen.and_then(|f| f.get(&n)) {
                     Some(v) => v.clone(),
                     None => t.detach(),

@@ -44,6 +44,14 @@ pub const FUNCTIONS: &[(&str, &[&str])] = &[
     ("softmax", &["x"]),
     ("eye", &[]),
     ("stopgrad", &["x"]),
+    ("abs", &["x"]),
+    ("tanh", &["x"]),
+    ("sigmoid", &["x"]),
+    ("pow", &["x", "p"]),
+    ("clamp", &["x", "lo", "hi"]),
+    ("diag", &["m"]),
+    ("trace", &["m"]),
+    ("transpose", &["m"]),
     ("ema", &["rate", "value"]),
     ("fifo", &["size", "set"]),
 ];
@@ -363,12 +371,16 @@ impl Checker<'_> {
         let (func, ty, wanted) = match name {
             "dot" => (Func::Dot, (types == [Vec, Vec]).then_some(Scalar), "two vectors"),
             "outer" => (Func::Outer, (types == [Vec, Vec]).then_some(Mat), "two vectors"),
-            "exp" | "log" | "sqrt" | "relu" => {
+            "exp" | "log" | "sqrt" | "relu" | "abs" | "tanh" | "sigmoid" | "stopgrad" => {
                 let func = match name {
                     "exp" => Func::Exp,
                     "log" => Func::Log,
                     "sqrt" => Func::Sqrt,
-                    _ => Func::Relu,
+                    "relu" => Func::Relu,
+                    "abs" => Func::Abs,
+                    "tanh" => Func::Tanh,
+                    "sigmoid" => Func::Sigmoid,
+                    _ => Func::StopGrad,
                 };
                 (func, types[0].is_numeric().then_some(types[0]), "a scalar, vector or matrix")
             }
@@ -384,10 +396,24 @@ impl Checker<'_> {
                 };
                 (func, ty, "two values of one type, or a scalar and anything")
             }
-            "sum" => (Func::SumEntries, (types == [Vec]).then_some(Scalar), "a vector (or a comprehension)"),
-            "mean" => (Func::MeanEntries, (types == [Vec]).then_some(Scalar), "a vector (or a comprehension)"),
+            "sum" | "mean" => {
+                let func = if name == "sum" { Func::SumEntries } else { Func::MeanEntries };
+                (func, matches!(types[0], Vec | Mat).then_some(Scalar), "a vector or a matrix (or a comprehension)")
+            }
+            "pow" => (
+                Func::Pow,
+                (types[0].is_numeric() && types[1] == Scalar).then_some(types[0]),
+                "a value and a scalar exponent",
+            ),
+            "clamp" => (
+                Func::Clamp,
+                (types[0].is_numeric() && types[1] == Scalar && types[2] == Scalar).then_some(types[0]),
+                "a value and two scalar bounds",
+            ),
+            "diag" => (Func::Diag, (types == [Mat]).then_some(Vec), "a matrix"),
+            "trace" => (Func::Trace, (types == [Mat]).then_some(Scalar), "a matrix"),
+            "transpose" => (Func::Transpose, (types == [Mat]).then_some(Mat), "a matrix"),
             "eye" => (Func::Eye, Some(Mat), "no arguments"),
-            "stopgrad" => (Func::StopGrad, types[0].is_numeric().then_some(types[0]), "a scalar, vector or matrix"),
             _ => {
                 // softmax: context checked by the caller.
                 let var = self.softmax_var.expect("softmax context checked before");

@@ -208,14 +208,30 @@ pub enum Func {
     Min,
     /// Elementwise maximum.
     Max,
-    /// Sum of a vector's entries.
+    /// Sum of a vector's or a matrix's entries.
     SumEntries,
-    /// Mean of a vector's entries.
+    /// Mean of a vector's or a matrix's entries.
     MeanEntries,
     /// The D × D identity.
     Eye,
     /// Its argument's value, through which no gradient flows.
     StopGrad,
+    /// |x|.
+    Abs,
+    /// tanh x.
+    Tanh,
+    /// 1 / (1 + e^−x).
+    Sigmoid,
+    /// x^p for a scalar p (integer literals 0–4 by multiplication, otherwise e^(p·ln x), so x > 0).
+    Pow,
+    /// min(max(x, lo), hi).
+    Clamp,
+    /// The diagonal of a matrix, as a vector.
+    Diag,
+    /// The sum of a matrix's diagonal.
+    Trace,
+    /// A matrix's transpose.
+    Transpose,
 }
 
 impl Func {
@@ -236,6 +252,14 @@ impl Func {
             Func::MeanEntries => "mean",
             Func::Eye => "eye",
             Func::StopGrad => "stopgrad",
+            Func::Abs => "abs",
+            Func::Tanh => "tanh",
+            Func::Sigmoid => "sigmoid",
+            Func::Pow => "pow",
+            Func::Clamp => "clamp",
+            Func::Diag => "diag",
+            Func::Trace => "trace",
+            Func::Transpose => "transpose",
         }
     }
 }

@@ -21,6 +21,8 @@ pub fn unary(g: &Graph, op: Unary, x: Node) -> Option<Result<f64, Node>> {
             Unary::Sqrt => v.sqrt(),
             Unary::Relu => v.max(0.0),
             Unary::StopGrad => v,
+            Unary::Abs => v.abs(),
+            Unary::Tanh => v.tanh(),
         }));
     }
     match (op, g.op(x)) {

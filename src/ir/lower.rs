@@ -288,13 +288,65 @@ impl<'a> Lowering<'a> {
             Func::Min => self.g.binary(Binary::Min, arg(0), arg(1)),
             Func::Max => self.g.binary(Binary::Max, arg(0), arg(1)),
             Func::SumEntries | Func::MeanEntries => {
-                let s = self.g.sum_over(arg(0), Axis::D);
+                let x = arg(0);
+                let matrix = self.g.axes_of(x).contains(&Axis::E);
+                let mut s = self.g.sum_over(x, Axis::D);
+                let d = self.g.add(Op::Dim, vec![]);
+                let mut count = d;
+                if matrix {
+                    s = self.g.sum_over(s, Axis::E);
+                    count = self.g.binary(Binary::Mul, d, d);
+                }
                 if func == Func::SumEntries {
                     s
                 } else {
-                    let d = self.g.add(Op::Dim, vec![]);
-                    self.g.binary(Binary::Div, s, d)
+                    self.g.binary(Binary::Div, s, count)
                 }
+            }
+            Func::Abs => self.g.unary(Unary::Abs, arg(0)),
+            Func::Tanh => self.g.unary(Unary::Tanh, arg(0)),
+            Func::Sigmoid => {
+                let neg = self.g.unary(Unary::Neg, arg(0));
+                let e = self.g.unary(Unary::Exp, neg);
+                let one = self.g.constant(1.0);
+                let denominator = self.g.binary(Binary::Add, one, e);
+                self.g.binary(Binary::Div, one, denominator)
+            }
+            Func::Pow => {
+                let (x, p) = (arg(0), arg(1));
+                match crate::ir::fold::literal(&self.g, p) {
+                    Some(k) if k.fract() == 0.0 && (0.0..=4.0).contains(&k) => {
+                        let mut out = self.g.constant(1.0);
+                        for _ in 0..k as usize {
+                            out = self.g.binary(Binary::Mul, out, x);
+                        }
+                        out
+                    }
+                    _ => {
+                        let log = self.g.unary(Unary::Log, x);
+                        let scaled = self.g.binary(Binary::Mul, p, log);
+                        self.g.unary(Unary::Exp, scaled)
+                    }
+                }
+            }
+            Func::Clamp => {
+                let low = self.g.binary(Binary::Max, arg(0), arg(1));
+                self.g.binary(Binary::Min, low, arg(2))
+            }
+            Func::Diag | Func::Trace => {
+                let eye = self.g.add(Op::Eye, vec![Axis::D, Axis::E]);
+                let masked = self.g.binary(Binary::Mul, arg(0), eye);
+                let diag = self.g.sum_over(masked, Axis::E);
+                if func == Func::Diag {
+                    diag
+                } else {
+                    self.g.sum_over(diag, Axis::D)
+                }
+            }
+            Func::Transpose => {
+                let x = self.g.rename(arg(0), Axis::D, Axis::J);
+                let x = self.g.rename(x, Axis::E, Axis::D);
+                self.g.rename(x, Axis::J, Axis::E)
             }
             Func::Eye => self.g.add(Op::Eye, vec![Axis::D, Axis::E]),
             Func::StopGrad => self.g.unary(Unary::StopGrad, arg(0)),

@@ -114,6 +114,10 @@ pub enum Unary {
     Relu,
     /// x, through which no gradient flows.
     StopGrad,
+    /// |x|.
+    Abs,
+    /// tanh x.
+    Tanh,
 }
 
 /// Elementwise binary operations (broadcasting over missing axes).
