@@ -57,6 +57,7 @@ code_table! {
     MissingPositive = "ssl::type::missing_positive",Error,   "an objective with neither a positive term nor a `total`";
     BatchLevel      = "ssl::type::batch_level",     Error,   "a `total` that depends on the current sample instead of the batch";
     SoftmaxContext  = "ssl::type::softmax_context", Error,   "softmax outside a weight or a comprehension";
+    Exclusion       = "ssl::type::exclusion",       Error,   "an `if v != ...` that does not name one of the set's own elements";
     StateContext    = "ssl::state::context",        Error,   "ema or fifo used anywhere but as the value of a state";
     StateSample     = "ssl::state::per_sample",     Error,   "a state whose value depends on the current sample";
     StateForm       = "ssl::state::form",           Error,   "a state that is not ema(RATE, EXPR) or fifo(SIZE, SET) with valid arguments";

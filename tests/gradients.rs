@@ -359,6 +359,38 @@ fn total_gradients_match_known_derivatives() {
     close(&gz2, &zero);
 }
 
+/// `for v in SET if v != x` leaves out exactly the sample's own element: written with the exclusion, NT-Xent and the
+/// gradient form's InfoNCE equal the same sums with the own term subtracted by hand (f64, 1e-12), gradients included.
+#[test]
+fn exclusion_leaves_out_the_own_element() {
+    let (n, d) = (6, 4);
+    let f = features(21, n, d);
+    let z = [f.u1.clone(), f.u2.clone()];
+    let total = |body: &str| {
+        let plan = Plan::new(&objective(&format!("objective x {{ param tau = 0.3 in (0, inf)\n total = {body} }}")));
+        plan.total_gradient(&f, [&z[0], &z[1]], &plan.initial_state()).unwrap()
+    };
+    let (a, ga) = total(
+        "mean(logsumexp(dot(b.u1, v) / tau for v in online if v != b.u1) - dot(b.u1, b.u2) / tau for b in batch)",
+    );
+    let (b, gb) = total("mean(log(sum(exp(dot(b.u1, v) / tau) for v in online) - exp(dot(b.u1, b.u1) / tau)) - dot(b.u1, b.u2) / tau for b in batch)");
+    assert!(relative_error(&a, &b).unwrap() < 1e-12);
+    for (x, y) in ga.iter().zip(&gb) {
+        assert!(relative_error(x, y).unwrap() < 1e-12);
+    }
+    let (c, _) = total("mean(sum(dot(c.u1, b.u2) for c in batch if c != b) for b in batch)");
+    let (e, _) = total("mean(sum(dot(c.u1, b.u2) for c in batch) - dot(b.u1, b.u2) for b in batch)");
+    assert!(relative_error(&c, &e).unwrap() < 1e-12);
+
+    let per_sample = |loss: &str| {
+        let plan = Plan::new(&objective(&format!("objective x {{ positive = -t2\n loss = {loss} }}")));
+        plan.view_loss(plan.lowered.loss.unwrap(), view(&f, false), &plan.initial_state()).unwrap()
+    };
+    let excluded = per_sample("logsumexp(dot(u1, v) for v in targets if v != t2)");
+    let by_hand = per_sample("log(sum(exp(dot(u1, v)) for v in targets) - exp(dot(u1, t2)))");
+    assert!(relative_error(&excluded, &by_hand).unwrap() < 1e-12);
+}
+
 /// `verify` proves batch-level losses against finite differences of the loss, and a NaN is never a pass.
 #[test]
 fn verify_checks_total_and_fails_on_nan() {

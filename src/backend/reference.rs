@@ -106,6 +106,17 @@ pub fn eval_node(g: &Graph, n: Node, values: &[Option<Tensor>], x: &Inputs) -> R
             None => candle_core::bail!("ema state #{i} is read before it was set"),
         },
         Op::Eye => Tensor::eye(x.d(), x.dtype(), x.device())?,
+        Op::Keep(rows, cols, offset) => {
+            let (r, c) = (x.size(g, *rows)?, x.size(g, *cols)?);
+            let shift = if *offset { x.n() } else { 0 };
+            let data: Vec<f64> = (0..r * c).map(|k| if k % c == k / c + shift { 0.0 } else { 1.0 }).collect();
+            let mask = Tensor::from_vec(data, (r, c), x.device())?.to_dtype(x.dtype())?;
+            if axes == [*rows, *cols] {
+                mask
+            } else {
+                mask.t()?.contiguous()?
+            }
+        }
         Op::Rename(m, from, to) => {
             let src_axes = g.axes_of(*m);
             let renamed: Vec<Axis> = src_axes.iter().map(|a| if a == from { *to } else { *a }).collect();
@@ -162,8 +173,17 @@ pub fn eval_node(g: &Graph, n: Node, values: &[Option<Tensor>], x: &Inputs) -> R
                     (Tensor::ones(shape, x.dtype(), x.device())? * f64::NEG_INFINITY)?
                 }
                 Reduction::LogSumExp => {
+                    // A row whose every entry is −inf (a part left empty by an exclusion, `online if v != u1` at
+                    // N = 1) is −inf with a zero gradient, not the NaN of −inf − (−inf): its maximum is taken as 0,
+                    // 1 is added under the log, and −inf added back as a constant.
                     let m = t.max_keepdim(dim)?.detach();
-                    (t.broadcast_sub(&m)?.exp()?.sum_keepdim(dim)?.log()? + m)?.squeeze(dim)?
+                    let empty = m.broadcast_eq(&x.scalar(f64::NEG_INFINITY)?)?;
+                    let zeros = m.zeros_like()?;
+                    let m = empty.where_cond(&zeros, &m)?;
+                    let filler = empty.to_dtype(x.dtype())?;
+                    let penalty = empty.where_cond(&(zeros.ones_like()? * f64::NEG_INFINITY)?, &zeros)?;
+                    let sum = (t.broadcast_sub(&m)?.exp()?.sum_keepdim(dim)? + filler)?;
+                    ((sum.log()? + m)? + penalty)?.squeeze(dim)?
                 }
             }
         }

@@ -2,7 +2,7 @@
 
 use super::args::{bind, signature};
 use super::objective::{Checker, Sym};
-use super::typed::{Builtin, Func, Reduce, TExpr, TKind, VarId};
+use super::typed::{Builtin, Exclusion, Func, Reduce, TExpr, TKind, VarId};
 use super::types::{Elem, Size, Type};
 use crate::diagnostic::{did_you_mean, Code, Diagnostic, Span};
 use crate::syntax::ast::{Arg, BinOp, Expr, ExprKind, Ident};
@@ -98,7 +98,9 @@ impl Checker<'_> {
             ExprKind::Field(base, field) => self.field(base, field, span),
             ExprKind::List(items) => self.list(items, span),
             ExprKind::Call(func, args) => self.call(func, args, span),
-            ExprKind::Comprehension { func, body, var, set } => self.comprehension(func, body, var, set, span),
+            ExprKind::Comprehension { func, body, var, set, exclude } => {
+                self.comprehension(func, body, var, set, exclude.as_deref(), span)
+            }
             ExprKind::Error => poisoned(span),
         }
     }
@@ -452,7 +454,15 @@ impl Checker<'_> {
         poisoned(span)
     }
 
-    fn comprehension(&mut self, func: &Ident, body: &Expr, var: &Ident, set: &Expr, span: Span) -> TExpr {
+    fn comprehension(
+        &mut self,
+        func: &Ident,
+        body: &Expr,
+        var: &Ident,
+        set: &Expr,
+        exclude: Option<&Expr>,
+        span: Span,
+    ) -> TExpr {
         let op = match func.name.as_str() {
             "sum" => Reduce::Sum,
             "mean" => Reduce::Mean,
@@ -475,9 +485,23 @@ impl Checker<'_> {
             }
         };
         let set = self.expr(set);
-        let Some((elem, bound)) = self.bind_index(var, &set) else {
+        let exclude = match exclude {
+            Some(x) => {
+                let element = self.expr(x);
+                match self.exclusion(&set, &element) {
+                    Some(e) => Some((e, Box::new(element))),
+                    None => return poisoned(span),
+                }
+            }
+            None => None,
+        };
+        let Some((elem, mut bound)) = self.bind_index(var, &set) else {
             return poisoned(span);
         };
+        if let Some((_, element)) = &exclude {
+            // A weight family over the whole set does not apply to the set less one element.
+            bound.set_text = format!("{} if {} != {}", bound.set_text, var.name, self.show(element));
+        }
         let id = bound.var;
         let body = self.with_index(bound, |cx| cx.expr(body));
         let ty = match (op, body.ty) {
@@ -502,9 +526,59 @@ impl Checker<'_> {
                 return poisoned(span);
             }
         };
-        let per_sample = body.per_sample || set.per_sample;
-        let kind = TKind::Reduce { op, var: id, var_name: var.name.clone(), set: Box::new(set), body: Box::new(body) };
+        let per_sample = body.per_sample || set.per_sample || exclude.as_ref().is_some_and(|(_, e)| e.per_sample);
+        let kind = TKind::Reduce {
+            op,
+            var: id,
+            var_name: var.name.clone(),
+            set: Box::new(set),
+            body: Box::new(body),
+            exclude,
+        };
         texpr(kind, ty, per_sample, span)
+    }
+
+    /// What `if v != element` leaves out of `set`: the current sample's or an outer batch sample's own entry of
+    /// `targets` (t1, t2), `online` (u1, u2) or `batch` (the sample itself). Anything else is reported.
+    fn exclusion(&mut self, set: &TExpr, element: &TExpr) -> Option<Exclusion> {
+        if set.ty == Type::Error || element.ty == Type::Error {
+            return None;
+        }
+        let sample_var = |e: &TExpr| match &e.kind {
+            TKind::Index(v, _) if e.ty == Type::Sample => Some(*v),
+            _ => None,
+        };
+        let (anchor, feature) = match &element.kind {
+            TKind::Builtin(b) => (None, Some(*b)),
+            TKind::Field(base, b) => match sample_var(base) {
+                Some(v) => (Some(v), Some(*b)),
+                None => (None, None),
+            },
+            _ => (sample_var(element), None),
+        };
+        let found = match (&set.kind, feature) {
+            (TKind::Targets, Some(Builtin::T1)) => Some(Exclusion { anchor, second_view: false }),
+            (TKind::Targets, Some(Builtin::T2)) => Some(Exclusion { anchor, second_view: true }),
+            (TKind::Online, Some(Builtin::U1)) => Some(Exclusion { anchor, second_view: false }),
+            (TKind::Online, Some(Builtin::U2)) => Some(Exclusion { anchor, second_view: true }),
+            (TKind::Batch, None) if anchor.is_some() => Some(Exclusion { anchor, second_view: false }),
+            _ => None,
+        };
+        if found.is_none() {
+            self.error(
+                Diagnostic::new(
+                    Code::Exclusion,
+                    format!("`{}` is not one of `{}`'s own elements", self.show(element), self.show(set)),
+                    element.span,
+                    "not an element this set holds",
+                )
+                .help(
+                    "leave out a sample's own entry: `for v in targets if v != t1` (or t2, b.t1, b.t2), \
+                     `for v in online if v != u1` (or u2, b.u1, b.u2), `for c in batch if c != b`",
+                ),
+            );
+        }
+        found
     }
 
     /// Checks that `set` is a set and binds `var` over it.

@@ -286,6 +286,15 @@ impl Reduce {
     }
 }
 
+/// The element a comprehension leaves out of its set (`for v in targets if v != t1`): the anchor sample's own entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Exclusion {
+    /// Whose entry: the current sample (`None`) or an outer comprehension's sample variable.
+    pub anchor: Option<VarId>,
+    /// In a two-view set (`targets`, `online`): the second view's rows (`t2`, `u2`) rather than the first's.
+    pub second_view: bool,
+}
+
 /// A typed expression.
 #[derive(Clone, Debug)]
 pub struct TExpr {
@@ -344,6 +353,8 @@ pub enum TKind {
         set: Box<TExpr>,
         /// The summand.
         body: Box<TExpr>,
+        /// `if var != ELEMENT`: what is left out, and the element as written.
+        exclude: Option<(Exclusion, Box<TExpr>)>,
     },
     /// `softmax(arg)`, normalised over the index variable `var`.
     Softmax {
@@ -463,11 +474,15 @@ fn write_expr(f: &mut fmt::Formatter<'_>, e: &TExpr, o: &Objective, outer: u8) -
             }
             f.write_str(")")
         }
-        TKind::Reduce { op, var_name, set, body, .. } => {
+        TKind::Reduce { op, var_name, set, body, exclude, .. } => {
             write!(f, "{}(", op.name())?;
             show(f, body, 0)?;
             write!(f, " for {var_name} in ")?;
             show(f, set, 0)?;
+            if let Some((_, element)) = exclude {
+                write!(f, " if {var_name} != ")?;
+                show(f, element, 0)?;
+            }
             f.write_str(")")
         }
         TKind::Softmax { arg, .. } => {

@@ -9,7 +9,7 @@
 //! each online feature; everywhere else the other samples are constants, as the unified form treats them.
 
 use super::{Axis, Binary, Feature, Graph, Lowered, Node, Op, SetAxis, SetSource, Unary};
-use crate::check::typed::{Builtin, Func, Objective, Reduce, StateKind, TExpr, TKind, VarId};
+use crate::check::typed::{Builtin, Exclusion, Func, Objective, Reduce, StateKind, TExpr, TKind, VarId};
 use crate::check::types::Type;
 use crate::syntax::ast::BinOp;
 use std::collections::HashMap;
@@ -79,6 +79,8 @@ enum Part<'a> {
 struct Binding<'a> {
     /// The set it ranges over (to find the other parts, for softmax).
     set: &'a TExpr,
+    /// The element its comprehension leaves out (softmax normalises over the same elements).
+    exclude: Option<Exclusion>,
     /// The part's axis, or the item's node.
     value: Bound,
 }
@@ -128,19 +130,28 @@ impl<'a> Lowering<'a> {
             Part::Samples => Bound::Axis(axis, None),
             Part::Item(e) => Bound::Node(self.expr(e, env)),
         };
-        Binding { set, value }
+        Binding { set, exclude: None, value }
     }
 
     /// Lowers `body` once per part of `set` and reduces each part over its axis.
-    fn reduce_parts(&mut self, op: Reduce, var: VarId, set: &'a TExpr, body: &'a TExpr, env: &Env<'a>) -> Node {
+    fn reduce_parts(
+        &mut self,
+        op: Reduce,
+        var: VarId,
+        set: &'a TExpr,
+        body: &'a TExpr,
+        exclude: Option<Exclusion>,
+        env: &Env<'a>,
+    ) -> Node {
         let n_parts = self.parts(set).len();
         let mut total: Option<Node> = None;
         let mut count: Option<Node> = None;
         for p in 0..n_parts {
-            let binding = self.bind(var, set, p, env);
+            let mut binding = self.bind(var, set, p, env);
+            binding.exclude = exclude;
             let mut inner = env.clone();
             inner.vars.insert(var, binding.clone());
-            let value = self.expr(body, &inner);
+            let mut value = self.expr(body, &inner);
             let (reduced, size) = match binding.value {
                 Bound::Axis(axis, src) => {
                     if let Some(src) = src {
@@ -148,11 +159,23 @@ impl<'a> Lowering<'a> {
                     } else if !self.g.set_axes.iter().any(|(a, _)| *a == axis) {
                         self.g.set_axes.push((axis, SetSource::Batch(Feature::U1)));
                     }
+                    let mut size = self.g.add(Op::AxisSize(axis), vec![]);
+                    if let Some(keep) = self.keep_mask(exclude, set, p, axis, env) {
+                        value = match op {
+                            Reduce::LogSumExp => {
+                                let log_keep = self.g.unary(Unary::Log, keep);
+                                self.g.binary(Binary::Add, value, log_keep)
+                            }
+                            _ => self.masked(value, keep),
+                        };
+                        let one = self.g.constant(1.0);
+                        size = self.g.binary(Binary::Sub, size, one);
+                    }
                     let r = match op {
                         Reduce::LogSumExp => self.g.lse_over(value, axis),
                         _ => self.g.sum_over(value, axis),
                     };
-                    (r, self.g.add(Op::AxisSize(axis), vec![]))
+                    (r, size)
                 }
                 Bound::Node(_) => (value, self.g.constant(1.0)),
             };
@@ -228,11 +251,13 @@ impl<'a> Lowering<'a> {
                 }
             }
             TKind::Call(func, args) => self.call(*func, args, env),
-            TKind::Reduce { op, var, set, body, .. } => self.reduce_parts(*op, *var, set, body, env),
+            TKind::Reduce { op, var, set, body, exclude, .. } => {
+                self.reduce_parts(*op, *var, set, body, exclude.as_ref().map(|(e, _)| *e), env)
+            }
             TKind::Softmax { var, arg } => {
                 let binding = env.vars[var].clone();
                 let x = self.expr(arg, env);
-                let lse = self.reduce_parts(Reduce::LogSumExp, *var, binding.set, arg, env);
+                let lse = self.reduce_parts(Reduce::LogSumExp, *var, binding.set, arg, binding.exclude, env);
                 let centred = self.g.binary(Binary::Sub, x, lse);
                 self.g.unary(Unary::Exp, centred)
             }
@@ -241,9 +266,61 @@ impl<'a> Lowering<'a> {
                 let mut inner = env.clone();
                 let mut binding = env.vars[var].clone();
                 binding.set = &w.set;
+                binding.exclude = None;
                 inner.vars.insert(w.var, binding);
                 self.expr(&w.body, &inner)
             }
+        }
+    }
+
+    /// The mask over [anchor, `axis`] that leaves the anchor's own element out of part `part` of `set`, when the
+    /// exclusion falls in that part: `targets` holds t1 then t2 in one part of 2N rows, `online` u1 and u2 as two
+    /// parts, `batch` the samples.
+    fn keep_mask(
+        &mut self,
+        exclude: Option<Exclusion>,
+        set: &TExpr,
+        part: usize,
+        axis: Axis,
+        env: &Env<'a>,
+    ) -> Option<Node> {
+        let e = exclude?;
+        let offset = match &set.kind {
+            TKind::Targets => e.second_view,
+            TKind::Online if part == usize::from(e.second_view) => false,
+            TKind::Batch => false,
+            _ => return None,
+        };
+        let rows = match e.anchor {
+            None => Axis::N,
+            Some(v) => match env.vars[&v].value {
+                Bound::Axis(a, _) => a,
+                Bound::Node(_) => unreachable!("checker: an exclusion's anchor is a batch sample"),
+            },
+        };
+        let mut axes = vec![rows, axis];
+        axes.sort();
+        Some(self.g.add(Op::Keep(rows, axis, offset), axes))
+    }
+
+    /// `value · keep`, the mask multiplied into a factor without feature axes where there is one, so that a sum of
+    /// `weight · v` over the set stays one contraction instead of a masked [N, K, D] product.
+    fn masked(&mut self, value: Node, keep: Node) -> Node {
+        let featureless = |g: &Graph, n: Node| !g.axes_of(n).iter().any(|a| matches!(a, Axis::D | Axis::E));
+        match *self.g.op(value) {
+            Op::Binary(Binary::Mul, a, b) if featureless(&self.g, a) && !featureless(&self.g, b) => {
+                let a = self.g.binary(Binary::Mul, a, keep);
+                self.g.binary(Binary::Mul, a, b)
+            }
+            Op::Binary(Binary::Mul, a, b) if featureless(&self.g, b) && !featureless(&self.g, a) => {
+                let b = self.g.binary(Binary::Mul, b, keep);
+                self.g.binary(Binary::Mul, a, b)
+            }
+            Op::Binary(Binary::Div, a, b) if featureless(&self.g, b) => {
+                let a = self.masked(a, keep);
+                self.g.binary(Binary::Div, a, b)
+            }
+            _ => self.g.binary(Binary::Mul, value, keep),
         }
     }
 

@@ -194,6 +194,9 @@ pub enum Op {
     Ema(usize),
     /// The D × D identity, [D, E].
     Eye,
+    /// 1 everywhere but where the column index is the row index (plus N when the flag is set): the mask that leaves
+    /// a sample's own element out of a set, over [rows axis, set axis].
+    Keep(Axis, Axis, bool),
     /// Relabels an axis (no data movement).
     Rename(Node, Axis, Axis),
     /// Elementwise unary.
@@ -222,6 +225,7 @@ impl std::hash::Hash for Op {
             Op::Binary(b, x, y) => (b, x, y).hash(state),
             Op::Contract(x, y, axes) => (x, y, axes).hash(state),
             Op::Reduce(r, n, a) => (r, n, a).hash(state),
+            Op::Keep(r, c, o) => (r, c, o).hash(state),
             Op::BatchSize | Op::Dim | Op::Eye => {}
         }
     }
@@ -333,6 +337,7 @@ impl Lowered {
                 Op::SetRows(s, a) => format!("rows {s:?} along {a}"),
                 Op::Ema(s) => format!("ema state #{s}"),
                 Op::Eye => "eye".into(),
+                Op::Keep(r, c, o) => format!("keep all but {c} = {r}{}", if *o { " + N" } else { "" }),
                 Op::Rename(n, a, b) => format!("%{} with {a} as {b}", n.0),
                 Op::Unary(u, n) => format!("{u:?} %{}", n.0).to_lowercase(),
                 Op::Binary(b, x, y) => format!("{} %{} %{}", format!("{b:?}").to_lowercase(), x.0, y.0),

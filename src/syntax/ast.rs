@@ -131,9 +131,12 @@ impl Expr {
                 b.walk(f);
             }
             ExprKind::Call(_, args) => args.iter().for_each(|a| a.value.walk(f)),
-            ExprKind::Comprehension { body, set, .. } => {
+            ExprKind::Comprehension { body, set, exclude, .. } => {
                 body.walk(f);
                 set.walk(f);
+                if let Some(x) = exclude {
+                    x.walk(f);
+                }
             }
             ExprKind::List(items) => items.iter().for_each(|i| i.walk(f)),
             ExprKind::Number(_) | ExprKind::Str(_) | ExprKind::Bool(_) | ExprKind::Name(_) | ExprKind::Error => {}
@@ -296,6 +299,8 @@ pub enum ExprKind {
         var: Ident,
         /// The set.
         set: Box<Expr>,
+        /// `if var != EXPR`: the element left out of the set.
+        exclude: Option<Box<Expr>>,
     },
     /// `[a, b, ...]`.
     List(Vec<Expr>),

@@ -244,7 +244,7 @@ impl Converter<'_> {
         let func = self.ident(inner.next().expect("grammar: callee"));
         let mut args: Vec<Arg> = Vec::new();
         let mut depth = 0;
-        let mut comprehension: Option<(Ident, Expr)> = None;
+        let mut comprehension: Option<(Ident, Expr, Option<Expr>)> = None;
         for part in inner {
             match part.as_rule() {
                 Rule::kwarg => {
@@ -259,7 +259,26 @@ impl Converter<'_> {
                     let var = self.ident(fc.next().expect("grammar: for variable"));
                     let (set, d) = self.deep_expr(fc.next().expect("grammar: for set"));
                     depth = depth.max(d);
-                    comprehension = Some((var, set));
+                    let mut exclude = None;
+                    if let Some(ex) = fc.next() {
+                        let mut ex = ex.into_inner();
+                        let compared = self.ident(ex.next().expect("grammar: exclusion variable"));
+                        let (value, d) = self.deep_expr(ex.next().expect("grammar: excluded element"));
+                        depth = depth.max(d);
+                        if compared.name != var.name {
+                            self.diagnostics.push(
+                                Diagnostic::new(
+                                    Code::Syntax,
+                                    format!("the exclusion must compare the comprehension's variable `{}`", var.name),
+                                    compared.span,
+                                    format!("not `{}`", var.name),
+                                )
+                                .help(format!("write `for {0} in SET if {0} != ELEMENT`", var.name)),
+                            );
+                        }
+                        exclude = Some(value);
+                    }
+                    comprehension = Some((var, set, exclude));
                 }
                 _ => {
                     let (value, d) = self.deep_expr(part);
@@ -268,7 +287,7 @@ impl Converter<'_> {
                 }
             }
         }
-        let Some((var, set)) = comprehension else {
+        let Some((var, set, exclude)) = comprehension else {
             return self.node(ExprKind::Call(func, args), span, depth);
         };
         let body = match args.pop() {
@@ -287,7 +306,13 @@ impl Converter<'_> {
                 return (Expr { kind: ExprKind::Error, span }, 1);
             }
         };
-        let kind = ExprKind::Comprehension { func, body: Box::new(body), var, set: Box::new(set) };
+        let kind = ExprKind::Comprehension {
+            func,
+            body: Box::new(body),
+            var,
+            set: Box::new(set),
+            exclude: exclude.map(Box::new),
+        };
         self.node(kind, span, depth)
     }
 }

@@ -286,6 +286,7 @@ fn describe(rule: Rule) -> Option<&'static str> {
         Rule::field => "a recipe field",
         Rule::concat | Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::matmul => "an operator",
         Rule::for_clause => "`for`",
+        Rule::exclusion => "`if v != ...`",
         _ => return None,
     })
 }
