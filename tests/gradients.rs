@@ -415,3 +415,36 @@ fn verify_checks_total_and_fails_on_nan() {
     let rows = verify(&nan_gradient, &candle_core::Device::Cpu).unwrap();
     assert!(rows.iter().any(|r| !r.pass), "a NaN gradient passed: {rows:#?}");
 }
+
+/// Lowering shares and contracts: two identical comprehensions are one node, and a weighted sum written with the
+/// weight's denominator last (`exp(s) * v / (1 + exp(s))`) is one contraction, never an [N, K, D] product; its
+/// value is that of the same sum written the other way (f64, 1e-12).
+#[test]
+fn lowering_shares_comprehensions_and_never_materialises_n_k_d() {
+    let o = objective(
+        "objective x { positive = -t2\n loss = logsumexp(dot(u1, v) for v in targets) + logsumexp(dot(u1, w) for w in targets) }",
+    );
+    let plan = Plan::new(&o);
+    let lse = plan.lowered.graph.ops.iter().filter(|op| matches!(op, ssl_lang::ir::Op::Reduce(..))).count();
+    assert_eq!(lse, 1, "{}", plan.lowered.dump(None));
+
+    let quotient = "sum(exp(dot(u1, v) / 0.5) * v / (1 + exp(dot(u1, v))) for v in targets)";
+    let product = "sum(exp(dot(u1, v) / 0.5) / (1 + exp(dot(u1, v))) * v for v in targets)";
+    let f = features(31, 8, 4);
+    let gradient = |negative: &str| {
+        let plan = Plan::new(&objective(&format!("objective x {{ positive = -t2\n negative = {negative} }}")));
+        let g = &plan.lowered.graph;
+        for (i, axes) in g.axes.iter().enumerate() {
+            let has = |f: fn(&ssl_lang::ir::Axis) -> bool| axes.iter().any(f);
+            assert!(
+                !(has(|a| *a == ssl_lang::ir::Axis::N)
+                    && has(|a| matches!(a, ssl_lang::ir::Axis::K(_)))
+                    && has(|a| *a == ssl_lang::ir::Axis::D)),
+                "node %{i} is [N, K, D]: {}",
+                plan.lowered.dump(None)
+            );
+        }
+        plan.view_gradient(view(&f, false), &plan.initial_state()).unwrap()[0].clone()
+    };
+    assert!(relative_error(&gradient(quotient), &gradient(product)).unwrap() < 1e-12);
+}

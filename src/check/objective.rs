@@ -843,7 +843,15 @@ fn pre_normalisation_outside_total(o: &Objective) -> Option<&TExpr> {
 fn family(o: &Objective) -> Family {
     let Some(negative) = &o.negative else { return Family::PositiveOnly };
     let reaches = |pred: &dyn Fn(&TExpr) -> bool| reachable(o, vec![negative], pred).is_some();
-    if reaches(&|e| matches!(e.kind, TKind::Softmax { .. })) {
+    // Similarity weights through an exponential — a softmax, or one written out with `exp` or `logsumexp` — are
+    // the contrastive family; polynomial weights (dot products) are decorrelation.
+    let exponential = |e: &TExpr| {
+        matches!(
+            e.kind,
+            TKind::Softmax { .. } | TKind::Call(Func::Exp, _) | TKind::Reduce { op: Reduce::LogSumExp, .. }
+        )
+    };
+    if reaches(&exponential) {
         Family::Contrastive
     } else if reaches(&|e| matches!(e.kind, TKind::State(i) if o.states[i].ty == Type::Mat)) {
         Family::CorrelationMatrix

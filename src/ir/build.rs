@@ -73,6 +73,11 @@ impl Graph {
         }
     }
 
+    /// Whether a node has no feature axis (D, E, J): a scalar per sample and set element.
+    fn featureless(&self, n: Node) -> bool {
+        !self.axes_of(n).iter().any(|a| matches!(a, Axis::D | Axis::E | Axis::J))
+    }
+
     /// Relabels an axis; a no-op when `x` lacks it.
     pub fn rename(&mut self, x: Node, from: Axis, to: Axis) -> Node {
         let axes = self.axes_vec(x);
@@ -115,6 +120,20 @@ impl Graph {
                 let s = self.sum_over(a, axis);
                 self.binary(Binary::Div, s, b)
             }
+            // (w·v) / d with d a weight over the set (no feature axes): divide the weight first, so that the sum
+            // stays one contraction of (w / d) with v instead of a materialised [N, K, D] quotient.
+            Op::Binary(Binary::Div, a, b) if self.featureless(b) => match *self.op(a) {
+                Op::Binary(Binary::Mul, p, q) if self.featureless(p) || self.featureless(q) => {
+                    let (w, v) = if self.featureless(p) { (p, q) } else { (q, p) };
+                    let w = self.binary(Binary::Div, w, b);
+                    let product = self.binary(Binary::Mul, w, v);
+                    self.sum_over(product, axis)
+                }
+                _ => {
+                    let axes: Vec<Axis> = self.axes_vec(x).into_iter().filter(|a| *a != axis).collect();
+                    self.add(Op::Reduce(Reduction::Sum, x, axis), axes)
+                }
+            },
             Op::Binary(op @ (Binary::Add | Binary::Sub), a, b) => {
                 let (sa, sb) = (self.sum_over(a, axis), self.sum_over(b, axis));
                 self.binary(op, sa, sb)

@@ -81,6 +81,8 @@ struct Binding<'a> {
     set: &'a TExpr,
     /// The element its comprehension leaves out (softmax normalises over the same elements).
     exclude: Option<Exclusion>,
+    /// How many variables enclosed it when it was bound: its axis's key.
+    depth: u32,
     /// The part's axis, or the item's node.
     value: Bound,
 }
@@ -122,15 +124,17 @@ impl<'a> Lowering<'a> {
         }
     }
 
-    /// Binds `var` to part `p` of `set`.
+    /// Binds `var` to part `p` of `set`, on the axis of its depth (a softmax re-binding its comprehension's
+    /// variable keeps that variable's depth).
     fn bind(&mut self, var: VarId, set: &'a TExpr, p: usize, env: &Env<'a>) -> Binding<'a> {
-        let axis = Axis::K(SetAxis::Var { var: var.0 as u32, part: p as u32 });
+        let depth = env.vars.get(&var).map_or(env.vars.len() as u32, |b| b.depth);
+        let axis = |source| Axis::K(SetAxis::Var { depth, part: p as u32, source });
         let value = match self.parts(set)[p] {
-            Part::Rows(src) => Bound::Axis(axis, Some(src)),
-            Part::Samples => Bound::Axis(axis, None),
+            Part::Rows(src) => Bound::Axis(axis(src), Some(src)),
+            Part::Samples => Bound::Axis(axis(SetSource::Batch(Feature::U1)), None),
             Part::Item(e) => Bound::Node(self.expr(e, env)),
         };
-        Binding { set, exclude: None, value }
+        Binding { set, exclude: None, depth, value }
     }
 
     /// Lowers `body` once per part of `set` and reduces each part over its axis.

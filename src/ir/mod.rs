@@ -42,12 +42,16 @@ pub enum Axis {
 /// Which elements a `K` axis runs over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SetAxis {
-    /// Part `part` of the set that comprehension or weight variable `var` ranges over.
+    /// Part `part` of a set a comprehension or weight variable ranges over, `depth` comprehensions deep. Keyed by
+    /// position and rows, not by the variable, so that two identical comprehensions lower to the same nodes (and
+    /// are computed once); a nested one is deeper, so never shares its parent's axis.
     Var {
-        /// The variable's index.
-        var: u32,
+        /// How many variables enclose it.
+        depth: u32,
         /// The part of its set (sets concatenated with `++` have several).
         part: u32,
+        /// Where the part's rows come from.
+        source: SetSource,
     },
     /// Part `part` of the rows that fifo state `state` pushes after the step.
     Push {
@@ -62,7 +66,14 @@ impl fmt::Display for Axis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Axis::N => f.write_str("N"),
-            Axis::K(SetAxis::Var { var, part }) => write!(f, "K{var}.{part}"),
+            Axis::K(SetAxis::Var { depth, part, source }) => {
+                let rows = match source {
+                    SetSource::Targets => "targets".to_string(),
+                    SetSource::Batch(_) => "batch".to_string(),
+                    SetSource::Fifo(i) => format!("fifo{i}"),
+                };
+                write!(f, "K{depth}.{part}:{rows}")
+            }
             Axis::K(SetAxis::Push { state, part }) => write!(f, "Kpush{state}.{part}"),
             Axis::D => f.write_str("D"),
             Axis::E => f.write_str("E"),
@@ -72,7 +83,7 @@ impl fmt::Display for Axis {
 }
 
 /// A feature matrix of the step, [N, D].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Feature {
     /// Online, this view (receives the gradient).
     U1,
@@ -89,7 +100,7 @@ pub enum Feature {
 }
 
 /// Where a set axis gets its rows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SetSource {
     /// `targets`: T1 stacked on T2 (2N rows).
     Targets,
