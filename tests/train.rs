@@ -239,3 +239,30 @@ fn the_loss_form_trains_the_original_loss() {
     assert!(losses[11] < losses[0] - 0.1, "NT-Xent did not fall: {losses:?}");
     std::fs::remove_dir_all(&root).ok();
 }
+
+/// A queue is empty at step 1: a logsumexp over a queue-only set is −inf there (defined, the loss of an empty
+/// set), so the step logs no loss instead of stopping the run as non-finite; the queue fills and later steps log it.
+#[test]
+fn an_empty_queue_at_step_one_does_not_stop_training() {
+    let root = runs_root("queue");
+    std::fs::create_dir_all(&root).unwrap();
+    let file = root.join("queue_only.ssl");
+    std::fs::write(
+        &file,
+        "objective queue_only { param tau = 0.2 in (0, inf)\n state Q = fifo(64, targets)\n \
+         weight s(v in Q) = softmax(dot(u1, v) / tau)\n positive = -t2 / tau\n negative = sum(s(v) * v for v in Q) / tau\n \
+         loss = -dot(u1, t2) / tau + logsumexp(dot(u1, v) / tau for v in Q) }",
+    )
+    .unwrap();
+    let bundled = format!("{}/data/fashion-mnist-subset", env!("CARGO_MANIFEST_DIR"));
+    let mut args = vec!["train", file.to_str().unwrap(), "--runs", root.to_str().unwrap(), "--name", "q"];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(&["--max-steps", "3", "--data", &bundled, "--set", "eval=none"]);
+    let out = ssl(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let losses: Vec<Option<f64>> =
+        records(&root, "q").iter().filter(|r| r["kind"] == "step").map(|r| r["loss"].as_f64()).collect();
+    assert_eq!(losses.len(), 3);
+    assert!(losses[0].is_none() && losses[1..].iter().all(|l| l.is_some_and(f64::is_finite)), "{losses:?}");
+    std::fs::remove_dir_all(&root).ok();
+}

@@ -354,6 +354,10 @@ impl Trainer<'_> {
         let features = Features { u1: u1.detach(), u2: u2.detach(), t1, t2 };
         clock.lap(Phase::TargetForward);
         let (z1, z2) = (head(&o1), head(&o2));
+        // A queue is empty until its first push: a logsumexp over it is then −inf, which is defined, not a failure.
+        let queue_empty = self.state.fifo.iter().zip(&self.plan.objective.states).any(|(rows, s)| {
+            matches!(s.kind, StateKind::Fifo { .. }) && rows.as_ref().is_none_or(|t| t.dims()[0] == 0)
+        });
         let grads = match recipe.form {
             Form::Loss => self.plan.total_step(&features, [&z1.detach(), &z2.detach()], &mut self.state)?,
             Form::Gradient if log && self.plan.lowered.loss.is_some() => {
@@ -404,10 +408,13 @@ impl Trainer<'_> {
         let loss = match &grads.loss {
             Some(loss) => {
                 let l = loss.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                if !l.is_finite() {
+                if l == f64::NEG_INFINITY && queue_empty {
+                    None
+                } else if !l.is_finite() {
                     return Err(self.non_finite(step, &format!("the objective's loss ({l})")));
+                } else {
+                    Some(l)
                 }
-                Some(l)
             }
             None => None,
         };
