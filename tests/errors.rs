@@ -196,8 +196,13 @@ fn cases() -> Vec<Error> {
     // RunPlot: plotters failing to draw into a string; see `every_code_is_produced`.
 
     out.push(train_error(&Recipe::default(), &[], 64, &root.join("train")));
-    // UniGrad has no batch-level `total`, so it cannot train with `form = loss`.
-    out.push(train_error(&Recipe::default(), &["form=loss"], 64, &root.join("train")));
+    // `total` sees the two global views only: the loss form cannot train multi-crop local views.
+    out.push(train_error(
+        &Recipe::default(),
+        &["form=loss", "augment=[multicrop(local = 2, scale = [0.1, 0.4], size = 14)]"],
+        64,
+        &root.join("train"),
+    ));
     out.push(train_error(
         &Recipe { batch: 32, ..Default::default() },
         &["unigrad.lambda=1e30"],
