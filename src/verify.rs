@@ -38,9 +38,7 @@ pub const SEEDS: u64 = 3;
 
 /// Rows of unit vectors, [n, d], in f64.
 pub fn unit_rows(rng: &mut StdRng, n: usize, d: usize) -> Result<Tensor> {
-    let data: Vec<f64> = (0..n * d).map(|_| rng.gen_range(-1.0..1.0)).collect();
-    let t = Tensor::from_vec(data, (n, d), &Device::Cpu)?;
-    crate::nn::layers::l2_normalize(&t)
+    crate::nn::layers::l2_normalize(&random_matrix(rng, n, d, 1.0)?)
 }
 
 /// Random features for one step.
