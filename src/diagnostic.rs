@@ -54,10 +54,11 @@ code_table! {
     Arity           = "ssl::type::arity",           Error,   "a call with the wrong number of arguments";
     Mismatch        = "ssl::type::mismatch",        Error,   "operand or argument types that do not fit together";
     RoleType        = "ssl::type::role",            Error,   "positive/negative not a vector, or balance/loss not a scalar";
-    MissingPositive = "ssl::type::missing_positive",Error,   "an objective with neither a positive term nor a `total`";
+    MissingPositive = "ssl::type::missing_positive",Error,   "an objective with neither a positive term, a per-sample loss to derive it from, nor a `total`";
     BatchLevel      = "ssl::type::batch_level",     Error,   "a `total` that depends on the current sample instead of the batch";
     SoftmaxContext  = "ssl::type::softmax_context", Error,   "softmax outside a weight or a comprehension";
     Exclusion       = "ssl::type::exclusion",       Error,   "an `if v != ...` that does not name one of the set's own elements";
+    Underivable     = "ssl::derive::unsupported",   Error,   "a loss whose gradient form cannot be derived: a construct without a symbolic derivative";
     StateContext    = "ssl::state::context",        Error,   "ema or fifo used anywhere but as the value of a state";
     StateSample     = "ssl::state::per_sample",     Error,   "a state whose value depends on the current sample";
     StateForm       = "ssl::state::form",           Error,   "a state that is not ema(RATE, EXPR) or fifo(SIZE, SET) with valid arguments";

@@ -18,6 +18,19 @@ fn standard_sources() -> Vec<(String, String)> {
         .collect();
     out.sort();
     assert!(out.len() >= 7, "the seven standard objectives are present");
+    // Each one with a per-sample loss also without its written form, so that mutants exercise the derivation.
+    let derived: Vec<(String, String)> = out
+        .iter()
+        .filter(|(_, s)| s.lines().any(|l| l.trim_start().starts_with("loss")))
+        .map(|(name, s)| {
+            let kept = s.lines().filter(|l| {
+                !["positive", "negative", "balance", "weight"].iter().any(|k| l.trim_start().starts_with(k))
+            });
+            (format!("{name} (form derived from its loss)"), kept.collect::<Vec<_>>().join("\n"))
+        })
+        .collect();
+    assert!(derived.len() >= 5);
+    out.extend(derived);
     out
 }
 
@@ -152,7 +165,13 @@ fn compile_checked(label: &str, source: &str) -> usize {
     let start = Instant::now();
     let result = std::panic::catch_unwind(|| ssl_lang::compile(source));
     let elapsed = start.elapsed();
-    let (_, diagnostics) = result.unwrap_or_else(|_| panic!("compiler panicked on {label}:\n{source}"));
+    let (program, diagnostics) = result.unwrap_or_else(|_| panic!("compiler panicked on {label}:\n{source}"));
+    // What checks without errors lowers (derived forms included) without a panic.
+    let clean = !ssl_lang::diagnostic::has_errors(&diagnostics);
+    for o in program.objectives.iter().filter(|_| clean) {
+        std::panic::catch_unwind(|| ssl_lang::ir::lower(o))
+            .unwrap_or_else(|_| panic!("lowering panicked on {label}, objective {}:\n{source}", o.name));
+    }
     assert!(elapsed < PER_INPUT_BOUND, "{label} took {elapsed:?}:\n{source}");
     for d in &diagnostics {
         let s = d.span();
@@ -176,7 +195,7 @@ fn mutated_standard_objectives_never_panic_or_hang() {
             }
         }
     }
-    assert!(inputs >= 4900);
+    assert!(inputs >= 8400);
     // Most single-token mutations break something; if almost none did, the mutator is broken.
     assert!(with_diagnostics * 2 > inputs, "{with_diagnostics} of {inputs} mutants had diagnostics");
 }

@@ -1,6 +1,7 @@
 //! Checking: syntax tree → typed program. Reports every error of the file, not just the first.
 
 mod args;
+mod derive;
 mod expr;
 mod objective;
 pub mod recipe;

@@ -1,6 +1,7 @@
 //! Checking one objective: the declaration table, lazy resolution of lets, weights and states
 //! (so they may be declared in any order, and cycles are found), the roles, and the warnings.
 
+use super::derive;
 use super::expr::{poisoned, Bound, BUILTIN_NAMES};
 use super::typed::*;
 use super::types::{Elem, Size, Type};
@@ -186,8 +187,15 @@ pub fn check_objective(o: &ast::Objective, diagnostics: &mut Vec<Diagnostic>) ->
         }
         _ => true,
     };
-    // A misspelt `positive = ...` is already reported as an unknown entry with a suggestion.
-    if positive.is_none() && total.is_none() && !cx.misspelt_positive {
+    // With only a per-sample loss, the form is derived from it; a misspelt `positive = ...` is already reported as
+    // an unknown entry with a suggestion.
+    let derives = positive.is_none() && negative.is_none() && balance.is_none() && loss.is_some();
+    if positive.is_none() && total.is_none() && !derives && !cx.misspelt_positive {
+        let help = if loss.is_some() {
+            "write the positive term beside the negative and balance, or leave all three out to derive them from `loss`"
+        } else {
+            "every objective pulls the two views together: add `positive = -t2`, give a per-sample `loss = ...` to derive the form from, or the loss over the batch as `total = ...`"
+        };
         cx.error(
             Diagnostic::new(
                 Code::MissingPositive,
@@ -195,7 +203,7 @@ pub fn check_objective(o: &ast::Objective, diagnostics: &mut Vec<Diagnostic>) ->
                 o.name.span,
                 "no `positive = ...`",
             )
-            .help("every objective pulls the two views together: add `positive = -t2`, or give its loss over the batch as `total = ...`"),
+            .help(help),
         );
     }
     cx.warn_unused();
@@ -221,8 +229,24 @@ pub fn check_objective(o: &ast::Objective, diagnostics: &mut Vec<Diagnostic>) ->
         loss,
         total,
         symmetric,
+        derived: false,
         family: Family::PositiveOnly,
     };
+    if derives {
+        let loss = objective.loss.as_ref().expect("derives only from a loss");
+        match derive::derive(&objective, loss) {
+            Ok(form) => {
+                objective.positive = Some(form.positive);
+                objective.negative = form.negative;
+                objective.balance = form.balance;
+                objective.derived = true;
+            }
+            Err(d) => {
+                cx.diagnostics.push(d);
+                return None;
+            }
+        }
+    }
     objective.family = family(&objective);
     if let Some(z) = pre_normalisation_outside_total(&objective) {
         cx.diagnostics.push(
@@ -350,6 +374,7 @@ impl<'a> Checker<'a> {
             loss: None,
             total: None,
             symmetric: true,
+            derived: false,
             family: Family::PositiveOnly,
         };
         Show { expr: e, objective: &names }.to_string()

@@ -77,6 +77,8 @@ pub struct Objective {
     pub total: Option<TExpr>,
     /// Whether the gradient is averaged with the mirrored views.
     pub symmetric: bool,
+    /// Whether `positive`, `negative` and `balance` were derived from `loss` rather than written.
+    pub derived: bool,
     /// Its family.
     pub family: Family,
 }

@@ -49,7 +49,12 @@ pub fn explain(program: &Program, objective: &Objective) -> String {
     } else {
         let _ = writeln!(out, "objective {}  (a batch-level loss, no gradient form)", o.name);
     }
-    if o.positive.is_some() {
+    if o.derived {
+        let _ = writeln!(
+            out,
+            "  dL/du1 = positive + balance * negative, derived from `loss` (at u1, other samples detached)"
+        );
+    } else if o.positive.is_some() {
         let _ = writeln!(out, "  dL/du1 = positive + balance * negative");
     } else {
         let _ = writeln!(out, "  trained by autodiff of `total` (form = loss) through every online feature");
