@@ -51,10 +51,96 @@ impl Edge {
 pub fn human(d: &Diagnostic, file: &str, source: &str, color: bool, width: usize) -> String {
     let theme = if color { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
     let handler = GraphicalReportHandler::new_themed(theme).with_width(width).with_links(false);
-    let report = Report { d, source: NamedSource::new(file, source.to_string()) };
+    let (shown, d) = excerpt(source, d);
+    let report = Report { d: &d, source: NamedSource::new(file, shown) };
     let mut out = String::new();
     handler.render_report(&mut out, &report).expect("rendering into a String cannot fail");
     out
+}
+
+/// Lines longer than this are cut to windows around the labels in them, so that a report never echoes a
+/// megabyte-long line.
+const LONG_LINE: usize = 240;
+/// Bytes kept on each side of a label, and of a label itself, in a cut line.
+const WINDOW: usize = 60;
+
+/// The source as the report shows it — long lines cut to what is around the labels, `…` marking each cut — and the
+/// diagnostic with its spans moved to match. Line numbers do not change: only bytes within lines are dropped.
+fn excerpt(source: &str, d: &Diagnostic) -> (String, Diagnostic) {
+    if source.lines().all(|l| l.len() <= LONG_LINE) {
+        return (source.to_string(), d.clone());
+    }
+    let floor = |mut i: usize| {
+        i = i.min(source.len());
+        while !source.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    };
+    // Byte ranges of the source to keep, in order.
+    let mut keep: Vec<(usize, usize)> = Vec::new();
+    let mut line_start = 0;
+    for line in source.split_inclusive('\n') {
+        let line_end = line_start + line.trim_end_matches('\n').len();
+        if line_end - line_start <= LONG_LINE {
+            keep.push((line_start, line_start + line.len()));
+        } else {
+            let mut windows: Vec<(usize, usize)> = d
+                .labels
+                .iter()
+                .filter(|l| l.span.start <= line_end && l.span.end >= line_start)
+                .map(|l| {
+                    let start = l.span.start.max(line_start);
+                    let end = l.span.end.min(start + WINDOW).max(start);
+                    (floor(start.saturating_sub(WINDOW).max(line_start)), floor((end + WINDOW).min(line_end)))
+                })
+                .collect();
+            if windows.is_empty() {
+                windows.push((line_start, floor(line_start + WINDOW)));
+            }
+            windows.sort();
+            for (a, b) in windows {
+                match keep.last_mut() {
+                    Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                    _ => keep.push((a, b)),
+                }
+            }
+            keep.push((line_end, line_start + line.len()));
+        }
+        line_start += line.len();
+    }
+    let mut shown = String::new();
+    let mut moves: Vec<(usize, usize, usize)> = Vec::new(); // (source start, source end, shown start)
+    let mut previous_end = 0;
+    for (a, b) in keep {
+        if a > previous_end {
+            shown.push('…');
+        }
+        moves.push((a, b, shown.len()));
+        shown.push_str(&source[a..b]);
+        previous_end = b;
+    }
+    let place = |x: usize| {
+        moves.iter().find(|(a, b, _)| x >= *a && x <= *b).map(|(a, _, at)| at + (x - a)).or_else(|| {
+            // A position that was cut: the end of the window before it.
+            moves.iter().rev().find(|(_, b, _)| *b <= x).map(|(a, b, at)| at + (b - a))
+        })
+    };
+    let mut moved = d.clone();
+    let cut = |at: usize| {
+        let start = source[..floor(at)].rfind('\n').map_or(0, |i| i + 1);
+        source[start..].split('\n').next().is_some_and(|l| l.len() > LONG_LINE)
+    };
+    if let Some(first) = moved.labels.first_mut().filter(|l| cut(l.span.start)) {
+        let (line, column) = line_column(source, first.span.start);
+        first.text = format!("{} (line {line}, column {column}; the line is cut)", first.text);
+    }
+    for l in &mut moved.labels {
+        let start = place(l.span.start).unwrap_or(0);
+        let end = place(l.span.end.min(l.span.start.saturating_add(WINDOW))).unwrap_or(start).max(start);
+        l.span = crate::diagnostic::Span::new(start, end);
+    }
+    (shown, moved)
 }
 
 /// One diagnostic as a JSON object, for editors and scripts.
@@ -183,6 +269,28 @@ impl miette::Diagnostic for Report<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_lines_are_cut_around_their_labels() {
+        let long = format!("objective o {{ positive = {}t2 + zz }}", "t2 + ".repeat(100_000));
+        let at = long.find("zz").unwrap();
+        let d = Diagnostic::new(
+            crate::diagnostic::Code::UnknownName,
+            "unknown name `zz`",
+            crate::diagnostic::Span::new(at, at + 2),
+            "not declared",
+        );
+        let out = human(&d, "long.ssl", &long, false, 100);
+        assert!(out.len() < 2_000, "{} bytes", out.len());
+        assert!(out.contains("t2 + zz }") && out.contains('…') && out.contains("not declared"), "{out}");
+        // The label still points at `zz`: its underline starts below it.
+        let source_line = out.lines().find(|l| l.contains("zz }")).unwrap();
+        let underline = out.lines().find(|l| l.contains('┬')).unwrap();
+        let column = |l: &str, pat: char| l.find(pat).map(|b| l[..b].chars().count());
+        assert_eq!(column(source_line, 'z'), column(underline, '─'));
+        // The header's column is the excerpt's, so the label names the real place.
+        assert!(out.contains(&format!("line 1, column {}", at + 1)), "{out}");
+    }
 
     #[test]
     fn line_and_column_count_characters() {

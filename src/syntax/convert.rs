@@ -131,15 +131,27 @@ impl Converter<'_> {
         }
         if !self.too_deep_reported {
             self.too_deep_reported = true;
-            self.diagnostics.push(
+            // A flat chain `a + b + c ...` is a tree as deep as it is long: say so, rather than "nests".
+            let chain = matches!(&kind, ExprKind::Binary(op, a, _)
+                if matches!(&a.kind, ExprKind::Binary(inner, ..) if inner.precedence() == op.precedence()));
+            let d = if chain {
+                Diagnostic::new(
+                    Code::TooDeep,
+                    format!("this chain of operators is longer than {MAX_EXPR_DEPTH}, the limit on operations in one expression"),
+                    span,
+                    "too long",
+                )
+                .help("split the chain into `let` declarations, e.g. `let first = a + b + c`, then `first + d + e`")
+            } else {
                 Diagnostic::new(
                     Code::TooDeep,
                     format!("this expression nests more than {MAX_EXPR_DEPTH} operations deep"),
                     span,
                     "too deep",
                 )
-                .help("split it into `let` declarations"),
-            );
+                .help("split it into `let` declarations")
+            };
+            self.diagnostics.push(d);
         }
         (Expr { kind: ExprKind::Error, span }, 1)
     }

@@ -222,6 +222,10 @@ fn syntax_help(text: &str, at: usize, found: &str, expected: &[&str]) -> String 
             "declarations are separated by line breaks (or `;`), not commas".into()
         }
         _ if expected == ["`=`"] => "declarations and recipe fields are written `NAME = VALUE`".into(),
+        "^" => "there is no `^`: write a power as `pow(x, p)`, e.g. `pow(dot(u1, t2), 2)`".into(),
+        "*" if text[..at.min(text.len())].ends_with('*') => {
+            "there is no `**`: write a power as `pow(x, p)`, e.g. `pow(dot(u1, t2), 2)`".into()
+        }
         "=" => "`=` appears once in a declaration (`NAME = EXPR`) and in keyword arguments; there is no `==`".into(),
         _ if KEYWORDS.contains(&found) && expected.contains(&"a name") => {
             format!("`{found}` is a keyword and cannot be a name; pick another one")
