@@ -262,6 +262,13 @@ fn step_matches_reference(objective: &Objective, device: &Device) -> Result<Row>
             };
             let mut b =
                 crate::plan::ObjectiveState { ema: move_all(&a.ema, device)?, fifo: move_all(&a.fifo, device)? };
+            // The exact step: the reference in f64 on the same (f32-rounded) inputs and states.
+            let to64 = |t: &Tensor| t.to_dtype(DType::F64);
+            let f64_features = Features { u1: to64(&f.u1)?, u2: to64(&f.u2)?, t1: to64(&f.t1)?, t2: to64(&f.t2)? };
+            let widen =
+                |v: &[Option<Tensor>]| v.iter().map(|t| t.as_ref().map(to64).transpose()).collect::<Result<Vec<_>>>();
+            let mut exact_state = crate::plan::ObjectiveState { ema: widen(&a.ema)?, fifo: widen(&a.fifo)? };
+            let exact = reference.step_with_loss(&f64_features, &mut exact_state)?;
             let ga = reference.step_with_loss(&f, &mut a)?;
             let fd = Features {
                 u1: on(&f.u1, device)?,
@@ -278,19 +285,28 @@ fn step_matches_reference(objective: &Objective, device: &Device) -> Result<Row>
                 ..gb
             };
             let b = crate::plan::ObjectiveState { ema: move_all(&b.ema, &cpu)?, fifo: move_all(&b.fifo, &cpu)? };
-            // Gradients and losses are sums of O(1) terms (unit features) that may cancel to ~0,
-            // so their error is taken relative to max(|reference|, 1).
-            let unit = |x: &Tensor, y: &Tensor| error_against(x, y, 1.0);
-            let mut error = unit(&gb.g1, &ga.g1)?.max(unit(&gb.g2, &ga.g2)?);
-            if let (Some(la), Some(lb)) = (&ga.loss, &gb.loss) {
-                error = error.max(unit(lb, la)?);
-            }
-            for (x, y) in a.ema.iter().chain(&a.fifo).zip(b.ema.iter().chain(&b.fifo)) {
-                if let (Some(x), Some(y)) = (x, y) {
-                    error = error.max(relative_error(y, x)?);
+            // Gradients and losses are sums of O(1) terms (unit features) that may cancel to ~0, so their error is
+            // taken relative to max(|exact|, 1); states relative. Both f32 steps are measured against the exact one.
+            let error_of = |g: &crate::plan::Gradients, s: &crate::plan::ObjectiveState| -> Result<f64> {
+                let unit = |x: &Tensor, y: &Tensor| error_against(&to64(x)?, y, 1.0);
+                let mut error = unit(&g.g1, &exact.g1)?.max(unit(&g.g2, &exact.g2)?);
+                if let (Some(l), Some(le)) = (&g.loss, &exact.loss) {
+                    error = error.max(unit(l, le)?);
                 }
-            }
-            worst.see(error, tolerance, (n, d, seed));
+                let states = s.ema.iter().chain(&s.fifo).zip(exact_state.ema.iter().chain(&exact_state.fifo));
+                for (x, y) in states {
+                    if let (Some(x), Some(y)) = (x, y) {
+                        error = error.max(relative_error(&to64(x)?, y)?);
+                    }
+                }
+                Ok(error)
+            };
+            let (error, reference_error) = (error_of(&gb, &b)?, error_of(&ga, &a)?);
+            // At low temperatures f32 itself loses digits (logits of 1/τ): the fused step must then be as close to
+            // the exact one as the op-by-op f32 reference is, within a factor 2.
+            // A NaN or infinity anywhere fails: a non-finite reference error widens nothing.
+            let allowed = if reference_error.is_finite() { tolerance.max(2.0 * reference_error) } else { tolerance };
+            worst.see(error, allowed, (n, d, seed));
         }
     }
     let used: Vec<String> = kernels.keys().map(|k| k.to_string()).collect();
@@ -301,7 +317,8 @@ fn step_matches_reference(objective: &Objective, device: &Device) -> Result<Row>
         max_error: Some(worst.error),
         pass: worst.failed.is_none(),
         note: format!(
-            "one whole step in f32: gradients and loss vs max(|ref|, 1), states relative; kernels: {}{}",
+            "one whole step in f32 against the exact (f64) step: gradients and loss vs max(|exact|, 1), states \
+             relative; passes within {tolerance:.0e} or twice the f32 reference's own error; kernels: {}{}",
             if used.is_empty() { "none (reference ops throughout)".to_string() } else { used.join(", ") },
             worst.note()
         ),
