@@ -116,6 +116,11 @@ const CORPUS: &[&str] = &[
     "objective broadcast { loss = -dot(dot(u1, t1) + t2, t2) + dot(exp(u1), t1) / D }\ntrain broadcast { predictor = mlp(hidden = 8) }",
     // A comprehension nested in one over the batch.
     "objective nested { param tau = 0.5 in (0, inf)\n loss = -dot(u1, t2) + mean(logsumexp(dot(u1, v) * dot(b.t1, v) / tau for v in targets) for b in batch) }",
+    // NNCLR: the pull toward the nearest neighbour in a queue (no gradient through the choice).
+    "objective nnclr { param tau = 0.1 in (0, inf)\n state S = fifo(64, targets)\n loss = -dot(u1, nearest(t2, S)) / tau + logsumexp(dot(u1, v) / tau for v in targets) }",
+    // A hinge written with `where` and a comparison; a max over a set as a constant factor.
+    "objective hinge { loss = -dot(u1, t2) + where(dot(u1, t1) > 0.5, dot(u1, t1) * dot(u1, t1), 0.25) \
+     + max(dot(t2, v) for v in targets) * dot(u1, t1) }\ntrain hinge { predictor = mlp(hidden = 8) }",
     // stopgrad blocks its argument; a vector divided by a scalar that depends on u1.
     "objective blocked { loss = -dot(u1, t2) * stopgrad(dot(u1, t1)) + dot(u1 / (2 + dot(u1, t1)), t2) }\n\
      train blocked { predictor = mlp(hidden = 8) }",
@@ -142,6 +147,7 @@ fn losses_the_derivation_cannot_go_through_are_coded_errors() {
         ("objective o { loss = -dot(u1, t2) + trace(outer(u1, u1)) }", Code::Underivable, "outer(u1, u1)"),
         ("objective o { loss = logsumexp(dot(u1, v) for v in targets) }", Code::MissingPositive, "no pull term"),
         ("objective o { loss = dot(t1, t2) }", Code::Underivable, "does not depend on `u1`"),
+        ("objective o { loss = -dot(u1, t2) + max(dot(u1, v) for v in targets) }", Code::Underivable, "max("),
         ("objective o { negative = F @ u1\n state F = ema(0.9, mean(outer(t, t) for t in targets))\n loss = -dot(u1, t2) }", Code::MissingPositive, "positive"),
     ];
     for (source, code, needle) in cases {

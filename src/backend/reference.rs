@@ -153,6 +153,13 @@ pub fn eval_node(g: &Graph, n: Node, values: &[Option<Tensor>], x: &Inputs) -> R
                 Binary::Mul => a.broadcast_mul(&c)?,
                 Binary::Div => a.broadcast_div(&c)?,
                 Binary::Min => a.broadcast_minimum(&c)?,
+                Binary::Lt => a.broadcast_lt(&c)?.to_dtype(x.dtype())?,
+                Binary::Le => a.broadcast_le(&c)?.to_dtype(x.dtype())?,
+                Binary::Pick => {
+                    let shape = a.shape().broadcast_shape_binary_op(c.shape(), "pick")?;
+                    let (mask, value) = (a.broadcast_as(&shape)?, c.broadcast_as(&shape)?);
+                    mask.ne(0.0)?.where_cond(&value, &value.zeros_like()?)?
+                }
                 Binary::Max => a.broadcast_maximum(&c)?,
                 Binary::LogAddExp => {
                     let m = a.broadcast_maximum(&c)?.detach();
@@ -168,6 +175,11 @@ pub fn eval_node(g: &Graph, n: Node, values: &[Option<Tensor>], x: &Inputs) -> R
             let t = get(m);
             match red {
                 Reduction::Sum => t.sum(dim)?,
+                Reduction::Max if t.dims()[dim] == 0 => {
+                    let shape: Vec<usize> = axes.iter().map(|a| x.size(g, *a)).collect::<Result<_>>()?;
+                    (Tensor::ones(shape, x.dtype(), x.device())? * f64::NEG_INFINITY)?
+                }
+                Reduction::Max => t.max(dim)?,
                 Reduction::LogSumExp if t.dims()[dim] == 0 => {
                     let shape: Vec<usize> = axes.iter().map(|a| x.size(g, *a)).collect::<Result<_>>()?;
                     (Tensor::ones(shape, x.dtype(), x.device())? * f64::NEG_INFINITY)?

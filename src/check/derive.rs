@@ -26,8 +26,8 @@ pub(super) struct DerivedForm {
 const MAX_TERMS: usize = 256;
 
 const SUPPORTED: &str = "derivation goes through + - * / @, dot, exp, log, sqrt, norm, normalize, pow, tanh, \
-     sigmoid, stopgrad, lets, and sum, mean and logsumexp over sets; write `positive`, `negative` and `balance` \
-     yourself for anything else";
+     sigmoid, where, comparisons, nearest, stopgrad, lets, and sum, mean and logsumexp over sets; write `positive`, \
+     `negative` and `balance` yourself for anything else";
 
 /// Derives the unified form of `o` from its `loss`.
 pub(super) fn derive(o: &Objective, loss: &TExpr) -> Result<DerivedForm, Diagnostic> {
@@ -164,6 +164,12 @@ impl Deriver<'_> {
         let scalar = |x: &TExpr| x.ty == Type::Scalar;
         match &e.kind {
             TKind::Builtin(Builtin::U1) => Ok(g),
+            // Piecewise constant: a comparison, or the choice of a nearest neighbour (its elements are constants).
+            TKind::Binary(op, ..) if op.compares() => Ok(vec![]),
+            TKind::Nearest { .. } => Ok(vec![]),
+            TKind::Reduce { op: Reduce::Max | Reduce::Min, .. } => {
+                Err(self.unsupported(e, "a maximum over a set has no symbolic derivative here"))
+            }
             TKind::Let(i) => self.grad(&self.o.lets[*i].value, g),
             TKind::Neg(a) => self.grad(a, scale(g, -1.0)),
             TKind::Binary(op @ (BinOp::Add | BinOp::Sub), a, b) => {
@@ -240,6 +246,16 @@ impl Deriver<'_> {
                 Ok([ga, gb].concat())
             }
             Func::StopGrad => Ok(vec![]),
+            Func::Where => {
+                // where(c, a, b) = m·a + (1 − m)·b with the mask m = where(c, 1, 0), constant a.e.
+                let constant = |x: f64| node(TKind::Const(x), Type::Scalar, false, self.span);
+                let mask = |on: f64, off: f64| {
+                    self.call_expr(Func::Where, vec![args[0].clone(), constant(on), constant(off)], args[0].ty)
+                };
+                let ga = self.grad(&args[1], self.times(g.clone(), &mask(1.0, 0.0), 1))?;
+                let gb = self.grad(&args[2], self.times(g, &mask(0.0, 1.0), 1))?;
+                Ok([ga, gb].concat())
+            }
             Func::Exp => self.grad(a, self.times(g, e, 1)),
             Func::Log => self.grad(a, self.times(g, a, -1)),
             Func::Sqrt => self.grad(a, scale(self.times(g, e, -1), 0.5)),
@@ -448,12 +464,15 @@ impl Deriver<'_> {
         t.vector.iter().chain(t.factors.iter().map(|f| &f.expr)).any(|e| self.over_set(e))
     }
 
+    /// Whether `e` ranges over a set or reads a state; a nearest neighbour is one element (NNCLR's pull target),
+    /// not a range.
     fn over_set(&self, e: &TExpr) -> bool {
-        e.any(&|s| match s.kind {
+        match e.kind {
             TKind::Reduce { .. } | TKind::State(_) | TKind::Softmax { .. } | TKind::WeightAt { .. } => true,
             TKind::Let(i) => self.over_set(&self.o.lets[i].value),
-            _ => false,
-        })
+            TKind::Nearest { ref x, .. } => self.over_set(x),
+            _ => e.children().into_iter().any(|c| self.over_set(c)),
+        }
     }
 
     /// The balance: the coefficient and the global factors every push term shares, less those every pull term shares.

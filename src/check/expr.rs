@@ -52,6 +52,8 @@ pub const FUNCTIONS: &[(&str, &[&str])] = &[
     ("diag", &["m"]),
     ("trace", &["m"]),
     ("transpose", &["m"]),
+    ("where", &["cond", "a", "b"]),
+    ("nearest", &["x", "set"]),
     ("ema", &["rate", "value"]),
     ("fifo", &["size", "set"]),
 ];
@@ -416,6 +418,28 @@ impl Checker<'_> {
             "trace" => (Func::Trace, (types == [Mat]).then_some(Scalar), "a matrix"),
             "transpose" => (Func::Transpose, (types == [Mat]).then_some(Mat), "a matrix"),
             "eye" => (Func::Eye, Some(Mat), "no arguments"),
+            "where" => {
+                let ty = match (types[0], types[1], types[2]) {
+                    (c, a, b) if !c.is_numeric() || !a.is_numeric() || !b.is_numeric() => None,
+                    (c, a, b) => {
+                        let value = if a == Scalar {
+                            Some(b)
+                        } else if b == Scalar || a == b {
+                            Some(a)
+                        } else {
+                            None
+                        };
+                        value.filter(|v| c == Scalar || c == *v)
+                    }
+                };
+                (Func::Where, ty, "a condition and two values that broadcast to one type")
+            }
+            "nearest" => {
+                if !(types[0] == Vec && matches!(types[1], Set(Elem::Vec, _))) {
+                    return self.arg_mismatch(name, &args, "a vector and a set of vectors", span);
+                }
+                return self.nearest(args, span);
+            }
             _ => {
                 // softmax: context checked by the caller.
                 let var = self.softmax_var.expect("softmax context checked before");
@@ -430,6 +454,51 @@ impl Checker<'_> {
             Some(ty) => texpr(TKind::Call(func, args), ty, per_sample, span),
             None => self.arg_mismatch(name, &args, wanted, span),
         }
+    }
+
+    /// `nearest(x, set)` with its meaning spelt out in max and a comparison (see [`TKind::Nearest`]).
+    fn nearest(&mut self, args: Vec<TExpr>, span: Span) -> TExpr {
+        let mut args = args.into_iter();
+        let (x, set) = (args.next().expect("two arguments"), args.next().expect("two arguments"));
+        let per_sample = x.per_sample || set.per_sample;
+        let index = |var: VarId, name: &str| texpr(TKind::Index(var, name.into()), Type::Vec, false, span);
+        let score = |var: VarId, name: &str| {
+            texpr(TKind::Call(Func::Dot, vec![x.clone(), index(var, name)]), Type::Scalar, x.per_sample, span)
+        };
+        let reduce = |op, var: VarId, name: &str, body: TExpr| {
+            let ty = body.ty;
+            let kind = TKind::Reduce {
+                op,
+                var,
+                var_name: name.into(),
+                set: Box::new(set.clone()),
+                body: Box::new(body),
+                exclude: None,
+            };
+            texpr(kind, ty, per_sample, span)
+        };
+        let (v, w) = (self.fresh_var(), self.fresh_var());
+        let best = reduce(Reduce::Max, w, "w", score(w, "w"));
+        let hit =
+            texpr(TKind::Binary(BinOp::Ge, Box::new(score(v, "v")), Box::new(best)), Type::Scalar, per_sample, span);
+        let chosen = texpr(
+            TKind::Binary(BinOp::Mul, Box::new(hit.clone()), Box::new(index(v, "v"))),
+            Type::Vec,
+            per_sample,
+            span,
+        );
+        let total = reduce(Reduce::Sum, v, "v", chosen);
+        let count = reduce(Reduce::Sum, v, "v", hit);
+        // Over an empty set (a queue before its first push) nothing is chosen: 0 / max(0, 1), the zero vector.
+        let one = texpr(TKind::Const(1.0), Type::Scalar, false, span);
+        let count = texpr(TKind::Call(Func::Max, vec![count, one]), Type::Scalar, per_sample, span);
+        let expanded = texpr(TKind::Binary(BinOp::Div, Box::new(total), Box::new(count)), Type::Vec, per_sample, span);
+        texpr(
+            TKind::Nearest { x: Box::new(x), set: Box::new(set), expanded: Box::new(expanded) },
+            Type::Vec,
+            per_sample,
+            span,
+        )
     }
 
     fn arg_mismatch(&mut self, name: &str, args: &[TExpr], wanted: &str, span: Span) -> TExpr {
@@ -467,10 +536,14 @@ impl Checker<'_> {
             "sum" => Reduce::Sum,
             "mean" => Reduce::Mean,
             "logsumexp" => Reduce::LogSumExp,
+            "max" => Reduce::Max,
+            "min" => Reduce::Min,
             other => {
-                let help = match did_you_mean(other, ["sum", "mean", "logsumexp"]) {
-                    Some(s) => format!("did you mean `{s}`? comprehensions reduce with sum, mean or logsumexp"),
-                    None => "comprehensions reduce with sum, mean or logsumexp (a smooth maximum)".into(),
+                let help = match did_you_mean(other, ["sum", "mean", "logsumexp", "max", "min"]) {
+                    Some(s) => {
+                        format!("did you mean `{s}`? comprehensions reduce with sum, mean, logsumexp, max or min")
+                    }
+                    None => "comprehensions reduce with sum, mean, logsumexp (a smooth maximum), max or min".into(),
                 };
                 self.error(
                     Diagnostic::new(
@@ -506,10 +579,11 @@ impl Checker<'_> {
         let body = self.with_index(bound, |cx| cx.expr(body));
         let ty = match (op, body.ty) {
             (_, Type::Error) => return poisoned(span),
-            (Reduce::LogSumExp, Type::Scalar) => Type::Scalar,
+            (Reduce::LogSumExp | Reduce::Max | Reduce::Min, Type::Scalar) => Type::Scalar,
             (Reduce::Sum | Reduce::Mean, ty) if ty.is_numeric() => ty,
             (_, ty) => {
-                let wanted = if op == Reduce::LogSumExp { "a scalar" } else { "a scalar, vector or matrix" };
+                let wanted =
+                    if matches!(op, Reduce::Sum | Reduce::Mean) { "a scalar, vector or matrix" } else { "a scalar" };
                 self.error(
                     Diagnostic::new(
                         Code::Mismatch,
@@ -519,8 +593,10 @@ impl Checker<'_> {
                     )
                     .help(if elem == Elem::Sample {
                         "use a field of the sample, e.g. `b.u1`"
-                    } else {
+                    } else if matches!(op, Reduce::Sum | Reduce::Mean) {
                         "reduce a number, vector or matrix"
+                    } else {
+                        "it compares numbers: reduce one per element, e.g. `max(dot(u1, v) for v in targets)`"
                     }),
                 );
                 return poisoned(span);

@@ -234,6 +234,8 @@ pub enum Func {
     Trace,
     /// A matrix's transpose.
     Transpose,
+    /// `where(c, a, b)`: `a` where `c` is not 0, `b` elsewhere (elementwise).
+    Where,
 }
 
 impl Func {
@@ -262,6 +264,7 @@ impl Func {
             Func::Diag => "diag",
             Func::Trace => "trace",
             Func::Transpose => "transpose",
+            Func::Where => "where",
         }
     }
 }
@@ -275,6 +278,10 @@ pub enum Reduce {
     Mean,
     /// log Σ exp.
     LogSumExp,
+    /// The largest element (−inf over an empty set).
+    Max,
+    /// The smallest element (+inf over an empty set).
+    Min,
 }
 
 impl Reduce {
@@ -284,6 +291,8 @@ impl Reduce {
             Reduce::Sum => "sum",
             Reduce::Mean => "mean",
             Reduce::LogSumExp => "logsumexp",
+            Reduce::Max => "max",
+            Reduce::Min => "min",
         }
     }
 }
@@ -376,26 +385,40 @@ pub enum TKind {
         /// Its name, for display.
         var_name: String,
     },
+    /// `nearest(x, set)`: the element of the set with the largest inner product with `x` (the mean of the tied
+    /// ones; the zero vector over an empty set), no gradient through the choice; `expanded` is that, written with
+    /// max and a comparison, which is what lowering computes.
+    Nearest {
+        /// The query.
+        x: Box<TExpr>,
+        /// The set searched.
+        set: Box<TExpr>,
+        /// `sum((dot(x, v) >= m) * v for v in set) / max(sum(dot(x, v) >= m for v in set), 1)` with
+        /// `m = max(dot(x, w) for w in set)`.
+        expanded: Box<TExpr>,
+    },
     /// Something already reported as wrong.
     Error,
 }
 
 impl TExpr {
+    /// The direct sub-expressions (of `nearest`, its expansion: what is computed).
+    pub fn children(&self) -> Vec<&TExpr> {
+        match &self.kind {
+            TKind::List(items) | TKind::Call(_, items) => items.iter().collect(),
+            TKind::Neg(a) | TKind::Field(a, _) | TKind::Softmax { arg: a, .. } => vec![a],
+            TKind::Binary(_, a, b) => vec![a, b],
+            TKind::Reduce { set, body, .. } => vec![set, body],
+            TKind::Nearest { expanded, .. } => vec![expanded],
+            _ => vec![],
+        }
+    }
+
     /// Visits this expression and every sub-expression, parents first.
     pub fn walk<'s>(&'s self, f: &mut impl FnMut(&'s TExpr)) {
         f(self);
-        match &self.kind {
-            TKind::List(items) | TKind::Call(_, items) => items.iter().for_each(|e| e.walk(f)),
-            TKind::Neg(a) | TKind::Field(a, _) | TKind::Softmax { arg: a, .. } => a.walk(f),
-            TKind::Binary(_, a, b) => {
-                a.walk(f);
-                b.walk(f);
-            }
-            TKind::Reduce { set, body, .. } => {
-                set.walk(f);
-                body.walk(f);
-            }
-            _ => {}
+        for c in self.children() {
+            c.walk(f);
         }
     }
 
@@ -493,6 +516,13 @@ fn write_expr(f: &mut fmt::Formatter<'_>, e: &TExpr, o: &Objective, outer: u8) -
             f.write_str(")")
         }
         TKind::WeightAt { name, var_name, .. } => write!(f, "{name}({var_name})"),
+        TKind::Nearest { x, set, .. } => {
+            f.write_str("nearest(")?;
+            show(f, x, 0)?;
+            f.write_str(", ")?;
+            show(f, set, 0)?;
+            f.write_str(")")
+        }
         TKind::Error => f.write_str("?"),
     }
 }

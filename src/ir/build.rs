@@ -153,6 +153,15 @@ impl Graph {
         }
     }
 
+    /// The maximum over `axis`; a value constant along it is its own maximum.
+    pub fn max_over(&mut self, x: Node, axis: Axis) -> Node {
+        if !self.axes_of(x).contains(&axis) {
+            return x;
+        }
+        let axes: Vec<Axis> = self.axes_vec(x).into_iter().filter(|a| *a != axis).collect();
+        self.add(Op::Reduce(Reduction::Max, x, axis), axes)
+    }
+
     /// log Σ exp over `axis`; for a value constant along it, x + log|axis|.
     pub fn lse_over(&mut self, x: Node, axis: Axis) -> Node {
         if !self.axes_of(x).contains(&axis) {

@@ -43,6 +43,15 @@ pub fn binary(g: &Graph, op: Binary, a: Node, b: Node) -> Option<Result<f64, Nod
             Binary::Div => x / y,
             Binary::Min => x.min(y),
             Binary::Max => x.max(y),
+            Binary::Lt => f64::from(u8::from(x < y)),
+            Binary::Le => f64::from(u8::from(x <= y)),
+            Binary::Pick => {
+                if x != 0.0 {
+                    y
+                } else {
+                    0.0
+                }
+            }
             Binary::LogAddExp => {
                 let m = x.max(y);
                 if m == f64::NEG_INFINITY {

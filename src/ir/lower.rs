@@ -156,6 +156,11 @@ impl<'a> Lowering<'a> {
             let mut inner = env.clone();
             inner.vars.insert(var, binding.clone());
             let mut value = self.expr(body, &inner);
+            if op == Reduce::Min {
+                // min = −max(−x)
+                value = self.g.unary(Unary::Neg, value);
+            }
+            let extreme = matches!(op, Reduce::LogSumExp | Reduce::Max | Reduce::Min);
             let (reduced, size) = match binding.value {
                 Bound::Axis(axis, src) => {
                     if let Some(src) = src {
@@ -165,25 +170,30 @@ impl<'a> Lowering<'a> {
                     }
                     let mut size = self.g.add(Op::AxisSize(axis), vec![]);
                     if let Some(keep) = self.keep_mask(exclude, set, p, axis, env) {
-                        value = match op {
-                            Reduce::LogSumExp => {
-                                let log_keep = self.g.unary(Unary::Log, keep);
-                                self.g.binary(Binary::Add, value, log_keep)
-                            }
-                            _ => self.masked(value, keep),
+                        value = if extreme {
+                            // −inf at the element left out
+                            let log_keep = self.g.unary(Unary::Log, keep);
+                            self.g.binary(Binary::Add, value, log_keep)
+                        } else {
+                            self.masked(value, keep)
                         };
                         let one = self.g.constant(1.0);
                         size = self.g.binary(Binary::Sub, size, one);
                     }
                     let r = match op {
                         Reduce::LogSumExp => self.g.lse_over(value, axis),
-                        _ => self.g.sum_over(value, axis),
+                        Reduce::Max | Reduce::Min => self.g.max_over(value, axis),
+                        Reduce::Sum | Reduce::Mean => self.g.sum_over(value, axis),
                     };
                     (r, size)
                 }
                 Bound::Node(_) => (value, self.g.constant(1.0)),
             };
-            let combine = if op == Reduce::LogSumExp { Binary::LogAddExp } else { Binary::Add };
+            let combine = match op {
+                Reduce::LogSumExp => Binary::LogAddExp,
+                Reduce::Max | Reduce::Min => Binary::Max,
+                Reduce::Sum | Reduce::Mean => Binary::Add,
+            };
             total = Some(match total {
                 Some(t) => self.g.binary(combine, t, reduced),
                 None => reduced,
@@ -196,6 +206,7 @@ impl<'a> Lowering<'a> {
         let total = total.expect("checker: sets have at least one part");
         match op {
             Reduce::Mean => self.g.binary(Binary::Div, total, count.expect("counted with total")),
+            Reduce::Min => self.g.unary(Unary::Neg, total),
             _ => total,
         }
     }
@@ -251,11 +262,19 @@ impl<'a> Lowering<'a> {
                         let y = self.g.rename(y, Axis::D, Axis::J);
                         self.g.contract(x, y, vec![Axis::J])
                     }
+                    BinOp::Lt => self.g.binary(Binary::Lt, x, y),
+                    BinOp::Le => self.g.binary(Binary::Le, x, y),
+                    BinOp::Gt => self.g.binary(Binary::Lt, y, x),
+                    BinOp::Ge => self.g.binary(Binary::Le, y, x),
                     BinOp::Concat => unreachable!("checker: sets are not values"),
                 }
             }
             TKind::Call(func, args) => self.call(*func, args, env),
             TKind::Reduce { op, var, set, body, exclude, .. } => {
+                // A comprehension that reads no enclosing variable is the same at every element of the enclosing
+                // ones: lowered outside them, it shares its axes (and nodes) with the same comprehension elsewhere.
+                let hoisted = Env::default();
+                let env = if self.reads_any(e, env) { env } else { &hoisted };
                 self.reduce_parts(*op, *var, set, body, exclude.as_ref().map(|(e, _)| *e), env)
             }
             TKind::Softmax { var, arg } => {
@@ -265,6 +284,7 @@ impl<'a> Lowering<'a> {
                 let centred = self.g.binary(Binary::Sub, x, lse);
                 self.g.unary(Unary::Exp, centred)
             }
+            TKind::Nearest { expanded, .. } => self.expr(expanded, env),
             TKind::WeightAt { weight, var, .. } => {
                 let w = &self.o.weights[*weight];
                 let mut inner = env.clone();
@@ -275,6 +295,19 @@ impl<'a> Lowering<'a> {
                 self.expr(&w.body, &inner)
             }
         }
+    }
+
+    /// Whether `e` reads a variable bound in `env` (as an index, a field's sample, a softmax's or a weight's set
+    /// element, or an exclusion's anchor).
+    fn reads_any(&self, e: &TExpr, env: &Env<'a>) -> bool {
+        e.any(&|s| match &s.kind {
+            TKind::Index(v, _) | TKind::Softmax { var: v, .. } | TKind::WeightAt { var: v, .. } => {
+                env.vars.contains_key(v)
+            }
+            TKind::Reduce { exclude: Some((Exclusion { anchor: Some(v), .. }, _)), .. } => env.vars.contains_key(v),
+            TKind::Let(i) => self.reads_any(&self.o.lets[*i].value, env),
+            _ => false,
+        })
     }
 
     /// The mask over [anchor, `axis`] that leaves the anchor's own element out of part `part` of `set`, when the
@@ -431,6 +464,18 @@ impl<'a> Lowering<'a> {
             }
             Func::Eye => self.g.add(Op::Eye, vec![Axis::D, Axis::E]),
             Func::StopGrad => self.g.unary(Unary::StopGrad, arg(0)),
+            Func::Where => {
+                let (c, a, b) = (arg(0), arg(1), arg(2));
+                // c ≠ 0 ⇔ c < 0 or 0 < c (never both).
+                let zero = self.g.constant(0.0);
+                let (below, above) = (self.g.binary(Binary::Lt, c, zero), self.g.binary(Binary::Lt, zero, c));
+                let taken = self.g.binary(Binary::Add, below, above);
+                let one = self.g.constant(1.0);
+                let skipped = self.g.binary(Binary::Sub, one, taken);
+                let first = self.g.binary(Binary::Pick, taken, a);
+                let second = self.g.binary(Binary::Pick, skipped, b);
+                self.g.binary(Binary::Add, first, second)
+            }
         }
     }
 }

@@ -148,6 +148,13 @@ pub enum Binary {
     Max,
     /// log(eᵃ + eᵇ), computed stably: combines logsumexps of the parts of a set.
     LogAddExp,
+    /// 1 where a < b, else 0 (no gradient).
+    Lt,
+    /// 1 where a ≤ b, else 0.
+    Le,
+    /// `b` where `a` is not 0, else 0: one branch of `where(c, x, y)`, which never multiplies the branch not taken
+    /// (so a `log` of a negative number there cannot leak a NaN).
+    Pick,
 }
 
 /// Reductions over one axis.
@@ -157,6 +164,8 @@ pub enum Reduction {
     Sum,
     /// log Σ exp, computed stably.
     LogSumExp,
+    /// The largest entry (−inf along an empty axis).
+    Max,
 }
 
 /// The operands of an operation.

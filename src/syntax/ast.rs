@@ -236,13 +236,26 @@ pub enum BinOp {
     Div,
     /// Matrix product.
     MatMul,
+    /// `a < b`: 1 where it holds, 0 elsewhere (elementwise).
+    Lt,
+    /// `a <= b`.
+    Le,
+    /// `a > b`.
+    Gt,
+    /// `a >= b`.
+    Ge,
 }
 
 impl BinOp {
+    /// Whether it compares (a 0/1 result through which no gradient flows).
+    pub fn compares(self) -> bool {
+        matches!(self, BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge)
+    }
+
     /// Binding power: higher binds tighter.
     pub fn precedence(self) -> u8 {
         match self {
-            BinOp::Concat => 1,
+            BinOp::Concat | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => 1,
             BinOp::Add | BinOp::Sub => 2,
             BinOp::Mul | BinOp::Div | BinOp::MatMul => 3,
         }
@@ -257,6 +270,10 @@ impl BinOp {
             BinOp::Mul => "*",
             BinOp::Div => "/",
             BinOp::MatMul => "@",
+            BinOp::Lt => "<",
+            BinOp::Le => "<=",
+            BinOp::Gt => ">",
+            BinOp::Ge => ">=",
         }
     }
 }

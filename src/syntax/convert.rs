@@ -176,7 +176,16 @@ impl Converter<'_> {
                     let span = base.span.to(field.span);
                     current = Some(self.node(ExprKind::Field(Box::new(base), field), span, depth));
                 }
-                Rule::concat | Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::matmul => {
+                Rule::concat
+                | Rule::add
+                | Rule::sub
+                | Rule::mul
+                | Rule::div
+                | Rule::matmul
+                | Rule::lt
+                | Rule::le
+                | Rule::gt
+                | Rule::ge => {
                     let operand = current.take().expect("grammar: operand before operator");
                     let operand = self.wrap_negations(operand, &negations);
                     negations.clear();
@@ -336,6 +345,10 @@ fn binop(rule: Rule) -> BinOp {
         Rule::sub => BinOp::Sub,
         Rule::mul => BinOp::Mul,
         Rule::div => BinOp::Div,
+        Rule::lt => BinOp::Lt,
+        Rule::le => BinOp::Le,
+        Rule::gt => BinOp::Gt,
+        Rule::ge => BinOp::Ge,
         _ => BinOp::MatMul,
     }
 }

@@ -288,7 +288,16 @@ fn describe(rule: Rule) -> Option<&'static str> {
         Rule::close => "`]` or `)`",
         Rule::param | Rule::let_decl | Rule::weight | Rule::state | Rule::assign => "a declaration",
         Rule::field => "a recipe field",
-        Rule::concat | Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::matmul => "an operator",
+        Rule::concat
+        | Rule::add
+        | Rule::sub
+        | Rule::mul
+        | Rule::div
+        | Rule::matmul
+        | Rule::lt
+        | Rule::le
+        | Rule::gt
+        | Rule::ge => "an operator",
         Rule::for_clause => "`for`",
         Rule::exclusion => "`if v != ...`",
         _ => return None,
