@@ -121,6 +121,8 @@ const CORPUS: &[&str] = &[
     // A hinge written with `where` and a comparison; a max over a set as a constant factor.
     "objective hinge { loss = -dot(u1, t2) + where(dot(u1, t1) > 0.5, dot(u1, t1) * dot(u1, t1), 0.25) \
      + max(dot(t2, v) for v in targets) * dot(u1, t1) }\ntrain hinge { predictor = mlp(hidden = 8) }",
+    // logsumexp and softmax over a vector's entries.
+    "objective entries { loss = -dot(u1, t2) + logsumexp(u1 / 0.5) + dot(softmax(2 * u1), t1) }\ntrain entries { predictor = mlp(hidden = 8) }",
     // stopgrad blocks its argument; a vector divided by a scalar that depends on u1.
     "objective blocked { loss = -dot(u1, t2) * stopgrad(dot(u1, t1)) + dot(u1 / (2 + dot(u1, t1)), t2) }\n\
      train blocked { predictor = mlp(hidden = 8) }",

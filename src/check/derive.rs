@@ -26,7 +26,7 @@ pub(super) struct DerivedForm {
 const MAX_TERMS: usize = 256;
 
 const SUPPORTED: &str = "derivation goes through + - * / @, dot, exp, log, sqrt, norm, normalize, pow, tanh, \
-     sigmoid, where, comparisons, nearest, stopgrad, lets, and sum, mean and logsumexp over sets; write `positive`, \
+     sigmoid, where, comparisons, nearest, stopgrad, lets, logsumexp and softmax of a vector, and sum, mean and logsumexp over sets; write `positive`, \
      `negative` and `balance` yourself for anything else";
 
 /// Derives the unified form of `o` from its `loss`.
@@ -246,6 +246,16 @@ impl Deriver<'_> {
                 Ok([ga, gb].concat())
             }
             Func::StopGrad => Ok(vec![]),
+            Func::LogSumExpEntries => {
+                let softmax = self.call_expr(Func::SoftmaxEntries, vec![a.clone()], Type::Vec);
+                self.grad(a, self.times(g, &softmax, 1))
+            }
+            Func::SoftmaxEntries => {
+                // J g = s ⊙ (g − ⟨g, s⟩)
+                let along = self.times(self.dot(g.clone(), e), e, 1);
+                let across = [self.times(g, e, 1), scale(along, -1.0)].concat();
+                self.grad(a, across)
+            }
             Func::Where => {
                 // where(c, a, b) = m·a + (1 − m)·b with the mask m = where(c, 1, 0), constant a.e.
                 let constant = |x: f64| node(TKind::Const(x), Type::Scalar, false, self.span);

@@ -319,13 +319,6 @@ impl Checker<'_> {
                 );
                 return poisoned(span);
             }
-            "logsumexp" => {
-                self.error(
-                    Diagnostic::new(Code::Mismatch, "`logsumexp` reduces over a set", span, "no set")
-                        .help("write `logsumexp(EXPR for v in SET)`"),
-                );
-                return poisoned(span);
-            }
             _ => {}
         }
         let Some(bound) = bind(name, func.span, params, args, self.diagnostics) else {
@@ -349,7 +342,10 @@ impl Checker<'_> {
             );
             return poisoned(span);
         }
-        if name == "softmax" && self.softmax_var.is_none() {
+        let args: Vec<TExpr> = bound.into_iter().flatten().map(|a| self.expr(a)).collect();
+        // Of a vector, softmax normalises over its entries; of a scalar, over the set of the enclosing comprehension.
+        let over_entries = args.first().is_some_and(|a| matches!(a.ty, Type::Vec | Type::Error));
+        if name == "softmax" && !over_entries && self.softmax_var.is_none() {
             self.error(
                 Diagnostic::new(
                     Code::SoftmaxContext,
@@ -357,11 +353,10 @@ impl Checker<'_> {
                     func.span,
                     "outside any weight or comprehension",
                 )
-                .help("use it in `weight w(v in SET) = softmax(...)` or inside `sum(softmax(...) * v for v in SET)`"),
+                .help("use it in `weight w(v in SET) = softmax(...)` or inside `sum(softmax(...) * v for v in SET)`; of a vector, `softmax(x)` normalises over its entries"),
             );
             return poisoned(span);
         }
-        let args: Vec<TExpr> = bound.into_iter().flatten().map(|a| self.expr(a)).collect();
         self.typed_call(name, args, span)
     }
 
@@ -400,6 +395,20 @@ impl Checker<'_> {
                 };
                 (func, ty, "two values of one type, or a scalar and anything")
             }
+            "logsumexp" if types[0] == Vec => (Func::LogSumExpEntries, Some(Scalar), "a vector"),
+            "logsumexp" => {
+                self.error(
+                    Diagnostic::new(
+                        Code::Mismatch,
+                        "`logsumexp` reduces over a set or a vector's entries",
+                        span,
+                        "no set",
+                    )
+                    .help("write `logsumexp(EXPR for v in SET)`, or `logsumexp(x)` of a vector x"),
+                );
+                return poisoned(span);
+            }
+            "softmax" if types[0] == Vec => (Func::SoftmaxEntries, Some(Vec), "a vector"),
             "sum" | "mean" => {
                 let func = if name == "sum" { Func::SumEntries } else { Func::MeanEntries };
                 (func, matches!(types[0], Vec | Mat).then_some(Scalar), "a vector or a matrix (or a comprehension)")

@@ -236,6 +236,10 @@ pub enum Func {
     Transpose,
     /// `where(c, a, b)`: `a` where `c` is not 0, `b` elsewhere (elementwise).
     Where,
+    /// log Σ exp of a vector's entries.
+    LogSumExpEntries,
+    /// The softmax of a vector's entries (a vector summing to 1).
+    SoftmaxEntries,
 }
 
 impl Func {
@@ -265,6 +269,8 @@ impl Func {
             Func::Trace => "trace",
             Func::Transpose => "transpose",
             Func::Where => "where",
+            Func::LogSumExpEntries => "logsumexp",
+            Func::SoftmaxEntries => "softmax",
         }
     }
 }

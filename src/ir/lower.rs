@@ -464,6 +464,13 @@ impl<'a> Lowering<'a> {
             }
             Func::Eye => self.g.add(Op::Eye, vec![Axis::D, Axis::E]),
             Func::StopGrad => self.g.unary(Unary::StopGrad, arg(0)),
+            Func::LogSumExpEntries => self.g.lse_over(arg(0), Axis::D),
+            Func::SoftmaxEntries => {
+                let x = arg(0);
+                let lse = self.g.lse_over(x, Axis::D);
+                let centred = self.g.binary(Binary::Sub, x, lse);
+                self.g.unary(Unary::Exp, centred)
+            }
             Func::Where => {
                 let (c, a, b) = (arg(0), arg(1), arg(2));
                 // c ≠ 0 ⇔ c < 0 or 0 < c (never both).
