@@ -35,6 +35,47 @@ enum Command {
         #[arg(long)]
         deny_warnings: bool,
     },
+    /// Train a grid — files × `--grid` values × seeds — one cell after another (or `--parallel P` at once), each a
+    /// run directory under RUNS/NAME/, resumable; then a table (Markdown, CSV) and a chart of kNN and linear-probe
+    /// top-1, health, speed and wall time, mean ± std over seeds.
+    #[command(
+        after_help = "Examples:\n  ssl-lang sweep objectives/simclr.ssl objectives/unigrad.ssl --grid form=gradient,loss --grid momentum=none,cosine(0.99, 1.0) --seeds 0,1,2 --name fidelity\n  ssl-lang sweep --report fidelity\nExit status: 0 every cell done, 1 a cell failed (its log is named), 2 usage or I/O, 130 stopped by a signal (run it again to resume)."
+    )]
+    Sweep {
+        /// The .ssl files.
+        #[arg(required_unless_present = "report")]
+        files: Vec<PathBuf>,
+        /// A grid axis: a `--set` key and its values, split at top-level commas (`cosine(0.99, 1.0)` is one value).
+        #[arg(long = "grid", value_name = "KEY=V1,V2,...")]
+        grid: Vec<String>,
+        /// Override a recipe field or an objective param in every cell.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Seeds: each grid cell is trained once per seed (default: the recipe's seed).
+        #[arg(long, value_delimiter = ',')]
+        seeds: Vec<u64>,
+        /// The sweep's name: its directory under --runs (default: `sweep`).
+        #[arg(long, default_value = "sweep")]
+        name: String,
+        /// Rebuild the table of the sweep NAME from its run directories, training nothing.
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["files", "grid", "seeds", "name"])]
+        report: Option<String>,
+        /// Where runs are written.
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
+        /// Train this many cells at once, the CPU threads split between them.
+        #[arg(long, default_value_t = 1, value_parser = at_least_one)]
+        parallel: usize,
+        /// Stop every cell after this many steps.
+        #[arg(long)]
+        max_steps: Option<usize>,
+        /// Use only the first N training and test images in every cell.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// A directory of Fashion-MNIST IDX files for every cell.
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
     /// Show an objective's typed unified form: terms, shapes, params, states, family and recipe.
     #[command(after_help = "Example: ssl-lang explain objectives/unigrad.ssl --ir")]
     Explain {
@@ -299,6 +340,22 @@ pub fn run(cli: Cli, stop: Arc<AtomicBool>) -> ExitCode {
             let torch = against_torch.map(|python| commands::bench::torch::TorchRef { python, script: torch_ref });
             let setup = commands::bench::Setup { batch, steps, overrides: set, device: device.device, baseline, torch };
             commands::bench::run(files, data, &setup)
+        }
+        Command::Sweep { files, grid, set, seeds, name, report, runs, parallel, max_steps, limit, data } => {
+            let args = commands::sweep::SweepArgs {
+                files,
+                grid,
+                set,
+                seeds,
+                report_only: report.is_some(),
+                name: report.unwrap_or(name),
+                runs,
+                parallel,
+                max_steps,
+                limit,
+                data,
+            };
+            commands::sweep::run(&args, stop, &edge)
         }
         Command::Report { runs, out } => commands::report::run(&runs, out.as_deref()),
         Command::Eval { run, knn, linear, data, device } => {

@@ -221,6 +221,15 @@ fn cases() -> Vec<Error> {
     assert_eq!(bench.status.code(), Some(2));
     out.extend(json_errors(&String::from_utf8_lossy(&bench.stderr)));
 
+    // A sweep: a grid that is not KEY=V1,..., and a cell whose training fails (its file is absent).
+    let sweep = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_ssl-lang")).args(args).output().unwrap();
+        json_errors(&String::from_utf8_lossy(&o.stderr))
+    };
+    out.extend(sweep(&["sweep", "absent.ssl", "--grid", "form", "--format", "json"]));
+    let runs = root.join("sweep");
+    out.extend(sweep(&["sweep", "absent.ssl", "--runs", runs.to_str().unwrap(), "--name", "s", "--format", "json"]));
+
     out.extend(misused_run(&root.join("cli")));
     out.push(Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap().matmul(&features(2, 3)).unwrap_err().into());
     let _ = std::fs::remove_dir_all(&root);

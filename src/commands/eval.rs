@@ -8,7 +8,7 @@ use crate::data;
 use crate::data::Dataset;
 use crate::error::{Error, ErrorCode};
 use crate::eval::features::{backbone_features, knn_protocol};
-use crate::eval::{self, LinearProbe};
+use crate::eval::{self, linear::ProbeResult, LinearProbe};
 use crate::files::hex;
 use crate::nn::SiameseNet;
 use crate::runtime::run::RunDir;
@@ -26,6 +26,19 @@ pub struct Protocols {
     pub linear: bool,
 }
 
+/// What `eval` measured on a run's latest checkpoint.
+#[derive(Clone, Debug)]
+pub struct Evaluation {
+    /// The checkpoint's step.
+    pub step: usize,
+    /// Where the data came from.
+    pub source: String,
+    /// kNN top-1 in [0, 1] and its protocol, when asked for.
+    pub knn: Option<(f64, String)>,
+    /// The linear probe's result and its protocol, when asked for.
+    pub linear: Option<(ProbeResult, String)>,
+}
+
 /// Evaluates the latest checkpoint of the run at `path` and prints the report.
 pub fn run(
     path: &Path,
@@ -34,6 +47,29 @@ pub fn run(
     device_name: &str,
     edge: &Edge,
 ) -> Result<(), Failure> {
+    let e = evaluate(path, protocols, data_dir, device_name, edge)?;
+    println!("run {} — checkpoint at step {}; data: {}", path.display(), e.step, e.source);
+    if let Some((top1, protocol)) = &e.knn {
+        println!("kNN top-1 {:.2} %  ({protocol})", top1 * 100.0);
+    }
+    if let Some((result, protocol)) = &e.linear {
+        println!(
+            "linear probe top-1 {:.2} % (train {:.2} %)  ({protocol})",
+            result.test_accuracy * 100.0,
+            result.train_accuracy * 100.0,
+        );
+    }
+    Ok(())
+}
+
+/// Evaluates the latest checkpoint of the run at `path` (kNN when neither protocol is asked for).
+pub fn evaluate(
+    path: &Path,
+    protocols: Protocols,
+    data_dir: Option<&Path>,
+    device_name: &str,
+    edge: &Edge,
+) -> Result<Evaluation, Failure> {
     let device = device::open(device_name)?;
     let run = RunDir::open(path)?;
     let config = run.read_config()?;
@@ -58,23 +94,18 @@ pub fn run(
         data.limit(limit);
     }
     let (bank, queries) = cached_features(&run, &loaded.sha256, &net, &data, edge)?;
-    println!("run {} — checkpoint at step {step}; data: {}", run.path.display(), data.source);
+    let mut out = Evaluation { step, source: data.source.to_string(), knn: None, linear: None };
     if protocols.knn || !protocols.linear {
         let k = recipe.eval.clone().unwrap_or(Knn { k: 200, t: 0.1, every: 1 });
         let top1 = eval::knn_accuracy(&bank, &data.train_labels, &queries, &data.test_labels, k.k, k.t)?;
-        println!("kNN top-1 {:.2} %  ({})", top1 * 100.0, knn_protocol(&k, &data));
+        out.knn = Some((top1, knn_protocol(&k, &data)));
     }
     if protocols.linear {
         let probe = LinearProbe::default();
         let result = eval::linear_probe(&bank, &data.train_labels, &queries, &data.test_labels, &probe)?;
-        println!(
-            "linear probe top-1 {:.2} % (train {:.2} %)  ({})",
-            result.test_accuracy * 100.0,
-            result.train_accuracy * 100.0,
-            probe.protocol()
-        );
+        out.linear = Some((result, probe.protocol()));
     }
-    Ok(())
+    Ok(out)
 }
 
 /// The backbone features of the training (bank) and test (query) images under `checkpoint` (its SHA-256), read

@@ -11,6 +11,7 @@ pub mod eval;
 pub mod explain;
 pub mod grad;
 pub mod report;
+pub mod sweep;
 pub mod train;
 pub mod verify;
 

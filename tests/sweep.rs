@@ -1,0 +1,94 @@
+//! `ssl-lang sweep` through the binary on a tiny grid (64 images, a narrow network, two steps per cell): every cell
+//! is a run directory, the table groups seeds into mean ± std, a rerun trains nothing, `--report` rebuilds the same
+//! table from disk, and a failing cell is reported with its log while the others finish.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn temp(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ssl-sweep-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A sweep of the standard BYOL file with the tiny settings, plus `extra`.
+fn sweep(runs: &Path, extra: &[&str]) -> Output {
+    let file = format!("{}/objectives/byol.ssl", env!("CARGO_MANIFEST_DIR"));
+    let mut args = vec!["sweep", file.as_str(), "--runs", runs.to_str().unwrap(), "--max-steps", "2", "--limit", "64"];
+    for set in [
+        "batch=8",
+        "encoder=resnet_mini(widths = [4, 8, 8])",
+        "projector=mlp(hidden = 16, out = 16)",
+        "predictor=mlp(hidden = 16)",
+        "eval=knn(k = 10, t = 0.1, every = 1)",
+    ] {
+        args.extend(["--set", set]);
+    }
+    args.extend_from_slice(extra);
+    Command::new(env!("CARGO_BIN_EXE_ssl-lang")).args(&args).output().unwrap()
+}
+
+fn table(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("sweep.md")).unwrap()
+}
+
+#[test]
+fn a_grid_trains_every_cell_once_and_tabulates_it() {
+    let runs = temp("grid");
+    let first = sweep(&runs, &["--grid", "form=gradient,loss", "--seeds", "0,1", "--name", "g", "--parallel", "2"]);
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(first.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&first.stderr));
+    let dir = runs.join("g");
+    for cell in ["byol-form=gradient-s0", "byol-form=gradient-s1", "byol-form=loss-s0", "byol-form=loss-s1"] {
+        assert!(dir.join(cell).join("config.json").exists(), "{cell} is a run directory");
+        assert!(dir.join("logs").join(format!("{cell}.log")).exists(), "{cell} has a log");
+    }
+    let md = table(&dir);
+    let rows: Vec<&str> = md.lines().skip(2).collect();
+    assert_eq!(rows.len(), 2, "{md}");
+    assert!(
+        rows[0].starts_with("| byol | `form=gradient` | 2 | ") && rows[1].starts_with("| byol | `form=loss` | 2 | "),
+        "{md}"
+    );
+    // kNN and linear probe as mean ± std over the two seeds.
+    assert_eq!(rows[0].matches(" ± ").count(), 5, "{md}");
+    assert!(std::fs::read_to_string(dir.join("sweep.csv")).unwrap().lines().count() == 3);
+    assert!(std::fs::read_to_string(dir.join("sweep.svg")).unwrap().starts_with("<svg"));
+
+    // A rerun finds every cell finished: nothing trains, the table is the same.
+    let again = sweep(&runs, &["--grid", "form=gradient,loss", "--seeds", "0,1", "--name", "g"]);
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(again.status.success() && !stdout.contains("training"), "{stdout}");
+    let report = Command::new(env!("CARGO_BIN_EXE_ssl-lang"))
+        .args(["sweep", "--report", "g", "--runs", runs.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(report.status.success());
+    let rebuilt = table(&dir);
+    let without_wall =
+        |t: &str| t.lines().map(|l| l.rsplitn(3, '|').nth(2).unwrap_or(l).to_string()).collect::<Vec<_>>();
+    assert_eq!(without_wall(&rebuilt), without_wall(&md));
+    let _ = std::fs::remove_dir_all(&runs);
+}
+
+#[test]
+fn a_failing_cell_is_reported_and_the_others_finish() {
+    let runs = temp("fail");
+    let out = sweep(&runs, &["--grid", "form=gradient,bogus", "--name", "f"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("ssl::sweep::cell") && stderr.contains("byol-form=bogus.log"), "{stderr}");
+    let log = std::fs::read_to_string(runs.join("f/logs/byol-form=bogus.log")).unwrap();
+    assert!(log.contains("bogus"), "the cell's log says what is wrong: {log}");
+    let md = table(&runs.join("f"));
+    assert!(
+        md.contains("| byol | `form=gradient` | 1 |") && md.contains("| byol | `form=bogus` | 1 (1 failed) |"),
+        "{md}"
+    );
+
+    let bad = Command::new(env!("CARGO_BIN_EXE_ssl-lang")).args(["sweep", "x.ssl", "--grid", "form"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("ssl::sweep::grid"));
+    let _ = std::fs::remove_dir_all(&runs);
+}
