@@ -92,3 +92,24 @@ fn a_failing_cell_is_reported_and_the_others_finish() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("ssl::sweep::grid"));
     let _ = std::fs::remove_dir_all(&runs);
 }
+
+/// A cell stopped before its first checkpoint cannot be resumed: the sweep moves its directory aside (nothing is
+/// deleted) and trains it afresh.
+#[test]
+fn a_cell_without_a_checkpoint_starts_afresh_and_keeps_the_old_directory() {
+    let runs = temp("aside");
+    assert!(sweep(&runs, &["--name", "a"]).status.success());
+    let cell = runs.join("a/byol");
+    for f in ["checkpoint.json", "checkpoint.safetensors"] {
+        std::fs::remove_file(cell.join(f)).unwrap();
+    }
+    let manifest = runs.join("a/sweep.json");
+    let text = std::fs::read_to_string(&manifest).unwrap().replace("\"done\"", "\"pending\"");
+    std::fs::write(&manifest, text).unwrap();
+    let again = sweep(&runs, &["--name", "a"]);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("byol: training"));
+    assert!(cell.join("checkpoint.safetensors").exists(), "trained afresh");
+    assert!(runs.join("a/abandoned/byol-0/config.json").exists(), "the old start is kept aside");
+    let _ = std::fs::remove_dir_all(&runs);
+}

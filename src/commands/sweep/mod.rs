@@ -109,8 +109,10 @@ pub fn run(args: &SweepArgs, stop: Arc<AtomicBool>, edge: &Edge) -> Result<(), F
     };
     let mut interrupted = false;
     if !args.report_only {
-        std::fs::create_dir_all(dir.join("logs"))
-            .map_err(|e| Error::new(ErrorCode::RunIo, format!("cannot create `{}`: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir.join("logs")).map_err(|e| {
+            Error::new(ErrorCode::RunIo, format!("cannot create `{}`: {e}", dir.display()))
+                .help("give `--runs` a directory you can write to")
+        })?;
         write_manifest(&dir, &manifest)?;
         interrupted = train_cells(args, &dir, &mut manifest, &stop, edge)?;
     }
@@ -239,23 +241,31 @@ fn cell_io(i: &usize, e: std::io::Error) -> Error {
 /// `ssl-lang train` for one cell in a child process, its output appended to the cell's log; `--resume` when its run
 /// directory already holds a run. `threads` splits the cores between cells trained at once.
 fn spawn(args: &SweepArgs, dir: &Path, cell: &Cell, threads: Option<usize>) -> Result<Child, Error> {
-    let exe = std::env::current_exe()
-        .map_err(|e| Error::new(ErrorCode::RunIo, format!("cannot find the ssl-lang executable: {e}")))?;
+    let exe = std::env::current_exe().map_err(|e| {
+        Error::new(ErrorCode::RunIo, format!("cannot find the ssl-lang executable: {e}"))
+            .help("run the sweep with the ssl-lang binary itself, from a path that still exists")
+    })?;
     let log_file = log_path(dir, cell);
     let open = || {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_file)
-            .map_err(|e| Error::new(ErrorCode::RunIo, format!("cannot open `{}`: {e}", log_file.display())))
+        std::fs::OpenOptions::new().create(true).append(true).open(&log_file).map_err(|e| {
+            Error::new(ErrorCode::RunIo, format!("cannot open `{}`: {e}", log_file.display()))
+                .help("check that the sweep's directory is writable")
+        })
     };
     let mut cmd = Command::new(exe);
     cmd.arg("train").arg(&cell.file).arg("--runs").arg(dir).arg("--name").arg(&cell.name);
     for s in cell.sets(&args.set) {
         cmd.arg("--set").arg(s);
     }
-    if dir.join(&cell.name).join("config.json").exists() {
-        cmd.arg("--resume");
+    let run = dir.join(&cell.name);
+    if run.join("config.json").exists() {
+        match RunDir::open(&run).and_then(|r| r.load_checkpoint()) {
+            // Stopped before its first checkpoint: nothing to resume from. Its directory is kept, moved aside.
+            Ok(None) => set_aside(dir, cell)?,
+            _ => {
+                cmd.arg("--resume");
+            }
+        }
     }
     if let Some(n) = args.max_steps {
         cmd.arg("--max-steps").arg(n.to_string());
@@ -270,7 +280,23 @@ fn spawn(args: &SweepArgs, dir: &Path, cell: &Cell, threads: Option<usize>) -> R
         cmd.env("RAYON_NUM_THREADS", t.to_string());
     }
     cmd.stdin(Stdio::null()).stdout(open()?).stderr(open()?);
-    cmd.spawn().map_err(|e| Error::new(ErrorCode::RunIo, format!("cannot start training cell `{}`: {e}", cell.name)))
+    cmd.spawn().map_err(|e| {
+        Error::new(ErrorCode::RunIo, format!("cannot start training cell `{}`: {e}", cell.name))
+            .help("the system refused a new process (too many, or out of memory): try a smaller --parallel")
+    })
+}
+
+/// Moves a cell's run directory that holds no checkpoint to `abandoned/CELL-N`, so that the cell starts afresh
+/// without losing what its earlier start wrote.
+fn set_aside(dir: &Path, cell: &Cell) -> Result<(), Error> {
+    let io = |e: std::io::Error| {
+        Error::new(ErrorCode::RunIo, format!("cannot set aside `{}`: {e}", cell.name))
+            .help("check that the sweep's directory is writable, or move the cell's directory away yourself")
+    };
+    let aside = dir.join("abandoned");
+    std::fs::create_dir_all(&aside).map_err(io)?;
+    let target = (0..).map(|n| aside.join(format!("{}-{n}", cell.name))).find(|p| !p.exists()).expect("a free name");
+    std::fs::rename(dir.join(&cell.name), target).map_err(io)
 }
 
 fn log_path(dir: &Path, cell: &Cell) -> PathBuf {
@@ -293,8 +319,10 @@ fn read_manifest(dir: &Path) -> Result<Option<Manifest>, Error> {
     if !path.exists() {
         return Ok(None);
     }
-    let bytes = crate::files::read_bounded(&path, crate::files::SOURCE_LIMIT)
-        .map_err(|e| Error::new(ErrorCode::RunIo, format!("cannot read `{}`: it {e}", path.display())))?;
+    let bytes = crate::files::read_bounded(&path, crate::files::SOURCE_LIMIT).map_err(|e| {
+        Error::new(ErrorCode::RunIo, format!("cannot read `{}`: it {e}", path.display()))
+            .help("check the permissions of the sweep's directory")
+    })?;
     serde_json::from_slice(&bytes).map(Some).map_err(|e| {
         Error::new(ErrorCode::RunCorrupt, format!("`{}` is not a sweep manifest: {e}", path.display()))
             .help("move it away to start the sweep afresh; the cells' run directories stay usable")
