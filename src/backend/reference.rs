@@ -169,6 +169,7 @@ pub fn eval_node(g: &Graph, n: Node, values: &[Option<Tensor>], x: &Inputs) -> R
             }
         }
         Op::Contract(l, r, over) => contract(g, x, (get(l), g.axes_of(*l)), (get(r), g.axes_of(*r)), over, axes)?,
+        Op::MatrixPower(p, m) => crate::kernels::matfn::symmetric_power(get(m), p.exponent())?,
         Op::Reduce(red, m, axis) => {
             let src_axes = g.axes_of(*m);
             let dim = src_axes.iter().position(|a| a == axis).expect("reduced axis present");

@@ -442,7 +442,7 @@ impl Deriver<'_> {
             },
             TKind::Let(i) => self.symmetric(&self.o.lets[*i].value),
             TKind::Neg(a) | TKind::Reduce { body: a, .. } => self.symmetric(a),
-            TKind::Call(Func::Eye, _) => true,
+            TKind::Call(Func::Eye | Func::SqrtM | Func::InvSqrtM, _) => true,
             TKind::Call(Func::Outer, args) => self.key(&args[0]) == self.key(&args[1]),
             TKind::Call(Func::Transpose | Func::Exp | Func::Abs | Func::Relu | Func::StopGrad, args) => {
                 self.symmetric(&args[0])

@@ -54,6 +54,8 @@ pub const FUNCTIONS: &[(&str, &[&str])] = &[
     ("transpose", &["m"]),
     ("where", &["cond", "a", "b"]),
     ("nearest", &["x", "set"]),
+    ("sqrtm", &["m"]),
+    ("inv_sqrtm", &["m"]),
     ("ema", &["rate", "value"]),
     ("fifo", &["size", "set"]),
 ];
@@ -424,6 +426,23 @@ impl Checker<'_> {
                 "a value and two scalar bounds",
             ),
             "diag" => (Func::Diag, (types == [Mat]).then_some(Vec), "a matrix"),
+            "sqrtm" | "inv_sqrtm" => {
+                let func = if name == "sqrtm" { Func::SqrtM } else { Func::InvSqrtM };
+                if types == [Mat] && (per_sample || self.reads_index(&args[0])) {
+                    let what = if per_sample { "the current sample" } else { "a comprehension's variable" };
+                    self.error(
+                        Diagnostic::new(
+                            Code::Mismatch,
+                            format!("`{name}` takes a matrix of the whole batch, but this one depends on {what}"),
+                            args[0].span,
+                            if per_sample { "a matrix per sample" } else { "a matrix per element" },
+                        )
+                        .help("a matrix power is one eigendecomposition per step: apply it to a batch-level matrix, e.g. `inv_sqrtm(mean(outer(t, t) for t in targets) + 1e-3 * eye())`"),
+                    );
+                    return poisoned(span);
+                }
+                (func, (types == [Mat]).then_some(Mat), "a symmetric matrix")
+            }
             "trace" => (Func::Trace, (types == [Mat]).then_some(Scalar), "a matrix"),
             "transpose" => (Func::Transpose, (types == [Mat]).then_some(Mat), "a matrix"),
             "eye" => (Func::Eye, Some(Mat), "no arguments"),
@@ -463,6 +482,17 @@ impl Checker<'_> {
             Some(ty) => texpr(TKind::Call(func, args), ty, per_sample, span),
             None => self.arg_mismatch(name, &args, wanted, span),
         }
+    }
+
+    /// Whether `e` reads an index variable it does not bind itself (an element of an enclosing comprehension).
+    fn reads_index(&self, e: &TExpr) -> bool {
+        let mut bound = std::collections::HashSet::new();
+        e.walk(&mut |s| {
+            if let TKind::Reduce { var, .. } = &s.kind {
+                bound.insert(*var);
+            }
+        });
+        e.any(&|s| matches!(&s.kind, TKind::Index(v, _) if !bound.contains(v)))
     }
 
     /// `nearest(x, set)` with its meaning spelt out in max and a comparison (see [`TKind::Nearest`]).

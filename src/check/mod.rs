@@ -112,7 +112,14 @@ pub fn check(file: &ast::File) -> (Program, Vec<Diagnostic>) {
         let trains_with_predictor = recipe_target.as_deref() == Some(o.name.as_str()) && recipe.predictor.is_some();
         // When its train block failed to parse, whether it has a predictor is unknown.
         let recipe_unknown = file.may_have_unparsed_train(&o.name);
-        if o.negative.is_none() && o.positive.is_some() && !trains_with_predictor && !recipe_unknown {
+        // A pull through a batch-level statistic (W-MSE's whitening) carries its own force against collapse.
+        let pull_reads_the_batch = o.positive.as_ref().is_some_and(|p| reads_the_batch(o, p));
+        if o.negative.is_none()
+            && o.positive.is_some()
+            && !trains_with_predictor
+            && !recipe_unknown
+            && !pull_reads_the_batch
+        {
             let span = file.objectives.iter().find(|a| a.name.name == o.name).map_or(Span::default(), |a| a.name.span);
             diagnostics.push(
                 Diagnostic::new(
@@ -139,6 +146,15 @@ pub fn check(file: &ast::File) -> (Program, Vec<Diagnostic>) {
     }
     diagnostics.sort_by_key(|d| d.span().start);
     (Program { objectives, recipe_target, recipe }, diagnostics)
+}
+
+/// Whether `e` reads a statistic of the batch: a comprehension or a state, directly or through lets.
+fn reads_the_batch(o: &Objective, e: &typed::TExpr) -> bool {
+    e.any(&|s| match s.kind {
+        typed::TKind::Reduce { .. } | typed::TKind::State(_) => true,
+        typed::TKind::Let(i) => reads_the_batch(o, &o.lets[i].value),
+        _ => false,
+    })
 }
 
 /// A fifo must hold at least what one step pushes, or the step's own features fall out at once.

@@ -240,6 +240,10 @@ pub enum Func {
     LogSumExpEntries,
     /// The softmax of a vector's entries (a vector summing to 1).
     SoftmaxEntries,
+    /// The square root of a global symmetric matrix.
+    SqrtM,
+    /// The inverse square root of a global symmetric matrix (whitening).
+    InvSqrtM,
 }
 
 impl Func {
@@ -271,6 +275,8 @@ impl Func {
             Func::Where => "where",
             Func::LogSumExpEntries => "logsumexp",
             Func::SoftmaxEntries => "softmax",
+            Func::SqrtM => "sqrtm",
+            Func::InvSqrtM => "inv_sqrtm",
         }
     }
 }

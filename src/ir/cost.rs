@@ -59,6 +59,8 @@ pub fn node_cost(g: &Graph, n: Node, s: &Sizes) -> (u64, u64) {
             2 * s.elements(g, &all) as u64
         }
         Op::Unary(..) | Op::Binary(..) => out,
+        // A symmetric eigendecomposition, about 9 D³, and the product back.
+        Op::MatrixPower(..) => 11 * (out as f64).powf(1.5) as u64,
         Op::Reduce(r, m, _) => {
             let input = s.elements(g, g.axes_of(*m)) as u64;
             if *r == super::Reduction::Sum {

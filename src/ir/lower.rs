@@ -8,7 +8,7 @@
 //! and `online` are the feature matrices themselves, relabelled to the set's axis), so that autodiff of it reaches
 //! each online feature; everywhere else the other samples are constants, as the unified form treats them.
 
-use super::{Axis, Binary, Feature, Graph, Lowered, Node, Op, SetAxis, SetSource, Unary};
+use super::{Axis, Binary, Feature, Graph, Lowered, MatrixPower, Node, Op, SetAxis, SetSource, Unary};
 use crate::check::typed::{Builtin, Exclusion, Func, Objective, Reduce, StateKind, TExpr, TKind, VarId};
 use crate::check::types::Type;
 use crate::syntax::ast::BinOp;
@@ -465,6 +465,8 @@ impl<'a> Lowering<'a> {
             Func::Eye => self.g.add(Op::Eye, vec![Axis::D, Axis::E]),
             Func::StopGrad => self.g.unary(Unary::StopGrad, arg(0)),
             Func::LogSumExpEntries => self.g.lse_over(arg(0), Axis::D),
+            Func::SqrtM => self.g.add(Op::MatrixPower(MatrixPower::Sqrt, arg(0)), vec![Axis::D, Axis::E]),
+            Func::InvSqrtM => self.g.add(Op::MatrixPower(MatrixPower::InvSqrt, arg(0)), vec![Axis::D, Axis::E]),
             Func::SoftmaxEntries => {
                 let x = arg(0);
                 let lse = self.g.lse_over(x, Axis::D);

@@ -171,7 +171,7 @@ pub enum Reduction {
 /// The operands of an operation.
 pub fn operands(op: &Op) -> Vec<Node> {
     match op {
-        Op::Rename(n, ..) | Op::Unary(_, n) | Op::Reduce(_, n, _) => vec![*n],
+        Op::Rename(n, ..) | Op::Unary(_, n) | Op::Reduce(_, n, _) | Op::MatrixPower(_, n) => vec![*n],
         Op::Binary(_, a, b) | Op::Contract(a, b, _) => vec![*a, *b],
         _ => vec![],
     }
@@ -185,6 +185,7 @@ pub fn map_operands(op: &Op, f: impl Fn(Node) -> Node) -> Op {
         Op::Binary(b, x, y) => Op::Binary(*b, f(*x), f(*y)),
         Op::Contract(x, y, over) => Op::Contract(f(*x), f(*y), over.clone()),
         Op::Reduce(r, n, a) => Op::Reduce(*r, f(*n), *a),
+        Op::MatrixPower(p, n) => Op::MatrixPower(*p, f(*n)),
         other => other.clone(),
     }
 }
@@ -227,6 +228,27 @@ pub enum Op {
     Contract(Node, Node, Vec<Axis>),
     /// A reduction over one axis.
     Reduce(Reduction, Node, Axis),
+    /// A power of a global symmetric matrix [D, E] (through its eigendecomposition).
+    MatrixPower(MatrixPower, Node),
+}
+
+/// The powers of a symmetric matrix the language has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MatrixPower {
+    /// S^½.
+    Sqrt,
+    /// S^−½.
+    InvSqrt,
+}
+
+impl MatrixPower {
+    /// The exponent.
+    pub fn exponent(self) -> f64 {
+        match self {
+            MatrixPower::Sqrt => 0.5,
+            MatrixPower::InvSqrt => -0.5,
+        }
+    }
 }
 
 impl Eq for Op {}
@@ -245,6 +267,7 @@ impl std::hash::Hash for Op {
             Op::Binary(b, x, y) => (b, x, y).hash(state),
             Op::Contract(x, y, axes) => (x, y, axes).hash(state),
             Op::Reduce(r, n, a) => (r, n, a).hash(state),
+            Op::MatrixPower(p, n) => (p, n).hash(state),
             Op::Keep(r, c, o) => (r, c, o).hash(state),
             Op::BatchSize | Op::Dim | Op::Eye => {}
         }
@@ -366,6 +389,7 @@ impl Lowered {
                     format!("contract %{} %{} over {}", x.0, y.0, over.join(","))
                 }
                 Op::Reduce(r, n, a) => format!("{} %{} over {a}", format!("{r:?}").to_lowercase(), n.0),
+                Op::MatrixPower(p, n) => format!("power {} of %{}", p.exponent(), n.0),
             };
             let line = format!("%{i:<4} [{}] = {text}", axes.join(", "));
             match sizes {

@@ -5,6 +5,7 @@
 
 pub mod conv;
 pub mod gemm;
+pub mod matfn;
 pub mod norm;
 pub mod simd;
 pub mod softmax_sum;
