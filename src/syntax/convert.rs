@@ -176,16 +176,7 @@ impl Converter<'_> {
                     let span = base.span.to(field.span);
                     current = Some(self.node(ExprKind::Field(Box::new(base), field), span, depth));
                 }
-                Rule::concat
-                | Rule::add
-                | Rule::sub
-                | Rule::mul
-                | Rule::div
-                | Rule::matmul
-                | Rule::lt
-                | Rule::le
-                | Rule::gt
-                | Rule::ge => {
+                rule if super::is_operator(rule) => {
                     let operand = current.take().expect("grammar: operand before operator");
                     let operand = self.wrap_negations(operand, &negations);
                     negations.clear();

@@ -273,6 +273,23 @@ fn unclosed_bracket(text: &str) -> Option<char> {
     open.pop().filter(|c| *c != '{')
 }
 
+/// Whether a grammar rule is an infix operator.
+pub(crate) fn is_operator(rule: Rule) -> bool {
+    matches!(
+        rule,
+        Rule::concat
+            | Rule::add
+            | Rule::sub
+            | Rule::mul
+            | Rule::div
+            | Rule::matmul
+            | Rule::lt
+            | Rule::le
+            | Rule::gt
+            | Rule::ge
+    )
+}
+
 /// Names for grammar rules in messages; `None` for rules the user never needs to hear about.
 fn describe(rule: Rule) -> Option<&'static str> {
     Some(match rule {
@@ -288,16 +305,7 @@ fn describe(rule: Rule) -> Option<&'static str> {
         Rule::close => "`]` or `)`",
         Rule::param | Rule::let_decl | Rule::weight | Rule::state | Rule::assign => "a declaration",
         Rule::field => "a recipe field",
-        Rule::concat
-        | Rule::add
-        | Rule::sub
-        | Rule::mul
-        | Rule::div
-        | Rule::matmul
-        | Rule::lt
-        | Rule::le
-        | Rule::gt
-        | Rule::ge => "an operator",
+        r if is_operator(r) => "an operator",
         Rule::for_clause => "`for`",
         Rule::exclusion => "`if v != ...`",
         _ => return None,
