@@ -582,3 +582,35 @@ fn totals_through_where_max_and_nearest_match_finite_differences() {
         assert!((numeric - analytic).abs() < 1e-6 * scale.max(1.0), "{numeric} vs {analytic}");
     }
 }
+
+/// `let f(x) = ...` is expanded where it is called: NT-Xent written with two functions is SimCLR's `total` — the
+/// same value and gradients (f64, 1e-12) — and a chain of calls that would double at each level is refused.
+#[test]
+fn functions_expand_to_what_they_stand_for() {
+    let with_functions = objective(
+        "objective f { param tau = 0.2 in (0, inf)\n let sim(b) = dot(b.u1, b.u2) / tau\n \
+         let nce(x) = logsumexp(dot(x, v) / tau for v in online if v != x)\n \
+         total = mean(nce(b.u1) - sim(b) + nce(b.u2) - sim(b) for b in batch) / 2 }",
+    );
+    let f = features(51, 7, 5);
+    let z = [(&f.u1 * 2.0).unwrap(), (&f.u2 * 3.0).unwrap()];
+    let total = |o: &Objective| {
+        let plan = Plan::new(o);
+        plan.total_gradient(&f, [&z[0], &z[1]], &plan.initial_state()).unwrap()
+    };
+    let (a, ga) = total(&with_functions);
+    let (b, gb) = total(&standard("simclr"));
+    assert!(relative_error(&a, &b).unwrap() < 1e-12);
+    for (x, y) in ga.iter().zip(&gb) {
+        assert!(relative_error(x, y).unwrap() < 1e-12);
+    }
+
+    let mut nested = "x".to_string();
+    for _ in 0..40 {
+        nested = format!("twice({nested})");
+    }
+    let source =
+        format!("objective d {{ let twice(y) = y + y\n positive = -t2 * {}\n }}", nested.replace('x', "dot(u1, t2)"));
+    let (_, diagnostics) = ssl_lang::compile(&source);
+    assert!(diagnostics.iter().any(|d| d.code == ssl_lang::diagnostic::Code::TooDeep), "{diagnostics:#?}");
+}

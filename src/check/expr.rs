@@ -110,6 +110,9 @@ impl Checker<'_> {
     }
 
     fn name(&mut self, name: &str, span: Span) -> TExpr {
+        if let Some((_, value)) = self.arguments.iter().find(|(n, _)| n == name) {
+            return value.clone();
+        }
         if let Some(b) = self.scope.iter().rev().find(|b| b.name == name) {
             let ty = match b.elem {
                 Elem::Vec => Type::Vec,
@@ -285,8 +288,10 @@ impl Checker<'_> {
     }
 
     fn call(&mut self, func: &Ident, args: &[Arg], span: Span) -> TExpr {
-        if let Some(Sym::Weight(i)) = self.lookup(&func.name) {
-            return self.weight_at(i, func, args, span);
+        match self.lookup(&func.name) {
+            Some(Sym::Weight(i)) => return self.weight_at(i, func, args, span),
+            Some(Sym::Function(i)) => return self.call_function(i, func, args, span),
+            _ => {}
         }
         let Some(&(name, params)) = FUNCTIONS.iter().find(|(n, _)| *n == func.name) else {
             let mut candidates: Vec<String> = FUNCTIONS.iter().map(|(n, _)| n.to_string()).collect();

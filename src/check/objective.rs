@@ -26,6 +26,8 @@ pub enum Sym {
     Weight(usize),
     /// Index into states.
     State(usize),
+    /// Index into the functions (`let f(x) = ...`).
+    Function(usize),
 }
 
 enum Status<T> {
@@ -48,12 +50,21 @@ pub struct Checker<'a> {
     weights: Vec<Status<Weight>>,
     state_decls: Vec<(&'a Ident, &'a ast::Expr)>,
     states: Vec<Status<State>>,
+    /// `let f(x) = body`: name, parameter, body.
+    pub(super) function_decls: Vec<(&'a Ident, &'a Ident, &'a ast::Expr)>,
+    /// The functions being expanded now, innermost last (a call to one of them is a cycle).
+    pub(super) expanding: Vec<usize>,
+    /// The parameters of the functions being expanded, bound to their arguments' typed values.
+    pub(super) arguments: Vec<(String, TExpr)>,
     referenced: HashSet<String>,
     bad_params: HashSet<usize>,
     misspelt_positive: bool,
     depth: usize,
     next_var: usize,
 }
+
+/// The most operations one function call may expand to.
+const MAX_EXPANDED_NODES: usize = 20_000;
 
 /// Checks an objective; `None` when it has errors (they are in `diagnostics`).
 pub fn check_objective(o: &ast::Objective, diagnostics: &mut Vec<Diagnostic>) -> Option<Objective> {
@@ -71,6 +82,9 @@ pub fn check_objective(o: &ast::Objective, diagnostics: &mut Vec<Diagnostic>) ->
         weights: Vec::new(),
         state_decls: Vec::new(),
         states: Vec::new(),
+        function_decls: Vec::new(),
+        expanding: Vec::new(),
+        arguments: Vec::new(),
         referenced: referenced_names(o),
         bad_params: HashSet::new(),
         misspelt_positive: false,
@@ -88,7 +102,12 @@ pub fn check_objective(o: &ast::Objective, diagnostics: &mut Vec<Diagnostic>) ->
                     cx.params.push(Param { name: name.name.clone(), value: *default, range: range.clone() });
                 }
             }
-            Decl::Let { name, value } => {
+            Decl::Let { name, param: Some(param), value } => {
+                if cx.declare(name, Sym::Function(cx.function_decls.len())) {
+                    cx.function_decls.push((name, param, value));
+                }
+            }
+            Decl::Let { name, param: None, value } => {
                 if cx.declare(name, Sym::Let(cx.let_decls.len())) {
                     cx.let_decls.push((name, value));
                     cx.lets.push(Status::Pending);
@@ -513,8 +532,77 @@ impl<'a> Checker<'a> {
                 );
                 return poisoned(span);
             }
+            Sym::Function(i) => {
+                let (name, param, _) = self.function_decls[i];
+                self.error(
+                    Diagnostic::new(
+                        Code::Arity,
+                        format!("`{}` is a function of one value: call it", name.name),
+                        span,
+                        "not called",
+                    )
+                    .help(format!("call it with one value for its parameter `{}`: `{}(...)`", param.name, name.name)),
+                );
+                return poisoned(span);
+            }
         };
         TExpr { kind, ty, per_sample, span }
+    }
+
+    /// `f(arg)` for `let f(x) = body`: the body checked with `x` bound to the argument's typed value, in a scope of
+    /// its own (it sees its parameter and the objective's declarations, not the caller's index variables).
+    pub(super) fn call_function(&mut self, i: usize, func: &Ident, args: &[ast::Arg], span: Span) -> TExpr {
+        let (name, param, body) = self.function_decls[i];
+        let [ast::Arg { name: None, value }] = args else {
+            self.error(
+                Diagnostic::new(
+                    Code::Arity,
+                    format!("`{}` takes one value, but was given {}", name.name, args.len()),
+                    span,
+                    format!("`{}` is its one parameter", param.name),
+                )
+                .label(name.span, "declared here")
+                .help(format!("call it as `{}(x)`", name.name)),
+            );
+            return poisoned(span);
+        };
+        if self.expanding.contains(&i) {
+            self.error(
+                Diagnostic::new(Code::Cycle, format!("`{}` calls itself", name.name), func.span, "called again here")
+                    .label(name.span, "declared here")
+                    .help("a function is expanded where it is called, so it cannot call itself, directly or through others"),
+            );
+            return poisoned(span);
+        }
+        let argument = self.expr(value);
+        if argument.ty == Type::Error {
+            return poisoned(span);
+        }
+        self.expanding.push(i);
+        let scope = std::mem::take(&mut self.scope);
+        let softmax = self.softmax_var.take();
+        let outer = std::mem::replace(&mut self.arguments, vec![(param.name.clone(), argument)]);
+        let result = self.expr(body);
+        self.arguments = outer;
+        self.scope = scope;
+        self.softmax_var = softmax;
+        self.expanding.pop();
+        // Nested calls of a function that uses its parameter twice double at each level: bound the expansion.
+        let mut nodes = 0usize;
+        result.walk(&mut |_| nodes += 1);
+        if nodes > MAX_EXPANDED_NODES {
+            self.error(
+                Diagnostic::new(
+                    Code::TooDeep,
+                    format!("this call of `{}` expands to more than {MAX_EXPANDED_NODES} operations", name.name),
+                    span,
+                    "too large once expanded",
+                )
+                .help("name the repeated part with a `let` (computed once) instead of passing it through functions"),
+            );
+            return poisoned(span);
+        }
+        result
     }
 
     /// Runs `f` in an empty scope (declarations never see the caller's index variables), guarding
@@ -809,6 +897,7 @@ impl<'a> Checker<'a> {
                 Sym::Let(_) => "let",
                 Sym::Weight(_) => "weight",
                 Sym::State(_) => "state",
+                Sym::Function(_) => "function",
             };
             if !self.referenced.contains(name) {
                 unused.push((*span, name.clone(), what));

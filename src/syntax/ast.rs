@@ -69,11 +69,13 @@ pub enum Decl {
         /// The optional range.
         range: Option<Range>,
     },
-    /// `let NAME = EXPR`.
+    /// `let NAME = EXPR`, or `let NAME(PARAM) = EXPR`: a function of one value, expanded where it is called.
     Let {
         /// The name.
         name: Ident,
-        /// The value.
+        /// The function's parameter, if it is one.
+        param: Option<Ident>,
+        /// The value (the function's body).
         value: Expr,
     },
     /// `weight NAME(VAR in SET) = EXPR`.

@@ -94,7 +94,15 @@ impl Converter<'_> {
             }
             Rule::let_decl => {
                 let name = self.ident(next());
-                Decl::Let { name, value: self.expr(next()) }
+                let mut rest = next();
+                let param = if rest.as_rule() == Rule::let_param {
+                    let p = self.ident(rest.into_inner().next().expect("grammar: a parameter name"));
+                    rest = next();
+                    Some(p)
+                } else {
+                    None
+                };
+                Decl::Let { name, param, value: self.expr(rest) }
             }
             Rule::weight => {
                 let name = self.ident(next());

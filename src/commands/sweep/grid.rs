@@ -147,7 +147,7 @@ mod tests {
         let names: std::collections::HashSet<&str> = cells.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names.len(), cells.len(), "names are unique");
         assert_eq!(
-            cells[5].sets(&["batch=64".into()]),
+            cells[3].sets(&["batch=64".into()]),
             ["batch=64", "form=gradient", "momentum=cosine(0.99, 1.0)", "seed=1"]
         );
         let single = super::cells(&files[..1], &[], &[]);
