@@ -149,7 +149,7 @@ fn cases() -> Vec<Error> {
     out.push(idx::read_labels(&label_file).unwrap_err().into());
     out.push(idx::write_images(&root.join("absent-dir").join("x"), &images, false).unwrap_err().into());
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
-    out.push(data::augment::augment(&[0u8; 785], &[], &mut rng).unwrap_err().into());
+    out.push(data::augment::augment(&[0u8; 785], idx::SHAPE, &[], &mut rng).unwrap_err().into());
 
     out.push(eval::knn_predict(&features(4, 2), &[0, 1, 2], &features(2, 2), 3, 0.1).unwrap_err().into());
     out.push(eval::knn_predict(&features(4, 2), &[0, 1, 2, 3], &features(2, 2), 0, 0.1).unwrap_err().into());
@@ -209,7 +209,9 @@ fn cases() -> Vec<Error> {
         64,
         &root.join("train"),
     ));
-    let net = ssl_lang::nn::SiameseNet::from_recipe(&Recipe::default(), DType::F32, &Device::Cpu).unwrap();
+    let net =
+        ssl_lang::nn::SiameseNet::from_recipe(&Recipe::default(), ssl_lang::data::idx::SHAPE, DType::F32, &Device::Cpu)
+            .unwrap();
     out.push(ssl_lang::runtime::memory::check(&net, &Recipe::default(), Some(1)).unwrap_err());
     let mut monitor = CollapseMonitor::default();
     out.extend((0..5).filter_map(|_| monitor.observe(0.0, 0.1)));
