@@ -150,6 +150,22 @@ fn cases() -> Vec<Error> {
     out.push(idx::write_images(&root.join("absent-dir").join("x"), &images, false).unwrap_err().into());
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
     out.push(data::augment::augment(&[0u8; 785], idx::SHAPE, &[], &mut rng).unwrap_err().into());
+    let cifar = root.join("cifar-binary");
+    std::fs::create_dir_all(&cifar).unwrap();
+    std::fs::write(cifar.join("data_batch_1.bin"), [0u8; 3072]).unwrap(); // one byte short of a record
+    out.push(data::load(&Data::Cifar10(cifar.display().to_string()), None).unwrap_err().into());
+    let folder = |dir: &Path| Data::ImageFolder { dir: dir.display().to_string(), size: 8, skip_bad: false };
+    let images = root.join("image-folder");
+    std::fs::create_dir_all(&images).unwrap();
+    out.push(data::load(&folder(&images), None).unwrap_err().into()); // no images: layout
+    image::RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3])).save(images.join("a.png")).unwrap();
+    let flat = data::load(&folder(&images), None).unwrap();
+    out.push(flat.eval_splits().unwrap_err().into());
+    let mut norm = flat.clone();
+    let one = ssl_lang::check::recipe::Normalize::MeanStd { mean: vec![0.5], std: vec![0.2] };
+    out.push(norm.set_normalize(&one).unwrap_err().into());
+    std::fs::write(images.join("b.png"), b"\x89PNG but no more").unwrap();
+    out.push(data::load(&folder(&images), None).unwrap_err().into());
 
     out.push(eval::knn_predict(&features(4, 2), &[0, 1, 2], &features(2, 2), 3, 0.1).unwrap_err().into());
     out.push(eval::knn_predict(&features(4, 2), &[0, 1, 2, 3], &features(2, 2), 0, 0.1).unwrap_err().into());
