@@ -456,3 +456,21 @@ fn a_cifar_format_set_trains_and_evaluates_end_to_end() {
     assert!(!eval.status.success());
     assert!(String::from_utf8_lossy(&eval.stderr).contains("ssl::data::unlabelled"));
 }
+
+#[test]
+fn mnist_reads_the_same_idx_files_under_its_own_name() {
+    let root = temp_dir("mnist");
+    let images: Vec<u8> = (0..2 * data::idx::PIXELS).map(|i| (i % 256) as u8).collect();
+    for prefix in ["train", "t10k"] {
+        data::idx::write_images(&root.join(format!("{prefix}-images-idx3-ubyte")), &images, false).unwrap();
+        data::idx::write_labels(&root.join(format!("{prefix}-labels-idx1-ubyte.gz")), &[3, 7], true).unwrap();
+    }
+    let d = data::load(&Data::Mnist(root.display().to_string()), None).unwrap();
+    assert_eq!((d.name.as_str(), d.shape, d.classes), ("MNIST", data::idx::SHAPE, 10));
+    assert_eq!(d.class_names.as_ref().unwrap()[7], "7");
+    assert!(d.norm.is_identity(), "IDX data keeps pixels in [0, 1]");
+    assert!(d.describe().starts_with("MNIST from the recipe's directory"), "{}", d.describe());
+    let fashion = data::load(&Data::FashionMnistDir(root.display().to_string()), None).unwrap();
+    assert_eq!((&fashion.train_images, fashion.fingerprint()), (&d.train_images, d.fingerprint()));
+    assert_eq!(fashion.class_names.as_ref().unwrap()[9], "Ankle boot");
+}

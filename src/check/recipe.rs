@@ -809,7 +809,7 @@ impl Decoder<'_> {
                     Some(Augment::Multicrop {
                         local: a[0].map_or(Some(2), |x| self.int(x, 0, 16))?,
                         scale: a[1].map_or(Some([0.1, 0.4]), |x| self.pair(x, 0.01, 1.0))?,
-                        size: a[2].map_or(Some(14), |x| self.int(x, 4, 28))?,
+                        size: a[2].map_or(Some(14), |x| self.int(x, 4, 256))?,
                     })
                 })(),
                 _ => (|| {
