@@ -14,6 +14,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use ssl_lang::check::recipe::Recipe;
+use ssl_lang::data::idx;
 use ssl_lang::kernels::conv::{self, ConvGeom, WorkCounter};
 use ssl_lang::nn::{LayerImpl, SiameseNet};
 use std::sync::Arc;
@@ -227,7 +228,8 @@ fn main() -> Result<()> {
     let x = randn(&mut rng, &[batch, 1, 28, 28])?;
     let mut rows = Vec::new();
     for choice in [LayerImpl::Candle, LayerImpl::Ours] {
-        let net = SiameseNet::from_recipe(&Recipe::default(), DType::F32, &Device::Cpu)?.with_layers(choice);
+        let net =
+            SiameseNet::from_recipe(&Recipe::default(), idx::SHAPE, DType::F32, &Device::Cpu)?.with_layers(choice);
         let r = randn(&mut rng, &[batch, net.projection_dim()])?;
         let (mut fwd, mut bwd) = (Vec::new(), Vec::new());
         for _ in 0..(if quick { 2 } else { 4 }) {

@@ -37,6 +37,11 @@ code_table! {
     DataLabel       = "ssl::data::label",           Input,   "a label outside the data set's classes";
     DataWrite       = "ssl::data::write",           Usage,   "a data file that cannot be written";
     DataShape       = "ssl::data::shape",           Input,   "a batch or augmentation parameter of the wrong shape";
+    DataRecords     = "ssl::data::records",         Input,   "a binary data file that is not a whole number of records";
+    DataDecode      = "ssl::data::decode",          Input,   "an image file that cannot be decoded";
+    DataLayout      = "ssl::data::layout",          Input,   "an image folder that is not a data set ssl-lang reads";
+    DataUnlabelled  = "ssl::data::unlabelled",      Usage,   "an evaluation of data without labels";
+    DataNorm        = "ssl::data::norm",            Input,   "a normalisation that does not match the images' channels";
     EvalShape       = "ssl::eval::shape",           Input,   "features and labels that do not fit together";
     EvalCache       = "ssl::eval::cache",           Warning, "features that could not be cached (a read-only run)";
     EvalEmpty       = "ssl::eval::empty",           Input,   "an evaluation with nothing to compare or a degenerate setting";

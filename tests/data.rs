@@ -5,7 +5,8 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use ssl_lang::check::recipe::{Augment, Data, Recipe};
 use ssl_lang::data::augment::{augment, beta, crop_params, view_rng};
-use ssl_lang::data::{self, idx, DataError, Source, PIXELS};
+use ssl_lang::data::idx::{PIXELS, SHAPE};
+use ssl_lang::data::{self, idx, DataError, Source};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -66,7 +67,7 @@ fn a_directory_with_plain_or_gzip_files_loads_and_says_where_from() {
     assert_eq!(d.source, Source::Override(dir.clone()));
     assert_eq!((d.train_len(), d.test_len()), (3, 3));
     assert_eq!(d.train_images, images);
-    assert_eq!(d.test_labels, labels);
+    assert_eq!(d.test_labels, Some(labels));
     assert!(d.source.to_string().contains("--data"));
 
     let d = data::load(&Data::FashionMnistDir(dir.display().to_string()), None).unwrap();
@@ -164,13 +165,14 @@ fn bundled_subset_is_stratified() {
     assert!(matches!(d.source, Source::Bundled(_)));
     assert_eq!((d.train_len(), d.test_len()), (10_000, 2_000));
     assert_eq!((d.train_images.len(), d.test_images.len()), (10_000 * 784, 2_000 * 784));
-    for (labels, per_class) in [(&d.train_labels, 1000), (&d.test_labels, 200)] {
+    let (train, test) = (d.train_labels.as_ref().unwrap(), d.test_labels.as_ref().unwrap());
+    for (labels, per_class) in [(train, 1000), (test, 200)] {
         let mut counts = [0usize; 10];
         labels.iter().for_each(|&l| counts[l as usize] += 1);
         assert_eq!(counts, [per_class; 10]);
     }
     // The first images of Fashion-MNIST's both splits are ankle boots (9); the second test image is a pullover.
-    assert_eq!((d.train_labels[0], d.test_labels[0], d.test_labels[1]), (9, 9, 2));
+    assert_eq!((train[0], test[0], test[1]), (9, 9, 2));
 }
 
 #[test]
@@ -197,9 +199,9 @@ fn augmentation_is_deterministic_and_in_range() {
     ops.push(Augment::Blur { sigma: 1.0, p: 0.5 });
     ops.push(Augment::Multicrop { local: 2, scale: [0.1, 0.4], size: 14 });
     ops.push(Augment::Cutmix { alpha: 1.0, p: 1.0 });
-    let a = augment(&images, &ops, &mut view_rng(7, 3, 0)).unwrap();
-    let b = augment(&images, &ops, &mut view_rng(7, 3, 0)).unwrap();
-    let other = augment(&images, &ops, &mut view_rng(7, 3, 1)).unwrap();
+    let a = augment(&images, SHAPE, &ops, &mut view_rng(7, 3, 0)).unwrap();
+    let b = augment(&images, SHAPE, &ops, &mut view_rng(7, 3, 0)).unwrap();
+    let other = augment(&images, SHAPE, &ops, &mut view_rng(7, 3, 1)).unwrap();
     assert_eq!(a, b);
     assert_ne!(a.global, other.global);
     assert_eq!((a.batch, a.global.len(), a.local_size, a.locals.len()), (64, 64 * 784, 14, 2));
@@ -218,13 +220,13 @@ fn augmentation_is_deterministic_and_in_range() {
 fn flip_reverses_every_row_exactly() {
     // An asymmetric image: pixel (r, c) = r * 28 + c scaled into u8.
     let img: Vec<u8> = (0..PIXELS).map(|i| (i % 251) as u8).collect();
-    let flipped = augment(&img, &[Augment::Hflip { p: 1.0 }], &mut StdRng::seed_from_u64(0)).unwrap();
+    let flipped = augment(&img, SHAPE, &[Augment::Hflip { p: 1.0 }], &mut StdRng::seed_from_u64(0)).unwrap();
     for r in 0..28 {
         for c in 0..28 {
             assert_eq!(flipped.global[r * 28 + c], img[r * 28 + 27 - c] as f32 / 255.0);
         }
     }
-    let kept = augment(&img, &[Augment::Hflip { p: 0.0 }], &mut StdRng::seed_from_u64(0)).unwrap();
+    let kept = augment(&img, SHAPE, &[Augment::Hflip { p: 0.0 }], &mut StdRng::seed_from_u64(0)).unwrap();
     assert!(kept.global.iter().zip(&img).all(|(a, &b)| *a == b as f32 / 255.0));
 }
 
@@ -232,12 +234,12 @@ fn flip_reverses_every_row_exactly() {
 fn full_crop_is_the_identity() {
     let images = first_images(8);
     let crop = [Augment::Crop { scale: [1.0, 1.0], ratio: [1.0, 1.0] }];
-    let out = augment(&images, &crop, &mut StdRng::seed_from_u64(5)).unwrap();
+    let out = augment(&images, SHAPE, &crop, &mut StdRng::seed_from_u64(5)).unwrap();
     let max = out.global.iter().zip(&images).map(|(a, &b)| (a - b as f32 / 255.0).abs()).fold(0.0f32, f32::max);
     assert!(max <= 1e-6, "max difference {max}");
     // f32 input too.
     let f: Vec<f32> = images.iter().map(|&p| p as f32 / 255.0).collect();
-    let out = augment(&f, &crop, &mut StdRng::seed_from_u64(5)).unwrap();
+    let out = augment(&f, SHAPE, &crop, &mut StdRng::seed_from_u64(5)).unwrap();
     assert!(out.global.iter().zip(&f).all(|(a, b)| (a - b).abs() <= 1e-6));
 }
 
@@ -260,29 +262,29 @@ fn jitter_blur_and_noise_on_known_images() {
     let grey = vec![0.5f32; PIXELS];
     let mut rng = StdRng::seed_from_u64(1);
     // Contrast alone leaves a constant image unchanged (it blends with its own mean).
-    let c = augment(&grey, &[Augment::Jitter { brightness: 0.0, contrast: 0.9, p: 1.0 }], &mut rng).unwrap();
+    let c = augment(&grey, SHAPE, &[Augment::Jitter { brightness: 0.0, contrast: 0.9, p: 1.0 }], &mut rng).unwrap();
     assert!(c.global.iter().all(|&x| (x - 0.5).abs() < 1e-6));
     // Brightness alone scales it by one factor in [0.6, 1.4].
-    let b = augment(&grey, &[Augment::Jitter { brightness: 0.4, contrast: 0.0, p: 1.0 }], &mut rng).unwrap();
+    let b = augment(&grey, SHAPE, &[Augment::Jitter { brightness: 0.4, contrast: 0.0, p: 1.0 }], &mut rng).unwrap();
     let v = b.global[0];
     assert!(b.global.iter().all(|&x| x == v) && (0.3..=0.7).contains(&v) && v != 0.5, "{v}");
     // Blur keeps a constant image; noise with std 0 is the identity.
-    let blur = augment(&grey, &[Augment::Blur { sigma: 2.0, p: 1.0 }], &mut rng).unwrap();
+    let blur = augment(&grey, SHAPE, &[Augment::Blur { sigma: 2.0, p: 1.0 }], &mut rng).unwrap();
     assert!(blur.global.iter().all(|&x| (x - 0.5).abs() < 1e-6));
-    let quiet = augment(&grey, &[Augment::Noise { std: 0.0, p: 1.0 }], &mut rng).unwrap();
+    let quiet = augment(&grey, SHAPE, &[Augment::Noise { std: 0.0, p: 1.0 }], &mut rng).unwrap();
     assert_eq!(quiet.global, grey);
     // Blur spreads a single bright pixel symmetrically and keeps its mass away from the borders.
     let mut dot = vec![0.0f32; PIXELS];
     dot[14 * 28 + 14] = 1.0;
-    let spread = augment(&dot, &[Augment::Blur { sigma: 1.0, p: 1.0 }], &mut rng).unwrap().global;
+    let spread = augment(&dot, SHAPE, &[Augment::Blur { sigma: 1.0, p: 1.0 }], &mut rng).unwrap().global;
     assert!((spread.iter().sum::<f32>() - 1.0).abs() < 1e-5);
     assert!((spread[14 * 28 + 13] - spread[14 * 28 + 15]).abs() < 1e-7 && spread[14 * 28 + 14] < 1.0);
     // Noise moves pixels but keeps them in [0, 1].
-    let noisy = augment(&grey, &[Augment::Noise { std: 0.5, p: 1.0 }], &mut rng).unwrap().global;
+    let noisy = augment(&grey, SHAPE, &[Augment::Noise { std: 0.5, p: 1.0 }], &mut rng).unwrap().global;
     assert!(noisy.iter().all(|x| (0.0..=1.0).contains(x)) && noisy.iter().any(|&x| x != 0.5));
     // Away from the clamp, the noise is N(0, std²): mean 0.5 and std 0.05 over 64 images.
     let batch = vec![0.5f32; 64 * PIXELS];
-    let noisy = augment(&batch, &[Augment::Noise { std: 0.05, p: 1.0 }], &mut rng).unwrap().global;
+    let noisy = augment(&batch, SHAPE, &[Augment::Noise { std: 0.05, p: 1.0 }], &mut rng).unwrap().global;
     let n = noisy.len() as f64;
     let mean = noisy.iter().map(|&x| x as f64).sum::<f64>() / n;
     let std = (noisy.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
@@ -298,7 +300,8 @@ fn cutmix_lambda_is_the_area_kept() {
     let images: Vec<f32> = (0..batch * PIXELS).map(|i| (i / PIXELS + 1) as f32 / 10.0).collect();
     let mut nontrivial = 0;
     for seed in 0..50 {
-        let v = augment(&images, &[Augment::Cutmix { alpha: 1.0, p: 1.0 }], &mut StdRng::seed_from_u64(seed)).unwrap();
+        let v = augment(&images, SHAPE, &[Augment::Cutmix { alpha: 1.0, p: 1.0 }], &mut StdRng::seed_from_u64(seed))
+            .unwrap();
         let cut = v.cutmix.unwrap();
         let [top, left, h, w] = cut.bbox;
         assert!((cut.pasted() - (h * w) as f64 / 784.0).abs() < 1e-12);
@@ -320,7 +323,7 @@ fn cutmix_lambda_is_the_area_kept() {
     }
     assert!(nontrivial > 100);
     // p = 0 leaves the batch alone.
-    let v = augment(&images, &[Augment::Cutmix { alpha: 1.0, p: 0.0 }], &mut StdRng::seed_from_u64(0)).unwrap();
+    let v = augment(&images, SHAPE, &[Augment::Cutmix { alpha: 1.0, p: 0.0 }], &mut StdRng::seed_from_u64(0)).unwrap();
     assert!(v.cutmix.is_none() && v.global == images);
 }
 
@@ -340,18 +343,18 @@ fn beta_draws_have_the_right_mean_and_spread() {
 
 #[test]
 fn bad_batches_and_parameters_are_coded() {
-    let e = augment(&[0u8; 785], &[], &mut StdRng::seed_from_u64(0)).unwrap_err();
+    let e = augment(&[0u8; 785], SHAPE, &[], &mut StdRng::seed_from_u64(0)).unwrap_err();
     let e = ssl_lang::error::Error::from(e);
     assert_eq!(e.code.as_str(), "ssl::data::shape");
     let bad = [Augment::Crop { scale: [0.5, 0.2], ratio: [1.0, 1.0] }];
-    assert_eq!(code(augment(&[0u8; 784], &bad, &mut StdRng::seed_from_u64(0)).unwrap_err()), "ssl::data::shape");
+    assert_eq!(code(augment(&[0u8; 784], SHAPE, &bad, &mut StdRng::seed_from_u64(0)).unwrap_err()), "ssl::data::shape");
     let bad = [Augment::Multicrop { local: 1, scale: [0.1, 0.4], size: 0 }];
-    assert_eq!(code(augment(&[0u8; 784], &bad, &mut StdRng::seed_from_u64(0)).unwrap_err()), "ssl::data::shape");
-    let e = data::gather(&[0u8; 784 * 2], &[0, 2]).unwrap_err();
+    assert_eq!(code(augment(&[0u8; 784], SHAPE, &bad, &mut StdRng::seed_from_u64(0)).unwrap_err()), "ssl::data::shape");
+    let e = data::gather(&[0u8; 784 * 2], SHAPE, &[0, 2]).unwrap_err();
     let e = ssl_lang::error::Error::from(e);
     assert_eq!(e.code.as_str(), "ssl::data::shape");
     // An empty batch is fine.
-    let v = augment::<u8>(&[], &Recipe::default().augment, &mut StdRng::seed_from_u64(0)).unwrap();
+    let v = augment::<u8>(&[], SHAPE, &Recipe::default().augment, &mut StdRng::seed_from_u64(0)).unwrap();
     assert_eq!((v.batch, v.global.len()), (0, 0));
 }
 
@@ -375,7 +378,7 @@ fn augmentation_speed() {
         let runs = 50;
         let start = std::time::Instant::now();
         for step in 0..runs {
-            std::hint::black_box(augment(&images, ops, &mut view_rng(0, step, 0)).unwrap());
+            std::hint::black_box(augment(&images, SHAPE, ops, &mut view_rng(0, step, 0)).unwrap());
         }
         let ms = start.elapsed().as_secs_f64() * 1e3 / runs as f64;
         println!("augment {name}: {ms:.3} ms per 512 images (one view)");

@@ -149,7 +149,23 @@ fn cases() -> Vec<Error> {
     out.push(idx::read_labels(&label_file).unwrap_err().into());
     out.push(idx::write_images(&root.join("absent-dir").join("x"), &images, false).unwrap_err().into());
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
-    out.push(data::augment::augment(&[0u8; 785], &[], &mut rng).unwrap_err().into());
+    out.push(data::augment::augment(&[0u8; 785], idx::SHAPE, &[], &mut rng).unwrap_err().into());
+    let cifar = root.join("cifar-binary");
+    std::fs::create_dir_all(&cifar).unwrap();
+    std::fs::write(cifar.join("data_batch_1.bin"), [0u8; 3072]).unwrap(); // one byte short of a record
+    out.push(data::load(&Data::Cifar10(cifar.display().to_string()), None).unwrap_err().into());
+    let folder = |dir: &Path| Data::ImageFolder { dir: dir.display().to_string(), size: 8, skip_bad: false };
+    let images = root.join("image-folder");
+    std::fs::create_dir_all(&images).unwrap();
+    out.push(data::load(&folder(&images), None).unwrap_err().into()); // no images: layout
+    image::RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3])).save(images.join("a.png")).unwrap();
+    let flat = data::load(&folder(&images), None).unwrap();
+    out.push(flat.eval_splits().unwrap_err().into());
+    let mut norm = flat.clone();
+    let one = ssl_lang::check::recipe::Normalize::MeanStd { mean: vec![0.5], std: vec![0.2] };
+    out.push(norm.set_normalize(&one).unwrap_err().into());
+    std::fs::write(images.join("b.png"), b"\x89PNG but no more").unwrap();
+    out.push(data::load(&folder(&images), None).unwrap_err().into());
 
     out.push(eval::knn_predict(&features(4, 2), &[0, 1, 2], &features(2, 2), 3, 0.1).unwrap_err().into());
     out.push(eval::knn_predict(&features(4, 2), &[0, 1, 2, 3], &features(2, 2), 0, 0.1).unwrap_err().into());
@@ -209,7 +225,9 @@ fn cases() -> Vec<Error> {
         64,
         &root.join("train"),
     ));
-    let net = ssl_lang::nn::SiameseNet::from_recipe(&Recipe::default(), DType::F32, &Device::Cpu).unwrap();
+    let net =
+        ssl_lang::nn::SiameseNet::from_recipe(&Recipe::default(), ssl_lang::data::idx::SHAPE, DType::F32, &Device::Cpu)
+            .unwrap();
     out.push(ssl_lang::runtime::memory::check(&net, &Recipe::default(), Some(1)).unwrap_err());
     let mut monitor = CollapseMonitor::default();
     out.extend((0..5).filter_map(|_| monitor.observe(0.0, 0.1)));

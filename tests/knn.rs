@@ -160,9 +160,9 @@ fn raw_pixel_baselines_on_the_bundled_subset() {
     };
     let r = linear_probe(
         &flat(&d.train_images),
-        &d.train_labels,
+        d.train_labels.as_ref().unwrap(),
         &flat(&d.test_images),
-        &d.test_labels,
+        d.test_labels.as_ref().unwrap(),
         &LinearProbe::default(),
     )
     .unwrap();
@@ -195,9 +195,9 @@ fn raw_pixel_baselines_on_the_full_set() {
     let start = std::time::Instant::now();
     let r = linear_probe(
         &flat(&d.train_images),
-        &d.train_labels,
+        d.train_labels.as_ref().unwrap(),
         &flat(&d.test_images),
-        &d.test_labels,
+        d.test_labels.as_ref().unwrap(),
         &LinearProbe::default(),
     )
     .unwrap();

@@ -5,6 +5,7 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use ssl_lang::check::recipe::{Encoder, Mlp, Recipe};
+use ssl_lang::data::idx;
 use ssl_lang::nn::layers::{batch_norm_eval, batch_norm_train, global_avg_pool, linear, BN_EPS, BN_MOMENTUM};
 use ssl_lang::nn::{LayerImpl, Outputs, ParamKind, SiameseNet, Target};
 use std::sync::Arc;
@@ -25,7 +26,7 @@ fn tiny_net(predictor: bool) -> Result<SiameseNet> {
     let enc = Encoder { widths: vec![2, 3], blocks: 1 };
     let proj = Mlp { hidden: 4, out: 3 };
     let pred = Mlp { hidden: 5, out: 3 };
-    SiameseNet::new(&enc, &proj, predictor.then_some(&pred), 7, DType::F64, &Device::Cpu)
+    SiameseNet::new(idx::SHAPE, &enc, &proj, predictor.then_some(&pred), 7, DType::F64, &Device::Cpu)
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -33,7 +34,7 @@ fn tiny_net(predictor: bool) -> Result<SiameseNet> {
 
 #[test]
 fn default_network_shapes() -> Result<()> {
-    let net = SiameseNet::from_recipe(&Recipe::default(), DType::F32, &Device::Cpu)?;
+    let net = SiameseNet::from_recipe(&Recipe::default(), idx::SHAPE, DType::F32, &Device::Cpu)?;
     assert_eq!((net.backbone_dim(), net.projection_dim(), net.has_predictor()), (128, 128, false));
     let out = net.forward(&randn(&[3, 1, 28, 28], 1, DType::F32)?, true)?;
     assert_eq!(out.backbone.dims(), [3, 128]);
@@ -53,6 +54,7 @@ fn default_network_shapes() -> Result<()> {
 fn custom_network_shapes_and_names() -> Result<()> {
     let enc = Encoder { widths: vec![8, 16, 24, 12], blocks: 2 };
     let net = SiameseNet::new(
+        idx::SHAPE,
         &enc,
         &Mlp { hidden: 32, out: 16 },
         Some(&Mlp { hidden: 20, out: 16 }),
@@ -89,7 +91,7 @@ fn custom_network_shapes_and_names() -> Result<()> {
 
 #[test]
 fn default_parameter_count_matches_the_architecture() -> Result<()> {
-    let net = SiameseNet::from_recipe(&Recipe::default(), DType::F32, &Device::Cpu)?;
+    let net = SiameseNet::from_recipe(&Recipe::default(), idx::SHAPE, DType::F32, &Device::Cpu)?;
     let conv = |cin: usize, cout: usize, k: usize| cin * cout * k * k;
     let bn = |c: usize| 2 * c;
     let block = |cin: usize, cout: usize| {
@@ -399,7 +401,7 @@ fn our_backward_matches_candle_autodiff_on_the_default_network() -> Result<()> {
     let mut grads = Vec::new();
     for choice in [LayerImpl::Ours, LayerImpl::Candle] {
         // The same seed: the same initial network, run by either implementation.
-        let net = SiameseNet::from_recipe(&recipe, DType::F64, &Device::Cpu)?.with_layers(choice);
+        let net = SiameseNet::from_recipe(&recipe, idx::SHAPE, DType::F64, &Device::Cpu)?.with_layers(choice);
         let (o1, o2) = (net.forward(&x1, true)?, net.forward(&x2, true)?);
         let loss = (weighted_loss(&o1, &r)? + weighted_loss(&o2, &r)?)?;
         let store = net.backward(&loss, &[&o1, &o2])?;
@@ -474,6 +476,7 @@ fn target_starts_as_a_copy_and_ema_update_is_exact() -> Result<()> {
     assert!(target.ema_update(&net, 1.5).is_err());
     assert!(target.ema_update(&tiny_net(false)?, 0.5).is_ok(), "same encoder and projector, no predictor");
     let other = SiameseNet::new(
+        idx::SHAPE,
         &Encoder { widths: vec![2, 4], blocks: 1 },
         &Mlp { hidden: 4, out: 3 },
         None,
@@ -491,9 +494,9 @@ fn target_starts_as_a_copy_and_ema_update_is_exact() -> Result<()> {
 #[test]
 fn initialisation_is_seeded_and_follows_torch() -> Result<()> {
     let recipe = Recipe::default();
-    let a = SiameseNet::from_recipe(&recipe, DType::F32, &Device::Cpu)?;
-    let b = SiameseNet::from_recipe(&recipe, DType::F32, &Device::Cpu)?;
-    let c = SiameseNet::new(&recipe.encoder, &recipe.projector, None, 1, DType::F32, &Device::Cpu)?;
+    let a = SiameseNet::from_recipe(&recipe, idx::SHAPE, DType::F32, &Device::Cpu)?;
+    let b = SiameseNet::from_recipe(&recipe, idx::SHAPE, DType::F32, &Device::Cpu)?;
+    let c = SiameseNet::new(idx::SHAPE, &recipe.encoder, &recipe.projector, None, 1, DType::F32, &Device::Cpu)?;
     let values = |n: &SiameseNet, name: &str| -> Result<Vec<f32>> {
         n.params().get(name).expect("param").var.flatten_all()?.to_vec1::<f32>()
     };
@@ -530,6 +533,7 @@ fn checkpoint_maps_round_trip() -> Result<()> {
     let x = randn(&[4, 1, 6, 6], 51, DType::F64)?;
     a.forward(&x, true)?; // running statistics move away from their initial values
     let b = SiameseNet::new(
+        idx::SHAPE,
         &Encoder { widths: vec![2, 3], blocks: 1 },
         &Mlp { hidden: 4, out: 3 },
         Some(&Mlp { hidden: 5, out: 3 }),
@@ -571,10 +575,11 @@ fn bad_input_is_an_error_not_a_panic() -> Result<()> {
     assert!(net.forward(&Tensor::zeros((1, 1, 8, 8), DType::F64, &dev)?, true).is_err());
     assert!(net.forward(&Tensor::zeros((1, 1, 8, 8), DType::F64, &dev)?, false).is_ok());
     let bad = |widths: Vec<usize>, blocks: usize, hidden: usize| {
-        SiameseNet::new(&Encoder { widths, blocks }, &Mlp { hidden, out: 4 }, None, 0, DType::F32, &dev).is_err()
+        SiameseNet::new(idx::SHAPE, &Encoder { widths, blocks }, &Mlp { hidden, out: 4 }, None, 0, DType::F32, &dev)
+            .is_err()
     };
     assert!(bad(vec![], 1, 4) && bad(vec![4, 0], 1, 4) && bad(vec![4, 4], 0, 4) && bad(vec![4, 4], 1, 0));
     let enc = Encoder { widths: vec![4], blocks: 1 };
-    assert!(SiameseNet::new(&enc, &Mlp { hidden: 4, out: 4 }, None, 0, DType::U8, &dev).is_err());
+    assert!(SiameseNet::new(idx::SHAPE, &enc, &Mlp { hidden: 4, out: 4 }, None, 0, DType::U8, &dev).is_err());
     Ok(())
 }

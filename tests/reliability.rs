@@ -239,8 +239,13 @@ fn the_memory_guard_refuses_a_step_that_cannot_fit() {
     use ssl_lang::check::recipe::Recipe;
     use ssl_lang::runtime::memory;
     let recipe = Recipe { batch: 10_000, ..Recipe::default() };
-    let net =
-        ssl_lang::nn::SiameseNet::from_recipe(&recipe, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    let net = ssl_lang::nn::SiameseNet::from_recipe(
+        &recipe,
+        ssl_lang::data::idx::SHAPE,
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
     let need = memory::step_bytes(&net, &recipe);
     assert_eq!(need, 10_000 * memory::step_bytes(&net, &Recipe { batch: 1, ..Recipe::default() }));
     let e = memory::check(&net, &recipe, Some(need / 2)).unwrap_err();
@@ -288,9 +293,9 @@ fn eval_caches_features_per_checkpoint_and_data() {
     let inverted = |v: &[u8]| v.iter().map(|x| 255 - x).collect::<Vec<u8>>();
     use ssl_lang::data::idx;
     idx::write_images(&other.join("train-images-idx3-ubyte"), &inverted(&data.train_images), false).unwrap();
-    idx::write_labels(&other.join("train-labels-idx1-ubyte"), &data.train_labels, false).unwrap();
+    idx::write_labels(&other.join("train-labels-idx1-ubyte"), data.train_labels.as_ref().unwrap(), false).unwrap();
     idx::write_images(&other.join("t10k-images-idx3-ubyte"), &inverted(&data.test_images), false).unwrap();
-    idx::write_labels(&other.join("t10k-labels-idx1-ubyte"), &data.test_labels, false).unwrap();
+    idx::write_labels(&other.join("t10k-labels-idx1-ubyte"), data.test_labels.as_ref().unwrap(), false).unwrap();
     assert_ok(&eval(&other));
     assert_eq!(caches().len(), 2, "other data must not reuse the first data's features");
 

@@ -170,8 +170,13 @@ fn every_standard_objective_trains_and_changes_the_weights() {
         let mut objective = program.objectives[0].clone();
         let sets: Vec<String> = TINY.chunks(2).filter(|p| p[0] == "--set").map(|p| p[1].to_string()).collect();
         ssl_lang::runtime::overrides::apply(&mut recipe, &mut objective, &sets).unwrap();
-        let init =
-            ssl_lang::nn::SiameseNet::from_recipe(&recipe, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+        let init = ssl_lang::nn::SiameseNet::from_recipe(
+            &recipe,
+            ssl_lang::data::idx::SHAPE,
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
         let moved = init.params().to_map().unwrap().iter().any(|(k, v)| {
             let trained = &ckpt[&format!("online.{k}")];
             (trained - v).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 0.0

@@ -7,7 +7,7 @@ use crate::diagnostic::{did_you_mean, Code, Diagnostic, Span};
 use crate::syntax::ast::{Expr, ExprKind, Field, Train};
 use serde::Serialize;
 
-/// Where the images come from.
+/// Where the images come from (`--data DIR` replaces any source's directory).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Data {
@@ -15,6 +15,51 @@ pub enum Data {
     FashionMnist,
     /// Fashion-MNIST IDX files in this directory.
     FashionMnistDir(String),
+    /// MNIST IDX files (the same four file names and format) in this directory.
+    Mnist(String),
+    /// The binary CIFAR-10 (`data_batch_1..5.bin`, `test_batch.bin`) in this directory or its
+    /// `cifar-10-batches-bin/`.
+    Cifar10(String),
+    /// The binary CIFAR-100 (`train.bin`, `test.bin`, fine labels) in this directory or its `cifar-100-binary/`.
+    Cifar100(String),
+    /// The binary STL-10 (`unlabeled_X.bin`, `train_X.bin`/`train_y.bin`, `test_X.bin`/`test_y.bin`) in this
+    /// directory or its `stl10_binary/`.
+    Stl10(String),
+    /// PNG and JPEG images: one sub-folder per class, or a flat folder without labels.
+    ImageFolder {
+        /// The folder.
+        dir: String,
+        /// Side of the square every image is resized (shorter side) and centre-cropped to.
+        size: usize,
+        /// Skip (and count) unreadable files instead of stopping at the first.
+        skip_bad: bool,
+    },
+}
+
+/// The per-channel normalisation the network sees the images with.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Normalize {
+    /// The data set's own statistics: published values for CIFAR and STL-10, computed for image folders, none
+    /// (pixels in [0, 1]) for Fashion-MNIST and MNIST.
+    #[default]
+    Dataset,
+    /// Pixels in [0, 1], unnormalised.
+    None,
+    /// These means and standard deviations, one per channel.
+    MeanStd {
+        /// Mean per channel.
+        mean: Vec<f64>,
+        /// Standard deviation per channel.
+        std: Vec<f64>,
+    },
+}
+
+impl Normalize {
+    /// The default, which run records leave out (so runs from before the field existed still match).
+    pub fn is_dataset(&self) -> bool {
+        *self == Normalize::Dataset
+    }
 }
 
 /// `resnet_mini(widths = [...], blocks = n)`.
@@ -108,7 +153,7 @@ pub enum Schedule {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Augment {
-    /// Random resized crop back to 28×28.
+    /// Random resized crop back to the images' side.
     Crop {
         /// Area fraction range.
         scale: [f64; 2],
@@ -222,6 +267,9 @@ pub struct Recipe {
     /// The unified gradient form, or the batch-level loss.
     #[serde(skip_serializing_if = "Form::is_gradient")]
     pub form: Form,
+    /// Per-channel normalisation of the images.
+    #[serde(skip_serializing_if = "Normalize::is_dataset")]
+    pub normalize: Normalize,
 }
 
 impl Default for Recipe {
@@ -245,6 +293,7 @@ impl Default for Recipe {
             eval: Some(Knn { k: 200, t: 0.1, every: 1 }),
             checkpoint: 5,
             form: Form::Gradient,
+            normalize: Normalize::Dataset,
         }
     }
 }
@@ -297,6 +346,7 @@ pub const FIELDS: &[&str] = &[
     "eval",
     "checkpoint",
     "form",
+    "normalize",
 ];
 
 /// Decodes a train block onto the defaults. Returns the recipe and the span of each field set.
@@ -349,6 +399,7 @@ fn decode_field(recipe: &mut Recipe, field: &Field, diagnostics: &mut Vec<Diagno
         "augment" => d.augment(v).map(|x| recipe.augment = x),
         "eval" => d.eval(v).map(|x| recipe.eval = x),
         "form" => d.form(v).map(|x| recipe.form = x),
+        "normalize" => d.normalize(v).map(|x| recipe.normalize = x),
         "checkpoint" => d.int(v, 1, 1 << 20).map(|x| recipe.checkpoint = x),
         other => {
             let help = match did_you_mean(other, FIELDS.iter().copied()) {
@@ -495,13 +546,85 @@ impl Decoder<'_> {
     }
 
     fn data(&mut self, e: &Expr) -> Option<Data> {
-        let c = self.ctor(e, "a data set", &[("fashion_mnist", &["dir"])])?;
-        match c.args[0] {
-            None => Some(Data::FashionMnist),
-            Some(Expr { kind: ExprKind::Str(s), .. }) => Some(Data::FashionMnistDir(s.clone())),
-            Some(other) => {
-                self.wrong(other, "expected a directory as a string".into(), "write `fashion_mnist(\"/path/to/dir\")`")
+        let c = self.ctor(
+            e,
+            "a data set",
+            &[
+                ("fashion_mnist", &["dir"]),
+                ("mnist", &["dir"]),
+                ("cifar10", &["dir"]),
+                ("cifar100", &["dir"]),
+                ("stl10", &["dir"]),
+                ("image_folder", &["dir", "size", "skip_bad"]),
+            ],
+        )?;
+        if c.name == "fashion_mnist" && c.args[0].is_none() {
+            return Some(Data::FashionMnist);
+        }
+        let dir = self.required(&c, 0, "dir")?;
+        let ExprKind::Str(dir) = &dir.kind else {
+            return self.wrong(
+                dir,
+                "expected a directory as a string".into(),
+                format!("write `{}(\"/path/to/dir\")`", c.name),
+            );
+        };
+        let dir = dir.clone();
+        Some(match c.name {
+            "fashion_mnist" => Data::FashionMnistDir(dir),
+            "mnist" => Data::Mnist(dir),
+            "cifar10" => Data::Cifar10(dir),
+            "cifar100" => Data::Cifar100(dir),
+            "stl10" => Data::Stl10(dir),
+            _ => Data::ImageFolder {
+                dir,
+                size: c.args[1].map_or(Some(32), |x| self.int(x, 4, 1024))?,
+                skip_bad: c.args[2].map_or(Some(false), |x| self.boolean(x))?,
+            },
+        })
+    }
+
+    /// `dataset`, `none` or `mean_std(mean = [..], std = [..])` with 1 or 3 values each (checked against the
+    /// images' channels when they are loaded).
+    fn normalize(&mut self, e: &Expr) -> Option<Normalize> {
+        let c = self.ctor(e, "a normalisation", &[("dataset", &[]), ("none", &[]), ("mean_std", &["mean", "std"])])?;
+        match c.name {
+            "dataset" => Some(Normalize::Dataset),
+            "none" => Some(Normalize::None),
+            _ => {
+                let mean = self.required(&c, 0, "mean")?;
+                let std = self.required(&c, 1, "std")?;
+                let mean = self.channel_values(mean, 0.0, 1.0)?;
+                let std = self.channel_values(std, 1e-6, 10.0)?;
+                if mean.len() != std.len() {
+                    return self.wrong(
+                        e,
+                        format!(
+                            "`mean_std` has {} mean{} but {} std{}",
+                            mean.len(),
+                            if mean.len() == 1 { "" } else { "s" },
+                            std.len(),
+                            if std.len() == 1 { "" } else { "s" }
+                        ),
+                        "give one mean and one std per channel",
+                    );
+                }
+                Some(Normalize::MeanStd { mean, std })
             }
+        }
+    }
+
+    /// A list of 1 or 3 numbers in [lo, hi]: one per channel.
+    fn channel_values(&mut self, e: &Expr, lo: f64, hi: f64) -> Option<Vec<f64>> {
+        match &e.kind {
+            ExprKind::List(items) if items.len() == 1 || items.len() == 3 => {
+                items.iter().map(|i| self.float(i, lo, hi, false)).collect()
+            }
+            _ => self.wrong(
+                e,
+                "expected a list of one value per channel (1 for grayscale, 3 for colour)".into(),
+                "write e.g. `[0.49, 0.48, 0.45]`",
+            ),
         }
     }
 
@@ -686,7 +809,7 @@ impl Decoder<'_> {
                     Some(Augment::Multicrop {
                         local: a[0].map_or(Some(2), |x| self.int(x, 0, 16))?,
                         scale: a[1].map_or(Some([0.1, 0.4]), |x| self.pair(x, 0.01, 1.0))?,
-                        size: a[2].map_or(Some(14), |x| self.int(x, 4, 28))?,
+                        size: a[2].map_or(Some(14), |x| self.int(x, 4, 256))?,
                     })
                 })(),
                 _ => (|| {
@@ -727,7 +850,15 @@ impl std::fmt::Display for Recipe {
         let data = match &self.data {
             Data::FashionMnist => "fashion_mnist".to_string(),
             Data::FashionMnistDir(d) => format!("fashion_mnist({d:?})"),
+            Data::Mnist(d) => format!("mnist({d:?})"),
+            Data::Cifar10(d) => format!("cifar10({d:?})"),
+            Data::Cifar100(d) => format!("cifar100({d:?})"),
+            Data::Stl10(d) => format!("stl10({d:?})"),
+            Data::ImageFolder { dir, size, skip_bad } => {
+                format!("image_folder({dir:?}, size = {size}, skip_bad = {skip_bad})")
+            }
         };
+        let list = |v: &[f64]| format!("[{}]", v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "));
         let widths: Vec<String> = self.encoder.widths.iter().map(|w| w.to_string()).collect();
         let momentum = match &self.momentum {
             Momentum::None => "none".to_string(),
@@ -792,6 +923,13 @@ impl std::fmt::Display for Recipe {
         writeln!(f, "checkpoint = {}", self.checkpoint)?;
         if self.form == Form::Loss {
             writeln!(f, "form       = loss")?;
+        }
+        match &self.normalize {
+            Normalize::Dataset => {}
+            Normalize::None => writeln!(f, "normalize  = none")?,
+            Normalize::MeanStd { mean, std } => {
+                writeln!(f, "normalize  = mean_std(mean = {}, std = {})", list(mean), list(std))?
+            }
         }
         Ok(())
     }

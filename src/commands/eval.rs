@@ -86,23 +86,23 @@ pub fn evaluate(
         edge.report(&warning);
     }
     let step = loaded.checkpoint.meta.step;
-    let net = SiameseNet::from_recipe(&recipe, DType::F32, &device)?;
-    loaded.checkpoint.to_device(&device)?.restore_online(&net)?;
-
-    let mut data = data::load(&recipe.data, data_dir)?;
+    let mut data = data::load_recipe(&recipe, data_dir)?;
     if let Some(limit) = config.limit {
         data.limit(limit);
     }
+    let splits = data.eval_splits()?;
+    let net = SiameseNet::from_recipe(&recipe, data.shape, DType::F32, &device)?;
+    loaded.checkpoint.to_device(&device)?.restore_online(&net)?;
     let (bank, queries) = cached_features(&run, &loaded.sha256, &net, &data, edge)?;
-    let mut out = Evaluation { step, source: data.source.to_string(), knn: None, linear: None };
+    let mut out = Evaluation { step, source: data.describe(), knn: None, linear: None };
     if protocols.knn || !protocols.linear {
         let k = recipe.eval.clone().unwrap_or(Knn { k: 200, t: 0.1, every: 1 });
-        let top1 = eval::knn_accuracy(&bank, &data.train_labels, &queries, &data.test_labels, k.k, k.t)?;
+        let top1 = eval::knn_accuracy(&bank, splits.bank_labels, &queries, splits.query_labels, k.k, k.t)?;
         out.knn = Some((top1, knn_protocol(&k, &data)));
     }
     if protocols.linear {
         let probe = LinearProbe::default();
-        let result = eval::linear_probe(&bank, &data.train_labels, &queries, &data.test_labels, &probe)?;
+        let result = eval::linear_probe(&bank, splits.bank_labels, &queries, splits.query_labels, &probe)?;
         out.linear = Some((result, probe.protocol()));
     }
     Ok(out)
@@ -130,8 +130,9 @@ fn cached_features(
             }
         }
     }
-    let bank = backbone_features(net, &data.train_images)?.to_device(&Device::Cpu)?;
-    let queries = backbone_features(net, &data.test_images)?.to_device(&Device::Cpu)?;
+    let splits = data.eval_splits()?;
+    let bank = backbone_features(net, splits.bank, data.shape, &data.norm)?.to_device(&Device::Cpu)?;
+    let queries = backbone_features(net, splits.queries, data.shape, &data.norm)?.to_device(&Device::Cpu)?;
     let sum = Tensor::new(features_sha256(&bank, &queries)?, &Device::Cpu)?;
     let tensors = [("bank", &bank), ("queries", &queries), ("sha256", &sum)];
     let written = safetensors::serialize(tensors, None)

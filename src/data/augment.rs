@@ -1,6 +1,7 @@
 //! Seeded, batched augmentation on the CPU: the recipe's `augment` list turned into views.
 //!
-//! One call makes one view of every image of a batch (f32 `[B, 1, 28, 28]` in [0, 1]), plus the
+//! One call makes one view of every image of a batch (f32 `[B, C, S, S]` in [0, 1], C = 1 or 3, square images of
+//! side S), plus the
 //! multi-crop local views and the CutMix pairing when the recipe asks for them. A Siamese pair is two
 //! calls with two random streams ([`view_rng`]). Everything is plain loops over reused f32 buffers:
 //! no allocation per pixel or per image, and about a millisecond for 512 images (see the report in
@@ -10,9 +11,9 @@
 //! `RandomResizedCrop` (area fraction uniform in `scale`, aspect ratio log-uniform in `ratio`, 10 tries,
 //! then the centre crop that fits `ratio`; bilinear resampling with half-pixel centres, no antialias),
 //! `RandomHorizontalFlip`, `ColorJitter` on brightness and contrast in a random order with a clamp after
-//! each, and CutMix as in its reference implementation (one box and one partner permutation per batch).
+//! each (contrast about the mean of the grayscale image, as torchvision, for colour), and CutMix as in its reference implementation (one box and one partner permutation per batch).
 
-use super::{DataError, PIXELS, SIDE};
+use super::{DataError, Shape};
 use crate::check::recipe::Augment;
 use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
@@ -46,7 +47,7 @@ pub struct CutmixApplied {
     /// Fraction of each image that is still its own: 1 − box area / image area (the reference
     /// implementation's corrected λ, not the Beta draw).
     pub lambda: f64,
-    /// The pasted box, `[top, left, height, width]` in pixels of the 28×28 view.
+    /// The pasted box, `[top, left, height, width]` in pixels of the global view (all channels).
     pub bbox: [usize; 4],
 }
 
@@ -62,26 +63,38 @@ impl CutmixApplied {
 pub struct Views {
     /// Images in the batch.
     pub batch: usize,
-    /// The global view, f32 `[B, 1, 28, 28]` row-major, values in [0, 1].
+    /// Channels of every view (the images' own: 1 or 3).
+    pub channels: usize,
+    /// Side of the global view (the images' own; a crop resamples back to it).
+    pub side: usize,
+    /// The global view, f32 `[B, C, S, S]` row-major, values in [0, 1].
     pub global: Vec<f32>,
     /// Side of the local crops (`multicrop(size = ...)`); 0 when there are none.
     pub local_size: usize,
-    /// The local crops: one `[B, 1, S, S]` buffer per local crop (`multicrop(local = ...)`).
+    /// The local crops: one `[B, C, S, S]` buffer per local crop (`multicrop(local = ...)`).
     pub locals: Vec<Vec<f32>>,
     /// The CutMix applied to the global view, if the recipe has `cutmix` and its coin came up.
     pub cutmix: Option<CutmixApplied>,
 }
 
 impl Views {
-    /// The global view as a tensor `[B, 1, 28, 28]`.
+    /// The global view as a tensor `[B, C, S, S]`.
     pub fn global_tensor(&self, device: &Device) -> Result<Tensor, DataError> {
-        Ok(Tensor::from_slice(&self.global, (self.batch, 1, SIDE, SIDE), device)?)
+        Ok(Tensor::from_slice(&self.global, (self.batch, self.channels, self.side, self.side), device)?)
     }
 
-    /// The local crops as tensors `[B, 1, S, S]`.
+    /// The local crops as tensors `[B, C, S, S]`.
     pub fn local_tensors(&self, device: &Device) -> Result<Vec<Tensor>, DataError> {
-        let s = self.local_size;
-        self.locals.iter().map(|l| Ok(Tensor::from_slice(l, (self.batch, 1, s, s), device)?)).collect()
+        let (s, c) = (self.local_size, self.channels);
+        self.locals.iter().map(|l| Ok(Tensor::from_slice(l, (self.batch, c, s, s), device)?)).collect()
+    }
+
+    /// Normalises every view per channel (`(x − mean[c]) / std[c]`), after the augmentations, which work on [0, 1].
+    pub fn normalise(&mut self, norm: &super::Norm) {
+        norm.apply(&mut self.global, self.side * self.side);
+        for local in &mut self.locals {
+            norm.apply(local, self.local_size * self.local_size);
+        }
     }
 }
 
@@ -116,63 +129,64 @@ const MAX_LOCAL: usize = 256;
 /// Largest blur radius in pixels (sigma 32 and beyond blur to the mean anyway).
 const MAX_RADIUS: usize = 64;
 
-/// Makes one view of each image of `images` (row-major `[B, 28, 28]`, u8 or f32 in [0, 1]) by applying the
-/// recipe's augmentations in order; `multicrop` adds local crops and `cutmix` mixes the global view.
-/// Deterministic for a given `rng` state.
-pub fn augment<P: Pixel>(images: &[P], ops: &[Augment], rng: &mut StdRng) -> Result<Views, DataError> {
+/// Makes one view of each image of `images` (row-major `[B, C, S, S]` of `shape`, u8 or f32 in [0, 1]) by applying
+/// the recipe's augmentations in order, each channel alike; `multicrop` adds local crops and `cutmix` mixes the
+/// global view. Deterministic for a given `rng` state.
+pub fn augment<P: Pixel>(images: &[P], shape: Shape, ops: &[Augment], rng: &mut StdRng) -> Result<Views, DataError> {
     validate(ops)?;
-    if !images.len().is_multiple_of(PIXELS) {
+    if shape.height != shape.width {
         return Err(DataError::Shape {
-            detail: format!("{} pixels are not a whole number of 28×28 images", images.len()),
-            help: "pass the batch as a flat row-major buffer of B × 784 values".into(),
+            detail: format!("augmentation works on square images, not {shape}"),
+            help: "crop or resize the images to a square on load (`image_folder(\"DIR\", size = 32)` does)".into(),
         });
     }
-    let batch = images.len() / PIXELS;
-    let global_ops: Vec<Op> = ops.iter().filter_map(|a| per_image(a, None)).collect();
+    let (pixels, channels, side) = (shape.pixels(), shape.channels, shape.height);
+    let batch = shape.images_in(images.len())?;
+    let global_ops: Vec<Op> = ops.iter().filter_map(|a| per_image(a, side, None)).collect();
     let multicrop = ops.iter().find_map(|a| match a {
         Augment::Multicrop { local, scale, size } => Some((*local, *scale, *size)),
         _ => None,
     });
 
     let mut scratch = Scratch::default();
-    let mut global = vec![0.0f32; batch * PIXELS];
-    for (src, dst) in images.chunks_exact(PIXELS).zip(global.chunks_exact_mut(PIXELS)) {
-        scratch.run(src, &global_ops, dst, rng);
+    let mut global = vec![0.0f32; batch * pixels];
+    for (src, dst) in images.chunks_exact(pixels).zip(global.chunks_exact_mut(pixels)) {
+        scratch.run(src, channels, side, &global_ops, dst, rng);
     }
 
     let mut cutmix = None;
     for a in ops {
         if let Augment::Cutmix { alpha, p } = *a {
             if rng.gen::<f64>() < p && alpha > 0.0 {
-                cutmix = Some(apply_cutmix(&mut global, batch, alpha, rng));
+                cutmix = Some(apply_cutmix(&mut global, batch, channels, side, alpha, rng));
             }
         }
     }
 
     let (mut local_size, mut locals) = (0, Vec::new());
     if let Some((local, scale, size)) = multicrop {
-        let mut local_ops: Vec<Op> = ops.iter().filter_map(|a| per_image(a, Some((scale, size)))).collect();
+        let mut local_ops: Vec<Op> = ops.iter().filter_map(|a| per_image(a, side, Some((scale, size)))).collect();
         if !local_ops.iter().any(|o| matches!(o, Op::Crop { .. })) {
             local_ops.insert(0, Op::Crop { scale, ratio: DEFAULT_RATIO, out: size });
         }
         local_size = size;
         for _ in 0..local {
-            let mut buf = vec![0.0f32; batch * size * size];
-            for (src, dst) in images.chunks_exact(PIXELS).zip(buf.chunks_exact_mut(size * size)) {
-                scratch.run(src, &local_ops, dst, rng);
+            let mut buf = vec![0.0f32; batch * channels * size * size];
+            for (src, dst) in images.chunks_exact(pixels).zip(buf.chunks_exact_mut(channels * size * size)) {
+                scratch.run(src, channels, side, &local_ops, dst, rng);
             }
             locals.push(buf);
         }
     }
-    Ok(Views { batch, global, local_size, locals, cutmix })
+    Ok(Views { batch, channels, side, global, local_size, locals, cutmix })
 }
 
-/// The per-image op for an augmentation; `local` replaces a crop's scale and output side.
-fn per_image(a: &Augment, local: Option<([f64; 2], usize)>) -> Option<Op> {
+/// The per-image op for an augmentation on images of side `side`; `local` replaces a crop's scale and output side.
+fn per_image(a: &Augment, side: usize, local: Option<([f64; 2], usize)>) -> Option<Op> {
     Some(match *a {
         Augment::Crop { scale, ratio } => match local {
             Some((scale, size)) => Op::Crop { scale, ratio, out: size },
-            None => Op::Crop { scale, ratio, out: SIDE },
+            None => Op::Crop { scale, ratio, out: side },
         },
         Augment::Hflip { p } => Op::Hflip { p },
         Augment::Jitter { brightness, contrast, p } => Op::Jitter { brightness, contrast, p },
@@ -239,16 +253,25 @@ struct Scratch {
 }
 
 impl Scratch {
-    /// Runs `ops` on one 28×28 image and writes the result (side = the last crop's output) into `dst`.
-    fn run<P: Pixel>(&mut self, src: &[P], ops: &[Op], dst: &mut [f32], rng: &mut StdRng) {
+    /// Runs `ops` on one image of `channels` planes of `side`×`side` and writes the result (side = the last crop's
+    /// output) into `dst`. Every channel gets the same crop, flip and blur.
+    fn run<P: Pixel>(
+        &mut self,
+        src: &[P],
+        channels: usize,
+        side: usize,
+        ops: &[Op],
+        dst: &mut [f32],
+        rng: &mut StdRng,
+    ) {
         self.cur.clear();
         self.cur.extend(src.iter().map(|p| p.unit()));
-        let mut side = SIDE;
+        let mut side = side;
         for op in ops {
             match *op {
                 Op::Crop { scale, ratio, out } => {
                     let [top, left, h, w] = crop_params(side, scale, ratio, rng);
-                    self.resize(side, [top, left, h, w], out);
+                    self.resize(channels, side, [top, left, h, w], out);
                     side = out;
                 }
                 Op::Hflip { p } => {
@@ -258,7 +281,7 @@ impl Scratch {
                 }
                 Op::Jitter { brightness, contrast, p } => {
                     if rng.gen::<f64>() < p {
-                        jitter(&mut self.cur, brightness, contrast, rng);
+                        jitter(&mut self.cur, channels, brightness, contrast, rng);
                     }
                 }
                 Op::Noise { std, p } => {
@@ -268,7 +291,7 @@ impl Scratch {
                 }
                 Op::Blur { sigma, p } => {
                     if rng.gen::<f64>() < p && sigma > 0.0 {
-                        self.blur(side, sigma);
+                        self.blur(channels, side, sigma);
                     }
                 }
             }
@@ -277,9 +300,9 @@ impl Scratch {
         dst.iter_mut().zip(&self.cur).for_each(|(d, s)| *d = s.clamp(0.0, 1.0));
     }
 
-    /// Bilinear resize of the box `[top, left, h, w]` of the current `side`×`side` image to `out`×`out`,
-    /// with half-pixel centres (PyTorch's `interpolate(..., align_corners=False)` on the crop).
-    fn resize(&mut self, side: usize, [top, left, h, w]: [usize; 4], out: usize) {
+    /// Bilinear resize of the box `[top, left, h, w]` of each of the current `channels` planes of `side`×`side` to
+    /// `out`×`out`, with half-pixel centres (PyTorch's `interpolate(..., align_corners=False)` on the crop).
+    fn resize(&mut self, channels: usize, side: usize, [top, left, h, w]: [usize; 4], out: usize) {
         fn taps(start: usize, len: usize, out: usize, i0: &mut Vec<usize>, i1: &mut Vec<usize>, f: &mut Vec<f32>) {
             i0.clear();
             i1.clear();
@@ -296,22 +319,25 @@ impl Scratch {
         taps(left, w, out, &mut self.x0, &mut self.x1, &mut self.fx);
         taps(top, h, out, &mut self.y0, &mut self.y1, &mut self.fy);
         self.next.clear();
-        self.next.resize(out * out, 0.0);
-        for (i, row) in self.next.chunks_exact_mut(out).enumerate() {
-            let (r0, r1, fy) = (self.y0[i] * side, self.y1[i] * side, self.fy[i]);
-            let (a, b) = (&self.cur[r0..r0 + side], &self.cur[r1..r1 + side]);
-            for (j, o) in row.iter_mut().enumerate() {
-                let (c0, c1, fx) = (self.x0[j], self.x1[j], self.fx[j]);
-                let top = a[c0] + (a[c1] - a[c0]) * fx;
-                let bottom = b[c0] + (b[c1] - b[c0]) * fx;
-                *o = top + (bottom - top) * fy;
+        self.next.resize(channels * out * out, 0.0);
+        for (plane, dst) in self.cur.chunks_exact(side * side).zip(self.next.chunks_exact_mut(out * out)) {
+            for (i, row) in dst.chunks_exact_mut(out).enumerate() {
+                let (r0, r1, fy) = (self.y0[i] * side, self.y1[i] * side, self.fy[i]);
+                let (a, b) = (&plane[r0..r0 + side], &plane[r1..r1 + side]);
+                for (j, o) in row.iter_mut().enumerate() {
+                    let (c0, c1, fx) = (self.x0[j], self.x1[j], self.fx[j]);
+                    let top = a[c0] + (a[c1] - a[c0]) * fx;
+                    let bottom = b[c0] + (b[c1] - b[c0]) * fx;
+                    *o = top + (bottom - top) * fy;
+                }
             }
         }
         std::mem::swap(&mut self.cur, &mut self.next);
     }
 
-    /// Separable Gaussian blur, kernel radius ⌈2σ⌉ (size 2⌈2σ⌉ + 1), reflect padding as torchvision.
-    fn blur(&mut self, side: usize, sigma: f64) {
+    /// Separable Gaussian blur of each of the `channels` planes, kernel radius ⌈2σ⌉ (size 2⌈2σ⌉ + 1), reflect
+    /// padding as torchvision.
+    fn blur(&mut self, channels: usize, side: usize, sigma: f64) {
         let radius = ((2.0 * sigma).ceil() as usize).clamp(1, MAX_RADIUS);
         let width = 2 * radius + 1;
         self.kernel.clear();
@@ -326,9 +352,9 @@ impl Scratch {
         self.table.clear();
         self.table.extend((0..side + 2 * radius).map(|p| reflect(p as isize - radius as isize, side)));
         self.next.clear();
-        self.next.resize(side * side, 0.0);
+        self.next.resize(channels * side * side, 0.0);
         self.pad.resize(side + 2 * radius, 0.0);
-        // Horizontal pass: cur → next, one padded row at a time.
+        // Horizontal pass: cur → next, one padded row at a time (rows of every plane alike).
         for (src, dst) in self.cur.chunks_exact(side).zip(self.next.chunks_exact_mut(side)) {
             for (p, &t) in self.pad.iter_mut().zip(&self.table) {
                 *p = src[t];
@@ -340,13 +366,16 @@ impl Scratch {
                 }
             }
         }
-        // Vertical pass: next → cur, whole rows at a time.
-        for (i, dst) in self.cur.chunks_exact_mut(side).enumerate() {
-            dst.iter_mut().for_each(|o| *o = 0.0);
-            for (k, &wk) in self.kernel.iter().enumerate() {
-                let r = self.table[i + k] * side;
-                for (o, &x) in dst.iter_mut().zip(&self.next[r..r + side]) {
-                    *o += wk * x;
+        // Vertical pass: next → cur, whole rows at a time, plane by plane.
+        let plane = side * side;
+        for (out, src) in self.cur.chunks_exact_mut(plane).zip(self.next.chunks_exact(plane)) {
+            for (i, dst) in out.chunks_exact_mut(side).enumerate() {
+                dst.iter_mut().for_each(|o| *o = 0.0);
+                for (k, &wk) in self.kernel.iter().enumerate() {
+                    let r = self.table[i + k] * side;
+                    for (o, &x) in dst.iter_mut().zip(&src[r..r + side]) {
+                        *o += wk * x;
+                    }
                 }
             }
         }
@@ -395,8 +424,9 @@ fn uniform(rng: &mut impl Rng, lo: f64, hi: f64) -> f64 {
     lo + (hi - lo) * rng.gen::<f64>()
 }
 
-/// ColorJitter on brightness and contrast, in a random order, clamping to [0, 1] after each.
-fn jitter(img: &mut [f32], brightness: f64, contrast: f64, rng: &mut StdRng) {
+/// ColorJitter on brightness and contrast, in a random order, clamping to [0, 1] after each; contrast blends with
+/// the mean of the image's grayscale (torchvision's ITU-R 601 weights for three channels).
+fn jitter(img: &mut [f32], channels: usize, brightness: f64, contrast: f64, rng: &mut StdRng) {
     let brightness_first = rng.gen::<bool>();
     let b = (brightness > 0.0).then(|| uniform(rng, (1.0 - brightness).max(0.0), 1.0 + brightness) as f32);
     let c = (contrast > 0.0).then(|| uniform(rng, (1.0 - contrast).max(0.0), 1.0 + contrast) as f32);
@@ -407,7 +437,7 @@ fn jitter(img: &mut [f32], brightness: f64, contrast: f64, rng: &mut StdRng) {
     };
     let apply_c = |img: &mut [f32]| {
         if let Some(c) = c {
-            let mean = img.iter().sum::<f32>() / img.len().max(1) as f32;
+            let mean = grey_mean(img, channels);
             let shift = (1.0 - c) * mean;
             img.iter_mut().for_each(|x| *x = (*x * c + shift).clamp(0.0, 1.0));
         }
@@ -419,6 +449,16 @@ fn jitter(img: &mut [f32], brightness: f64, contrast: f64, rng: &mut StdRng) {
         apply_c(img);
         apply_b(img);
     }
+}
+
+/// The mean of an image's grayscale: its plain mean for one channel, 0.299 R + 0.587 G + 0.114 B for three.
+fn grey_mean(img: &[f32], channels: usize) -> f32 {
+    if channels != 3 {
+        return img.iter().sum::<f32>() / img.len().max(1) as f32;
+    }
+    let plane = img.len() / 3;
+    let sums: Vec<f32> = img.chunks_exact(plane.max(1)).map(|p| p.iter().sum::<f32>()).collect();
+    (0.299 * sums[0] + 0.587 * sums[1] + 0.114 * sums[2]) / plane.max(1) as f32
 }
 
 /// Adds N(0, std²) to every pixel and clamps to [0, 1]. The normals come from a SplitMix64 stream seeded
@@ -470,36 +510,49 @@ pub fn beta(alpha: f64, rng: &mut impl Rng) -> f64 {
     }
 }
 
-/// Pastes one box from a partner image into every image (the official CutMix): λ ~ Beta(α, α), a box of
-/// side √(1 − λ) of the image centred uniformly and clipped, and λ corrected to the box actually pasted.
-fn apply_cutmix(global: &mut [f32], batch: usize, alpha: f64, rng: &mut StdRng) -> CutmixApplied {
+/// Pastes one box (through every channel) from a partner image into every image (the official CutMix):
+/// λ ~ Beta(α, α), a box of side √(1 − λ) of the image centred uniformly and clipped, and λ corrected to the box
+/// actually pasted.
+fn apply_cutmix(
+    global: &mut [f32],
+    batch: usize,
+    channels: usize,
+    side: usize,
+    alpha: f64,
+    rng: &mut StdRng,
+) -> CutmixApplied {
     let mut perm: Vec<usize> = (0..batch).collect();
     perm.shuffle(rng);
     let lam = beta(alpha, rng);
     let cut = (1.0 - lam).max(0.0).sqrt();
-    let (cut_w, cut_h) = ((SIDE as f64 * cut) as usize, (SIDE as f64 * cut) as usize);
-    let (cx, cy) = (rng.gen_range(0..SIDE), rng.gen_range(0..SIDE));
+    let (cut_w, cut_h) = ((side as f64 * cut) as usize, (side as f64 * cut) as usize);
+    let (cx, cy) = (rng.gen_range(0..side), rng.gen_range(0..side));
     let x1 = cx.saturating_sub(cut_w / 2);
-    let x2 = (cx + cut_w / 2).min(SIDE);
+    let x2 = (cx + cut_w / 2).min(side);
     let y1 = cy.saturating_sub(cut_h / 2);
-    let y2 = (cy + cut_h / 2).min(SIDE);
+    let y2 = (cy + cut_h / 2).min(side);
     let (h, w) = (y2 - y1, x2 - x1);
     // Copy the partners' boxes first: `perm` may send a box to an image whose own box is still needed.
-    let mut boxes = Vec::with_capacity(batch * h * w);
+    // Rows are numbered across images and channels: row r of plane p of image i is (i·C + p)·S + r.
+    let mut boxes = Vec::with_capacity(batch * channels * h * w);
     for &j in &perm {
-        for y in y1..y2 {
-            let row = (j * SIDE + y) * SIDE;
-            boxes.extend_from_slice(&global[row + x1..row + x2]);
-        }
-    }
-    if h * w > 0 {
-        for (i, pasted) in boxes.chunks_exact(h * w).enumerate() {
-            for (y, src) in (y1..y2).zip(pasted.chunks_exact(w)) {
-                let row = (i * SIDE + y) * SIDE;
-                global[row + x1..row + x2].copy_from_slice(src);
+        for p in 0..channels {
+            for y in y1..y2 {
+                let row = ((j * channels + p) * side + y) * side;
+                boxes.extend_from_slice(&global[row + x1..row + x2]);
             }
         }
     }
-    let lambda = 1.0 - (h * w) as f64 / PIXELS as f64;
+    if h * w > 0 {
+        for (i, pasted) in boxes.chunks_exact(channels * h * w).enumerate() {
+            for (p, plane) in pasted.chunks_exact(h * w).enumerate() {
+                for (y, src) in (y1..y2).zip(plane.chunks_exact(w)) {
+                    let row = ((i * channels + p) * side + y) * side;
+                    global[row + x1..row + x2].copy_from_slice(src);
+                }
+            }
+        }
+    }
+    let lambda = 1.0 - (h * w) as f64 / (side * side) as f64;
     CutmixApplied { perm, lambda, bbox: [y1, x1, h, w] }
 }

@@ -2,19 +2,23 @@
 //! printed beside every number.
 
 use crate::check::recipe::Knn;
-use crate::data::{self, Dataset};
+use crate::data::{self, Dataset, Norm, Shape};
 use crate::error::Error;
 use crate::nn::SiameseNet;
 use candle_core::Tensor;
 
-/// Backbone features of 28×28 images, in eval mode, in chunks of 512.
-pub fn backbone_features(net: &SiameseNet, images: &[u8]) -> Result<Tensor, Error> {
-    let n = images.len() / 784;
+/// Backbone features of u8 images of `shape` normalised by `norm` (as in training), in eval mode, in chunks of 512.
+pub fn backbone_features(net: &SiameseNet, images: &[u8], shape: Shape, norm: &Norm) -> Result<Tensor, Error> {
+    let n = shape.images_in(images.len())?;
+    let pixels = shape.pixels();
     let mut chunks = Vec::new();
     for start in (0..n).step_by(512) {
         let end = (start + 512).min(n);
-        let x = data::to_tensor(&images[start * 784..end * 784], net.device())?;
+        let x = data::to_tensor(&images[start * pixels..end * pixels], shape, norm, net.device())?;
         chunks.push(net.features(&x)?);
+    }
+    if chunks.is_empty() {
+        return Ok(Tensor::zeros((0, net.backbone_dim()), net.dtype(), net.device())?);
     }
     Ok(Tensor::cat(&chunks, 0)?)
 }
@@ -25,7 +29,7 @@ pub fn knn_protocol(k: &Knn, data: &Dataset) -> String {
         "weighted kNN, k = {}, t = {}, cosine on L2-normalised backbone features, bank = {} un-augmented training images, {} test queries",
         k.k,
         k.t,
-        data.train_len(),
+        data.bank.as_ref().map_or(data.train_len(), |b| b.labels.len()),
         data.test_len()
     )
 }

@@ -110,14 +110,18 @@ pub fn accuracy(predicted: &[u8], labels: &[u8]) -> f64 {
     right as f64 / labels.len().max(1) as f64
 }
 
-/// The raw-pixel baseline: kNN with each image's 784 pixels in [0, 1] as its features, the training set
-/// as the bank and the test set as the queries (78.9 % on the full Fashion-MNIST with k = 200, t = 0.1).
+/// The raw-pixel baseline: kNN with each image's C × H × W pixels in [0, 1] (unnormalised) as its features, the
+/// evaluation bank (the training set, or STL-10's labelled training split) as the bank and the test set as the
+/// queries (78.9 % on the full Fashion-MNIST with k = 200, t = 0.1). Needs labels (`ssl::data::unlabelled`).
 pub fn raw_pixel_knn(dataset: &Dataset, k: usize, t: f64) -> Result<f64, EvalError> {
+    let pixels = dataset.shape.pixels();
     let flat = |images: &[u8]| -> Result<Tensor, EvalError> {
+        let n = dataset.shape.images_in(images.len())?;
         let x: Vec<f32> = images.iter().map(|&p| p as f32 / 255.0).collect();
-        Ok(Tensor::from_vec(x, (images.len() / crate::data::PIXELS, crate::data::PIXELS), &Device::Cpu)?)
+        Ok(Tensor::from_vec(x, (n, pixels), &Device::Cpu)?)
     };
-    let bank = flat(&dataset.train_images)?;
-    let queries = flat(&dataset.test_images)?;
-    knn_accuracy(&bank, &dataset.train_labels, &queries, &dataset.test_labels, k, t)
+    let splits = dataset.eval_splits()?;
+    let bank = flat(splits.bank)?;
+    let queries = flat(splits.queries)?;
+    knn_accuracy(&bank, splits.bank_labels, &queries, splits.query_labels, k, t)
 }

@@ -3,6 +3,7 @@
 
 use super::params::{ParamKind, Params};
 use crate::check::recipe::{Encoder as EncoderSpec, Mlp as MlpSpec};
+use crate::data::Shape;
 use candle_core::{bail, DType, Device, Result, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -88,6 +89,8 @@ pub(super) struct Arch {
     pub(super) target_buffers: usize,
     pub(super) backbone_dim: usize,
     pub(super) projection_dim: usize,
+    /// The images the network is built for: the stem reads `input.channels`; the size sets the memory estimate.
+    pub(super) input: Shape,
 }
 
 /// Builds the architecture, drawing every initial value from one seeded generator in forward order.
@@ -161,12 +164,13 @@ impl Builder<'_> {
         Ok(Linear { w, b })
     }
 
-    pub(super) fn resnet(&mut self, spec: &EncoderSpec) -> Result<ResNet> {
+    /// The encoder for images of `in_channels` channels.
+    pub(super) fn resnet(&mut self, spec: &EncoderSpec, in_channels: usize) -> Result<ResNet> {
         let Some(&stem_width) = spec.widths.first() else { bail!("resnet_mini needs at least one width") };
         if spec.widths.contains(&0) || spec.blocks == 0 {
             bail!("resnet_mini widths and blocks must be positive, got {:?} and {}", spec.widths, spec.blocks);
         }
-        let stem = self.conv("encoder.stem.conv", 1, stem_width, 3, 1, 1)?;
+        let stem = self.conv("encoder.stem.conv", in_channels, stem_width, 3, 1, 1)?;
         let stem_bn = self.bn("encoder.stem.bn", stem_width)?;
         let mut blocks = Vec::new();
         let mut cin = stem_width;

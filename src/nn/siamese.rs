@@ -6,6 +6,7 @@ use super::layers::fused_layers;
 use super::params::{load_named, Buffers, Params};
 use super::LayerImpl;
 use crate::check::recipe::{Encoder as EncoderSpec, Mlp as MlpSpec, Recipe};
+use crate::data::Shape;
 use crate::kernels::conv::{ConvWork, WorkCounter};
 use candle_core::{bail, DType, Device, Result, Tensor, Var};
 use rand::rngs::StdRng;
@@ -43,10 +44,10 @@ pub struct SiameseNet {
     pub(super) work: Arc<WorkCounter>,
 }
 
-pub(super) fn check_images(x: &Tensor, dtype: DType) -> Result<()> {
+pub(super) fn check_images(x: &Tensor, dtype: DType, channels: usize) -> Result<()> {
     match *x.dims() {
-        [b, 1, h, w] if b > 0 && h > 0 && w > 0 => {}
-        _ => bail!("expected images of shape [B, 1, H, W] with B, H, W > 0, got {:?}", x.dims()),
+        [b, c, h, w] if b > 0 && c == channels && h > 0 && w > 0 => {}
+        _ => bail!("expected images of shape [B, {channels}, H, W] with B, H, W > 0, got {:?}", x.dims()),
     }
     if x.dtype() != dtype {
         bail!("images are {:?} but the network is {:?}", x.dtype(), dtype);
@@ -55,8 +56,10 @@ pub(super) fn check_images(x: &Tensor, dtype: DType) -> Result<()> {
 }
 
 impl SiameseNet {
-    /// Builds the network of the README with every initial value drawn from `seed`, so runs are reproducible.
+    /// Builds the network of the README for `input` images (its stem reads their channels) with every initial
+    /// value drawn from `seed`, so runs are reproducible.
     pub fn new(
+        input: Shape,
         encoder: &EncoderSpec,
         projector: &MlpSpec,
         predictor: Option<&MlpSpec>,
@@ -67,6 +70,9 @@ impl SiameseNet {
         if !matches!(dtype, DType::F32 | DType::F64) {
             bail!("the network supports f32 and f64, not {dtype:?}");
         }
+        if input.pixels() == 0 {
+            bail!("the network needs images with channels and pixels, not {input}");
+        }
         let mut b = Builder {
             rng: StdRng::seed_from_u64(seed),
             dtype,
@@ -76,7 +82,7 @@ impl SiameseNet {
             buffer_names: Vec::new(),
             buffers: Vec::new(),
         };
-        let enc = b.resnet(encoder)?;
+        let enc = b.resnet(encoder, input.channels)?;
         let backbone_dim = *encoder.widths.last().unwrap_or(&0);
         let proj = b.mlp("projector", backbone_dim, projector)?;
         let (target_params, target_buffers) = (b.tensors.len(), b.buffers.len());
@@ -92,6 +98,7 @@ impl SiameseNet {
             target_buffers,
             backbone_dim,
             projection_dim: projector.out,
+            input,
         };
         Ok(SiameseNet {
             arch,
@@ -105,17 +112,22 @@ impl SiameseNet {
         })
     }
 
-    /// The network a recipe asks for (encoder, projector, predictor, seed).
-    pub fn from_recipe(recipe: &Recipe, dtype: DType, device: &Device) -> Result<Self> {
-        Self::new(&recipe.encoder, &recipe.projector, recipe.predictor.as_ref(), recipe.seed, dtype, device)
+    /// The network a recipe asks for (encoder, projector, predictor, seed) for `input` images.
+    pub fn from_recipe(recipe: &Recipe, input: Shape, dtype: DType, device: &Device) -> Result<Self> {
+        Self::new(input, &recipe.encoder, &recipe.projector, recipe.predictor.as_ref(), recipe.seed, dtype, device)
     }
 
-    /// Runs images [B, 1, H, W] through encoder, projector and predictor. `train` uses batch statistics in every
+    /// The images the network is built for.
+    pub fn input(&self) -> Shape {
+        self.arch.input
+    }
+
+    /// Runs images [B, C, H, W] through encoder, projector and predictor. `train` uses batch statistics in every
     /// BatchNorm and updates the running ones; otherwise the running statistics are used and nothing changes.
     /// Differentiate what it produces with [`SiameseNet::backward`]: with our kernels the encoder is recorded for our
     /// own backward rather than built into candle's graph (which would zero-fill and add every activation gradient).
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Outputs> {
-        check_images(x, self.dtype)?;
+        check_images(x, self.dtype, self.arch.input.channels)?;
         let mut buffers = self.buffers.lock().unwrap_or_else(PoisonError::into_inner);
         if !(self.layers == LayerImpl::Ours && fused_layers(x)) {
             let mut ctx = Ctx::new(&self.tensors, Stats::Mut(&mut buffers), train, self.layers, &self.work);
@@ -136,7 +148,7 @@ impl SiameseNet {
     /// Eval-mode backbone features [B, widths.last()] with no graph (detached parameters, running statistics): what
     /// kNN and the linear probe read, without paying for the projector or keeping activations alive.
     pub fn features(&self, x: &Tensor) -> Result<Tensor> {
-        check_images(x, self.dtype)?;
+        check_images(x, self.dtype, self.arch.input.channels)?;
         let p: Vec<Tensor> = self.tensors.iter().map(Tensor::detach).collect();
         let buffers = self.buffers.lock().unwrap_or_else(PoisonError::into_inner);
         let mut ctx = Ctx::new(&p, Stats::Ref(&buffers), false, self.layers, &self.work);

@@ -83,7 +83,7 @@ impl Target {
     /// (as the BYOL/MoCo target does) without touching the running ones, which are copied from the online network;
     /// otherwise the running statistics are used.
     pub fn forward_no_grad(&self, x: &Tensor, train: bool) -> Result<Outputs> {
-        check_images(x, self.dtype)?;
+        check_images(x, self.dtype, self.arch.input.channels)?;
         let x = x.detach();
         let mut ctx = Ctx::new(&self.tensors, Stats::Ref(&self.buffers), train, self.layers, &self.work);
         ctx.forward(&x, &self.arch, false)

@@ -12,10 +12,11 @@ use crate::nn::SiameseNet;
 /// divided by its per-image convolution outputs (see the closing note of the reliability issue), rounded up.
 pub const BYTES_PER_VALUE: u64 = 14;
 
-/// What one step at the recipe's batch is expected to hold on top of what the process holds already, in bytes.
+/// What one step at the recipe's batch is expected to hold on top of what the process holds already, in bytes, for
+/// the images the network is built for.
 pub fn step_bytes(net: &SiameseNet, recipe: &Recipe) -> u64 {
-    let side = crate::data::SIDE;
-    let mut values = 2 * net.conv_output_values(side, side);
+    let input = net.input();
+    let mut values = 2 * net.conv_output_values(input.height, input.width);
     for a in &recipe.augment {
         if let Augment::Multicrop { local, size, .. } = a {
             values += local * net.conv_output_values(*size, *size);

@@ -11,7 +11,7 @@ use super::records::{Baseline, EndRecord, EvalRecord, Phase, Record, StepRecord}
 use super::run::{Loaded, RunConfig, RunDir, RunLock};
 use super::schedule::{target_momentum, LrSchedule};
 use crate::backend::Backend;
-use crate::check::recipe::{Form, Momentum, Recipe};
+use crate::check::recipe::{Form, Knn, Momentum, Recipe};
 use crate::check::typed::{Objective, StateKind};
 use crate::data::{self, augment, Dataset};
 use crate::error::{Error, ErrorCode};
@@ -34,7 +34,7 @@ use std::time::Instant;
 /// How to run, beyond the recipe.
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
-    /// A directory of Fashion-MNIST IDX files, overriding the recipe and the defaults.
+    /// A directory for the recipe's data source (`--data DIR`), overriding the recipe's and the defaults.
     pub data_dir: Option<PathBuf>,
     /// Where runs live (`runs/`).
     pub runs_root: PathBuf,
@@ -81,6 +81,8 @@ pub struct TrainSummary {
 /// Everything that changes during training.
 struct Trainer<'a> {
     recipe: &'a Recipe,
+    /// The recipe's kNN evaluation, or none where the data has no labels to evaluate with.
+    eval: Option<Knn>,
     plan: Plan,
     data: Dataset,
     net: SiameseNet,
@@ -108,7 +110,7 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
         return Err(Error::new(ErrorCode::TrainForm, message).help(help));
     }
     let device = opts.device.clone();
-    let mut data = data::load(&recipe.data, opts.data_dir.as_deref())?;
+    let mut data = data::load_recipe(recipe, opts.data_dir.as_deref())?;
     if let Some(limit) = opts.limit {
         data.limit(limit);
     }
@@ -126,7 +128,7 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
     }
     let steps_per_epoch = n_train / recipe.batch;
     let total_steps = steps_per_epoch * recipe.epochs;
-    let net = SiameseNet::from_recipe(recipe, DType::F32, &device)?.with_layers(opts.layers);
+    let net = SiameseNet::from_recipe(recipe, data.shape, DType::F32, &device)?.with_layers(opts.layers);
     let target = match recipe.momentum {
         Momentum::None => None,
         _ => Some(Target::new(&net)?),
@@ -150,7 +152,7 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
         params: objective.params.iter().map(|p| (p.name.clone(), p.value)).collect(),
         seed: recipe.seed,
         backend: format!("{:?}", opts.backend).to_lowercase(),
-        data: data.source.to_string(),
+        data: data.describe(),
         train_images: n_train,
         test_images: data.test_len(),
         threads: candle_core::utils::get_num_threads(),
@@ -163,8 +165,17 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
     if let Some(warning) = lock.unclean_warning(&run) {
         opts.edge.report(&warning);
     }
+    let eval = match (&recipe.eval, data.eval_splits()) {
+        (Some(k), Ok(_)) => Some(k.clone()),
+        (Some(_), Err(e)) => {
+            println!("note: kNN evaluation is off: {e}");
+            None
+        }
+        (None, _) => None,
+    };
     let mut t = Trainer {
         recipe,
+        eval,
         plan,
         net,
         target,
@@ -190,11 +201,11 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
         println!(
             "run {} — {} ({} training, {} test images)",
             t.run.path.display(),
-            t.data.source,
+            t.data.describe(),
             n_train,
             t.data.test_len()
         );
-        if let Some(knn) = &recipe.eval {
+        if let Some(knn) = &t.eval.clone() {
             let raw = eval::raw_pixel_knn(&t.data, knn.k, knn.t)?;
             println!("baseline: raw-pixel kNN {:.2} % ({})", raw * 100.0, eval::features::knn_protocol(knn, &t.data));
             let init = t.knn()?;
@@ -245,7 +256,7 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
         let epoch_done = step.is_multiple_of(t.steps_per_epoch);
         let epoch = step / t.steps_per_epoch;
         if epoch_done || step == stop {
-            if let Some(knn) = &t.recipe.eval {
+            if let Some(knn) = &t.eval.clone() {
                 if epoch.is_multiple_of(knn.every) || step == stop {
                     let top1 = t.knn()?;
                     progress.println(&format!(
@@ -325,9 +336,15 @@ impl Trainer<'_> {
         let within = step % self.steps_per_epoch;
         let conv_before = self.net.conv_work();
         let mut clock = Phases::start();
-        let images = data::gather(&self.data.train_images, &self.order.1[within * batch..(within + 1) * batch])?;
-        let v1 = augment::augment(&images, &recipe.augment, &mut augment::view_rng(recipe.seed, step as u64, 0))?;
-        let v2 = augment::augment(&images, &recipe.augment, &mut augment::view_rng(recipe.seed, step as u64, 1))?;
+        let shape = self.data.shape;
+        let images = data::gather(&self.data.train_images, shape, &self.order.1[within * batch..(within + 1) * batch])?;
+        let view = |v: u64| -> Result<augment::Views, Error> {
+            let mut views =
+                augment::augment(&images, shape, &recipe.augment, &mut augment::view_rng(recipe.seed, step as u64, v))?;
+            views.normalise(&self.data.norm);
+            Ok(views)
+        };
+        let (v1, v2) = (view(0)?, view(1)?);
         let device = self.net.device();
         let (x1, x2) = (v1.global_tensor(device)?, v2.global_tensor(device)?);
         clock.lap(Phase::Augment);
@@ -481,10 +498,12 @@ impl Trainer<'_> {
     }
 
     fn knn(&mut self) -> Result<f64, Error> {
-        let Some(k) = &self.recipe.eval else { return Ok(f64::NAN) };
-        let bank = backbone_features(&self.net, &self.data.train_images)?;
-        let queries = backbone_features(&self.net, &self.data.test_images)?;
-        let top1 = eval::knn_accuracy(&bank, &self.data.train_labels, &queries, &self.data.test_labels, k.k, k.t)?;
+        let Some(k) = &self.eval else { return Ok(f64::NAN) };
+        let (shape, norm) = (self.data.shape, &self.data.norm);
+        let splits = self.data.eval_splits()?;
+        let bank = backbone_features(&self.net, splits.bank, shape, norm)?;
+        let queries = backbone_features(&self.net, splits.queries, shape, norm)?;
+        let top1 = eval::knn_accuracy(&bank, splits.bank_labels, &queries, splits.query_labels, k.k, k.t)?;
         self.last_knn = Some(top1);
         Ok(top1)
     }
