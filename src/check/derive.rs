@@ -7,6 +7,7 @@
 //! read off. Differentiation is reverse mode over the typed tree: [`Deriver::grad`] takes an expression and the
 //! cotangent flowing into it and returns its contribution to ∂loss/∂u1.
 
+use super::expr::texpr;
 use super::typed::{Builtin, Func, Objective, Reduce, Show, StateKind, TExpr, TKind};
 use super::types::Type;
 use crate::diagnostic::{Code, Diagnostic, Span};
@@ -211,7 +212,7 @@ impl Deriver<'_> {
                     }
                     let mut summand = self.term_expr(&Term { coef: 1.0, factors: inside, vector: Some(vector) });
                     if *op == Reduce::LogSumExp {
-                        let weight = node(
+                        let weight = texpr(
                             TKind::Softmax { var: *var, arg: body.clone() },
                             Type::Scalar,
                             body.per_sample,
@@ -227,7 +228,7 @@ impl Deriver<'_> {
                         body: Box::new(summand.clone()),
                         exclude: exclude.clone(),
                     };
-                    let vector = node(reduced, Type::Vec, summand.per_sample || set.per_sample, self.span);
+                    let vector = texpr(reduced, Type::Vec, summand.per_sample || set.per_sample, self.span);
                     out.push(Term { coef: t.coef, factors: outside, vector: Some(vector) });
                 }
                 Ok(out)
@@ -258,7 +259,7 @@ impl Deriver<'_> {
             }
             Func::Where => {
                 // where(c, a, b) = m·a + (1 − m)·b with the mask m = where(c, 1, 0), constant a.e.
-                let constant = |x: f64| node(TKind::Const(x), Type::Scalar, false, self.span);
+                let constant = |x: f64| texpr(TKind::Const(x), Type::Scalar, false, self.span);
                 let mask = |on: f64, off: f64| {
                     self.call_expr(Func::Where, vec![args[0].clone(), constant(on), constant(off)], args[0].ty)
                 };
@@ -279,12 +280,12 @@ impl Deriver<'_> {
             }
             Func::Tanh => {
                 // 1 − tanh²
-                let one = node(TKind::Const(1.0), Type::Scalar, false, self.span);
+                let one = texpr(TKind::Const(1.0), Type::Scalar, false, self.span);
                 let square = self.binary(BinOp::Mul, e.clone(), e.clone());
                 self.grad(a, self.times(g, &self.binary(BinOp::Sub, one, square), 1))
             }
             Func::Sigmoid => {
-                let one = node(TKind::Const(1.0), Type::Scalar, false, self.span);
+                let one = texpr(TKind::Const(1.0), Type::Scalar, false, self.span);
                 let rest = self.binary(BinOp::Sub, one, e.clone());
                 self.grad(a, self.times(self.times(g, e, 1), &rest, 1))
             }
@@ -296,11 +297,11 @@ impl Deriver<'_> {
                     }
                     _ => {
                         let less_one = match p.kind {
-                            TKind::Const(k) => node(TKind::Const(k - 1.0), Type::Scalar, false, self.span),
+                            TKind::Const(k) => texpr(TKind::Const(k - 1.0), Type::Scalar, false, self.span),
                             _ => self.binary(
                                 BinOp::Sub,
                                 p.clone(),
-                                node(TKind::Const(1.0), Type::Scalar, false, self.span),
+                                texpr(TKind::Const(1.0), Type::Scalar, false, self.span),
                             ),
                         };
                         let lower = self.call_expr(Func::Pow, vec![a.clone(), less_one], a.ty);
@@ -336,7 +337,7 @@ impl Deriver<'_> {
                 })
                 .collect();
         }
-        let constant = |c: f64| node(TKind::Const(c), Type::Scalar, false, self.span);
+        let constant = |c: f64| texpr(TKind::Const(c), Type::Scalar, false, self.span);
         let (op, x) = match power {
             1 => (BinOp::Mul, x.clone()),
             -1 => (BinOp::Div, x.clone()),
@@ -553,7 +554,7 @@ impl Deriver<'_> {
         } else {
             (Some(c), None)
         };
-        let constant = |x: f64| node(TKind::Const(x), Type::Scalar, false, self.span);
+        let constant = |x: f64| texpr(TKind::Const(x), Type::Scalar, false, self.span);
         let mut parts: Vec<TExpr> = lead.map(constant).into_iter().collect();
         for f in t.factors.iter().filter(|f| f.power > 0) {
             parts.extend(std::iter::repeat_n(f.expr.clone(), f.power as usize));
@@ -581,12 +582,12 @@ impl Deriver<'_> {
             (_, x, _) => x,
         };
         let per_sample = a.per_sample || b.per_sample;
-        node(TKind::Binary(op, Box::new(a), Box::new(b)), ty, per_sample, self.span)
+        texpr(TKind::Binary(op, Box::new(a), Box::new(b)), ty, per_sample, self.span)
     }
 
     fn call_expr(&self, func: Func, args: Vec<TExpr>, ty: Type) -> TExpr {
         let per_sample = args.iter().any(|a| a.per_sample);
-        node(TKind::Call(func, args), ty, per_sample, self.span)
+        texpr(TKind::Call(func, args), ty, per_sample, self.span)
     }
 }
 
@@ -602,7 +603,7 @@ fn negate_first(e: TExpr) -> TExpr {
         },
         _ => {
             let (ty, per_sample, span) = (e.ty, e.per_sample, e.span);
-            node(TKind::Neg(Box::new(e)), ty, per_sample, span)
+            texpr(TKind::Neg(Box::new(e)), ty, per_sample, span)
         }
     }
 }
@@ -616,8 +617,4 @@ fn mentions_var(e: &TExpr, var: super::typed::VarId) -> bool {
         matches!(&s.kind, TKind::Index(v, _) if *v == var)
             || matches!(&s.kind, TKind::Softmax { var: v, .. } if *v == var)
     })
-}
-
-fn node(kind: TKind, ty: Type, per_sample: bool, span: Span) -> TExpr {
-    TExpr { kind, ty, per_sample, span }
 }

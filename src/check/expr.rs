@@ -60,7 +60,7 @@ pub const FUNCTIONS: &[(&str, &[&str])] = &[
     ("fifo", &["size", "set"]),
 ];
 
-fn texpr(kind: TKind, ty: Type, per_sample: bool, span: Span) -> TExpr {
+pub(super) fn texpr(kind: TKind, ty: Type, per_sample: bool, span: Span) -> TExpr {
     TExpr { kind, ty, per_sample, span }
 }
 

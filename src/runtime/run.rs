@@ -609,7 +609,8 @@ pub fn utc_timestamp(unix_secs: u64) -> String {
     format!("{year:04}{month:02}{day:02}-{:02}{:02}{:02}", rem / 3_600, rem % 3_600 / 60, rem % 60)
 }
 
-fn validate_name(name: &str) -> Result<(), RunError> {
+/// A run name must be one plain directory name; the sweep checks its own name the same way.
+pub fn validate_name(name: &str) -> Result<(), RunError> {
     let reason = if name.is_empty() {
         Some("it is empty")
     } else if name == "." || name == ".." {

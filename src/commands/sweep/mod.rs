@@ -10,7 +10,7 @@ pub mod table;
 use super::eval::{evaluate, Protocols};
 use super::{Edge, Failure, REJECTED};
 use crate::error::{Error, ErrorCode};
-use crate::runtime::run::{write_atomic, RunDir};
+use crate::runtime::run::{validate_name, write_atomic, RunDir};
 use grid::Cell;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -82,11 +82,7 @@ const MANIFEST: &str = "sweep.json";
 
 /// Runs the sweep (or, with `report_only`, rebuilds its table); `stop` is the flag the signal handler raises.
 pub fn run(args: &SweepArgs, stop: Arc<AtomicBool>, edge: &Edge) -> Result<(), Failure> {
-    if args.name.is_empty() || args.name.contains(['/', '\\']) || args.name == "." || args.name == ".." {
-        return Err(Error::new(ErrorCode::RunName, format!("`{}` is not a valid sweep name", args.name))
-            .help("give `--name` one directory name, e.g. `--name fidelity`")
-            .into());
-    }
+    validate_name(&args.name)?;
     let dir = args.runs.join(&args.name);
     let mut manifest = if args.report_only {
         read_manifest(&dir)?.ok_or_else(|| {
@@ -180,7 +176,7 @@ fn train_cells(
         std::thread::sleep(Duration::from_millis(100));
         let mut k = 0;
         while k < running.len() {
-            let Some(status) = running[k].1.try_wait().map_err(|e| cell_io(&running[k].0, e))? else {
+            let Some(status) = running[k].1.try_wait().map_err(|e| cell_io(running[k].0, e))? else {
                 k += 1;
                 continue;
             };
@@ -233,7 +229,7 @@ fn train_cells(
     Ok(interrupted || stop.load(Ordering::SeqCst))
 }
 
-fn cell_io(i: &usize, e: std::io::Error) -> Error {
+fn cell_io(i: usize, e: std::io::Error) -> Error {
     Error::new(ErrorCode::RunIo, format!("cannot wait for cell {i}'s training: {e}"))
         .help("the sweep's own process lost its child; run the sweep again to resume")
 }
@@ -257,10 +253,10 @@ fn spawn(args: &SweepArgs, dir: &Path, cell: &Cell, threads: Option<usize>) -> R
     for s in cell.sets(&args.set) {
         cmd.arg("--set").arg(s);
     }
-    let run = dir.join(&cell.name);
-    if run.join("config.json").exists() {
-        match RunDir::open(&run).and_then(|r| r.load_checkpoint()) {
-            // Stopped before its first checkpoint: nothing to resume from. Its directory is kept, moved aside.
+    // A run there already: resume it, unless it stopped before its first checkpoint (nothing to resume from; its
+    // directory is kept, moved aside).
+    if let Ok(run) = RunDir::open(&dir.join(&cell.name)) {
+        match run.load_checkpoint() {
             Ok(None) => set_aside(dir, cell)?,
             _ => {
                 cmd.arg("--resume");
