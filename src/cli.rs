@@ -199,6 +199,19 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Write a run's trained backbone (latest checkpoint) as safetensors: under torchvision's ResNet names
+    /// (`--to torchvision`, resnet18/resnet50 only) or ours (`--to candle`).
+    #[command(after_help = "Example: ssl-lang export runs/r18 --to torchvision r18.safetensors\n\
+        then in Python: torchvision.models.resnet18().load_state_dict(safetensors.torch.load_file(\"r18.safetensors\"), strict=False)")]
+    Export {
+        /// A run directory (or a file inside it).
+        run: PathBuf,
+        /// Whose parameter names to write.
+        #[arg(long, value_enum)]
+        to: commands::export::Names,
+        /// The safetensors file to write.
+        out: PathBuf,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -358,6 +371,7 @@ pub fn run(cli: Cli, stop: Arc<AtomicBool>) -> ExitCode {
             commands::sweep::run(&args, stop, &edge)
         }
         Command::Report { runs, out } => commands::report::run(&runs, out.as_deref()),
+        Command::Export { run, to, out } => commands::export::run(&run, to, &out, &edge),
         Command::Eval { run, knn, linear, data, device } => {
             let protocols = commands::eval::Protocols { knn, linear };
             commands::eval::run(&run, protocols, data.as_deref(), &device.device, &edge)

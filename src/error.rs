@@ -70,6 +70,8 @@ code_table! {
     TrainNonFinite  = "ssl::train::nonfinite",      Input,   "a NaN or infinity in training";
     TrainCollapse   = "ssl::train::collapse",       Warning, "the online features stay collapsed";
     BenchRun        = "ssl::bench::run",            Usage,   "a benchmark's training run failed";
+    ExportFormat    = "ssl::export::format",        Input,   "an export to a format without the run's backbone (torchvision has no resnet_mini)";
+    ExportWrite     = "ssl::export::write",         Usage,   "an exported file that cannot be written";
     SweepGrid       = "ssl::sweep::grid",           Usage,   "a --grid that is not KEY=V1,V2,...";
     SweepCell       = "ssl::sweep::cell",           Warning, "a cell of a sweep that failed (the others go on; its log says why)";
     Tensor          = "ssl::tensor",                Input,   "a tensor operation failed (out of memory, or a bug to report)";

@@ -196,7 +196,7 @@ fn augmentation_is_deterministic_and_in_range() {
     let images = first_images(64);
     let mut ops = Recipe::default().augment;
     ops.push(Augment::Noise { std: 0.1, p: 0.5 });
-    ops.push(Augment::Blur { sigma: 1.0, p: 0.5 });
+    ops.push(Augment::Blur { sigma: [1.0, 1.0], p: 0.5 });
     ops.push(Augment::Multicrop { local: 2, scale: [0.1, 0.4], size: 14 });
     ops.push(Augment::Cutmix { alpha: 1.0, p: 1.0 });
     let a = augment(&images, SHAPE, &ops, &mut view_rng(7, 3, 0)).unwrap();
@@ -262,21 +262,33 @@ fn jitter_blur_and_noise_on_known_images() {
     let grey = vec![0.5f32; PIXELS];
     let mut rng = StdRng::seed_from_u64(1);
     // Contrast alone leaves a constant image unchanged (it blends with its own mean).
-    let c = augment(&grey, SHAPE, &[Augment::Jitter { brightness: 0.0, contrast: 0.9, p: 1.0 }], &mut rng).unwrap();
+    let c = augment(
+        &grey,
+        SHAPE,
+        &[Augment::Jitter { brightness: 0.0, contrast: 0.9, p: 1.0, saturation: 0.0, hue: 0.0 }],
+        &mut rng,
+    )
+    .unwrap();
     assert!(c.global.iter().all(|&x| (x - 0.5).abs() < 1e-6));
     // Brightness alone scales it by one factor in [0.6, 1.4].
-    let b = augment(&grey, SHAPE, &[Augment::Jitter { brightness: 0.4, contrast: 0.0, p: 1.0 }], &mut rng).unwrap();
+    let b = augment(
+        &grey,
+        SHAPE,
+        &[Augment::Jitter { brightness: 0.4, contrast: 0.0, p: 1.0, saturation: 0.0, hue: 0.0 }],
+        &mut rng,
+    )
+    .unwrap();
     let v = b.global[0];
     assert!(b.global.iter().all(|&x| x == v) && (0.3..=0.7).contains(&v) && v != 0.5, "{v}");
     // Blur keeps a constant image; noise with std 0 is the identity.
-    let blur = augment(&grey, SHAPE, &[Augment::Blur { sigma: 2.0, p: 1.0 }], &mut rng).unwrap();
+    let blur = augment(&grey, SHAPE, &[Augment::Blur { sigma: [2.0, 2.0], p: 1.0 }], &mut rng).unwrap();
     assert!(blur.global.iter().all(|&x| (x - 0.5).abs() < 1e-6));
     let quiet = augment(&grey, SHAPE, &[Augment::Noise { std: 0.0, p: 1.0 }], &mut rng).unwrap();
     assert_eq!(quiet.global, grey);
     // Blur spreads a single bright pixel symmetrically and keeps its mass away from the borders.
     let mut dot = vec![0.0f32; PIXELS];
     dot[14 * 28 + 14] = 1.0;
-    let spread = augment(&dot, SHAPE, &[Augment::Blur { sigma: 1.0, p: 1.0 }], &mut rng).unwrap().global;
+    let spread = augment(&dot, SHAPE, &[Augment::Blur { sigma: [1.0, 1.0], p: 1.0 }], &mut rng).unwrap().global;
     assert!((spread.iter().sum::<f32>() - 1.0).abs() < 1e-5);
     assert!((spread[14 * 28 + 13] - spread[14 * 28 + 15]).abs() < 1e-7 && spread[14 * 28 + 14] < 1.0);
     // Noise moves pixels but keeps them in [0, 1].
@@ -367,7 +379,7 @@ fn augmentation_speed() {
     let mut heavy = default.clone();
     heavy.extend([
         Augment::Noise { std: 0.1, p: 0.5 },
-        Augment::Blur { sigma: 1.0, p: 0.5 },
+        Augment::Blur { sigma: [1.0, 1.0], p: 0.5 },
         Augment::Cutmix { alpha: 1.0, p: 1.0 },
     ]);
     let mut multicrop = default.clone();

@@ -304,6 +304,16 @@ fn misused_run(root: &Path) -> Vec<Error> {
         .unwrap();
     assert!(eval.status.success());
     out.extend(reported(&eval));
+    let export = |to: &str, file: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_ssl-lang"))
+            .args(["export", root.join("r").to_str().unwrap(), "--to", to, file.to_str().unwrap(), "--format", "json"])
+            .output()
+            .unwrap()
+    };
+    // torchvision has no resnet_mini; a file in a directory that does not exist cannot be written.
+    out.extend(reported(&export("torchvision", &root.join("r.safetensors"))));
+    out.extend(reported(&export("candle", &root.join("absent/r.safetensors"))));
+    assert!(export("candle", &root.join("r.safetensors")).status.success());
     out
 }
 

@@ -4,10 +4,12 @@
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use ssl_lang::check::recipe::{Encoder, Mlp, Recipe};
+use ssl_lang::check::recipe::{Depth, Encoder, Mlp, Recipe, Stem};
 use ssl_lang::data::idx;
+use ssl_lang::nn::export::{to_torchvision, torchvision_name};
 use ssl_lang::nn::layers::{batch_norm_eval, batch_norm_train, global_avg_pool, linear, BN_EPS, BN_MOMENTUM};
 use ssl_lang::nn::{LayerImpl, Outputs, ParamKind, SiameseNet, Target};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize, layers: LayerImpl) -> Result<Tensor> {
@@ -23,7 +25,7 @@ fn randn(shape: &[usize], seed: u64, dtype: DType) -> Result<Tensor> {
 }
 
 fn tiny_net(predictor: bool) -> Result<SiameseNet> {
-    let enc = Encoder { widths: vec![2, 3], blocks: 1 };
+    let enc = Encoder::Mini { widths: vec![2, 3], blocks: 1 };
     let proj = Mlp { hidden: 4, out: 3 };
     let pred = Mlp { hidden: 5, out: 3 };
     SiameseNet::new(idx::SHAPE, &enc, &proj, predictor.then_some(&pred), 7, DType::F64, &Device::Cpu)
@@ -52,7 +54,7 @@ fn default_network_shapes() -> Result<()> {
 
 #[test]
 fn custom_network_shapes_and_names() -> Result<()> {
-    let enc = Encoder { widths: vec![8, 16, 24, 12], blocks: 2 };
+    let enc = Encoder::Mini { widths: vec![8, 16, 24, 12], blocks: 2 };
     let net = SiameseNet::new(
         idx::SHAPE,
         &enc,
@@ -398,16 +400,27 @@ fn our_backward_matches_candle_autodiff_on_the_default_network() -> Result<()> {
     let recipe = Recipe { predictor: Some(Mlp { hidden: 16, out: 128 }), ..Default::default() };
     let (x1, x2) = (randn(&[3, 1, 28, 28], 81, DType::F64)?, randn(&[3, 1, 28, 28], 82, DType::F64)?);
     let r = [randn(&[3, 128], 83, DType::F64)?, randn(&[3, 128], 84, DType::F64)?, randn(&[3, 128], 85, DType::F64)?];
+    assert_ours_match_candle("default", &recipe, idx::SHAPE, [&x1, &x2], &r)
+}
+
+/// Both implementations from the same seed (the same initial network) on two passes `x` sharing the parameters:
+/// every parameter gradient of Σ outputs⊙`r` agrees to 1e-9 relative to its largest entry.
+fn assert_ours_match_candle(
+    what: &str,
+    recipe: &Recipe,
+    shape: ssl_lang::data::Shape,
+    x: [&Tensor; 2],
+    r: &[Tensor; 3],
+) -> Result<()> {
     let mut grads = Vec::new();
     for choice in [LayerImpl::Ours, LayerImpl::Candle] {
-        // The same seed: the same initial network, run by either implementation.
-        let net = SiameseNet::from_recipe(&recipe, idx::SHAPE, DType::F64, &Device::Cpu)?.with_layers(choice);
-        let (o1, o2) = (net.forward(&x1, true)?, net.forward(&x2, true)?);
-        let loss = (weighted_loss(&o1, &r)? + weighted_loss(&o2, &r)?)?;
+        let net = SiameseNet::from_recipe(recipe, shape, DType::F64, &Device::Cpu)?.with_layers(choice);
+        let (o1, o2) = (net.forward(x[0], true)?, net.forward(x[1], true)?);
+        let loss = (weighted_loss(&o1, r)? + weighted_loss(&o2, r)?)?;
         let store = net.backward(&loss, &[&o1, &o2])?;
         let mut all = Vec::new();
         for p in net.params() {
-            let Some(g) = store.get(&p.var) else { panic!("no gradient for {} with {choice:?}", p.name) };
+            let Some(g) = store.get(&p.var) else { panic!("{what}: no gradient for {} with {choice:?}", p.name) };
             all.push((p.name.clone(), g.flatten_all()?.to_vec1::<f64>()?));
         }
         grads.push(all);
@@ -415,7 +428,7 @@ fn our_backward_matches_candle_autodiff_on_the_default_network() -> Result<()> {
     for ((name, ours), (_, candle)) in grads[0].iter().zip(&grads[1]) {
         let scale = candle.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
         let err = ours.iter().zip(candle).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max) / scale;
-        assert!(err <= 1e-9, "{name}: relative error {err:e}");
+        assert!(err <= 1e-9, "{what} {name}: relative error {err:e}");
     }
     Ok(())
 }
@@ -477,7 +490,7 @@ fn target_starts_as_a_copy_and_ema_update_is_exact() -> Result<()> {
     assert!(target.ema_update(&tiny_net(false)?, 0.5).is_ok(), "same encoder and projector, no predictor");
     let other = SiameseNet::new(
         idx::SHAPE,
-        &Encoder { widths: vec![2, 4], blocks: 1 },
+        &Encoder::Mini { widths: vec![2, 4], blocks: 1 },
         &Mlp { hidden: 4, out: 3 },
         None,
         7,
@@ -534,7 +547,7 @@ fn checkpoint_maps_round_trip() -> Result<()> {
     a.forward(&x, true)?; // running statistics move away from their initial values
     let b = SiameseNet::new(
         idx::SHAPE,
-        &Encoder { widths: vec![2, 3], blocks: 1 },
+        &Encoder::Mini { widths: vec![2, 3], blocks: 1 },
         &Mlp { hidden: 4, out: 3 },
         Some(&Mlp { hidden: 5, out: 3 }),
         99,
@@ -575,11 +588,93 @@ fn bad_input_is_an_error_not_a_panic() -> Result<()> {
     assert!(net.forward(&Tensor::zeros((1, 1, 8, 8), DType::F64, &dev)?, true).is_err());
     assert!(net.forward(&Tensor::zeros((1, 1, 8, 8), DType::F64, &dev)?, false).is_ok());
     let bad = |widths: Vec<usize>, blocks: usize, hidden: usize| {
-        SiameseNet::new(idx::SHAPE, &Encoder { widths, blocks }, &Mlp { hidden, out: 4 }, None, 0, DType::F32, &dev)
-            .is_err()
+        SiameseNet::new(
+            idx::SHAPE,
+            &Encoder::Mini { widths, blocks },
+            &Mlp { hidden, out: 4 },
+            None,
+            0,
+            DType::F32,
+            &dev,
+        )
+        .is_err()
     };
     assert!(bad(vec![], 1, 4) && bad(vec![4, 0], 1, 4) && bad(vec![4, 4], 0, 4) && bad(vec![4, 4], 1, 0));
-    let enc = Encoder { widths: vec![4], blocks: 1 };
+    let enc = Encoder::Mini { widths: vec![4], blocks: 1 };
     assert!(SiameseNet::new(idx::SHAPE, &enc, &Mlp { hidden: 4, out: 4 }, None, 0, DType::U8, &dev).is_err());
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Standard ResNets.
+
+fn standard(depth: Depth, stem: Stem) -> Recipe {
+    Recipe { encoder: Encoder::Standard { depth, stem }, ..Default::default() }
+}
+
+/// ResNet-18 and ResNet-50, exported under torchvision's names, have exactly the tensors (names and shapes) of
+/// torchvision's own definitions but `fc.*` (the lists in tests/fixtures were written by torchvision 0.29.2 from
+/// `models.resnetNN().state_dict()`), so `load_state_dict(strict=False)` misses only the classifier; with the CIFAR
+/// stem only `conv1.weight` differs (3×3).
+#[test]
+fn standard_resnets_have_torchvision_names_and_shapes() -> Result<()> {
+    let colour = ssl_lang::data::Shape::new(3, 32, 32);
+    for (depth, fixture) in [
+        (Depth::Resnet18, include_str!("fixtures/torchvision_resnet18.txt")),
+        (Depth::Resnet50, include_str!("fixtures/torchvision_resnet50.txt")),
+    ] {
+        let want: BTreeMap<String, Vec<usize>> = fixture
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                let (name, shape) = l.split_once(' ').expect("name and shape");
+                (name.to_string(), shape.split(',').filter(|d| !d.is_empty()).map(|d| d.parse().unwrap()).collect())
+            })
+            .collect();
+        for stem in [Stem::Imagenet, Stem::Cifar] {
+            let net = SiameseNet::from_recipe(&standard(depth, stem), colour, DType::F32, &Device::Cpu)?;
+            let online: HashMap<String, Tensor> =
+                net.params().iter().map(|p| (p.name.clone(), p.var.as_tensor().clone())).collect();
+            let buffers: HashMap<String, Tensor> =
+                net.buffers().iter().map(|(n, t)| (n.to_string(), t.clone())).collect();
+            let exported = to_torchvision(&online, &buffers, 7)?;
+            let got: BTreeMap<String, Vec<usize>> =
+                exported.iter().map(|(n, t)| (n.clone(), t.dims().to_vec())).collect();
+            let mut want = want.clone();
+            if stem == Stem::Cifar {
+                want.insert("conv1.weight".into(), vec![64, 3, 3, 3]);
+            }
+            assert_eq!(got, want, "{depth:?} {stem:?}");
+            assert_eq!(exported["layer1.0.bn1.num_batches_tracked"].to_scalar::<i64>()?, 7);
+            // Nothing of the encoder is left out: every exported value is one of ours.
+            let encoder = online.keys().chain(buffers.keys()).filter(|n| n.starts_with("encoder.")).count();
+            assert_eq!(encoder + got.keys().filter(|n| n.ends_with("num_batches_tracked")).count(), got.len());
+        }
+    }
+    assert_eq!(
+        torchvision_name("encoder.stage3.block2.shortcut.bn.bias").as_deref(),
+        Some("layer3.1.downsample.1.bias")
+    );
+    assert_eq!(torchvision_name("projector.fc1.weight"), None);
+    Ok(())
+}
+
+/// Our recorded backward against candle's autodiff on the standard ResNets, f64, two passes sharing parameters:
+/// ResNet-18 with the ImageNet stem (7×7 stride 2, max-pool) on 32×32 colour images and ResNet-50 (bottlenecks)
+/// with the CIFAR stem on 16×16 — every parameter gradient to 1e-9 relative to its largest entry (at 8×8 the last
+/// stage sees 2 values per channel per BatchNorm, whose ill-conditioned backward leaves ~1e-5 between the two
+/// summation orders). (candle's side
+/// runs our max-pool too: candle has none with padding; the pool's own backward is checked in tests/pool.rs.)
+#[test]
+fn our_backward_matches_candle_autodiff_on_the_standard_resnets() -> Result<()> {
+    for (depth, stem, side) in [(Depth::Resnet18, Stem::Imagenet, 32), (Depth::Resnet50, Stem::Cifar, 16)] {
+        let recipe = Recipe { projector: Mlp { hidden: 8, out: 4 }, ..standard(depth, stem) };
+        let shape = ssl_lang::data::Shape::new(3, side, side);
+        let (x1, x2) = (randn(&[2, 3, side, side], 91, DType::F64)?, randn(&[2, 3, side, side], 92, DType::F64)?);
+        let out = if depth == Depth::Resnet18 { 512 } else { 2048 };
+        let r = [randn(&[2, out], 93, DType::F64)?, randn(&[2, 4], 94, DType::F64)?, randn(&[2, 4], 95, DType::F64)?];
+        assert_eq!(SiameseNet::from_recipe(&recipe, shape, DType::F64, &Device::Cpu)?.backbone_dim(), out);
+        assert_ours_match_candle(&format!("{depth:?}"), &recipe, shape, [&x1, &x2], &r)?;
+    }
     Ok(())
 }

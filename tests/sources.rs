@@ -5,7 +5,7 @@
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use ssl_lang::check::recipe::{Augment, Data, Normalize};
+use ssl_lang::check::recipe::{Augment, Data, Normalize, Recipe};
 use ssl_lang::data::augment::augment;
 use ssl_lang::data::{self, cifar, Dataset, Shape};
 use std::fs;
@@ -358,7 +358,7 @@ fn colour_augmentation_treats_each_channel_alike() {
     let ops = [
         Augment::Crop { scale: [0.2, 0.6], ratio: [0.75, 1.33] },
         Augment::Hflip { p: 0.5 },
-        Augment::Blur { sigma: 1.0, p: 1.0 },
+        Augment::Blur { sigma: [1.0, 1.0], p: 1.0 },
         Augment::Multicrop { local: 1, scale: [0.1, 0.4], size: 4 },
     ];
     let v = augment(&planes, shape, &ops, &mut StdRng::seed_from_u64(3)).unwrap();
@@ -473,4 +473,137 @@ fn mnist_reads_the_same_idx_files_under_its_own_name() {
     let fashion = data::load(&Data::FashionMnistDir(root.display().to_string()), None).unwrap();
     assert_eq!((&fashion.train_images, fashion.fingerprint()), (&d.train_images, d.fingerprint()));
     assert_eq!(fashion.class_names.as_ref().unwrap()[9], "Ankle boot");
+}
+
+/// The hue of an RGB triple as a fraction of a turn (None for a grey), written independently of the kernel.
+fn hue_of(r: f32, g: f32, b: f32) -> Option<f64> {
+    let (r, g, b) = (f64::from(r), f64::from(g), f64::from(b));
+    let (max, min) = (r.max(g).max(b), r.min(g).min(b));
+    if max - min < 1e-6 {
+        return None;
+    }
+    // atan2 form of the hue angle: the hexagonal hue agrees with it at the six primaries and secondaries only, so
+    // the test uses exactly those colours.
+    let h = (3f64.sqrt() * (g - b)).atan2(2.0 * r - g - b) / std::f64::consts::TAU;
+    Some(h.rem_euclid(1.0))
+}
+
+#[test]
+fn colour_jitter_grayscale_solarize_and_blur_ranges() {
+    let shape = Shape::new(3, 4, 4);
+    let planes = |f: &dyn Fn(usize, usize) -> f32| -> Vec<f32> {
+        (0..3).flat_map(|c| (0..16).map(move |i| (c, i))).map(|(c, i)| f(c, i)).collect()
+    };
+    let colourful = planes(&|c, i| 0.1 + 0.05 * ((c * 7 + i * 3) % 17) as f32);
+    let jitter =
+        |saturation: f64, hue: f64| Augment::Jitter { brightness: 0.0, contrast: 0.0, p: 1.0, saturation, hue };
+    let luma = |img: &[f32], i: usize| 0.299 * img[i] + 0.587 * img[16 + i] + 0.114 * img[32 + i];
+
+    // Grayscale: every channel is the ITU-R 601 luma; a one-channel image is left alone.
+    let g = augment(&colourful, shape, &[Augment::Grayscale { p: 1.0 }], &mut StdRng::seed_from_u64(0)).unwrap();
+    for i in 0..16 {
+        let want = luma(&colourful, i);
+        assert!((0..3).all(|c| (g.global[c * 16 + i] - want).abs() < 1e-6), "pixel {i}");
+    }
+    let grey: Vec<f32> = (0..16).map(|i| i as f32 / 16.0).collect();
+    let one = Shape::new(1, 4, 4);
+    for op in [Augment::Grayscale { p: 1.0 }, jitter(0.8, 0.5)] {
+        let v = augment(&grey, one, std::slice::from_ref(&op), &mut StdRng::seed_from_u64(1)).unwrap();
+        assert_eq!(v.global, grey, "{op:?} must not change a one-channel image");
+    }
+
+    // Solarize inverts exactly the values at or above the threshold.
+    let s = augment(&grey, one, &[Augment::Solarize { p: 1.0, threshold: 0.5 }], &mut StdRng::seed_from_u64(2))
+        .unwrap()
+        .global;
+    for (x, y) in grey.iter().zip(&s) {
+        assert_eq!(*y, if *x >= 0.5 { 1.0 - x } else { *x });
+    }
+
+    // Saturation blends with the grayscale by one factor in [0, 2] for the whole image: luma is kept, every
+    // channel's distance from it scales alike.
+    for seed in 0..5 {
+        let v = augment(&colourful, shape, &[jitter(1.0, 0.0)], &mut StdRng::seed_from_u64(seed)).unwrap().global;
+        let factors: Vec<f32> = (0..48)
+            .filter(|&k| (colourful[k] - luma(&colourful, k % 16)).abs() > 0.02)
+            .map(|k| (v[k] - luma(&colourful, k % 16)) / (colourful[k] - luma(&colourful, k % 16)))
+            .collect();
+        assert!(factors.iter().all(|f| (f - factors[0]).abs() < 1e-3 && (0.0..=2.0).contains(f)), "{factors:?}");
+        assert!((0..16).all(|i| (luma(&v, i) - luma(&colourful, i)).abs() < 1e-5));
+    }
+
+    // Hue rotates every colour by one shift within [−h, h], keeping each pixel's max and min: on the primaries and
+    // secondaries (red, yellow, green, cyan, blue, magenta at half strength over 0.2) the shift is measurable.
+    let wheel = [[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 1.0], [0.0, 0.0, 1.0], [1.0, 0.0, 1.0]];
+    let hex = planes(&|c, i| 0.2 + 0.5 * wheel[i % 6][c] as f32);
+    let mut shifts_seen = Vec::new();
+    for seed in 0..20 {
+        let v = augment(&hex, shape, &[jitter(0.0, 1.0 / 6.0)], &mut StdRng::seed_from_u64(seed)).unwrap().global;
+        let mut shifts = Vec::new();
+        for i in 0..16 {
+            let (a, b) = ([hex[i], hex[16 + i], hex[32 + i]], [v[i], v[16 + i], v[32 + i]]);
+            let range =
+                |p: [f32; 3]| (p.iter().copied().fold(f32::MIN, f32::max), p.iter().copied().fold(f32::MAX, f32::min));
+            let ((amax, amin), (bmax, bmin)) = (range(a), range(b));
+            assert!((amax - bmax).abs() < 1e-6 && (amin - bmin).abs() < 1e-6, "value and chroma kept");
+            // Hexagonal and circular hue agree where the shift lands on a primary or secondary; compare at the
+            // shift only through the sector structure: the rotated sextant colours stay a rotation of each other.
+            if let (Some(ha), Some(hb)) = (hue_of(a[0], a[1], a[2]), hue_of(b[0], b[1], b[2])) {
+                shifts.push(((hb - ha + 0.5).rem_euclid(1.0)) - 0.5);
+            }
+        }
+        // Circular hue of a hexagonally rotated colour is within 0.02 turn of the hexagonal shift, one shift for all.
+        assert!(shifts.iter().all(|s| (s - shifts[0]).abs() < 0.04 && s.abs() <= 1.0 / 6.0 + 0.02), "{shifts:?}");
+        shifts_seen.push(shifts[0]);
+    }
+    assert!(shifts_seen.iter().any(|s| *s > 0.05) && shifts_seen.iter().any(|s| *s < -0.05), "{shifts_seen:?}");
+
+    // Blur with a σ range: each image draws its own σ, between the narrowest and the widest blur of the range.
+    let side = 16;
+    let mut dots = vec![0u8; 8 * side * side];
+    for img in dots.chunks_exact_mut(side * side) {
+        img[8 * side + 8] = 255;
+    }
+    let centre = |sigma: [f64; 2]| -> Vec<f32> {
+        let ops = [Augment::Blur { sigma, p: 1.0 }];
+        let v = augment(&dots, Shape::new(1, side, side), &ops, &mut StdRng::seed_from_u64(4)).unwrap();
+        v.global.chunks_exact(side * side).map(|img| img[8 * side + 8]).collect()
+    };
+    let (sharp, wide, drawn) = (centre([0.5, 0.5]), centre([2.0, 2.0]), centre([0.5, 2.0]));
+    assert!(drawn.iter().all(|c| *c <= sharp[0] + 1e-6 && *c >= wide[0] - 1e-6), "{drawn:?}");
+    assert!(drawn.iter().any(|c| (c - drawn[0]).abs() > 1e-3), "one σ per image: {drawn:?}");
+}
+
+/// `augment2` gives the second view its own list (with the first list's CutMix; local crops stay the first view's),
+/// `explain` shows both, and batch-level augmentations in `augment2` are a coded error at the item.
+#[test]
+fn asymmetric_views_take_augment2() {
+    let source = "objective o { positive = -t2 negative = sum(v for v in targets) balance = 1.0 }\n\
+        train o {\n\
+          augment = [crop, blur(sigma = [0.1, 2.0], p = 1.0), cutmix(p = 0.3), multicrop(local = 2)]\n\
+          augment2 = [crop, blur(sigma = [0.1, 2.0], p = 0.1), solarize(p = 0.2), \
+                      jitter(brightness = 0.4, saturation = 0.2, hue = 0.1), grayscale(0.2)]\n\
+        }\n";
+    let (program, diagnostics) = ssl_lang::compile(source);
+    assert!(diagnostics.is_empty(), "{diagnostics:?}");
+    let r = &program.recipe;
+    assert_eq!(r.view_augment(0), r.augment);
+    let second = r.view_augment(1);
+    assert_eq!(second.len(), 6);
+    assert!(matches!(second[2], Augment::Solarize { p, threshold } if p == 0.2 && threshold == 0.5));
+    assert!(matches!(second[3], Augment::Jitter { saturation, hue, .. } if saturation == 0.2 && hue == 0.1));
+    assert!(matches!(second[5], Augment::Cutmix { p, .. } if p == 0.3));
+    assert!(!second.iter().any(|a| matches!(a, Augment::Multicrop { .. })));
+    let shown = r.to_string();
+    assert!(shown.contains("augment2   = [crop(scale = [0.3, 1], ratio = [0.75, 1.3333333333333333]), blur(sigma = [0.1, 2], p = 0.1), solarize(p = 0.2, threshold = 0.5), jitter(brightness = 0.4, contrast = 0.4, saturation = 0.2, hue = 0.1, p = 0.8), grayscale(0.2)]"), "{shown}");
+    // Without augment2 both views get the per-image list, and only the first its local crops.
+    let plain = Recipe { augment2: None, ..r.clone() };
+    assert_eq!(plain.view_augment(1).len(), 3);
+    let bad = source.replace("grayscale(0.2)]", "grayscale(0.2), multicrop(local = 1)]");
+    let (_, diagnostics) = ssl_lang::compile(&bad);
+    assert_eq!(diagnostics.len(), 1, "{diagnostics:?}");
+    assert_eq!(diagnostics[0].code.as_str(), "ssl::recipe::value");
+    assert!(diagnostics[0].message.contains("on the pair"), "{}", diagnostics[0].message);
+    let hue = source.replace("hue = 0.1", "hue = 0.7");
+    assert_eq!(ssl_lang::compile(&hue).1[0].code.as_str(), "ssl::recipe::value");
 }

@@ -6,6 +6,7 @@ use super::args::bind;
 use crate::diagnostic::{did_you_mean, Code, Diagnostic, Span};
 use crate::syntax::ast::{Expr, ExprKind, Field, Train};
 use serde::Serialize;
+use std::fmt;
 
 /// Where the images come from (`--data DIR` replaces any source's directory).
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -62,13 +63,63 @@ impl Normalize {
     }
 }
 
-/// `resnet_mini(widths = [...], blocks = n)`.
+/// The backbone. Run records write `resnet_mini` as `{widths, blocks}` (as before the standard ResNets existed), the
+/// others as `{depth, stem}`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Encoder {
-    /// Channels of the stem and of each stage.
-    pub widths: Vec<usize>,
-    /// BasicBlocks per stage.
-    pub blocks: usize,
+#[serde(untagged)]
+pub enum Encoder {
+    /// `resnet_mini(widths = [...], blocks = n)`: a 3×3 stem of the first width, then one stage of `blocks` basic
+    /// blocks per width, stride 2 from the second stage.
+    Mini {
+        /// Channels of the stem and of each stage.
+        widths: Vec<usize>,
+        /// BasicBlocks per stage.
+        blocks: usize,
+    },
+    /// `resnet18` or `resnet50(stem = imagenet|cifar)`: torchvision's architecture.
+    Standard {
+        /// Which ResNet.
+        depth: Depth,
+        /// Its stem.
+        stem: Stem,
+    },
+}
+
+impl fmt::Display for Encoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Encoder::Mini { widths, blocks } => {
+                let widths: Vec<String> = widths.iter().map(|w| w.to_string()).collect();
+                write!(f, "resnet_mini(widths = [{}], blocks = {blocks})", widths.join(", "))
+            }
+            Encoder::Standard { depth, stem } => {
+                let depth = if *depth == Depth::Resnet18 { "resnet18" } else { "resnet50" };
+                let stem = if *stem == Stem::Cifar { "cifar" } else { "imagenet" };
+                write!(f, "{depth}(stem = {stem})")
+            }
+        }
+    }
+}
+
+/// A standard ResNet: torchvision's stage widths 64, 128, 256, 512 with BasicBlocks [2, 2, 2, 2] (ResNet-18) or
+/// Bottlenecks [3, 4, 6, 3] of expansion 4 (ResNet-50, stride on the 3×3 as torchvision's v1.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Depth {
+    /// ResNet-18.
+    Resnet18,
+    /// ResNet-50.
+    Resnet50,
+}
+
+/// A standard ResNet's stem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stem {
+    /// 7×7 stride-2 convolution and a 3×3 stride-2 max-pool (ImageNet-sized images).
+    Imagenet,
+    /// 3×3 stride-1 convolution, no max-pool (CIFAR-sized images, as solo-learn and Lightly use).
+    Cifar,
 }
 
 /// `mlp(hidden = h, out = o)`: Linear(no bias) + BN + ReLU + Linear.
@@ -165,14 +216,33 @@ pub enum Augment {
         /// Probability.
         p: f64,
     },
-    /// Brightness and contrast jitter with probability p.
+    /// Colour jitter (torchvision's `ColorJitter`) with probability p: brightness, contrast, saturation and hue,
+    /// in a random order.
     Jitter {
-        /// Brightness strength.
+        /// Brightness strength: a factor uniform in [1 − b, 1 + b].
         brightness: f64,
         /// Contrast strength.
         contrast: f64,
         /// Probability.
         p: f64,
+        /// Saturation strength (colour images only); left out of run records when 0, as before the field existed.
+        #[serde(skip_serializing_if = "is_zero")]
+        saturation: f64,
+        /// Hue shift: a fraction of the colour wheel uniform in [−hue, hue], at most 0.5 (colour images only).
+        #[serde(skip_serializing_if = "is_zero")]
+        hue: f64,
+    },
+    /// The image's grayscale in every channel (torchvision's `RandomGrayscale`) with probability p.
+    Grayscale {
+        /// Probability.
+        p: f64,
+    },
+    /// Inverts every value at or above `threshold` (torchvision's `RandomSolarize`) with probability p.
+    Solarize {
+        /// Probability.
+        p: f64,
+        /// Threshold in [0, 1].
+        threshold: f64,
     },
     /// Additive Gaussian noise.
     Noise {
@@ -183,8 +253,8 @@ pub enum Augment {
     },
     /// Gaussian blur.
     Blur {
-        /// Standard deviation in pixels.
-        sigma: f64,
+        /// Range of the standard deviation in pixels, drawn uniformly per image (equal ends: a fixed one).
+        sigma: [f64; 2],
         /// Probability.
         p: f64,
     },
@@ -204,6 +274,11 @@ pub enum Augment {
         /// Probability.
         p: f64,
     },
+}
+
+/// Whether a strength is zero (serde's `skip_serializing_if`).
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// Evaluation during training.
@@ -258,8 +333,11 @@ pub struct Recipe {
     pub optimizer: Optimizer,
     /// Learning-rate schedule.
     pub schedule: Schedule,
-    /// Augmentations, in order.
+    /// Augmentations, in order: both views', or the first view's when `augment2` is set.
     pub augment: Vec<Augment>,
+    /// The second view's augmentations, when the views are asymmetric (BYOL's blur and solarisation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub augment2: Option<Vec<Augment>>,
     /// kNN evaluation, if any.
     pub eval: Option<Knn>,
     /// Checkpoint every this many epochs (and at the end).
@@ -272,11 +350,29 @@ pub struct Recipe {
     pub normalize: Normalize,
 }
 
+impl Recipe {
+    /// The augmentations of view `view` (0 or 1) of each pair: `augment` for the first; for the second `augment2`
+    /// (or `augment`) and `augment`'s CutMix. Multi-crop's local crops are the first view's only.
+    pub fn view_augment(&self, view: usize) -> Vec<Augment> {
+        if view == 0 {
+            return self.augment.clone();
+        }
+        let per_image = self.augment2.as_ref().unwrap_or(&self.augment);
+        let cutmix = self.augment.iter().filter(|a| matches!(a, Augment::Cutmix { .. }));
+        per_image
+            .iter()
+            .filter(|a| !matches!(a, Augment::Multicrop { .. } | Augment::Cutmix { .. }))
+            .chain(cutmix)
+            .cloned()
+            .collect()
+    }
+}
+
 impl Default for Recipe {
     fn default() -> Self {
         Recipe {
             data: Data::FashionMnist,
-            encoder: Encoder { widths: vec![32, 64, 128], blocks: 1 },
+            encoder: Encoder::Mini { widths: vec![32, 64, 128], blocks: 1 },
             projector: Mlp { hidden: 512, out: 128 },
             predictor: None,
             momentum: Momentum::Cosine { base: 0.99, end: 1.0 },
@@ -288,8 +384,9 @@ impl Default for Recipe {
             augment: vec![
                 Augment::Crop { scale: [0.3, 1.0], ratio: [0.75, 4.0 / 3.0] },
                 Augment::Hflip { p: 0.5 },
-                Augment::Jitter { brightness: 0.4, contrast: 0.4, p: 0.8 },
+                Augment::Jitter { brightness: 0.4, contrast: 0.4, p: 0.8, saturation: 0.0, hue: 0.0 },
             ],
+            augment2: None,
             eval: Some(Knn { k: 200, t: 0.1, every: 1 }),
             checkpoint: 5,
             form: Form::Gradient,
@@ -343,6 +440,7 @@ pub const FIELDS: &[&str] = &[
     "optimizer",
     "schedule",
     "augment",
+    "augment2",
     "eval",
     "checkpoint",
     "form",
@@ -397,6 +495,7 @@ fn decode_field(recipe: &mut Recipe, field: &Field, diagnostics: &mut Vec<Diagno
         "optimizer" => d.optimizer(v).map(|x| recipe.optimizer = x),
         "schedule" => d.schedule(v).map(|x| recipe.schedule = x),
         "augment" => d.augment(v).map(|x| recipe.augment = x),
+        "augment2" => d.augment2(v).map(|x| recipe.augment2 = Some(x)),
         "eval" => d.eval(v).map(|x| recipe.eval = x),
         "form" => d.form(v).map(|x| recipe.form = x),
         "normalize" => d.normalize(v).map(|x| recipe.normalize = x),
@@ -515,6 +614,14 @@ impl Decoder<'_> {
         }
     }
 
+    /// A number (both ends of the range) or a pair `[lo, hi]`, within [lo, hi].
+    fn number_or_range(&mut self, e: &Expr, lo: f64, hi: f64) -> Option<[f64; 2]> {
+        match &e.kind {
+            ExprKind::List(_) => self.pair(e, lo, hi),
+            _ => self.float(e, lo, hi, false).map(|x| [x, x]),
+        }
+    }
+
     /// Reads `name` or `name(args)`, checking the name against `choices` (each with its params).
     fn ctor<'e>(&mut self, e: &'e Expr, what: &str, choices: &[(&str, &[&str])]) -> Option<Ctor<'e>> {
         let (name, span, args): (&str, Span, &[crate::syntax::ast::Arg]) = match &e.kind {
@@ -629,7 +736,26 @@ impl Decoder<'_> {
     }
 
     fn encoder(&mut self, e: &Expr) -> Option<Encoder> {
-        let c = self.ctor(e, "an encoder", &[("resnet_mini", &["widths", "blocks"])])?;
+        let c = self.ctor(
+            e,
+            "an encoder",
+            &[("resnet_mini", &["widths", "blocks"]), ("resnet18", &["stem"]), ("resnet50", &["stem"])],
+        )?;
+        if c.name != "resnet_mini" {
+            let depth = if c.name == "resnet18" { Depth::Resnet18 } else { Depth::Resnet50 };
+            let stem = match c.args[0] {
+                None => Stem::Imagenet,
+                Some(s) => {
+                    let s = self.ctor(s, "a stem", &[("imagenet", &[]), ("cifar", &[])])?;
+                    if s.name == "cifar" {
+                        Stem::Cifar
+                    } else {
+                        Stem::Imagenet
+                    }
+                }
+            };
+            return Some(Encoder::Standard { depth, stem });
+        }
         let widths = match c.args[0] {
             None => vec![32, 64, 128],
             Some(w @ Expr { kind: ExprKind::List(items), .. }) if !items.is_empty() && items.len() <= 8 => {
@@ -652,7 +778,7 @@ impl Decoder<'_> {
             }
         };
         let blocks = c.args[1].map_or(Some(1), |b| self.int(b, 1, 16))?;
-        Some(Encoder { widths, blocks })
+        Some(Encoder::Mini { widths, blocks })
     }
 
     fn mlp(&mut self, e: &Expr, what: &str, hidden: usize, out: Option<usize>) -> Option<Mlp> {
@@ -773,7 +899,9 @@ impl Decoder<'_> {
                 &[
                     ("crop", &["scale", "ratio"]),
                     ("hflip", &["p"]),
-                    ("jitter", &["brightness", "contrast", "p"]),
+                    ("jitter", &["brightness", "contrast", "p", "saturation", "hue"]),
+                    ("grayscale", &["p"]),
+                    ("solarize", &["p", "threshold"]),
                     ("noise", &["std", "p"]),
                     ("blur", &["sigma", "p"]),
                     ("multicrop", &["local", "scale", "size"]),
@@ -796,12 +924,16 @@ impl Decoder<'_> {
                         brightness: p(self, 0, 0.4)?,
                         contrast: p(self, 1, 0.4)?,
                         p: p(self, 2, 0.8)?,
+                        saturation: p(self, 3, 0.0)?,
+                        hue: a[4].map_or(Some(0.0), |x| self.float(x, 0.0, 0.5, false))?,
                     })
                 })(),
+                "grayscale" => p(self, 0, 0.2).map(|p| Augment::Grayscale { p }),
+                "solarize" => (|| Some(Augment::Solarize { p: p(self, 0, 0.2)?, threshold: p(self, 1, 0.5)? }))(),
                 "noise" => (|| Some(Augment::Noise { std: p(self, 0, 0.1)?, p: p(self, 1, 0.5)? }))(),
                 "blur" => (|| {
                     Some(Augment::Blur {
-                        sigma: a[0].map_or(Some(1.0), |x| self.float(x, 0.0, 10.0, false))?,
+                        sigma: a[0].map_or(Some([1.0, 1.0]), |x| self.number_or_range(x, 0.0, 10.0))?,
                         p: p(self, 1, 0.5)?,
                     })
                 })(),
@@ -822,6 +954,26 @@ impl Decoder<'_> {
             out.extend(aug);
         }
         Some(out)
+    }
+
+    /// The second view's list: as `augment`, without the batch-level `multicrop` and `cutmix` (which the first
+    /// view's list sets for the pair).
+    fn augment2(&mut self, e: &Expr) -> Option<Vec<Augment>> {
+        let list = self.augment(e)?;
+        let ExprKind::List(items) = &e.kind else { return Some(list) };
+        let batch_level = items.iter().find(|i| match &i.kind {
+            ExprKind::Call(f, _) => matches!(f.name.as_str(), "multicrop" | "cutmix"),
+            ExprKind::Name(n) => matches!(n.as_str(), "multicrop" | "cutmix"),
+            _ => false,
+        });
+        match batch_level {
+            Some(item) => self.wrong(
+                item,
+                "`multicrop` and `cutmix` act on the pair, not on one view".into(),
+                "put them in `augment`; `augment2` lists the second view's per-image augmentations",
+            ),
+            None => Some(list),
+        }
     }
 
     fn form(&mut self, e: &Expr) -> Option<Form> {
@@ -859,7 +1011,6 @@ impl std::fmt::Display for Recipe {
             }
         };
         let list = |v: &[f64]| format!("[{}]", v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "));
-        let widths: Vec<String> = self.encoder.widths.iter().map(|w| w.to_string()).collect();
         let momentum = match &self.momentum {
             Momentum::None => "none".to_string(),
             Momentum::Constant(r) => format!("constant({r})"),
@@ -883,29 +1034,41 @@ impl std::fmt::Display for Recipe {
             Schedule::WarmupCosine { warmup_epochs } => format!("warmup_cosine(warmup_epochs = {warmup_epochs})"),
             Schedule::Constant => "constant".to_string(),
         };
-        let augment: Vec<String> = self
-            .augment
-            .iter()
-            .map(|a| match a {
-                Augment::Crop { scale, ratio } => format!("crop(scale = {}, ratio = {})", pair(*scale), pair(*ratio)),
-                Augment::Hflip { p } => format!("hflip({p})"),
-                Augment::Jitter { brightness, contrast, p } => {
-                    format!("jitter(brightness = {brightness}, contrast = {contrast}, p = {p})")
-                }
-                Augment::Noise { std, p } => format!("noise(std = {std}, p = {p})"),
-                Augment::Blur { sigma, p } => format!("blur(sigma = {sigma}, p = {p})"),
-                Augment::Multicrop { local, scale, size } => {
-                    format!("multicrop(local = {local}, scale = {}, size = {size})", pair(*scale))
-                }
-                Augment::Cutmix { alpha, p } => format!("cutmix(alpha = {alpha}, p = {p})"),
-            })
-            .collect();
+        let augment_list = |augment: &[Augment]| -> String {
+            let items: Vec<String> = augment
+                .iter()
+                .map(|a| match a {
+                    Augment::Crop { scale, ratio } => {
+                        format!("crop(scale = {}, ratio = {})", pair(*scale), pair(*ratio))
+                    }
+                    Augment::Hflip { p } => format!("hflip({p})"),
+                    Augment::Jitter { brightness, contrast, p, saturation, hue } => {
+                        let colour = if *saturation > 0.0 || *hue > 0.0 {
+                            format!(", saturation = {saturation}, hue = {hue}")
+                        } else {
+                            String::new()
+                        };
+                        format!("jitter(brightness = {brightness}, contrast = {contrast}{colour}, p = {p})")
+                    }
+                    Augment::Grayscale { p } => format!("grayscale({p})"),
+                    Augment::Solarize { p, threshold } => format!("solarize(p = {p}, threshold = {threshold})"),
+                    Augment::Noise { std, p } => format!("noise(std = {std}, p = {p})"),
+                    Augment::Blur { sigma: [lo, hi], p } if lo == hi => format!("blur(sigma = {lo}, p = {p})"),
+                    Augment::Blur { sigma, p } => format!("blur(sigma = {}, p = {p})", pair(*sigma)),
+                    Augment::Multicrop { local, scale, size } => {
+                        format!("multicrop(local = {local}, scale = {}, size = {size})", pair(*scale))
+                    }
+                    Augment::Cutmix { alpha, p } => format!("cutmix(alpha = {alpha}, p = {p})"),
+                })
+                .collect();
+            format!("[{}]", items.join(", "))
+        };
         let eval = match &self.eval {
             Some(k) => format!("knn(k = {}, t = {}, every = {})", k.k, k.t, k.every),
             None => "none".to_string(),
         };
         writeln!(f, "data       = {data}")?;
-        writeln!(f, "encoder    = resnet_mini(widths = [{}], blocks = {})", widths.join(", "), self.encoder.blocks)?;
+        writeln!(f, "encoder    = {}", self.encoder)?;
         writeln!(f, "projector  = {}", mlp(&self.projector))?;
         writeln!(
             f,
@@ -918,7 +1081,10 @@ impl std::fmt::Display for Recipe {
         writeln!(f, "seed       = {}", self.seed)?;
         writeln!(f, "optimizer  = {optimizer}")?;
         writeln!(f, "schedule   = {schedule}")?;
-        writeln!(f, "augment    = [{}]", augment.join(", "))?;
+        writeln!(f, "augment    = {}", augment_list(&self.augment))?;
+        if let Some(second) = &self.augment2 {
+            writeln!(f, "augment2   = {}", augment_list(second))?;
+        }
         writeln!(f, "eval       = {eval}")?;
         writeln!(f, "checkpoint = {}", self.checkpoint)?;
         if self.form == Form::Loss {

@@ -74,17 +74,7 @@ pub fn evaluate(
     let run = RunDir::open(path)?;
     let config = run.read_config()?;
     let (_, _, recipe) = super::saved_objective(&run, &config)?;
-    let Some(loaded) = run.load_checkpoint()? else {
-        return Err(Error::new(
-            ErrorCode::RunNoCheckpoint,
-            format!("run {} has no checkpoint yet", run.path.display()),
-        )
-        .help("let the run reach its first checkpoint (every `checkpoint` epochs, and at the end)")
-        .into());
-    };
-    if let Some(warning) = loaded.fallback_warning() {
-        edge.report(&warning);
-    }
+    let loaded = super::latest_checkpoint(&run, edge)?;
     let step = loaded.checkpoint.meta.step;
     let mut data = data::load_recipe(&recipe, data_dir)?;
     if let Some(limit) = config.limit {

@@ -9,6 +9,7 @@ pub mod check;
 pub mod device;
 pub mod eval;
 pub mod explain;
+pub mod export;
 pub mod grad;
 pub mod report;
 pub mod sweep;
@@ -126,6 +127,26 @@ pub fn select(program: &Program, wanted: Option<&str>, file: &str) -> Result<(Ob
         Recipe::default()
     };
     Ok((o.clone(), recipe))
+}
+
+/// The latest checkpoint of `run` for a command that reads one (`eval`, `export`): a fallback to the previous one
+/// is reported as a warning, none at all is `ssl::run::no_checkpoint`.
+pub fn latest_checkpoint(
+    run: &crate::runtime::run::RunDir,
+    edge: &Edge,
+) -> Result<crate::runtime::run::Loaded, Failure> {
+    let Some(loaded) = run.load_checkpoint()? else {
+        return Err(Error::new(
+            ErrorCode::RunNoCheckpoint,
+            format!("run {} has no checkpoint yet", run.path.display()),
+        )
+        .help("let the run reach its first checkpoint (every `checkpoint` epochs, and at the end)")
+        .into());
+    };
+    if let Some(warning) = loaded.fallback_warning() {
+        edge.report(&warning);
+    }
+    Ok(loaded)
 }
 
 /// The objective and recipe a saved run trained: its `config.json`'s source compiled again, the objective it names

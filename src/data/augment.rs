@@ -10,8 +10,11 @@
 //! The random choices follow torchvision, so figures compare with PyTorch recipes:
 //! `RandomResizedCrop` (area fraction uniform in `scale`, aspect ratio log-uniform in `ratio`, 10 tries,
 //! then the centre crop that fits `ratio`; bilinear resampling with half-pixel centres, no antialias),
-//! `RandomHorizontalFlip`, `ColorJitter` on brightness and contrast in a random order with a clamp after
-//! each (contrast about the mean of the grayscale image, as torchvision, for colour), and CutMix as in its reference implementation (one box and one partner permutation per batch).
+//! `RandomHorizontalFlip`, `ColorJitter` (brightness, contrast, saturation and hue in a random order, a clamp after
+//! each; contrast about the mean of the grayscale image, saturation a blend with the grayscale, hue a rotation in
+//! HSV; saturation and hue leave one-channel images alone), `RandomGrayscale` (ITU-R 601 weights, every channel),
+//! `RandomSolarize` (values ≥ threshold inverted), `GaussianBlur` with σ uniform in its range, and CutMix as in its
+//! reference implementation (one box and one partner permutation per batch).
 
 use super::{DataError, Shape};
 use crate::check::recipe::Augment;
@@ -117,9 +120,11 @@ fn splitmix(x: u64) -> u64 {
 enum Op {
     Crop { scale: [f64; 2], ratio: [f64; 2], out: usize },
     Hflip { p: f64 },
-    Jitter { brightness: f64, contrast: f64, p: f64 },
+    Jitter { brightness: f64, contrast: f64, saturation: f64, hue: f64, p: f64 },
+    Grayscale { p: f64 },
+    Solarize { p: f64, threshold: f64 },
     Noise { std: f64, p: f64 },
-    Blur { sigma: f64, p: f64 },
+    Blur { sigma: [f64; 2], p: f64 },
 }
 
 /// The aspect-ratio range of local crops when the recipe has no `crop` to take it from.
@@ -189,7 +194,11 @@ fn per_image(a: &Augment, side: usize, local: Option<([f64; 2], usize)>) -> Opti
             None => Op::Crop { scale, ratio, out: side },
         },
         Augment::Hflip { p } => Op::Hflip { p },
-        Augment::Jitter { brightness, contrast, p } => Op::Jitter { brightness, contrast, p },
+        Augment::Jitter { brightness, contrast, p, saturation, hue } => {
+            Op::Jitter { brightness, contrast, saturation, hue, p }
+        }
+        Augment::Grayscale { p } => Op::Grayscale { p },
+        Augment::Solarize { p, threshold } => Op::Solarize { p, threshold },
         Augment::Noise { std, p } => Op::Noise { std, p },
         Augment::Blur { sigma, p } => Op::Blur { sigma, p },
         Augment::Multicrop { .. } | Augment::Cutmix { .. } => return None,
@@ -218,14 +227,26 @@ fn validate(ops: &[Augment]) -> Result<(), DataError> {
             Augment::Multicrop { size, .. } if size == 0 || size > MAX_LOCAL => {
                 return bad(format!("multicrop size {size} is outside 1..={MAX_LOCAL}"), "use e.g. `size = 14`")
             }
-            Augment::Jitter { brightness, contrast, .. } if !(brightness.is_finite() && contrast.is_finite()) => {
-                return bad("jitter strengths must be finite".into(), "write e.g. `jitter(brightness = 0.4)`")
+            Augment::Jitter { brightness, contrast, saturation, hue, .. }
+                if ![brightness, contrast, saturation, hue].iter().all(|x| x.is_finite())
+                    || !(0.0..=0.5).contains(&hue) =>
+            {
+                return bad(
+                    "jitter strengths must be finite and the hue shift within [0, 0.5]".into(),
+                    "write e.g. `jitter(brightness = 0.4, hue = 0.1)`",
+                )
+            }
+            Augment::Solarize { threshold, .. } if !(0.0..=1.0).contains(&threshold) => {
+                return bad(format!("solarize threshold {threshold} is outside [0, 1]"), "write e.g. `threshold = 0.5`")
             }
             Augment::Noise { std, .. } if !std.is_finite() => {
                 return bad(format!("noise std {std} is not finite"), "write e.g. `noise(std = 0.1)`")
             }
-            Augment::Blur { sigma, .. } if !sigma.is_finite() => {
-                return bad(format!("blur sigma {sigma} is not finite"), "write e.g. `blur(sigma = 1.0)`")
+            Augment::Blur { sigma, .. } if !sigma.iter().all(|s| s.is_finite() && *s >= 0.0) || sigma[0] > sigma[1] => {
+                return bad(
+                    format!("blur sigma {sigma:?} must be finite, non-negative and ordered"),
+                    "write e.g. `blur(sigma = [0.1, 2.0])`",
+                )
             }
             Augment::Cutmix { alpha, .. } if !alpha.is_finite() => {
                 return bad(format!("cutmix alpha {alpha} is not finite"), "write e.g. `cutmix(alpha = 1.0)`")
@@ -279,9 +300,20 @@ impl Scratch {
                         self.cur.chunks_exact_mut(side).for_each(|row| row.reverse());
                     }
                 }
-                Op::Jitter { brightness, contrast, p } => {
+                Op::Jitter { brightness, contrast, saturation, hue, p } => {
                     if rng.gen::<f64>() < p {
-                        jitter(&mut self.cur, channels, brightness, contrast, rng);
+                        jitter(&mut self.cur, channels, [brightness, contrast, saturation, hue], rng);
+                    }
+                }
+                Op::Grayscale { p } => {
+                    if rng.gen::<f64>() < p && channels == 3 {
+                        grayscale(&mut self.cur);
+                    }
+                }
+                Op::Solarize { p, threshold } => {
+                    if rng.gen::<f64>() < p {
+                        let t = threshold as f32;
+                        self.cur.iter_mut().filter(|x| **x >= t).for_each(|x| *x = 1.0 - *x);
                     }
                 }
                 Op::Noise { std, p } => {
@@ -289,9 +321,12 @@ impl Scratch {
                         noise(&mut self.cur, std as f32, rng);
                     }
                 }
-                Op::Blur { sigma, p } => {
-                    if rng.gen::<f64>() < p && sigma > 0.0 {
-                        self.blur(channels, side, sigma);
+                Op::Blur { sigma: [lo, hi], p } => {
+                    if rng.gen::<f64>() < p {
+                        let sigma = if lo < hi { uniform(rng, lo, hi) } else { lo };
+                        if sigma > 0.0 {
+                            self.blur(channels, side, sigma);
+                        }
                     }
                 }
             }
@@ -424,30 +459,99 @@ fn uniform(rng: &mut impl Rng, lo: f64, hi: f64) -> f64 {
     lo + (hi - lo) * rng.gen::<f64>()
 }
 
-/// ColorJitter on brightness and contrast, in a random order, clamping to [0, 1] after each; contrast blends with
-/// the mean of the image's grayscale (torchvision's ITU-R 601 weights for three channels).
-fn jitter(img: &mut [f32], channels: usize, brightness: f64, contrast: f64, rng: &mut StdRng) {
-    let brightness_first = rng.gen::<bool>();
-    let b = (brightness > 0.0).then(|| uniform(rng, (1.0 - brightness).max(0.0), 1.0 + brightness) as f32);
-    let c = (contrast > 0.0).then(|| uniform(rng, (1.0 - contrast).max(0.0), 1.0 + contrast) as f32);
-    let apply_b = |img: &mut [f32]| {
-        if let Some(b) = b {
-            img.iter_mut().for_each(|x| *x = (*x * b).clamp(0.0, 1.0));
+/// ColorJitter with strengths `[brightness, contrast, saturation, hue]`, as torchvision: the four in a random
+/// order, each factor drawn when its strength is positive (brightness, contrast and saturation uniform in
+/// [max(0, 1 − s), 1 + s], hue uniform in [−h, h]), a clamp to [0, 1] after each. Contrast blends with the mean of
+/// the grayscale, saturation with the grayscale itself, hue rotates in HSV; the last two need three channels.
+fn jitter(img: &mut [f32], channels: usize, strengths: [f64; 4], rng: &mut StdRng) {
+    let mut order = [0usize, 1, 2, 3];
+    order.shuffle(rng);
+    let factor = |s: f64, rng: &mut StdRng| (s > 0.0).then(|| uniform(rng, (1.0 - s).max(0.0), 1.0 + s) as f32);
+    let [b, c, s] = [0, 1, 2].map(|i| factor(strengths[i], rng));
+    let h = (strengths[3] > 0.0).then(|| uniform(rng, -strengths[3], strengths[3]) as f32);
+    for step in order {
+        match step {
+            0 => {
+                if let Some(b) = b {
+                    img.iter_mut().for_each(|x| *x = (*x * b).clamp(0.0, 1.0));
+                }
+            }
+            1 => {
+                if let Some(c) = c {
+                    let shift = (1.0 - c) * grey_mean(img, channels);
+                    img.iter_mut().for_each(|x| *x = (*x * c + shift).clamp(0.0, 1.0));
+                }
+            }
+            2 => {
+                if let (Some(s), 3) = (s, channels) {
+                    let plane = img.len() / 3;
+                    for i in 0..plane {
+                        let grey = luma(img[i], img[plane + i], img[2 * plane + i]);
+                        for ch in 0..3 {
+                            let x = &mut img[ch * plane + i];
+                            *x = (*x * s + grey * (1.0 - s)).clamp(0.0, 1.0);
+                        }
+                    }
+                }
+            }
+            _ => {
+                if let (Some(h), 3) = (h, channels) {
+                    shift_hue(img, h);
+                }
+            }
         }
-    };
-    let apply_c = |img: &mut [f32]| {
-        if let Some(c) = c {
-            let mean = grey_mean(img, channels);
-            let shift = (1.0 - c) * mean;
-            img.iter_mut().for_each(|x| *x = (*x * c + shift).clamp(0.0, 1.0));
+    }
+}
+
+/// ITU-R 601 luma, torchvision's grayscale.
+fn luma(r: f32, g: f32, b: f32) -> f32 {
+    0.299 * r + 0.587 * g + 0.114 * b
+}
+
+/// Every channel of a three-channel image set to its luma.
+fn grayscale(img: &mut [f32]) {
+    let plane = img.len() / 3;
+    for i in 0..plane {
+        let grey = luma(img[i], img[plane + i], img[2 * plane + i]);
+        for ch in 0..3 {
+            img[ch * plane + i] = grey;
         }
-    };
-    if brightness_first {
-        apply_b(img);
-        apply_c(img);
-    } else {
-        apply_c(img);
-        apply_b(img);
+    }
+}
+
+/// Rotates the hue of a three-channel image by `shift` of a turn (torchvision's `adjust_hue`: RGB → HSV, h + shift
+/// modulo 1, back), keeping saturation and value.
+fn shift_hue(img: &mut [f32], shift: f32) {
+    let plane = img.len() / 3;
+    for i in 0..plane {
+        let (r, g, b) = (img[i], img[plane + i], img[2 * plane + i]);
+        let max = r.max(g).max(b);
+        let min = r.min(g).min(b);
+        let chroma = max - min;
+        if chroma <= 0.0 {
+            continue;
+        }
+        let sector = if max == r {
+            ((g - b) / chroma).rem_euclid(6.0)
+        } else if max == g {
+            (b - r) / chroma + 2.0
+        } else {
+            (r - g) / chroma + 4.0
+        };
+        let h = (sector / 6.0 + shift).rem_euclid(1.0) * 6.0;
+        // Back from (h, chroma, min): the channel values at hue sector h.
+        let x = chroma * (1.0 - ((h % 2.0) - 1.0).abs());
+        let (r1, g1, b1) = match h as u32 {
+            0 => (chroma, x, 0.0),
+            1 => (x, chroma, 0.0),
+            2 => (0.0, chroma, x),
+            3 => (0.0, x, chroma),
+            4 => (x, 0.0, chroma),
+            _ => (chroma, 0.0, x),
+        };
+        img[i] = (r1 + min).clamp(0.0, 1.0);
+        img[plane + i] = (g1 + min).clamp(0.0, 1.0);
+        img[2 * plane + i] = (b1 + min).clamp(0.0, 1.0);
     }
 }
 
@@ -458,7 +562,7 @@ fn grey_mean(img: &[f32], channels: usize) -> f32 {
     }
     let plane = img.len() / 3;
     let sums: Vec<f32> = img.chunks_exact(plane.max(1)).map(|p| p.iter().sum::<f32>()).collect();
-    (0.299 * sums[0] + 0.587 * sums[1] + 0.114 * sums[2]) / plane.max(1) as f32
+    luma(sums[0], sums[1], sums[2]) / plane.max(1) as f32
 }
 
 /// Adds N(0, std²) to every pixel and clamps to [0, 1]. The normals come from a SplitMix64 stream seeded

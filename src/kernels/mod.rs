@@ -1,5 +1,5 @@
 //! Compute kernels on plain slices and their candle `CustomOp` wrappers: the GEMM with an accumulating epilogue,
-//! convolution (im2col and Winograd), BatchNorm/ReLU, and the contrastive softmax-weighted sum, their loops compiled
+//! convolution (im2col and Winograd), BatchNorm/ReLU, max pooling, and the contrastive softmax-weighted sum, their loops compiled
 //! for the CPU's vector width at run time (`simd`). Both the objective's fused backend (`backend::fused`) and the
 //! network's layers (`nn`) call these; nothing here knows either of them.
 
@@ -7,6 +7,7 @@ pub mod conv;
 pub mod gemm;
 pub mod matfn;
 pub mod norm;
+pub mod pool;
 pub mod simd;
 pub mod softmax_sum;
 

@@ -2,7 +2,7 @@
 //! from one seeded generator in forward order (torchvision's and torch's init rules).
 
 use super::params::{ParamKind, Params};
-use crate::check::recipe::{Encoder as EncoderSpec, Mlp as MlpSpec};
+use crate::check::recipe::{Depth, Encoder as EncoderSpec, Mlp as MlpSpec, Stem};
 use crate::data::Shape;
 use candle_core::{bail, DType, Device, Result, Tensor, Var};
 use rand::rngs::StdRng;
@@ -30,20 +30,37 @@ pub(super) struct Linear {
     pub(super) b: Option<usize>,
 }
 
+/// A residual block: `relu(main(x) + shortcut(x))`.
 #[derive(Clone, Debug)]
 pub(super) struct Block {
-    pub(super) conv1: Conv,
-    pub(super) bn1: Bn,
-    pub(super) conv2: Conv,
-    pub(super) bn2: Bn,
+    /// The main path's convolutions, each followed by its BatchNorm and, but for the last, a ReLU: 3×3, 3×3 for a
+    /// BasicBlock; 1×1, 3×3 (the stride), 1×1 for a Bottleneck.
+    pub(super) main: Vec<(Conv, Bn)>,
+    /// A 1×1 convolution and BatchNorm where the block changes the width or the resolution; the identity otherwise.
     pub(super) shortcut: Option<(Conv, Bn)>,
 }
+
+/// A stem's convolution (width, kernel, stride, padding) and whether [`STEM_POOL`] follows it.
+struct StemLayout {
+    width: usize,
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+    pool: bool,
+}
+
+/// The max-pool after the ImageNet stem: window, stride, padding (torchvision's).
+pub(super) const STEM_POOL: (usize, usize, usize) = (3, 2, 1);
 
 #[derive(Clone, Debug)]
 pub(super) struct ResNet {
     pub(super) stem: Conv,
     pub(super) stem_bn: Bn,
+    /// Whether the stem ends with [`STEM_POOL`].
+    pub(super) pool: bool,
     pub(super) blocks: Vec<Block>,
+    /// Channels of the last block's output: the backbone features' width.
+    pub(super) out: usize,
 }
 
 impl ResNet {
@@ -58,15 +75,21 @@ impl ResNet {
         };
         let (stem, mut size) = out(&self.stem, (h, w));
         let mut total = stem * size.0 * size.1;
+        if self.pool {
+            let (k, s, p) = STEM_POOL;
+            size = ((size.0 + 2 * p - k) / s + 1, (size.1 + 2 * p - k) / s + 1);
+            total += stem * size.0 * size.1;
+        }
         for b in &self.blocks {
-            let (c1, s1) = out(&b.conv1, size);
-            let (c2, s2) = out(&b.conv2, s1);
-            total += c1 * s1.0 * s1.1 + c2 * s2.0 * s2.1;
             if let Some((c, _)) = &b.shortcut {
                 let (cs, ss) = out(c, size);
                 total += cs * ss.0 * ss.1;
             }
-            size = s2;
+            for (c, _) in &b.main {
+                let (channels, s) = out(c, size);
+                total += channels * s.0 * s.1;
+                size = s;
+            }
         }
         total
     }
@@ -166,33 +189,60 @@ impl Builder<'_> {
 
     /// The encoder for images of `in_channels` channels.
     pub(super) fn resnet(&mut self, spec: &EncoderSpec, in_channels: usize) -> Result<ResNet> {
-        let Some(&stem_width) = spec.widths.first() else { bail!("resnet_mini needs at least one width") };
-        if spec.widths.contains(&0) || spec.blocks == 0 {
-            bail!("resnet_mini widths and blocks must be positive, got {:?} and {}", spec.widths, spec.blocks);
-        }
-        let stem = self.conv("encoder.stem.conv", in_channels, stem_width, 3, 1, 1)?;
-        let stem_bn = self.bn("encoder.stem.bn", stem_width)?;
+        // The stem, the stages' (width, blocks), bottlenecks.
+        let (stem, stages, bottleneck): (StemLayout, Vec<(usize, usize)>, bool) = match spec {
+            EncoderSpec::Mini { widths, blocks } => {
+                let Some(&stem_width) = widths.first() else { bail!("resnet_mini needs at least one width") };
+                if widths.contains(&0) || *blocks == 0 {
+                    bail!("resnet_mini widths and blocks must be positive, got {widths:?} and {blocks}");
+                }
+                let stem = StemLayout { width: stem_width, kernel: 3, stride: 1, pad: 1, pool: false };
+                (stem, widths.iter().map(|&w| (w, *blocks)).collect(), false)
+            }
+            EncoderSpec::Standard { depth, stem } => {
+                let stem = match stem {
+                    Stem::Imagenet => StemLayout { width: 64, kernel: 7, stride: 2, pad: 3, pool: true },
+                    Stem::Cifar => StemLayout { width: 64, kernel: 3, stride: 1, pad: 1, pool: false },
+                };
+                let (blocks, bottleneck) = match depth {
+                    Depth::Resnet18 => ([2, 2, 2, 2], false),
+                    Depth::Resnet50 => ([3, 4, 6, 3], true),
+                };
+                (stem, [64, 128, 256, 512].into_iter().zip(blocks).collect(), bottleneck)
+            }
+        };
+        let StemLayout { width, kernel, stride, pad, pool } = stem;
+        let stem = self.conv("encoder.stem.conv", in_channels, width, kernel, stride, pad)?;
+        let stem_bn = self.bn("encoder.stem.bn", width)?;
         let mut blocks = Vec::new();
-        let mut cin = stem_width;
-        for (i, &w) in spec.widths.iter().enumerate() {
-            for j in 0..spec.blocks {
+        let mut cin = width;
+        for (i, &(w, count)) in stages.iter().enumerate() {
+            for j in 0..count {
                 let stride = if i > 0 && j == 0 { 2 } else { 1 };
                 let name = format!("encoder.stage{}.block{}", i + 1, j + 1);
-                let conv1 = self.conv(&format!("{name}.conv1"), cin, w, 3, stride, 1)?;
-                let bn1 = self.bn(&format!("{name}.bn1"), w)?;
-                let conv2 = self.conv(&format!("{name}.conv2"), w, w, 3, 1, 1)?;
-                let bn2 = self.bn(&format!("{name}.bn2"), w)?;
-                let shortcut = if stride != 1 || cin != w {
-                    let c = self.conv(&format!("{name}.shortcut.conv"), cin, w, 1, stride, 0)?;
-                    Some((c, self.bn(&format!("{name}.shortcut.bn"), w)?))
+                // (in, out, kernel, stride) of each main-path convolution.
+                let shapes = if bottleneck {
+                    vec![(cin, w, 1, 1), (w, w, 3, stride), (w, 4 * w, 1, 1)]
+                } else {
+                    vec![(cin, w, 3, stride), (w, w, 3, 1)]
+                };
+                let mut main = Vec::new();
+                for (n, &(c_in, c_out, k, s)) in shapes.iter().enumerate() {
+                    let conv = self.conv(&format!("{name}.conv{}", n + 1), c_in, c_out, k, s, k / 2)?;
+                    main.push((conv, self.bn(&format!("{name}.bn{}", n + 1), c_out)?));
+                }
+                let out = shapes.last().map_or(w, |s| s.1);
+                let shortcut = if stride != 1 || cin != out {
+                    let c = self.conv(&format!("{name}.shortcut.conv"), cin, out, 1, stride, 0)?;
+                    Some((c, self.bn(&format!("{name}.shortcut.bn"), out)?))
                 } else {
                     None
                 };
-                blocks.push(Block { conv1, bn1, conv2, bn2, shortcut });
-                cin = w;
+                blocks.push(Block { main, shortcut });
+                cin = out;
             }
         }
-        Ok(ResNet { stem, stem_bn, blocks })
+        Ok(ResNet { stem, stem_bn, pool, blocks, out: cin })
     }
 
     pub(super) fn mlp(&mut self, name: &str, fan_in: usize, spec: &MlpSpec) -> Result<MlpNet> {

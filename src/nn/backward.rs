@@ -1,11 +1,11 @@
 //! The encoder's backward with our kernels, from a recorded forward pass: the forward of [`super::forward`] in
 //! reverse, adding every parameter gradient to candle's store (no graph, no zero-filled activation gradients).
 
-use super::arch::{Bn, Conv};
+use super::arch::{Bn, Conv, STEM_POOL};
 use super::forward::{EncoderTape, NormSaved};
 use super::layers::BN_EPS;
 use super::{Outputs, SiameseNet};
-use crate::kernels::{conv, norm};
+use crate::kernels::{conv, norm, pool};
 use candle_core::backprop::GradStore;
 use candle_core::{bail, Result, Tensor};
 
@@ -26,34 +26,41 @@ impl SiameseNet {
 
     /// The encoder's backward, mirroring [`Ctx::resnet`] in reverse with our kernels.
     fn encoder_backward(&self, tape: &EncoderTape, df: &Tensor, store: &mut GradStore) -> Result<()> {
-        let (r, norms, joins) = (&self.arch.encoder, &tape.recorded.norms, &tape.recorded.joins);
-        let expected = 1 + r.blocks.iter().map(|b| 2 + usize::from(b.shortcut.is_some())).sum::<usize>();
+        let (r, recorded) = (&self.arch.encoder, &tape.recorded);
+        let (norms, joins) = (&recorded.norms, &recorded.joins);
+        let expected = 1 + r.blocks.iter().map(|b| b.main.len() + usize::from(b.shortcut.is_some())).sum::<usize>();
         let (Some(stem), Some(last)) = (norms.first(), joins.last()) else { bail!("internal: empty encoder tape") };
-        if norms.len() != expected || joins.len() != r.blocks.len() {
+        if norms.len() != expected || joins.len() != r.blocks.len() || r.pool != recorded.pooled.is_some() {
             bail!("internal: encoder tape does not match the architecture");
         }
+        let blocks_input = recorded.pooled.as_ref().unwrap_or(&stem.output);
         // Global average pooling: every pixel receives df / (H·W).
         let (b, c, h, w) = last.dims4()?;
         let mut dh = (df.reshape((b, c, 1, 1))?.broadcast_as((b, c, h, w))? / (h * w) as f64)?.contiguous()?;
         let mut next = norms.len();
         for (i, block) in r.blocks.iter().enumerate().rev() {
-            let first = next - 2 - usize::from(block.shortcut.is_some());
+            let first = next - block.main.len() - usize::from(block.shortcut.is_some());
             next = first;
-            let input = if i == 0 { &stem.output } else { &joins[i - 1] };
+            let input = if i == 0 { blocks_input } else { &joins[i - 1] };
             let dz = norm::relu_backward(&dh, &joins[i])?;
-            let (bn1, bn2) = (&norms[first], &norms[first + 1]);
-            let dz2 = self.norm_backward(&dz, bn2, &block.bn2, store)?;
-            let da1 = self.conv_backward(&dz2, &bn1.output, &block.conv2, store)?;
-            let dz1 = self.norm_backward(&da1, bn1, &block.bn1, store)?;
-            let dh1 = self.conv_backward(&dz1, input, &block.conv1, store)?;
+            let mut d = dz.clone();
+            for (k, (conv, bn)) in block.main.iter().enumerate().rev() {
+                d = self.norm_backward(&d, &norms[first + k], bn, store)?;
+                let x = if k == 0 { input } else { &norms[first + k - 1].output };
+                d = self.conv_backward(&d, x, conv, store)?;
+            }
             let dshort = match &block.shortcut {
                 Some((conv, bn)) => {
-                    let dzs = self.norm_backward(&dz, &norms[first + 2], bn, store)?;
+                    let dzs = self.norm_backward(&dz, &norms[first + block.main.len()], bn, store)?;
                     self.conv_backward(&dzs, input, conv, store)?
                 }
                 None => dz,
             };
-            dh = norm::add(&dh1, &dshort)?;
+            dh = norm::add(&d, &dshort)?;
+        }
+        if r.pool {
+            let (k, s, p) = STEM_POOL;
+            dh = pool::max_pool2d_backward(&stem.output, &dh, k, s, p)?;
         }
         let dz0 = self.norm_backward(&dh, stem, &r.stem_bn, store)?;
         let w = &self.tensors[r.stem.w];

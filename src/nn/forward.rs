@@ -1,8 +1,8 @@
 //! One forward pass over the architecture, shared by the online network (Vars, running statistics updated) and the
 //! target (plain tensors, statistics read only); with our layers it records what [`super::backward`] needs.
 
-use super::arch::{Arch, Bn, Conv, Linear, MlpNet, ResNet};
-use super::layers::{add_relu, batch_norm_eval, batch_norm_train, conv2d, global_avg_pool, linear};
+use super::arch::{Arch, Bn, Conv, Linear, MlpNet, ResNet, STEM_POOL};
+use super::layers::{add_relu, batch_norm_eval, batch_norm_train, conv2d, global_avg_pool, linear, max_pool2d};
 use super::siamese::Outputs;
 use super::LayerImpl;
 use crate::kernels::conv::WorkCounter;
@@ -29,12 +29,13 @@ pub(super) struct NormSaved {
     pub(super) relu: bool,
 }
 
-/// The encoder's forward pass as our backward reads it: the images, every BatchNorm in forward order (stem, then
-/// per block bn1, bn2 and the shortcut's), and the output of every residual join.
+/// The encoder's forward pass as our backward reads it: every BatchNorm in forward order (stem, then per block the
+/// main path's and the shortcut's), the output of every residual join, and the stem's max-pool output if it has one.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Recorded {
     pub(super) norms: Vec<NormSaved>,
     pub(super) joins: Vec<Tensor>,
+    pub(super) pooled: Option<Tensor>,
 }
 
 /// A recorded encoder pass and the leaf its backbone features became, where the heads' graph starts.
@@ -104,9 +105,18 @@ impl<'a> Ctx<'a> {
 
     pub(super) fn resnet(&mut self, x: &Tensor, r: &ResNet) -> Result<Tensor> {
         let mut h = self.bn(&self.conv(x, &r.stem)?, &r.stem_bn, true)?;
+        if r.pool {
+            let (k, s, p) = STEM_POOL;
+            h = max_pool2d(&h, k, s, p)?;
+            if let Some(tape) = &mut self.tape {
+                tape.pooled = Some(h.clone());
+            }
+        }
         for b in &r.blocks {
-            let out = self.bn(&self.conv(&h, &b.conv1)?, &b.bn1, true)?;
-            let out = self.bn(&self.conv(&out, &b.conv2)?, &b.bn2, false)?;
+            let mut out = h.clone();
+            for (k, (conv, bn)) in b.main.iter().enumerate() {
+                out = self.bn(&self.conv(&out, conv)?, bn, k + 1 < b.main.len())?;
+            }
             let short = match &b.shortcut {
                 Some((c, n)) => self.bn(&self.conv(&h, c)?, n, false)?,
                 None => h,

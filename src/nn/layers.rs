@@ -51,6 +51,19 @@ pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
     x.flatten_from(2)?.mean(2)
 }
 
+/// Max pooling of [B, C, H, W] with a `k`×`k` window (padding never chosen), through our kernel and its backward
+/// whatever the [`LayerImpl`]: candle's own has no padding and differentiates only kernel == stride. CPU only.
+pub fn max_pool2d(x: &Tensor, k: usize, stride: usize, pad: usize) -> Result<Tensor> {
+    if !fused_layers(x) {
+        bail!(
+            "max-pooling runs on the CPU in f32 or f64 only, not {:?} on {:?}; a ResNet with `stem = cifar` has none",
+            x.dtype(),
+            x.device().location()
+        );
+    }
+    crate::kernels::pool::max_pool2d(x, k, stride, pad)
+}
+
 /// Whether our kernels can run a tensor: on the CPU, in f32 or f64.
 pub(super) fn fused_layers(x: &Tensor) -> bool {
     x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)

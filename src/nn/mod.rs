@@ -13,6 +13,7 @@
 
 mod arch;
 mod backward;
+pub mod export;
 mod forward;
 pub mod layer_impl;
 pub mod layers;

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 /// What one forward pass produces.
 #[derive(Clone, Debug)]
 pub struct Outputs {
-    /// Encoder features after global average pooling, [B, widths.last()]: what kNN and the linear probe use.
+    /// Encoder features after global average pooling, [B, the last block's width]: what kNN and the linear probe use.
     pub backbone: Tensor,
     /// Projector output, [B, projector.out].
     pub projection: Tensor,
@@ -83,7 +83,7 @@ impl SiameseNet {
             buffers: Vec::new(),
         };
         let enc = b.resnet(encoder, input.channels)?;
-        let backbone_dim = *encoder.widths.last().unwrap_or(&0);
+        let backbone_dim = enc.out;
         let proj = b.mlp("projector", backbone_dim, projector)?;
         let (target_params, target_buffers) = (b.tensors.len(), b.buffers.len());
         let pred = match predictor {

@@ -339,8 +339,9 @@ impl Trainer<'_> {
         let shape = self.data.shape;
         let images = data::gather(&self.data.train_images, shape, &self.order.1[within * batch..(within + 1) * batch])?;
         let view = |v: u64| -> Result<augment::Views, Error> {
+            let ops = recipe.view_augment(v as usize);
             let mut views =
-                augment::augment(&images, shape, &recipe.augment, &mut augment::view_rng(recipe.seed, step as u64, v))?;
+                augment::augment(&images, shape, &ops, &mut augment::view_rng(recipe.seed, step as u64, v))?;
             views.normalise(&self.data.norm);
             Ok(views)
         };

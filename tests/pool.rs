@@ -1,0 +1,106 @@
+//! Max pooling (src/kernels/pool.rs) against a plain loop, candle's own pooling where candle has one (window ==
+//! stride, no padding) with its autodiff, and central finite differences, on fresh random inputs.
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use ssl_lang::kernels::pool::{self, PoolGeom};
+
+/// (B, C, H, W, k, stride, pad): torchvision's stem pool on even and odd sizes, windows that overlap and that do
+/// not, padding 0 and 1, batch 1, a 1×1 output.
+const SHAPES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
+    (2, 3, 8, 8, 3, 2, 1),
+    (1, 2, 7, 9, 3, 2, 1),
+    (3, 1, 6, 6, 2, 2, 0),
+    (1, 4, 5, 5, 3, 1, 1),
+    (2, 2, 3, 3, 3, 3, 0),
+    (1, 1, 1, 1, 3, 2, 1),
+];
+
+fn draw(n: usize, seed: u64) -> Vec<f64> {
+    let mut rng = StdRng::seed_from_u64(seed ^ std::process::id() as u64);
+    (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect()
+}
+
+/// The plain definition: y = max over the window inside the image; dx = dy at the first maximum of each window.
+fn reference(g: &PoolGeom, x: &[f64], dy: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let (mut y, mut dx) = (Vec::new(), vec![0.0; x.len()]);
+    for p in 0..g.planes {
+        for oy in 0..g.ho {
+            for ox in 0..g.wo {
+                let mut best: Option<(usize, f64)> = None;
+                for ky in 0..g.k {
+                    for kx in 0..g.k {
+                        let (iy, ix) = (
+                            (oy * g.stride + ky) as isize - g.pad as isize,
+                            (ox * g.stride + kx) as isize - g.pad as isize,
+                        );
+                        if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                            continue;
+                        }
+                        let i = (p * g.h + iy as usize) * g.w + ix as usize;
+                        if best.is_none_or(|(_, v)| x[i] > v) {
+                            best = Some((i, x[i]));
+                        }
+                    }
+                }
+                let (i, v) = best.expect("every window holds an image pixel");
+                y.push(v);
+                dx[i] += dy[(p * g.ho + oy) * g.wo + ox];
+            }
+        }
+    }
+    (y, dx)
+}
+
+#[test]
+fn max_pool_matches_the_plain_loop_and_its_gradient_finite_differences() -> Result<()> {
+    for (n, &(b, c, h, w, k, s, p)) in SHAPES.iter().enumerate() {
+        let g = PoolGeom::new(&[b, c, h, w], k, s, p)?;
+        let x = draw(b * c * h * w, 10 + n as u64);
+        let dy = draw(b * c * g.ho * g.wo, 20 + n as u64);
+        let (want_y, want_dx) = reference(&g, &x, &dy);
+        assert_eq!(pool::forward(&g, &x), want_y, "forward {:?}", SHAPES[n]);
+        assert_eq!(pool::backward(&g, &x, &dy), want_dx, "backward {:?}", SHAPES[n]);
+        // Through the candle op and its recorded backward, f64, against central differences of Σ y·dy (h = 1e-6;
+        // the values are distinct, so no maximum changes within a step: agreement to 1e-6).
+        let xv = Var::from_tensor(&Tensor::from_slice(&x, (b, c, h, w), &Device::Cpu)?)?;
+        let r = Tensor::from_slice(&dy, (b, c, g.ho, g.wo), &Device::Cpu)?;
+        let loss = |t: &Tensor| -> Result<Tensor> { (pool::max_pool2d(t, k, s, p)? * &r)?.sum_all() };
+        let analytic = loss(xv.as_tensor())?.backward()?.get(&xv).expect("gradient").flatten_all()?.to_vec1::<f64>()?;
+        for i in 0..x.len() {
+            let at = |d: f64| -> Result<f64> {
+                let mut moved = x.clone();
+                moved[i] += d;
+                loss(&Tensor::from_slice(&moved, (b, c, h, w), &Device::Cpu)?)?.to_scalar::<f64>()
+            };
+            let numeric = (at(1e-6)? - at(-1e-6)?) / 2e-6;
+            assert!((numeric - analytic[i]).abs() < 1e-6, "{:?} entry {i}: {numeric} vs {}", SHAPES[n], analytic[i]);
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn max_pool_agrees_with_candle_where_candle_has_one() -> Result<()> {
+    let x = Var::from_tensor(&Tensor::from_slice(&draw(2 * 3 * 6 * 8, 3), (2, 3, 6, 8), &Device::Cpu)?)?;
+    let r = Tensor::from_slice(&draw(2 * 3 * 3 * 4, 4), (2, 3, 3, 4), &Device::Cpu)?;
+    let ours = pool::max_pool2d(x.as_tensor(), 2, 2, 0)?;
+    let theirs = x.as_tensor().max_pool2d(2)?;
+    assert_eq!(ours.flatten_all()?.to_vec1::<f64>()?, theirs.flatten_all()?.to_vec1::<f64>()?);
+    // candle 0.9.2's backward of its own max_pool2d scales the gradient by 1 / (window area) — measured here: exactly
+    // a quarter at k = 2 — so the gradient is checked against the loop and finite differences above, and here only
+    // that candle's is ours divided by k².
+    let grad = |y: &Tensor| -> Result<Vec<f64>> {
+        (y * &r)?.sum_all()?.backward()?.get(&x).expect("gradient").flatten_all()?.to_vec1::<f64>()
+    };
+    let (g_ours, g_candle) = (grad(&ours)?, grad(&theirs)?);
+    assert!(g_ours.iter().zip(&g_candle).all(|(a, b)| (a / 4.0 - b).abs() < 1e-15));
+    // f32 too, and bad geometry is an error, not a panic.
+    let x32 = x.as_tensor().to_dtype(DType::F32)?;
+    assert_eq!(pool::max_pool2d(&x32, 3, 2, 1)?.dims(), [2, 3, 3, 4]);
+    assert!(pool::max_pool2d(&x32, 3, 2, 2).is_err(), "padding over half the window");
+    assert!(pool::max_pool2d(&x32, 9, 1, 0).is_err(), "window larger than the image");
+    assert!(pool::max_pool2d(&x32, 3, 0, 1).is_err(), "zero stride");
+    Ok(())
+}
