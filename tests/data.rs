@@ -396,3 +396,34 @@ fn augmentation_speed() {
         println!("augment {name}: {ms:.3} ms per 512 images (one view)");
     }
 }
+
+/// The loader's worker hands over, in order, exactly the views the step would make itself (across an epoch boundary,
+/// from a resumed step on, with both views' lists), each epoch a permutation of the training images; dropping it
+/// midway stops its worker instead of hanging.
+#[test]
+fn the_loader_makes_each_steps_views_ahead_and_in_order() {
+    use ssl_lang::data::loader::{epoch_order, step_views, Loader};
+    let mut data = data::load(&Data::FashionMnistDir(data::BUNDLED_DIR.into()), None).unwrap();
+    data.limit(40);
+    let recipe =
+        Recipe { batch: 8, augment2: Some(vec![Augment::Solarize { p: 0.5, threshold: 0.5 }]), ..Default::default() };
+    let data = std::sync::Arc::new(data);
+    let steps_per_epoch = 40 / 8;
+    let mut loader = Loader::spawn(data.clone(), &recipe, steps_per_epoch, 3..12);
+    let mut order = (None, Vec::new());
+    for step in 3..12 {
+        let got = loader.next_step().unwrap();
+        assert_eq!(got.step, step);
+        let want = step_views(&data, &recipe, steps_per_epoch, step, &mut order).unwrap();
+        assert!(got.views == want, "step {step}");
+        assert_ne!(got.views[0].global, got.views[1].global, "two different views");
+    }
+    assert!(loader.next_step().is_err(), "no step past the range");
+    for epoch in 0..3 {
+        let mut o = epoch_order(40, recipe.seed, epoch);
+        assert_ne!(o, (0..40).collect::<Vec<_>>(), "shuffled");
+        o.sort_unstable();
+        assert_eq!(o, (0..40).collect::<Vec<_>>(), "a permutation");
+    }
+    drop(Loader::spawn(data, &recipe, steps_per_epoch, 0..1000));
+}

@@ -26,8 +26,8 @@ fn randn(shape: &[usize], seed: u64, dtype: DType) -> Result<Tensor> {
 
 fn tiny_net(predictor: bool) -> Result<SiameseNet> {
     let enc = Encoder::Mini { widths: vec![2, 3], blocks: 1 };
-    let proj = Mlp { hidden: 4, out: 3 };
-    let pred = Mlp { hidden: 5, out: 3 };
+    let proj = Mlp::new(4, 3);
+    let pred = Mlp::new(5, 3);
     SiameseNet::new(idx::SHAPE, &enc, &proj, predictor.then_some(&pred), 7, DType::F64, &Device::Cpu)
 }
 
@@ -55,15 +55,8 @@ fn default_network_shapes() -> Result<()> {
 #[test]
 fn custom_network_shapes_and_names() -> Result<()> {
     let enc = Encoder::Mini { widths: vec![8, 16, 24, 12], blocks: 2 };
-    let net = SiameseNet::new(
-        idx::SHAPE,
-        &enc,
-        &Mlp { hidden: 32, out: 16 },
-        Some(&Mlp { hidden: 20, out: 16 }),
-        3,
-        DType::F32,
-        &Device::Cpu,
-    )?;
+    let net =
+        SiameseNet::new(idx::SHAPE, &enc, &Mlp::new(32, 16), Some(&Mlp::new(20, 16)), 3, DType::F32, &Device::Cpu)?;
     for (b, train) in [(4, true), (1, false)] {
         let out = net.forward(&randn(&[b, 1, 28, 28], 5, DType::F32)?, train)?;
         assert_eq!(out.backbone.dims(), [b, 12]);
@@ -375,9 +368,48 @@ fn weighted_loss(out: &Outputs, r: &[Tensor; 3]) -> Result<Tensor> {
 #[test]
 fn network_gradient_matches_finite_differences() -> Result<()> {
     // widths [2, 3]: stem, a stride-1 block and a stride-2 block with a 1×1 shortcut; projector and predictor.
-    let net = tiny_net(true)?;
-    let x = randn(&[3, 1, 6, 6], 31, DType::F64)?;
-    let r = [randn(&[3, 3], 32, DType::F64)?, randn(&[3, 3], 33, DType::F64)?, randn(&[3, 3], 34, DType::F64)?];
+    assert_gradient_matches_finite_differences(&tiny_net(true)?, 3)
+}
+
+/// A three-layer projector ending in a BatchNorm (`mlp(layers = 3, last_bn = true)`): its names and shapes, and the
+/// whole network's gradient against finite differences.
+#[test]
+fn three_layer_projector_with_a_last_batch_norm() -> Result<()> {
+    let enc = Encoder::Mini { widths: vec![2, 3], blocks: 1 };
+    let proj = Mlp { hidden: 4, out: 3, layers: 3, last_bn: true };
+    let net = SiameseNet::new(idx::SHAPE, &enc, &proj, None, 7, DType::F64, &Device::Cpu)?;
+    let heads: Vec<(String, Vec<usize>)> = net
+        .params()
+        .iter()
+        .filter(|p| p.name.starts_with("projector."))
+        .map(|p| (p.name.clone(), p.var.as_tensor().dims().to_vec()))
+        .collect();
+    let want = [
+        ("projector.fc1.weight", vec![4, 3]),
+        ("projector.bn.weight", vec![4]),
+        ("projector.bn.bias", vec![4]),
+        ("projector.fc2.weight", vec![4, 4]),
+        ("projector.bn2.weight", vec![4]),
+        ("projector.bn2.bias", vec![4]),
+        ("projector.fc3.weight", vec![3, 4]),
+        ("projector.bn_out.weight", vec![3]),
+        ("projector.bn_out.bias", vec![3]),
+    ];
+    assert_eq!(heads, want.map(|(n, s)| (n.to_string(), s)));
+    // The last BatchNorm (train mode) leaves each output feature with batch mean 0 (γ = 1, β = 0 at init).
+    let out = net.forward(&randn(&[4, 1, 6, 6], 35, DType::F64)?, true)?;
+    let means = out.projection.mean(0)?.to_vec1::<f64>()?;
+    assert!(means.iter().all(|m| m.abs() < 1e-12), "{means:?}");
+    assert_gradient_matches_finite_differences(&net, 4)
+}
+
+/// Every parameter gradient of Σ outputs⊙R (R random) through `net` on `batch` random images, in train and eval
+/// mode, against central differences.
+fn assert_gradient_matches_finite_differences(net: &SiameseNet, batch: usize) -> Result<()> {
+    let x = randn(&[batch, 1, 6, 6], 31, DType::F64)?;
+    let (b, p) = (net.backbone_dim(), net.projection_dim());
+    let r =
+        [randn(&[batch, b], 32, DType::F64)?, randn(&[batch, p], 33, DType::F64)?, randn(&[batch, p], 34, DType::F64)?];
     for train in [true, false] {
         let out = net.forward(&x, train)?;
         let grads = net.backward(&weighted_loss(&out, &r)?, &[&out])?;
@@ -397,7 +429,7 @@ fn network_gradient_matches_finite_differences() -> Result<()> {
 /// reads them once, so other tests running meanwhile stay consistent (and pass on either).
 #[test]
 fn our_backward_matches_candle_autodiff_on_the_default_network() -> Result<()> {
-    let recipe = Recipe { predictor: Some(Mlp { hidden: 16, out: 128 }), ..Default::default() };
+    let recipe = Recipe { predictor: Some(Mlp::new(16, 128)), ..Default::default() };
     let (x1, x2) = (randn(&[3, 1, 28, 28], 81, DType::F64)?, randn(&[3, 1, 28, 28], 82, DType::F64)?);
     let r = [randn(&[3, 128], 83, DType::F64)?, randn(&[3, 128], 84, DType::F64)?, randn(&[3, 128], 85, DType::F64)?];
     assert_ours_match_candle("default", &recipe, idx::SHAPE, [&x1, &x2], &r)
@@ -491,7 +523,7 @@ fn target_starts_as_a_copy_and_ema_update_is_exact() -> Result<()> {
     let other = SiameseNet::new(
         idx::SHAPE,
         &Encoder::Mini { widths: vec![2, 4], blocks: 1 },
-        &Mlp { hidden: 4, out: 3 },
+        &Mlp::new(4, 3),
         None,
         7,
         DType::F64,
@@ -548,8 +580,8 @@ fn checkpoint_maps_round_trip() -> Result<()> {
     let b = SiameseNet::new(
         idx::SHAPE,
         &Encoder::Mini { widths: vec![2, 3], blocks: 1 },
-        &Mlp { hidden: 4, out: 3 },
-        Some(&Mlp { hidden: 5, out: 3 }),
+        &Mlp::new(4, 3),
+        Some(&Mlp::new(5, 3)),
         99,
         DType::F64,
         &Device::Cpu,
@@ -588,20 +620,12 @@ fn bad_input_is_an_error_not_a_panic() -> Result<()> {
     assert!(net.forward(&Tensor::zeros((1, 1, 8, 8), DType::F64, &dev)?, true).is_err());
     assert!(net.forward(&Tensor::zeros((1, 1, 8, 8), DType::F64, &dev)?, false).is_ok());
     let bad = |widths: Vec<usize>, blocks: usize, hidden: usize| {
-        SiameseNet::new(
-            idx::SHAPE,
-            &Encoder::Mini { widths, blocks },
-            &Mlp { hidden, out: 4 },
-            None,
-            0,
-            DType::F32,
-            &dev,
-        )
-        .is_err()
+        SiameseNet::new(idx::SHAPE, &Encoder::Mini { widths, blocks }, &Mlp::new(hidden, 4), None, 0, DType::F32, &dev)
+            .is_err()
     };
     assert!(bad(vec![], 1, 4) && bad(vec![4, 0], 1, 4) && bad(vec![4, 4], 0, 4) && bad(vec![4, 4], 1, 0));
     let enc = Encoder::Mini { widths: vec![4], blocks: 1 };
-    assert!(SiameseNet::new(idx::SHAPE, &enc, &Mlp { hidden: 4, out: 4 }, None, 0, DType::U8, &dev).is_err());
+    assert!(SiameseNet::new(idx::SHAPE, &enc, &Mlp::new(4, 4), None, 0, DType::U8, &dev).is_err());
     Ok(())
 }
 
@@ -668,7 +692,7 @@ fn standard_resnets_have_torchvision_names_and_shapes() -> Result<()> {
 #[test]
 fn our_backward_matches_candle_autodiff_on_the_standard_resnets() -> Result<()> {
     for (depth, stem, side) in [(Depth::Resnet18, Stem::Imagenet, 32), (Depth::Resnet50, Stem::Cifar, 16)] {
-        let recipe = Recipe { projector: Mlp { hidden: 8, out: 4 }, ..standard(depth, stem) };
+        let recipe = Recipe { projector: Mlp::new(8, 4), ..standard(depth, stem) };
         let shape = ssl_lang::data::Shape::new(3, side, side);
         let (x1, x2) = (randn(&[2, 3, side, side], 91, DType::F64)?, randn(&[2, 3, side, side], 92, DType::F64)?);
         let out = if depth == Depth::Resnet18 { 512 } else { 2048 };

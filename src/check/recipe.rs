@@ -122,13 +122,32 @@ pub enum Stem {
     Cifar,
 }
 
-/// `mlp(hidden = h, out = o)`: Linear(no bias) + BN + ReLU + Linear.
+/// `mlp(hidden = h, out = o, layers = 2, last_bn = false)`: `layers − 1` times Linear(no bias) + BN + ReLU, then a
+/// Linear (with bias unless a BatchNorm follows it) and, with `last_bn`, a BatchNorm (SimSiam's and SimCLR v2's
+/// projectors).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Mlp {
     /// Hidden width.
     pub hidden: usize,
     /// Output width.
     pub out: usize,
+    /// Linear layers, 2 or 3 (run records leave out the default 2).
+    #[serde(skip_serializing_if = "is_two")]
+    pub layers: usize,
+    /// A BatchNorm after the last Linear (left out of run records when off).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub last_bn: bool,
+}
+
+impl Mlp {
+    /// The two-layer MLP of width `hidden` to `out`, no BatchNorm at the end.
+    pub fn new(hidden: usize, out: usize) -> Self {
+        Mlp { hidden, out, layers: 2, last_bn: false }
+    }
+}
+
+fn is_two(n: &usize) -> bool {
+    *n == 2
 }
 
 /// The momentum (EMA) target.
@@ -373,7 +392,7 @@ impl Default for Recipe {
         Recipe {
             data: Data::FashionMnist,
             encoder: Encoder::Mini { widths: vec![32, 64, 128], blocks: 1 },
-            projector: Mlp { hidden: 512, out: 128 },
+            projector: Mlp::new(512, 128),
             predictor: None,
             momentum: Momentum::Cosine { base: 0.99, end: 1.0 },
             batch: 256,
@@ -782,14 +801,16 @@ impl Decoder<'_> {
     }
 
     fn mlp(&mut self, e: &Expr, what: &str, hidden: usize, out: Option<usize>) -> Option<Mlp> {
-        let c = self.ctor(e, what, &[("mlp", &["hidden", "out"])])?;
+        let c = self.ctor(e, what, &[("mlp", &["hidden", "out", "layers", "last_bn"])])?;
         let hidden = c.args[0].map_or(Some(hidden), |h| self.int(h, 1, 65536))?;
         let out = match (c.args[1], out) {
             (Some(o), _) => self.int(o, 1, 65536)?,
             (None, Some(o)) => o,
             (None, None) => 0,
         };
-        Some(Mlp { hidden, out })
+        let layers = c.args[2].map_or(Some(2), |l| self.int(l, 2, 3))?;
+        let last_bn = c.args[3].map_or(Some(false), |b| self.boolean(b))?;
+        Some(Mlp { hidden, out, layers, last_bn })
     }
 
     /// `none` or `mlp(hidden = h)`: the output width is always the projector's (the prediction is
@@ -800,7 +821,7 @@ impl Decoder<'_> {
             return Some(None);
         }
         let hidden = c.args[0].map_or(Some(512), |h| self.int(h, 1, 65536))?;
-        Some(Some(Mlp { hidden, out: projector_out }))
+        Some(Some(Mlp::new(hidden, projector_out)))
     }
 
     fn momentum(&mut self, e: &Expr) -> Option<Momentum> {
@@ -998,7 +1019,11 @@ impl Decoder<'_> {
 impl std::fmt::Display for Recipe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let pair = |p: [f64; 2]| format!("[{}, {}]", p[0], p[1]);
-        let mlp = |m: &Mlp| format!("mlp(hidden = {}, out = {})", m.hidden, m.out);
+        let mlp = |m: &Mlp| {
+            let layers = if m.layers == 2 { String::new() } else { format!(", layers = {}", m.layers) };
+            let last_bn = if m.last_bn { ", last_bn = true" } else { "" };
+            format!("mlp(hidden = {}, out = {}{layers}{last_bn})", m.hidden, m.out)
+        };
         let data = match &self.data {
             Data::FashionMnist => "fashion_mnist".to_string(),
             Data::FashionMnistDir(d) => format!("fashion_mnist({d:?})"),

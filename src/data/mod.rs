@@ -11,6 +11,7 @@ pub mod augment;
 pub mod cifar;
 pub mod folder;
 pub mod idx;
+pub mod loader;
 pub mod stl10;
 
 use crate::check::recipe::{Data, Normalize, Recipe};

@@ -97,9 +97,12 @@ impl ResNet {
 
 #[derive(Clone, Debug)]
 pub(super) struct MlpNet {
-    pub(super) fc1: Linear,
-    pub(super) bn: Bn,
-    pub(super) fc2: Linear,
+    /// The hidden layers: Linear, BatchNorm, ReLU.
+    pub(super) hidden: Vec<(Linear, Bn)>,
+    /// The output Linear.
+    pub(super) last: Linear,
+    /// A BatchNorm after it (no ReLU), when asked.
+    pub(super) last_bn: Option<Bn>,
 }
 
 #[derive(Clone, Debug)]
@@ -249,9 +252,17 @@ impl Builder<'_> {
         if spec.hidden == 0 || spec.out == 0 {
             bail!("{name} widths must be positive, got hidden = {} and out = {}", spec.hidden, spec.out);
         }
-        let fc1 = self.linear(&format!("{name}.fc1"), fan_in, spec.hidden, false)?;
-        let bn = self.bn(&format!("{name}.bn"), spec.hidden)?;
-        let fc2 = self.linear(&format!("{name}.fc2"), spec.hidden, spec.out, true)?;
-        Ok(MlpNet { fc1, bn, fc2 })
+        // Names: fc1, bn (as before 3-layer heads), then fc2, bn2, …; the last BatchNorm is `bn_out`.
+        let mut hidden = Vec::new();
+        let mut width = fan_in;
+        for i in 1..spec.layers.max(2) {
+            let fc = self.linear(&format!("{name}.fc{i}"), width, spec.hidden, false)?;
+            let bn_name = if i == 1 { format!("{name}.bn") } else { format!("{name}.bn{i}") };
+            hidden.push((fc, self.bn(&bn_name, spec.hidden)?));
+            width = spec.hidden;
+        }
+        let last = self.linear(&format!("{name}.fc{}", spec.layers.max(2)), width, spec.out, !spec.last_bn)?;
+        let last_bn = if spec.last_bn { Some(self.bn(&format!("{name}.bn_out"), spec.out)?) } else { None };
+        Ok(MlpNet { hidden, last, last_bn })
     }
 }

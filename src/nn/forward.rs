@@ -130,8 +130,15 @@ impl<'a> Ctx<'a> {
     }
 
     pub(super) fn mlp(&mut self, x: &Tensor, m: &MlpNet) -> Result<Tensor> {
-        let h = self.bn(&self.linear(x, &m.fc1)?, &m.bn, true)?;
-        self.linear(&h, &m.fc2)
+        let mut h = x.clone();
+        for (fc, bn) in &m.hidden {
+            h = self.bn(&self.linear(&h, fc)?, bn, true)?;
+        }
+        let y = self.linear(&h, &m.last)?;
+        match &m.last_bn {
+            Some(bn) => self.bn(&y, bn, false),
+            None => Ok(y),
+        }
     }
 
     /// Projector and, when asked and present, predictor on backbone features.

@@ -13,7 +13,8 @@ use super::schedule::{target_momentum, LrSchedule};
 use crate::backend::Backend;
 use crate::check::recipe::{Form, Knn, Momentum, Recipe};
 use crate::check::typed::{Objective, StateKind};
-use crate::data::{self, augment, Dataset};
+use crate::data::loader::Loader;
+use crate::data::{self, Dataset};
 use crate::error::{Error, ErrorCode};
 use crate::eval::health::{self, first_non_finite};
 use crate::eval::{self, features::backbone_features};
@@ -23,8 +24,6 @@ use crate::nn::{LayerImpl, Outputs, SiameseNet, Target};
 use crate::plan::{Features, ObjectiveState, Plan};
 use crate::render::Edge;
 use candle_core::{DType, Device, Tensor};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -84,7 +83,7 @@ struct Trainer<'a> {
     /// The recipe's kNN evaluation, or none where the data has no labels to evaluate with.
     eval: Option<Knn>,
     plan: Plan,
-    data: Dataset,
+    data: Arc<Dataset>,
     net: SiameseNet,
     target: Option<Target>,
     optimizer: Optimizer,
@@ -99,8 +98,8 @@ struct Trainer<'a> {
     total_steps: usize,
     last_checkpoint: Option<usize>,
     last_knn: Option<f64>,
-    /// The current epoch's sample order, drawn once per epoch.
-    order: (Option<usize>, Vec<usize>),
+    /// Each step's views, made ahead on a worker thread (started at the first step trained).
+    loader: Option<Loader>,
     collapse: health::CollapseMonitor,
 }
 
@@ -189,9 +188,9 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
         total_steps,
         last_checkpoint: None,
         last_knn: None,
-        order: (None, Vec::new()),
+        loader: None,
         collapse: health::CollapseMonitor::default(),
-        data,
+        data: Arc::new(data),
     };
     let mut step = 0;
     if opts.resume {
@@ -323,29 +322,22 @@ impl Trainer<'_> {
     /// One optimisation step; with `log`, the metrics record of the step.
     fn step(&mut self, step: usize, log: bool) -> Result<Option<StepRecord>, Error> {
         let recipe = self.recipe;
-        let batch = recipe.batch;
         let epoch = step / self.steps_per_epoch;
-        if self.order.0 != Some(epoch) {
-            // The epoch's permutation depends only on (seed, epoch), so a resumed run draws the same one.
-            let mut order: Vec<usize> = (0..self.data.train_len()).collect();
-            order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
-                recipe.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-            ));
-            self.order = (Some(epoch), order);
-        }
-        let within = step % self.steps_per_epoch;
         let conv_before = self.net.conv_work();
         let mut clock = Phases::start();
-        let shape = self.data.shape;
-        let images = data::gather(&self.data.train_images, shape, &self.order.1[within * batch..(within + 1) * batch])?;
-        let view = |v: u64| -> Result<augment::Views, Error> {
-            let ops = recipe.view_augment(v as usize);
-            let mut views =
-                augment::augment(&images, shape, &ops, &mut augment::view_rng(recipe.seed, step as u64, v))?;
-            views.normalise(&self.data.norm);
-            Ok(views)
+        let loader = match &mut self.loader {
+            Some(loader) => loader,
+            None => self.loader.insert(Loader::spawn(
+                self.data.clone(),
+                recipe,
+                self.steps_per_epoch,
+                step..self.total_steps,
+            )),
         };
-        let (v1, v2) = (view(0)?, view(1)?);
+        // The clock's augment phase is the time the step waited for its views.
+        let made = loader.next_step()?;
+        debug_assert_eq!(made.step, step, "the loader runs the steps in order");
+        let [v1, v2] = made.views;
         let device = self.net.device();
         let (x1, x2) = (v1.global_tensor(device)?, v2.global_tensor(device)?);
         clock.lap(Phase::Augment);
