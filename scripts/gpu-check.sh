@@ -8,7 +8,7 @@
 # It records the card, then: verify on CUDA against the CPU reference (1e-4) for every standard objective; the
 # training benchmark at batch 256 and 1024 on the GPU; a one-epoch UniGrad run on the bundled subset on the GPU and
 # on the CPU (same seed) for the kNN comparison; and, where PyTorch is installed, the same resnet_mini step in eager
-# PyTorch (benches/torch_resnet_mini.py). Everything is written under OUT_DIR (default gpu-check/).
+# PyTorch (benches/torch_step.py). Everything is written under OUT_DIR (default gpu-check/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:?usage: scripts/gpu-check.sh PATH_TO_CUDA_SSL_LANG [OUT_DIR]}
@@ -26,6 +26,6 @@ for device in cuda cpu; do
 done
 if python3 -c 'import torch' 2>/dev/null; then
     for batch in 256 1024; do
-        python3 benches/torch_resnet_mini.py --batch "$batch" | tee "$out/torch-$batch.txt"
+        python3 benches/torch_step.py --batch "$batch" | tee "$out/torch-$batch.txt"
     done
 fi

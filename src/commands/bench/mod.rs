@@ -211,7 +211,7 @@ pub fn bench_train(files: &[PathBuf], data: &Path, setup: &Setup) -> Result<Stri
     }
     let _ = writeln!(
         out,
-        "\nbatch {batch}, median of {steps} steps after one warm-up step, resnet_mini + projector (+ predictor),"
+        "\nbatch {batch}, median of {steps} steps after one warm-up step, the recipe's encoder + projector (+ predictor),"
     );
     let _ = writeln!(
         out,
