@@ -212,6 +212,13 @@ enum Command {
         /// The safetensors file to write.
         out: PathBuf,
     },
+    /// Print a completion script for a shell.
+    #[command(after_help = "Example: ssl-lang completions bash > ~/.local/share/bash-completion/completions/ssl-lang")]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -372,6 +379,15 @@ pub fn run(cli: Cli, stop: Arc<AtomicBool>) -> ExitCode {
         }
         Command::Report { runs, out } => commands::report::run(&runs, out.as_deref()),
         Command::Export { run, to, out } => commands::export::run(&run, to, &out, &edge),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "ssl-lang",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         Command::Eval { run, knn, linear, data, device } => {
             let protocols = commands::eval::Protocols { knn, linear };
             commands::eval::run(&run, protocols, data.as_deref(), &device.device, &edge)

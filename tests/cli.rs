@@ -193,15 +193,53 @@ fn device_errors_are_coded() {
     assert!(ssl_lang::commands::device::parse("cuda:-1").is_err());
 }
 
-/// Every command's `--help` ends with an example of its use.
+/// Every command's `--help` (each leaf of the command tree, read from the definitions, so a new command is covered)
+/// ends with an example of its use.
 #[test]
 fn every_command_help_has_an_example() {
-    for command in
-        [&["check"][..], &["explain"], &["verify"], &["grad"], &["train"], &["eval"], &["report"], &["bench", "train"]]
-    {
-        let out =
-            std::process::Command::new(env!("CARGO_BIN_EXE_ssl-lang")).args(command).arg("--help").output().unwrap();
-        let help = String::from_utf8_lossy(&out.stdout);
-        assert!(help.contains("Example"), "`ssl-lang {} --help` has no example:\n{help}", command.join(" "));
+    fn leaves(cmd: &clap::Command, path: Vec<String>, out: &mut Vec<Vec<String>>) {
+        let subs: Vec<&clap::Command> = cmd.get_subcommands().filter(|c| c.get_name() != "help").collect();
+        if subs.is_empty() {
+            out.push(path);
+            return;
+        }
+        for sub in subs {
+            let mut p = path.clone();
+            p.push(sub.get_name().to_string());
+            leaves(sub, p, out);
+        }
     }
+    let mut commands = Vec::new();
+    leaves(&<ssl_lang::cli::Cli as clap::CommandFactory>::command(), Vec::new(), &mut commands);
+    assert!(commands.len() >= 11, "{commands:?}");
+    for command in commands {
+        let out =
+            std::process::Command::new(env!("CARGO_BIN_EXE_ssl-lang")).args(&command).arg("--help").output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && help.contains("Example"),
+            "`ssl-lang {} --help` has no example:\n{help}",
+            command.join(" ")
+        );
+    }
+}
+
+/// `ssl-lang completions bash` prints a script bash accepts (`bash -n`) that completes every command.
+#[test]
+fn completions_are_a_valid_bash_script() {
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_ssl-lang")).args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success());
+    let script = String::from_utf8_lossy(&out.stdout).into_owned();
+    for command in ["check", "explain", "verify", "grad", "train", "eval", "report", "export", "sweep", "bench"] {
+        assert!(script.contains(&format!("ssl__lang__subcmd__{command}")), "no completion for {command}");
+    }
+    let file = std::env::temp_dir().join(format!("ssl-completions-{}.bash", std::process::id()));
+    std::fs::write(&file, &script).unwrap();
+    let check = std::process::Command::new("bash").arg("-n").arg(&file).output().unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let bad =
+        std::process::Command::new(env!("CARGO_BIN_EXE_ssl-lang")).args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2), "an unknown shell is a usage error");
 }
