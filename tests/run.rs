@@ -211,7 +211,14 @@ fn truncate_metrics_keeps_steps_up_to_the_checkpoint() {
     let root = TempRoot::new("truncate");
     let run = new_run(&root);
     run.truncate_metrics(3).unwrap(); // no file yet: nothing to do
-    run.append_metrics(&Record::Baseline(Baseline { step: 0, raw_pixel_knn: 0.7, random_init_knn: 0.6 })).unwrap();
+    run.append_metrics(&Record::Baseline(Baseline {
+        step: 0,
+        raw_pixel_knn: 0.7,
+        random_init_knn: 0.6,
+        raw_pixel_linear: None,
+        random_init_linear: None,
+    }))
+    .unwrap();
     for i in 0..10 {
         run.append_metrics(&step(i)).unwrap();
     }
@@ -397,7 +404,13 @@ fn default_name_is_objective_and_utc_time() {
 }
 
 fn synthetic_metrics(with_loss: bool) -> Vec<Record> {
-    let mut records = vec![Record::Baseline(Baseline { step: 0, raw_pixel_knn: 0.62, random_init_knn: 0.41 })];
+    let mut records = vec![Record::Baseline(Baseline {
+        step: 0,
+        raw_pixel_knn: 0.62,
+        random_init_knn: 0.41,
+        raw_pixel_linear: Some(0.8),
+        random_init_linear: Some(0.7),
+    })];
     for i in 0..30 {
         let mut r = step_record(i);
         r.loss = if !with_loss {

@@ -224,6 +224,15 @@ fn a_short_unigrad_run_learns() {
     let init = all.iter().find(|r| r["kind"] == "baseline").unwrap()["random_init_knn"].as_f64().unwrap();
     let last = all.iter().rfind(|r| r["kind"] == "eval").unwrap()["knn_top1"].as_f64().unwrap();
     assert!(last > init, "kNN {last} beats the random-init encoder's {init}");
+    // The linear probe: both baselines before the first step, the finished encoder's at the end, all in [0, 1] and
+    // printed on the last line.
+    let baseline = all.iter().find(|r| r["kind"] == "baseline").unwrap();
+    let end = all.iter().rfind(|r| r["kind"] == "end").unwrap();
+    for probe in [&baseline["raw_pixel_linear"], &baseline["random_init_linear"], &end["linear_top1"]] {
+        assert!(probe.as_f64().is_some_and(|p| (0.1..=1.0).contains(&p)), "a linear probe above chance: {probe}");
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("baseline: raw-pixel linear probe") && stdout.contains(", linear probe "), "{stdout}");
     std::fs::remove_dir_all(&root).ok();
 }
 

@@ -81,7 +81,13 @@ pub fn run(args: TrainArgs, stop: Arc<AtomicBool>, edge: &Edge) -> Result<(), Fa
     if summary.interrupted {
         return Err(Failure::Reported(INTERRUPTED));
     }
-    let knn = summary.knn.map_or("-".to_string(), |k| format!("{:.2} %", k * 100.0));
-    println!("done: {} steps, final kNN top-1 {knn}; run in {}", summary.steps, summary.run_dir.display());
+    let percent = |x: Option<f64>| x.map_or("-".to_string(), |k| format!("{:.2} %", k * 100.0));
+    let linear = summary.linear.map_or(String::new(), |l| format!(", linear probe {}", percent(Some(l))));
+    println!(
+        "done: {} steps, final kNN top-1 {}{linear}; run in {}",
+        summary.steps,
+        percent(summary.knn),
+        summary.run_dir.display()
+    );
     Ok(())
 }

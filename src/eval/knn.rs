@@ -114,6 +114,14 @@ pub fn accuracy(predicted: &[u8], labels: &[u8]) -> f64 {
 /// evaluation bank (the training set, or STL-10's labelled training split) as the bank and the test set as the
 /// queries (78.9 % on the full Fashion-MNIST with k = 200, t = 0.1). Needs labels (`ssl::data::unlabelled`).
 pub fn raw_pixel_knn(dataset: &Dataset, k: usize, t: f64) -> Result<f64, EvalError> {
+    let (bank, queries) = raw_pixel_features(dataset)?;
+    let splits = dataset.eval_splits()?;
+    knn_accuracy(&bank, splits.bank_labels, &queries, splits.query_labels, k, t)
+}
+
+/// The evaluation bank's and queries' raw pixels in [0, 1], one row per image: the features of the raw-pixel
+/// baselines (kNN and the linear probe).
+pub fn raw_pixel_features(dataset: &Dataset) -> Result<(Tensor, Tensor), EvalError> {
     let pixels = dataset.shape.pixels();
     let flat = |images: &[u8]| -> Result<Tensor, EvalError> {
         let n = dataset.shape.images_in(images.len())?;
@@ -121,7 +129,5 @@ pub fn raw_pixel_knn(dataset: &Dataset, k: usize, t: f64) -> Result<f64, EvalErr
         Ok(Tensor::from_vec(x, (n, pixels), &Device::Cpu)?)
     };
     let splits = dataset.eval_splits()?;
-    let bank = flat(splits.bank)?;
-    let queries = flat(splits.queries)?;
-    knn_accuracy(&bank, splits.bank_labels, &queries, splits.query_labels, k, t)
+    Ok((flat(splits.bank)?, flat(splits.queries)?))
 }

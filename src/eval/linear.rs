@@ -42,7 +42,7 @@ impl LinearProbe {
     /// The protocol, printed with every number.
     pub fn protocol(&self) -> String {
         format!(
-            "softmax regression on standardised frozen backbone features, {} epochs, batch {}, SGD lr {} cosine, momentum {}, weight decay {}",
+            "softmax regression on standardised frozen features (backbone or pixels), {} epochs, batch {}, SGD lr {} cosine, momentum {}, weight decay {}",
             self.epochs, self.batch, self.lr, self.momentum, self.weight_decay
         )
     }

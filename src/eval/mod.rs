@@ -6,7 +6,7 @@ pub mod health;
 pub mod knn;
 pub mod linear;
 
-pub use knn::{knn_accuracy, knn_predict, raw_pixel_knn};
+pub use knn::{knn_accuracy, knn_predict, raw_pixel_features, raw_pixel_knn};
 pub use linear::{linear_probe, LinearProbe, ProbeResult};
 
 use crate::data::DataError;

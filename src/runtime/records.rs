@@ -39,6 +39,12 @@ pub struct Baseline {
     pub raw_pixel_knn: f64,
     /// kNN top-1 of the encoder at initialisation.
     pub random_init_knn: f64,
+    /// Linear-probe top-1 on raw pixels (runs from before the probe was a baseline have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_pixel_linear: Option<f64>,
+    /// Linear-probe top-1 of the encoder at initialisation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub random_init_linear: Option<f64>,
 }
 
 /// One logged step: schedules, health metrics, timing and memory.
@@ -110,6 +116,9 @@ pub struct EndRecord {
     pub step: usize,
     /// Peak resident memory of the process, in MB (Linux).
     pub peak_rss_mb: Option<f64>,
+    /// Linear-probe top-1 of the final encoder, when the run evaluates and trained to its last step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linear_top1: Option<f64>,
 }
 
 /// The phases a step is timed in, in order.

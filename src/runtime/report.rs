@@ -136,6 +136,15 @@ fn section(out: &mut String, run: &RunReport) -> Result<(), String> {
     let at = |e: Option<&EvalRecord>| e.map_or(String::new(), |e| format!(" (epoch {})", e.epoch));
     row(out, "final kNN top-1", format!("{}{}", percent(s.last_eval.map(|e| e.knn_top1)), at(s.last_eval)));
     row(out, "best kNN top-1", format!("{}{}", percent(s.best_eval.map(|e| e.knn_top1)), at(s.best_eval)));
+    if s.baseline.is_some_and(|b| b.raw_pixel_linear.is_some()) || s.end.is_some_and(|e| e.linear_top1.is_some()) {
+        row(out, "raw-pixel linear probe top-1 (baseline)", percent(s.baseline.and_then(|b| b.raw_pixel_linear)));
+        row(
+            out,
+            "random-init encoder linear probe top-1 (baseline)",
+            percent(s.baseline.and_then(|b| b.random_init_linear)),
+        );
+        row(out, "final linear probe top-1", percent(s.end.and_then(|e| e.linear_top1)));
+    }
     row(out, "steps done", s.last_step.map_or("-".into(), |st| st.step.to_string()));
     row(out, "pairs/s (last logged step)", number(s.last_step.map(|st| st.pairs_per_s), 1));
     row(out, "peak memory (MB)", number(s.end.and_then(|e| e.peak_rss_mb), 0));

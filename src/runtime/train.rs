@@ -17,7 +17,7 @@ use crate::data::loader::Loader;
 use crate::data::{self, Dataset};
 use crate::error::{Error, ErrorCode};
 use crate::eval::health::{self, first_non_finite};
-use crate::eval::{self, features::backbone_features};
+use crate::eval::{self, features::backbone_features, LinearProbe};
 use crate::ir::cost::Sizes;
 use crate::nn::layers::l2_normalize;
 use crate::nn::{LayerImpl, Outputs, SiameseNet, Target};
@@ -73,6 +73,8 @@ pub struct TrainSummary {
     pub steps: usize,
     /// kNN top-1 after the last evaluation.
     pub knn: Option<f64>,
+    /// Linear-probe top-1 of the finished encoder.
+    pub linear: Option<f64>,
     /// Whether the stop signal ended it.
     pub interrupted: bool,
 }
@@ -209,7 +211,21 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
             println!("baseline: raw-pixel kNN {:.2} % ({})", raw * 100.0, eval::features::knn_protocol(knn, &t.data));
             let init = t.knn()?;
             println!("baseline: random-init encoder kNN {:.2} %", init * 100.0);
-            t.run.append_metrics(&Record::Baseline(Baseline { step: 0, raw_pixel_knn: raw, random_init_knn: init }))?;
+            let raw_linear = t.linear(eval::raw_pixel_features(&t.data)?)?;
+            println!(
+                "baseline: raw-pixel linear probe {:.2} % ({})",
+                raw_linear * 100.0,
+                LinearProbe::default().protocol()
+            );
+            let init_linear = t.linear(t.features()?)?;
+            println!("baseline: random-init encoder linear probe {:.2} %", init_linear * 100.0);
+            t.run.append_metrics(&Record::Baseline(Baseline {
+                step: 0,
+                raw_pixel_knn: raw,
+                random_init_knn: init,
+                raw_pixel_linear: Some(raw_linear),
+                random_init_linear: Some(init_linear),
+            }))?;
         }
     }
 
@@ -222,7 +238,13 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
             t.checkpoint(step)?;
             progress.finish();
             println!("interrupted: checkpoint saved at step {step}; continue with --resume");
-            return Ok(TrainSummary { run_dir: t.run.path.clone(), steps: step, knn: t.last_knn, interrupted: true });
+            return Ok(TrainSummary {
+                run_dir: t.run.path.clone(),
+                steps: step,
+                knn: t.last_knn,
+                linear: None,
+                interrupted: true,
+            });
         }
         let log = step.is_multiple_of(opts.log_every.max(1)) || step + 1 == stop;
         let record = t.step(step, log)?;
@@ -272,9 +294,17 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
         }
     }
     progress.finish();
-    t.run.append_metrics(&Record::End(EndRecord { step, peak_rss_mb: peak_rss_mb() }))?;
+    // The linear probe of the finished encoder, beside the baselines (a `--max-steps` stretch is not finished).
+    let linear = match t.eval.is_some() && step == total_steps {
+        true => Some(t.linear(t.features()?)?),
+        false => None,
+    };
+    if let Some(top1) = linear {
+        println!("final linear probe {:.2} %", top1 * 100.0);
+    }
+    t.run.append_metrics(&Record::End(EndRecord { step, peak_rss_mb: peak_rss_mb(), linear_top1: linear }))?;
     t.run.plot()?;
-    Ok(TrainSummary { run_dir: t.run.path.clone(), steps: step, knn: t.last_knn, interrupted: false })
+    Ok(TrainSummary { run_dir: t.run.path.clone(), steps: step, knn: t.last_knn, linear, interrupted: false })
 }
 
 /// A new run's directory, locked, with its `config.json`.
@@ -492,13 +522,26 @@ impl Trainer<'_> {
 
     fn knn(&mut self) -> Result<f64, Error> {
         let Some(k) = &self.eval else { return Ok(f64::NAN) };
-        let (shape, norm) = (self.data.shape, &self.data.norm);
+        let (bank, queries) = self.features()?;
         let splits = self.data.eval_splits()?;
-        let bank = backbone_features(&self.net, splits.bank, shape, norm)?;
-        let queries = backbone_features(&self.net, splits.queries, shape, norm)?;
         let top1 = eval::knn_accuracy(&bank, splits.bank_labels, &queries, splits.query_labels, k.k, k.t)?;
         self.last_knn = Some(top1);
         Ok(top1)
+    }
+
+    /// The backbone features of the evaluation bank and queries (un-augmented images).
+    fn features(&self) -> Result<(Tensor, Tensor), Error> {
+        let (shape, norm) = (self.data.shape, &self.data.norm);
+        let splits = self.data.eval_splits()?;
+        let bank = backbone_features(&self.net, splits.bank, shape, norm)?;
+        Ok((bank, backbone_features(&self.net, splits.queries, shape, norm)?))
+    }
+
+    /// Linear-probe top-1 on the features `(bank, queries)` (the standard protocol, [`LinearProbe::default`]).
+    fn linear(&self, (bank, queries): (Tensor, Tensor)) -> Result<f64, Error> {
+        let splits = self.data.eval_splits()?;
+        let probe = LinearProbe::default();
+        Ok(eval::linear_probe(&bank, splits.bank_labels, &queries, splits.query_labels, &probe)?.test_accuracy)
     }
 
     /// Everything the next step needs: weights, BatchNorm statistics, target, optimiser, states.
