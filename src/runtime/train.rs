@@ -209,15 +209,16 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
         if let Some(knn) = &t.eval.clone() {
             let raw = eval::raw_pixel_knn(&t.data, knn.k, knn.t)?;
             println!("baseline: raw-pixel kNN {:.2} % ({})", raw * 100.0, eval::features::knn_protocol(knn, &t.data));
-            let init = t.knn()?;
+            let init_features = t.features()?;
+            let init = t.knn(&init_features)?;
             println!("baseline: random-init encoder kNN {:.2} %", init * 100.0);
-            let raw_linear = t.linear(eval::raw_pixel_features(&t.data)?)?;
+            let raw_linear = t.linear(&eval::raw_pixel_features(&t.data)?)?;
             println!(
                 "baseline: raw-pixel linear probe {:.2} % ({})",
                 raw_linear * 100.0,
                 LinearProbe::default().protocol()
             );
-            let init_linear = t.linear(t.features()?)?;
+            let init_linear = t.linear(&init_features)?;
             println!("baseline: random-init encoder linear probe {:.2} %", init_linear * 100.0);
             t.run.append_metrics(&Record::Baseline(Baseline {
                 step: 0,
@@ -230,6 +231,9 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
     }
 
     let stop = opts.max_steps.map_or(total_steps, |m| m.min(total_steps));
+    // The linear probe of the finished encoder, on the last evaluation's features (a `--max-steps` stretch is not
+    // finished).
+    let mut linear = None;
     let started = Instant::now();
     let first = step;
     let progress = super::progress::Progress::new(stop as u64, step as u64);
@@ -279,7 +283,11 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
         if epoch_done || step == stop {
             if let Some(knn) = &t.eval.clone() {
                 if epoch.is_multiple_of(knn.every) || step == stop {
-                    let top1 = t.knn()?;
+                    let features = t.features()?;
+                    let top1 = t.knn(&features)?;
+                    if step == total_steps {
+                        linear = Some(t.linear(&features)?);
+                    }
                     progress.println(&format!(
                         "epoch {epoch:>3}: kNN top-1 {:.2} % ({})",
                         top1 * 100.0,
@@ -294,11 +302,6 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
         }
     }
     progress.finish();
-    // The linear probe of the finished encoder, beside the baselines (a `--max-steps` stretch is not finished).
-    let linear = match t.eval.is_some() && step == total_steps {
-        true => Some(t.linear(t.features()?)?),
-        false => None,
-    };
     if let Some(top1) = linear {
         println!("final linear probe {:.2} %", top1 * 100.0);
     }
@@ -520,11 +523,11 @@ impl Trainer<'_> {
         Ok(None)
     }
 
-    fn knn(&mut self) -> Result<f64, Error> {
+    /// kNN top-1 on the features `(bank, queries)` (from [`Trainer::features`]), kept as the run's latest.
+    fn knn(&mut self, (bank, queries): &(Tensor, Tensor)) -> Result<f64, Error> {
         let Some(k) = &self.eval else { return Ok(f64::NAN) };
-        let (bank, queries) = self.features()?;
         let splits = self.data.eval_splits()?;
-        let top1 = eval::knn_accuracy(&bank, splits.bank_labels, &queries, splits.query_labels, k.k, k.t)?;
+        let top1 = eval::knn_accuracy(bank, splits.bank_labels, queries, splits.query_labels, k.k, k.t)?;
         self.last_knn = Some(top1);
         Ok(top1)
     }
@@ -538,10 +541,10 @@ impl Trainer<'_> {
     }
 
     /// Linear-probe top-1 on the features `(bank, queries)` (the standard protocol, [`LinearProbe::default`]).
-    fn linear(&self, (bank, queries): (Tensor, Tensor)) -> Result<f64, Error> {
+    fn linear(&self, (bank, queries): &(Tensor, Tensor)) -> Result<f64, Error> {
         let splits = self.data.eval_splits()?;
         let probe = LinearProbe::default();
-        Ok(eval::linear_probe(&bank, splits.bank_labels, &queries, splits.query_labels, &probe)?.test_accuracy)
+        Ok(eval::linear_probe(bank, splits.bank_labels, queries, splits.query_labels, &probe)?.test_accuracy)
     }
 
     /// Everything the next step needs: weights, BatchNorm statistics, target, optimiser, states.
