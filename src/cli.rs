@@ -94,6 +94,10 @@ enum Command {
         /// Feature dimension D for the IR's costs (default: the recipe's projector output).
         #[arg(long)]
         d: Option<usize>,
+        /// With --ir: also the per-rank graph of data-parallel training on this many ranks, and each collective
+        /// with its bytes per step.
+        #[arg(long, requires = "ir", value_parser = clap::value_parser!(u64).range(1..=4096))]
+        ranks: Option<u64>,
     },
     /// Evaluate one step of an objective on given features: reads `u1 u2 t1 t2` ([N, D] f32 or
     /// f64) and optional initial states (by state name) from a safetensors file; writes `g1`, `g2`,
@@ -228,13 +232,19 @@ enum Command {
     /// negative on fresh random inputs, and check one whole step of the fused kernels against the reference
     /// (with `--device cuda[:N]`: a step on that GPU against the CPU reference, 1e-4). Prints a table; exit 1 on
     /// any failure.
-    #[command(after_help = "Example: ssl-lang verify objectives/*.ssl")]
+    #[command(
+        after_help = "Examples: ssl-lang verify objectives/*.ssl\n          ssl-lang verify --ranks 2 objectives/*.ssl"
+    )]
     Verify {
         /// The .ssl files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
         #[command(flatten)]
         device: DeviceArg,
+        /// Instead: prove the data-parallel plan on this many in-process ranks equal to one process on the global
+        /// batch (gradient rows, states, loss; 1e-10 in f64, 1e-5 in f32 fused).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=64))]
+        ranks: Option<u64>,
     },
 }
 
@@ -316,10 +326,13 @@ pub fn run(cli: Cli, stop: Arc<AtomicBool>) -> ExitCode {
     let edge = Edge::new(cli.format);
     let result = match cli.command {
         Command::Check { files, deny_warnings } => commands::check::run(&files, deny_warnings, &edge),
-        Command::Explain { file, objective, ir, n, d } => {
-            commands::explain::run(&file, objective.as_deref(), commands::explain::IrDump { ir, n, d }, &edge)
+        Command::Explain { file, objective, ir, n, d, ranks } => {
+            let dump = commands::explain::IrDump { ir, n, d, ranks: ranks.map(|r| r as usize) };
+            commands::explain::run(&file, objective.as_deref(), dump, &edge)
         }
-        Command::Verify { files, device } => commands::verify::run(&files, &device.device, &edge),
+        Command::Verify { files, device, ranks } => {
+            commands::verify::run(&files, &device.device, ranks.map(|r| r as usize), &edge)
+        }
         Command::Train {
             file,
             objective,

@@ -15,6 +15,7 @@ pub mod backend;
 pub mod check;
 pub mod cli;
 mod code_table;
+pub mod collective;
 pub mod commands;
 pub mod data;
 pub mod diagnostic;

@@ -5,6 +5,8 @@
 use crate::backend::reference::Inputs;
 use crate::backend::{execute, fused, Backend};
 use crate::check::typed::{Objective, StateKind};
+use crate::collective::Comm;
+use crate::ir::distribute::Sets;
 use crate::ir::fuse::Kernel;
 use crate::ir::{self, cost::Sizes, Lowered, Node};
 use candle_core::{Result, Tensor, Var};
@@ -73,6 +75,8 @@ pub struct Plan {
     pub backend: Backend,
     /// The fused kernels, by the node each computes (empty on the reference backend).
     pub kernels: HashMap<Node, Kernel>,
+    /// The ranks a per-rank plan runs on (`None`: one process on the whole batch).
+    pub comm: Option<Comm>,
 }
 
 impl Plan {
@@ -84,7 +88,30 @@ impl Plan {
             objective: objective.clone(),
             backend: Backend::Reference,
             kernels: HashMap::new(),
+            comm: None,
         }
+    }
+
+    /// The plan of one rank of `comm` (see [`ir::distribute`]): it takes this rank's rows of each feature and
+    /// computes this rank's rows of the gradient, exchanging what the objective needs; states stay identical on
+    /// every rank. `sizes` are global (the recipe's batch); `sets` lays out the sets over the batch.
+    pub fn for_rank(objective: &Objective, backend: Backend, sizes: &Sizes, sets: Sets, comm: Comm) -> Plan {
+        let mut plan = Plan::new(objective);
+        if backend == Backend::Fused {
+            plan.lowered = ir::optimize(&plan.lowered, sizes);
+        }
+        plan.lowered = ir::distribute::distribute(&plan.lowered, sizes, comm.ranks(), sets);
+        if backend == Backend::Fused {
+            plan.kernels = ir::fuse::fuse(&plan.lowered);
+            plan.backend = Backend::Fused;
+        }
+        plan.comm = Some(comm);
+        plan
+    }
+
+    /// The batch size of the objective: every rank's rows together.
+    pub fn global_n(&self, local_n: usize) -> usize {
+        local_n * self.comm.as_ref().map_or(1, |c| c.ranks())
     }
 
     /// A plan for `backend`; the fused one reassociates matrix chains for `sizes` (the batch and
@@ -106,7 +133,15 @@ impl Plan {
     }
 
     fn inputs<'a>(&'a self, features: [&'a Tensor; 4], state: &'a ObjectiveState) -> Inputs<'a> {
-        Inputs { features, params: &self.params, ema: &state.ema, fifo: &state.fifo, z: None, frozen: None }
+        Inputs {
+            features,
+            params: &self.params,
+            ema: &state.ema,
+            fifo: &state.fifo,
+            z: None,
+            frozen: None,
+            comm: self.comm.as_deref(),
+        }
     }
 
     /// Updates every ema state from this batch (in declaration order, so later ones see earlier).
@@ -211,7 +246,7 @@ impl Plan {
         self.update_emas(f, state)?;
         let (value, [g1, g2, gz1, gz2]) = self.total_gradient(f, z, state)?;
         let n = f.u1.dims()[0];
-        let scale = |g: Tensor| g * n as f64;
+        let scale = |g: Tensor| g * self.global_n(n) as f64;
         let (g1, g2, gz) = (scale(g1)?, scale(g2)?, [scale(gz1)?, scale(gz2)?]);
         let positive_similarity = positive_similarity(f)?;
         let stats =

@@ -3,6 +3,7 @@
 //! contractions are permuted and reshaped into one batched matrix product. Works in f32 and f64,
 //! and keeps candle's autodiff graph (so `verify` can differentiate a loss through it).
 
+use crate::collective::{tensor, Collective};
 use crate::ir::{Axis, Binary, Feature, Graph, Node, Op, Reduction, SetSource, Unary};
 use candle_core::{DType, Device, Result, Tensor};
 use std::collections::HashMap;
@@ -21,6 +22,8 @@ pub struct Inputs<'a> {
     pub z: Option<[&'a Tensor; 2]>,
     /// Values that `stopgrad` nodes take instead of their operand's (a finite-difference check holds them fixed).
     pub frozen: Option<&'a HashMap<Node, Tensor>>,
+    /// The ranks a per-rank graph runs on (`None` for a single-process graph): the features are this rank's rows.
+    pub comm: Option<&'a dyn Collective>,
 }
 
 impl Inputs<'_> {
@@ -36,8 +39,26 @@ impl Inputs<'_> {
         })
     }
 
+    /// This rank's rows of the batch.
     fn n(&self) -> usize {
         self.features[0].dims()[0]
+    }
+
+    /// The ranks' rows of the batch together: the batch size the objective means by `N`.
+    fn global_n(&self) -> usize {
+        self.n() * self.ranks()
+    }
+
+    fn ranks(&self) -> usize {
+        self.comm.map_or(1, |c| c.ranks())
+    }
+
+    fn comm(&self, g: &Graph) -> Result<&dyn Collective> {
+        match self.comm {
+            Some(c) if c.ranks() == g.ranks => Ok(c),
+            Some(c) => candle_core::bail!("a graph for {} ranks run on {}", g.ranks, c.ranks()),
+            None => candle_core::bail!("a graph for {} ranks run without a collective", g.ranks),
+        }
     }
 
     fn d(&self) -> usize {
@@ -52,14 +73,15 @@ impl Inputs<'_> {
         self.features[0].device()
     }
 
-    /// The run-time length of an axis.
+    /// The run-time length of an axis in this rank's values: a sharded axis holds this rank's rows only.
     pub fn size(&self, g: &Graph, axis: Axis) -> Result<usize> {
+        let rows = if g.is_sharded(axis) { self.n() } else { self.global_n() };
         Ok(match axis {
             Axis::N => self.n(),
             Axis::D | Axis::E | Axis::J => self.d(),
             Axis::K(_) => match g.source_of(axis) {
-                Some(SetSource::Targets) => 2 * self.n(),
-                Some(SetSource::Batch(_)) => self.n(),
+                Some(SetSource::Targets) => 2 * rows,
+                Some(SetSource::Batch(_)) => rows,
                 Some(SetSource::Fifo(i)) => self.fifo.get(i).and_then(|f| f.as_ref()).map_or(0, |f| f.dims()[0]),
                 None => candle_core::bail!("set axis {axis} has no source"),
             },
@@ -89,9 +111,12 @@ pub fn eval_node(g: &Graph, n: Node, values: &[Option<Tensor>], x: &Inputs) -> R
     Ok(match g.op(n) {
         Op::Const(v) => x.scalar(*v)?,
         Op::Param(i) => x.scalar(x.params[*i])?,
-        Op::BatchSize => x.scalar(x.n() as f64)?,
+        Op::BatchSize => x.scalar(x.global_n() as f64)?,
         Op::Dim => x.scalar(x.d() as f64)?,
-        Op::AxisSize(a) => x.scalar(x.size(g, *a)? as f64)?,
+        Op::AxisSize(a) => {
+            let ranks = if g.is_sharded(*a) { x.ranks() } else { 1 };
+            x.scalar((x.size(g, *a)? * ranks) as f64)?
+        }
         Op::Feature(f) => x.feature(*f)?.clone(),
         Op::SetRows(src, _) => match src {
             SetSource::Targets => Tensor::cat(&[x.feature(Feature::T1)?, x.feature(Feature::T2)?], 0)?.detach(),
@@ -108,7 +133,9 @@ pub fn eval_node(g: &Graph, n: Node, values: &[Option<Tensor>], x: &Inputs) -> R
         Op::Eye => Tensor::eye(x.d(), x.dtype(), x.device())?,
         Op::Keep(rows, cols, offset) => {
             let (r, c) = (x.size(g, *rows)?, x.size(g, *cols)?);
-            let shift = if *offset { x.n() } else { 0 };
+            // The own element of this rank's row i is row i of this rank's block of the gathered set.
+            let first_row = if g.is_sharded(*rows) { x.comm(g)?.rank() * r } else { 0 };
+            let shift = first_row + if *offset { x.global_n() } else { 0 };
             let data: Vec<f64> = (0..r * c).map(|k| if k % c == k / c + shift { 0.0 } else { 1.0 }).collect();
             let mask = Tensor::from_vec(data, (r, c), x.device())?.to_dtype(x.dtype())?;
             if axes == [*rows, *cols] {
@@ -170,35 +197,49 @@ pub fn eval_node(g: &Graph, n: Node, values: &[Option<Tensor>], x: &Inputs) -> R
         }
         Op::Contract(l, r, over) => contract(g, x, (get(l), g.axes_of(*l)), (get(r), g.axes_of(*r)), over, axes)?,
         Op::MatrixPower(p, m) => crate::kernels::matfn::symmetric_power(get(m), p.exponent())?,
+        Op::Gather(m, ..) => tensor::gather_rows(x.comm(g)?, get(m), parts_of(g.op(n)))?,
+        Op::AllReduce(Reduction::Sum, m) => tensor::all_reduce_sum(x.comm(g)?, get(m))?,
+        Op::AllReduce(red, m) => reduce(g, x, *red, &tensor::stack_ranks(x.comm(g)?, get(m))?, 0, axes)?,
         Op::Reduce(red, m, axis) => {
             let src_axes = g.axes_of(*m);
             let dim = src_axes.iter().position(|a| a == axis).expect("reduced axis present");
-            let t = get(m);
-            match red {
-                Reduction::Sum => t.sum(dim)?,
-                Reduction::Max if t.dims()[dim] == 0 => {
-                    let shape: Vec<usize> = axes.iter().map(|a| x.size(g, *a)).collect::<Result<_>>()?;
-                    (Tensor::ones(shape, x.dtype(), x.device())? * f64::NEG_INFINITY)?
-                }
-                Reduction::Max => t.max(dim)?,
-                Reduction::LogSumExp if t.dims()[dim] == 0 => {
-                    let shape: Vec<usize> = axes.iter().map(|a| x.size(g, *a)).collect::<Result<_>>()?;
-                    (Tensor::ones(shape, x.dtype(), x.device())? * f64::NEG_INFINITY)?
-                }
-                Reduction::LogSumExp => {
-                    // A row whose every entry is −inf (a part left empty by an exclusion, `online if v != u1` at
-                    // N = 1) is −inf with a zero gradient, not the NaN of −inf − (−inf): its maximum is taken as 0,
-                    // 1 is added under the log, and −inf added back as a constant.
-                    let m = t.max_keepdim(dim)?.detach();
-                    let empty = m.broadcast_eq(&x.scalar(f64::NEG_INFINITY)?)?;
-                    let zeros = m.zeros_like()?;
-                    let m = empty.where_cond(&zeros, &m)?;
-                    let filler = empty.to_dtype(x.dtype())?;
-                    let penalty = empty.where_cond(&(zeros.ones_like()? * f64::NEG_INFINITY)?, &zeros)?;
-                    let sum = (t.broadcast_sub(&m)?.exp()?.sum_keepdim(dim)? + filler)?;
-                    ((sum.log()? + m)? + penalty)?.squeeze(dim)?
-                }
-            }
+            reduce(g, x, *red, get(m), dim, axes)?
+        }
+    })
+}
+
+fn parts_of(op: &Op) -> usize {
+    match op {
+        Op::Gather(_, _, _, parts) => *parts as usize,
+        _ => 1,
+    }
+}
+
+/// `t` reduced over `dim`, into a value over `axes`.
+fn reduce(g: &Graph, x: &Inputs, red: Reduction, t: &Tensor, dim: usize, axes: &[Axis]) -> Result<Tensor> {
+    Ok(match red {
+        Reduction::Sum => t.sum(dim)?,
+        Reduction::Max if t.dims()[dim] == 0 => {
+            let shape: Vec<usize> = axes.iter().map(|a| x.size(g, *a)).collect::<Result<_>>()?;
+            (Tensor::ones(shape, x.dtype(), x.device())? * f64::NEG_INFINITY)?
+        }
+        Reduction::Max => t.max(dim)?,
+        Reduction::LogSumExp if t.dims()[dim] == 0 => {
+            let shape: Vec<usize> = axes.iter().map(|a| x.size(g, *a)).collect::<Result<_>>()?;
+            (Tensor::ones(shape, x.dtype(), x.device())? * f64::NEG_INFINITY)?
+        }
+        Reduction::LogSumExp => {
+            // A row whose every entry is −inf (a part left empty by an exclusion, `online if v != u1` at
+            // N = 1) is −inf with a zero gradient, not the NaN of −inf − (−inf): its maximum is taken as 0,
+            // 1 is added under the log, and −inf added back as a constant.
+            let m = t.max_keepdim(dim)?.detach();
+            let empty = m.broadcast_eq(&x.scalar(f64::NEG_INFINITY)?)?;
+            let zeros = m.zeros_like()?;
+            let m = empty.where_cond(&zeros, &m)?;
+            let filler = empty.to_dtype(x.dtype())?;
+            let penalty = empty.where_cond(&(zeros.ones_like()? * f64::NEG_INFINITY)?, &zeros)?;
+            let sum = (t.broadcast_sub(&m)?.exp()?.sum_keepdim(dim)? + filler)?;
+            ((sum.log()? + m)? + penalty)?.squeeze(dim)?
         }
     })
 }

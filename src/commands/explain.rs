@@ -17,6 +17,8 @@ pub struct IrDump {
     pub n: Option<usize>,
     /// Feature dimension D for its costs (default: the recipe's projector output).
     pub d: Option<usize>,
+    /// Also print the per-rank graph for this many data-parallel ranks, with its collectives.
+    pub ranks: Option<usize>,
 }
 
 /// Prints the explanation of the objective of `path` that `objective` names.
@@ -34,9 +36,49 @@ pub fn run(path: &Path, objective: Option<&str>, dump: IrDump, edge: &Edge) -> R
         println!("\nlowered:");
         print!("{}", lowered.dump(Some(&sizes)));
         println!("\noptimised (matrix chains reassociated at these sizes):");
-        print!("{}", ir::optimize(&lowered, &sizes).dump(Some(&sizes)));
+        let optimised = ir::optimize(&lowered, &sizes);
+        print!("{}", optimised.dump(Some(&sizes)));
+        if let Some(ranks) = dump.ranks {
+            print!("{}", communication(&o, &optimised, &sizes, ranks));
+        }
     }
     Ok(())
+}
+
+/// The per-rank graph for `ranks` ranks and a table of its collectives, with the bytes each rank receives per step.
+fn communication(o: &Objective, optimised: &ir::Lowered, sizes: &Sizes, ranks: usize) -> String {
+    let mut out = String::new();
+    let per_rank = ir::distribute::distribute(optimised, sizes, ranks, ir::distribute::Sets::ByBytes);
+    let _ =
+        writeln!(out, "\nper rank, {ranks} ranks (each holds N/{ranks} rows of the batch; sizes above are global):");
+    out.push_str(&per_rank.dump(None));
+    let g = &per_rank.graph;
+    let views = if o.symmetric { 2 } else { 1 };
+    for (form, loss_form) in [("gradient form", false), ("loss form", true)] {
+        if loss_form && per_rank.total.is_none() || !loss_form && o.positive.is_none() {
+            continue;
+        }
+        let runs = ir::distribute::runs_per_step(&per_rank, views, loss_form);
+        let transfers = ir::distribute::transfers(g, sizes);
+        let _ = writeln!(out, "\ncollectives per training step, {form} (ring algorithms; bytes each rank receives):");
+        let mut total = 0u64;
+        for t in transfers.iter().filter(|t| runs[t.node.0 as usize] > 0) {
+            let times = runs[t.node.0 as usize];
+            let axes: Vec<String> = t.axes.iter().map(|a| a.to_string()).collect();
+            let _ = writeln!(
+                out,
+                "  %{:<4} {:<10} [{}] {} elements x {times} = {} B",
+                t.node.0,
+                t.kind,
+                axes.join(", "),
+                t.elements,
+                t.bytes * times as u64
+            );
+            total += t.bytes * times as u64;
+        }
+        let _ = writeln!(out, "  total: {total} B per rank per step (besides the network's gradient all-reduce)");
+    }
+    out
 }
 
 /// The explanation of one objective of a checked program.

@@ -5,7 +5,7 @@ use crate::error::Error;
 use std::path::PathBuf;
 
 /// Verifies every objective of `files` on `device`; prints the table. Any failed check is exit 1.
-pub fn run(files: &[PathBuf], device_name: &str, edge: &Edge) -> Result<(), Failure> {
+pub fn run(files: &[PathBuf], device_name: &str, ranks: Option<usize>, edge: &Edge) -> Result<(), Failure> {
     let device = device::open(device_name)?;
     let mut rows = Vec::new();
     let mut worst = 0u8;
@@ -21,7 +21,11 @@ pub fn run(files: &[PathBuf], device_name: &str, edge: &Edge) -> Result<(), Fail
             }
         };
         for o in &program.objectives {
-            match crate::verify::verify(o, &device) {
+            let checked = match ranks {
+                Some(p) => crate::verify::verify_ranks(o, p),
+                None => crate::verify::verify(o, &device),
+            };
+            match checked {
                 Ok(r) => rows.extend(r),
                 Err(e) => {
                     let e = Error::from(e);
@@ -32,7 +36,7 @@ pub fn run(files: &[PathBuf], device_name: &str, edge: &Edge) -> Result<(), Fail
         }
     }
     let w = rows.iter().map(|r| r.objective.len()).max().unwrap_or(0).max(9);
-    println!("{:<w$} {:<17} {:>12}  {:<6} note", "objective", "check", "max rel err", "result");
+    println!("{:<w$} {:<19} {:>12}  {:<6} note", "objective", "check", "max rel err", "result");
     for r in &rows {
         let err = r.max_error.map_or("-".to_string(), |e| format!("{e:.2e}"));
         let result = match (r.pass, r.max_error) {
@@ -40,7 +44,7 @@ pub fn run(files: &[PathBuf], device_name: &str, edge: &Edge) -> Result<(), Fail
             (true, None) => "n/a",
             (false, _) => "FAIL",
         };
-        println!("{:<w$} {:<17} {:>12}  {:<6} {}", r.objective, r.check, err, result, r.note);
+        println!("{:<w$} {:<19} {:>12}  {:<6} {}", r.objective, r.check, err, result, r.note);
         if !r.pass {
             worst = worst.max(super::REJECTED);
         }

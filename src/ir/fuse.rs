@@ -170,7 +170,26 @@ fn logit(g: &Graph, x: Node, target: Node) -> Option<(Node, Scale)> {
 #[derive(PartialEq)]
 enum Key {
     Rows(SetSource),
+    /// Rows gathered from every rank (a per-rank graph): the gather node, whichever axis relabels it.
+    Gathered(Node),
     Item(Node),
+}
+
+/// The key of a node holding a set's rows [K, D], if it is one.
+fn rows_key(g: &Graph, r: Node) -> Option<Key> {
+    match g.op(r) {
+        Op::SetRows(src, _) => Some(Key::Rows(*src)),
+        Op::Gather(..) => Some(Key::Gathered(r)),
+        Op::Rename(x, a, _) if matches!(g.op(*x), Op::Gather(..)) && g.axes_of(*x).first() == Some(a) => {
+            Some(Key::Gathered(*x))
+        }
+        _ => None,
+    }
+}
+
+/// The node holding `key`'s rows along axis `k`.
+fn rows_along(g: &Graph, key: &Key, k: Axis) -> Option<Node> {
+    (0..g.ops.len() as u32).map(Node).find(|&n| g.axes_of(n) == [k, Axis::D] && rows_key(g, n).as_ref() == Some(key))
 }
 
 fn softmax_sum(g: &Graph, n: Node) -> Option<Kernel> {
@@ -188,8 +207,7 @@ fn softmax_sum(g: &Graph, n: Node) -> Option<Kernel> {
             Op::Contract(a, b, over) if over.len() == 1 => {
                 let k = over[0];
                 let (w, r) = if g.axes_of(*b) == [k, Axis::D] { (*a, *b) } else { (*b, *a) };
-                let Op::SetRows(src, _) = g.op(r) else { return None };
-                keys.push(Key::Rows(*src));
+                keys.push(rows_key(g, r)?);
                 (w, r, Candidates::Rows(r))
             }
             Op::Binary(Binary::Mul, a, b) => {
@@ -222,9 +240,8 @@ fn softmax_sum(g: &Graph, n: Node) -> Option<Kernel> {
     }
     for (piece, key) in pieces.iter().zip(&keys) {
         let ok = match (g.op(*piece), key) {
-            (Op::Reduce(Reduction::LogSumExp, y, k), Key::Rows(src)) => {
-                let rows = g.ops.iter().position(|op| *op == Op::SetRows(*src, *k)).map(|i| Node(i as u32));
-                rows.and_then(|r| logit(g, *y, r)) == Some((u, scale.clone()))
+            (Op::Reduce(Reduction::LogSumExp, y, k), Key::Rows(_) | Key::Gathered(_)) => {
+                rows_along(g, key, *k).and_then(|r| logit(g, *y, r)) == Some((u, scale.clone()))
             }
             (_, Key::Item(v)) => logit(g, *piece, *v) == Some((u, scale.clone())),
             _ => false,

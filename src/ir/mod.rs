@@ -7,6 +7,7 @@
 
 mod build;
 pub mod cost;
+pub mod distribute;
 pub mod fold;
 pub mod fuse;
 mod lower;
@@ -171,7 +172,12 @@ pub enum Reduction {
 /// The operands of an operation.
 pub fn operands(op: &Op) -> Vec<Node> {
     match op {
-        Op::Rename(n, ..) | Op::Unary(_, n) | Op::Reduce(_, n, _) | Op::MatrixPower(_, n) => vec![*n],
+        Op::Rename(n, ..)
+        | Op::Unary(_, n)
+        | Op::Reduce(_, n, _)
+        | Op::MatrixPower(_, n)
+        | Op::Gather(n, ..)
+        | Op::AllReduce(_, n) => vec![*n],
         Op::Binary(_, a, b) | Op::Contract(a, b, _) => vec![*a, *b],
         _ => vec![],
     }
@@ -186,6 +192,8 @@ pub fn map_operands(op: &Op, f: impl Fn(Node) -> Node) -> Op {
         Op::Contract(x, y, over) => Op::Contract(f(*x), f(*y), over.clone()),
         Op::Reduce(r, n, a) => Op::Reduce(*r, f(*n), *a),
         Op::MatrixPower(p, n) => Op::MatrixPower(*p, f(*n)),
+        Op::Gather(n, from, to, parts) => Op::Gather(f(*n), *from, *to, *parts),
+        Op::AllReduce(r, n) => Op::AllReduce(*r, f(*n)),
         other => other.clone(),
     }
 }
@@ -230,6 +238,13 @@ pub enum Op {
     Reduce(Reduction, Node, Axis),
     /// A power of a global symmetric matrix [D, E] (through its eigendecomposition).
     MatrixPower(MatrixPower, Node),
+    /// Data-parallel only: every rank's rows of the operand along its first axis `from` (a sharded one), laid along
+    /// `to` in the single-process order. The operand's rows are `parts` equal blocks (targets: t1 then t2); block
+    /// `p` of every rank comes before block `p + 1`. This rank's rows stay live for autodiff.
+    Gather(Node, Axis, Axis, u32),
+    /// Data-parallel only: the reduction of every rank's partial value (a sum, max or log-sum-exp over a sharded
+    /// axis, taken locally) into the global one, identical on every rank.
+    AllReduce(Reduction, Node),
 }
 
 /// The powers of a symmetric matrix the language has.
@@ -268,6 +283,8 @@ impl std::hash::Hash for Op {
             Op::Contract(x, y, axes) => (x, y, axes).hash(state),
             Op::Reduce(r, n, a) => (r, n, a).hash(state),
             Op::MatrixPower(p, n) => (p, n).hash(state),
+            Op::Gather(n, from, to, parts) => (n, from, to, parts).hash(state),
+            Op::AllReduce(r, n) => (r, n).hash(state),
             Op::Keep(r, c, o) => (r, c, o).hash(state),
             Op::BatchSize | Op::Dim | Op::Eye => {}
         }
@@ -284,6 +301,11 @@ pub struct Graph {
     index: HashMap<Op, Node>,
     /// Set axes and where their rows come from, for sizing.
     pub set_axes: Vec<(Axis, SetSource)>,
+    /// A per-rank graph (see [`distribute`]): the set axes whose rows stay split over the ranks, as the batch axis
+    /// N always is there. Empty in a single-process graph.
+    pub sharded: Vec<Axis>,
+    /// The ranks a per-rank graph runs on (0 for a single-process graph).
+    pub ranks: usize,
 }
 
 impl Graph {
@@ -307,6 +329,16 @@ impl Graph {
     /// The axes of a node.
     pub fn axes_of(&self, n: Node) -> &[Axis] {
         &self.axes[n.0 as usize]
+    }
+
+    /// An empty graph with this one's axis information (set sources, sharding), for a pass that rebuilds it.
+    pub fn empty_like(&self) -> Graph {
+        Graph { set_axes: self.set_axes.clone(), sharded: self.sharded.clone(), ranks: self.ranks, ..Graph::default() }
+    }
+
+    /// Whether `axis` holds only this rank's rows in a per-rank graph (N and the sharded set axes).
+    pub fn is_sharded(&self, axis: Axis) -> bool {
+        self.ranks > 0 && (axis == Axis::N || self.sharded.contains(&axis))
     }
 
     /// The source of a set axis.
@@ -390,6 +422,11 @@ impl Lowered {
                 }
                 Op::Reduce(r, n, a) => format!("{} %{} over {a}", format!("{r:?}").to_lowercase(), n.0),
                 Op::MatrixPower(p, n) => format!("power {} of %{}", p.exponent(), n.0),
+                Op::Gather(n, from, to, parts) => {
+                    let blocks = if *parts > 1 { format!(" in {parts} blocks") } else { String::new() };
+                    format!("all-gather %{} along {from}{blocks} as {to}", n.0)
+                }
+                Op::AllReduce(r, n) => format!("all-reduce {} %{}", format!("{r:?}").to_lowercase(), n.0),
             };
             let line = format!("%{i:<4} [{}] = {text}", axes.join(", "));
             match sizes {

@@ -2,7 +2,7 @@
 //! replaced (a product that became a contraction). This pass keeps only what the roots reach and
 //! renumbers, so dumps and cost counts show the real work.
 
-use super::{map_operands, operands, Graph, Lowered, Node};
+use super::{map_operands, operands, Lowered, Node};
 
 /// The lowered objective without unreachable nodes.
 pub fn prune(l: Lowered) -> Lowered {
@@ -15,7 +15,7 @@ pub fn prune(l: Lowered) -> Lowered {
         }
     }
     let mut map = vec![Node(u32::MAX); g.ops.len()];
-    let mut out = Graph { set_axes: g.set_axes.clone(), ..Graph::default() };
+    let mut out = g.empty_like();
     for (i, op) in g.ops.iter().enumerate() {
         if live[i] {
             let op = map_operands(op, |n| map[n.0 as usize]);

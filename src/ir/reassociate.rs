@@ -18,7 +18,7 @@ pub fn reassociate(l: &Lowered, sizes: &Sizes) -> Lowered {
     for r in l.roots() {
         uses[r.0 as usize] += 1;
     }
-    let mut out = Graph { set_axes: g.set_axes.clone(), ..Graph::default() };
+    let mut out = g.empty_like();
     let mut map = vec![Node(u32::MAX); g.ops.len()];
     for (i, op) in g.ops.iter().enumerate() {
         let m = |n: Node| map[n.0 as usize];

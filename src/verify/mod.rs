@@ -9,8 +9,11 @@ use crate::check::typed::{Family, Objective, StateKind};
 use crate::ir::cost::Sizes;
 use crate::plan::{view, Features, Plan};
 use candle_core::{DType, Device, Result, Tensor, Var};
+
+mod ranks;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+pub use ranks::{verify_ranks, RANKS_TOLERANCE_F32, RANKS_TOLERANCE_F64, RANK_SIZES};
 
 /// The tolerance of the loss-gradient check (relative to the gradient's largest entry).
 pub const LOSS_TOLERANCE: f64 = 1e-4;
@@ -238,6 +241,19 @@ fn random_matrix(rng: &mut StdRng, n: usize, d: usize, scale: f64) -> Result<Ten
     Tensor::from_vec(data, (n, d), &Device::Cpu)
 }
 
+/// The sizes a check runs at: batch `n`, dimension `d`, each fifo filled as [`prepared_state`] fills it.
+fn check_sizes(objective: &Objective, n: usize, d: usize) -> Sizes {
+    let fifo = objective
+        .states
+        .iter()
+        .map(|s| match s.kind {
+            StateKind::Fifo { size, .. } => (3 * n + 2).min(size),
+            _ => 0,
+        })
+        .collect();
+    Sizes { n, d, fifo }
+}
+
 /// A fresh state for a check: fifos hold more rows than the batch, emas have seen one batch.
 fn prepared_state(plan: &Plan, rng: &mut StdRng, n: usize, d: usize) -> Result<crate::plan::ObjectiveState> {
     let mut state = plan.initial_state();
@@ -260,16 +276,8 @@ fn step_matches_reference(objective: &Objective, device: &Device) -> Result<Row>
     let tolerance = if device.is_cpu() { FUSED_TOLERANCE } else { DEVICE_TOLERANCE };
     for &(n, d) in SIZES {
         for seed in 0..SEEDS {
-            let fifo = objective
-                .states
-                .iter()
-                .map(|s| match s.kind {
-                    StateKind::Fifo { size, .. } => (3 * n + 2).min(size),
-                    _ => 0,
-                })
-                .collect();
             let candidate = if device.is_cpu() {
-                Plan::with_backend(objective, Backend::Fused, &Sizes { n, d, fifo })
+                Plan::with_backend(objective, Backend::Fused, &check_sizes(objective, n, d))
             } else {
                 Plan::new(objective)
             };

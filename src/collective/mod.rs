@@ -1,0 +1,178 @@
+//! The collectives data-parallel training needs, behind one interface with one implementation per engine: a single
+//! process ([`Solo`]: nothing to exchange), ranks in one process ([`memory`]: threads, for `verify --ranks` and
+//! the tests), and MPI ([`mpi`], cargo feature `mpi`). Every result is bit-identical on every rank, so replicated
+//! state (weights, emas, fifos) never drifts apart.
+
+pub mod memory;
+#[cfg(feature = "mpi")]
+pub mod mpi;
+pub mod tensor;
+
+use std::fmt;
+use std::sync::Arc;
+
+/// A flat buffer of one float type (the plan runs in f32 for training and f64 for proofs).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Buffer {
+    /// Single precision.
+    F32(Vec<f32>),
+    /// Double precision.
+    F64(Vec<f64>),
+}
+
+impl Buffer {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            Buffer::F32(v) => v.len(),
+            Buffer::F64(v) => v.len(),
+        }
+    }
+
+    /// Whether it holds no element.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Elements `start..start + len`.
+    pub fn slice(&self, start: usize, len: usize) -> Buffer {
+        match self {
+            Buffer::F32(v) => Buffer::F32(v[start..start + len].to_vec()),
+            Buffer::F64(v) => Buffer::F64(v[start..start + len].to_vec()),
+        }
+    }
+
+    /// The buffers one after another (all of `first`'s type).
+    pub fn concat(parts: &[Buffer]) -> Result<Buffer, CollectiveError> {
+        match parts.first() {
+            Some(Buffer::F32(_)) | None => {
+                let mut out = Vec::new();
+                for p in parts {
+                    let Buffer::F32(v) = p else { return Err(CollectiveError::mixed()) };
+                    out.extend_from_slice(v);
+                }
+                Ok(Buffer::F32(out))
+            }
+            Some(Buffer::F64(_)) => {
+                let mut out = Vec::new();
+                for p in parts {
+                    let Buffer::F64(v) = p else { return Err(CollectiveError::mixed()) };
+                    out.extend_from_slice(v);
+                }
+                Ok(Buffer::F64(out))
+            }
+        }
+    }
+
+    /// The element-wise sum of `parts`, added in the order given (so every rank adding them gets the same bits).
+    pub fn sum(parts: &[Buffer]) -> Result<Buffer, CollectiveError> {
+        let mut acc = parts.first().cloned().ok_or_else(|| CollectiveError::new("nothing to sum"))?;
+        for p in &parts[1..] {
+            match (&mut acc, p) {
+                (Buffer::F32(a), Buffer::F32(b)) if a.len() == b.len() => {
+                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y)
+                }
+                (Buffer::F64(a), Buffer::F64(b)) if a.len() == b.len() => {
+                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y)
+                }
+                _ => return Err(CollectiveError::new("ranks contributed buffers of different types or lengths")),
+            }
+        }
+        Ok(acc)
+    }
+}
+
+/// A collective that could not complete: a rank left or died, or the ranks disagree on a buffer's shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CollectiveError(pub String);
+
+impl CollectiveError {
+    /// An error with this message.
+    pub fn new(message: impl Into<String>) -> Self {
+        CollectiveError(message.into())
+    }
+
+    fn mixed() -> Self {
+        CollectiveError::new("ranks contributed buffers of different float types")
+    }
+}
+
+impl fmt::Display for CollectiveError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CollectiveError {}
+
+impl From<CollectiveError> for candle_core::Error {
+    fn from(e: CollectiveError) -> Self {
+        candle_core::Error::Msg(format!("collective: {e}"))
+    }
+}
+
+/// The operations of data-parallel training. Every rank calls the same operations in the same order; a call
+/// returns once every rank has made it (or fails when one cannot).
+pub trait Collective {
+    /// This process's rank, 0-based.
+    fn rank(&self) -> usize;
+    /// How many ranks take part.
+    fn ranks(&self) -> usize;
+    /// Every rank's buffer (all of one length), concatenated in rank order.
+    fn all_gather(&self, local: &Buffer) -> Result<Buffer, CollectiveError>;
+    /// The element-wise sum of every rank's buffer, the same bits on every rank.
+    fn all_reduce_sum(&self, local: &Buffer) -> Result<Buffer, CollectiveError>;
+    /// Rank `root`'s buffer, on every rank (`buffer` is overwritten except on the root).
+    fn broadcast(&self, buffer: &mut Buffer, root: usize) -> Result<(), CollectiveError>;
+    /// Stops every rank of the job with `code` (a rank that failed calls it so that the others do not wait).
+    fn abort(&self, code: i32) -> !;
+}
+
+/// One process, one rank: every collective is the identity.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Solo;
+
+impl Collective for Solo {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn ranks(&self) -> usize {
+        1
+    }
+    fn all_gather(&self, local: &Buffer) -> Result<Buffer, CollectiveError> {
+        Ok(local.clone())
+    }
+    fn all_reduce_sum(&self, local: &Buffer) -> Result<Buffer, CollectiveError> {
+        Ok(local.clone())
+    }
+    fn broadcast(&self, _: &mut Buffer, _: usize) -> Result<(), CollectiveError> {
+        Ok(())
+    }
+    fn abort(&self, code: i32) -> ! {
+        std::process::exit(code)
+    }
+}
+
+/// A shared handle on this process's collective, for the plan and the training loop.
+#[derive(Clone)]
+pub struct Comm(pub Arc<dyn Collective>);
+
+impl Comm {
+    /// The handle of a single process.
+    pub fn solo() -> Comm {
+        Comm(Arc::new(Solo))
+    }
+}
+
+impl std::ops::Deref for Comm {
+    type Target = dyn Collective;
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "rank {} of {}", self.rank(), self.ranks())
+    }
+}
