@@ -69,6 +69,8 @@ code_table! {
     TrainMemory     = "ssl::train::memory",         Input,   "a step too large for the memory available";
     TrainNonFinite  = "ssl::train::nonfinite",      Input,   "a NaN or infinity in training";
     TrainCollapse   = "ssl::train::collapse",       Warning, "the online features stay collapsed";
+    RanksUnavailable = "ssl::ranks::unavailable",   Usage,   "a run started by an MPI launcher in a build without MPI";
+    RanksMismatch   = "ssl::ranks::mismatch",       Usage,   "a number of ranks that does not fit the job or the batch";
     BenchRun        = "ssl::bench::run",            Usage,   "a benchmark's training run failed";
     ExportFormat    = "ssl::export::format",        Input,   "an export to a format without the run's backbone (torchvision has no resnet_mini)";
     ExportWrite     = "ssl::export::write",         Usage,   "an exported file that cannot be written";

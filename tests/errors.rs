@@ -248,6 +248,18 @@ fn cases() -> Vec<Error> {
     let runs = root.join("sweep");
     out.extend(sweep(&["sweep", "absent.ssl", "--runs", runs.to_str().unwrap(), "--name", "s", "--format", "json"]));
 
+    // Started by an MPI launcher (its environment says so) in a build without MPI.
+    let unigrad = format!("{}/objectives/unigrad.ssl", env!("CARGO_MANIFEST_DIR"));
+    let launched = Command::new(env!("CARGO_BIN_EXE_ssl-lang"))
+        .args(["verify", "--ranks", "2", &unigrad, "--format", "json"])
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .output()
+        .unwrap();
+    if !cfg!(feature = "mpi") {
+        assert_eq!(launched.status.code(), Some(2), "{}", String::from_utf8_lossy(&launched.stderr));
+        out.extend(json_errors(&String::from_utf8_lossy(&launched.stderr)));
+    }
+
     out.extend(misused_run(&root.join("cli")));
     out.push(Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap().matmul(&features(2, 3)).unwrap_err().into());
     let _ = std::fs::remove_dir_all(&root);
@@ -343,6 +355,9 @@ fn every_code_is_produced_with_a_message_and_help() {
         .filter(|&&c| {
             c != if cfg!(feature = "cuda") { ErrorCode::DeviceNotBuilt } else { ErrorCode::DeviceUnavailable }
         })
+        // Likewise a job of another size than `--ranks` needs MPI (tests/mpi.sh produces it), and a launch into a
+        // build without MPI can only happen without it.
+        .filter(|&&c| c != if cfg!(feature = "mpi") { ErrorCode::RanksUnavailable } else { ErrorCode::RanksMismatch })
         .map(|c| c.as_str())
         .filter(|c| !seen.contains(c))
         .collect();

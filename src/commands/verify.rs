@@ -1,12 +1,21 @@
 //! `ssl-lang verify`: the proof table of every objective of the files (see [`crate::verify`]).
 
 use super::{compile_file, device, Edge, Failure};
-use crate::error::Error;
+use crate::error::{Error, ErrorCode};
+use crate::verify::World;
 use std::path::PathBuf;
 
 /// Verifies every objective of `files` on `device`; prints the table. Any failed check is exit 1.
 pub fn run(files: &[PathBuf], device_name: &str, ranks: Option<usize>, edge: &Edge) -> Result<(), Failure> {
     let device = device::open(device_name)?;
+    let world = match ranks {
+        Some(p) => Some(world(p)?),
+        None => None,
+    };
+    let rank = match &world {
+        Some(World::Process(comm)) => comm.rank(),
+        _ => 0,
+    };
     let mut rows = Vec::new();
     let mut worst = 0u8;
     for path in files {
@@ -21,8 +30,8 @@ pub fn run(files: &[PathBuf], device_name: &str, ranks: Option<usize>, edge: &Ed
             }
         };
         for o in &program.objectives {
-            let checked = match ranks {
-                Some(p) => crate::verify::verify_ranks(o, p),
+            let checked = match &world {
+                Some(w) => crate::verify::verify_world(o, w),
                 None => crate::verify::verify(o, &device),
             };
             match checked {
@@ -36,8 +45,14 @@ pub fn run(files: &[PathBuf], device_name: &str, ranks: Option<usize>, edge: &Ed
         }
     }
     let w = rows.iter().map(|r| r.objective.len()).max().unwrap_or(0).max(9);
-    println!("{:<w$} {:<19} {:>12}  {:<6} note", "objective", "check", "max rel err", "result");
-    for r in &rows {
+    if rank == 0 {
+        println!("{:<w$} {:<19} {:>12}  {:<6} note", "objective", "check", "max rel err", "result");
+    }
+    // In a job each rank checks its own rows: rank 0 prints its table, the others only what fails there.
+    for r in rows.iter().filter(|r| rank == 0 || !r.pass) {
+        if rank > 0 {
+            print!("rank {rank}: ");
+        }
         let err = r.max_error.map_or("-".to_string(), |e| format!("{e:.2e}"));
         let result = match (r.pass, r.max_error) {
             (true, Some(_)) => "pass",
@@ -53,5 +68,18 @@ pub fn run(files: &[PathBuf], device_name: &str, ranks: Option<usize>, edge: &Ed
         Ok(())
     } else {
         Err(Failure::Reported(worst))
+    }
+}
+
+/// Where `verify --ranks P` runs: in an MPI job of P processes, its world; otherwise P ranks in memory.
+fn world(ranks: usize) -> Result<World, Error> {
+    match crate::collective::job::join()? {
+        Some(comm) if comm.ranks() == ranks => Ok(World::Process(comm)),
+        Some(comm) => Err(Error::new(
+            ErrorCode::RanksMismatch,
+            format!("`--ranks {ranks}` in a job of {} processes", comm.ranks()),
+        )
+        .help(format!("start it with `mpirun -np {ranks}`, or pass `--ranks {}`", comm.ranks()))),
+        None => Ok(World::Memory(ranks)),
     }
 }

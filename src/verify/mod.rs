@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 mod ranks;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-pub use ranks::{verify_ranks, RANKS_TOLERANCE_F32, RANKS_TOLERANCE_F64, RANK_SIZES};
+pub use ranks::{verify_ranks, verify_world, World, RANKS_TOLERANCE_F32, RANKS_TOLERANCE_F64, RANK_SIZES};
 
 /// The tolerance of the loss-gradient check (relative to the gradient's largest entry).
 pub const LOSS_TOLERANCE: f64 = 1e-4;

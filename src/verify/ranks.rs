@@ -31,11 +31,16 @@ const LAYOUTS: [Sets; 3] = [Sets::Gathered, Sets::Sharded, Sets::ByBytes];
 /// What one step gave: the gradients and the states after it.
 type Outcome = (Gradients, ObjectiveState);
 
-/// Both checks of one objective on `ranks` ranks.
+/// The checks of one objective on `ranks` in-memory ranks.
 pub fn verify_ranks(objective: &Objective, ranks: usize) -> Result<Vec<Row>> {
-    let mut rows = vec![check(objective, ranks, Backend::Reference)?, check(objective, ranks, Backend::Fused)?];
+    verify_world(objective, &World::Memory(ranks))
+}
+
+/// The checks of one objective on `world`'s ranks (in a job, of this process's rank).
+pub fn verify_world(objective: &Objective, world: &World) -> Result<Vec<Row>> {
+    let mut rows = vec![check(objective, world, Backend::Reference)?, check(objective, world, Backend::Fused)?];
     if objective.total.is_some() {
-        rows.push(check_total(objective, ranks)?);
+        rows.push(check_total(objective, world)?);
     }
     Ok(rows)
 }
@@ -69,18 +74,42 @@ fn shares(f: &Features, r: usize, rows: usize) -> Result<Features> {
     })
 }
 
-/// Runs `body` on every rank of an in-memory world, one thread each, and returns each rank's result in order.
-fn on_ranks<T: Send>(ranks: usize, body: impl Fn(Comm) -> Result<T> + Sync) -> Result<Vec<T>> {
-    std::thread::scope(|s| {
-        let handles: Vec<_> = MemoryRank::world(ranks)
-            .into_iter()
-            .map(|rank| {
-                let body = &body;
-                s.spawn(move || body(Comm(Arc::new(rank))))
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| candle_core::bail!("a rank panicked"))).collect()
-    })
+/// Where the ranks of a check run.
+pub enum World {
+    /// P ranks as threads of this process, exchanging through memory.
+    Memory(usize),
+    /// This process is one rank of a real job (MPI): it checks its own rows only.
+    Process(Comm),
+}
+
+impl World {
+    fn ranks(&self) -> usize {
+        match self {
+            World::Memory(p) => *p,
+            World::Process(c) => c.ranks(),
+        }
+    }
+
+    /// Runs `body` on every rank this process holds (all of them in memory, one each in threads; its own in a
+    /// job) and returns each result with its rank's results.
+    fn run<T: Send>(&self, body: impl Fn(Comm) -> Result<T> + Sync) -> Result<Vec<T>> {
+        match self {
+            World::Process(comm) => Ok(vec![body(comm.clone())?]),
+            World::Memory(ranks) => std::thread::scope(|s| {
+                let handles: Vec<_> = MemoryRank::world(*ranks)
+                    .into_iter()
+                    .map(|rank| {
+                        let body = &body;
+                        s.spawn(move || body(Comm(Arc::new(rank))))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| candle_core::bail!("a rank panicked")))
+                    .collect()
+            }),
+        }
+    }
 }
 
 /// The worst error of rank `r`'s outcome against the single-process one.
@@ -102,9 +131,10 @@ fn error_of(mine: &Outcome, exact: &Outcome, r: usize, rows: usize) -> Result<f6
     Ok(error)
 }
 
-/// Two steps of the gradient form on `ranks` ranks of `backend` (f64 on the reference, f32 on the fused one)
+/// Two steps of the gradient form on `world`'s ranks with `backend` (f64 on the reference, f32 on the fused one)
 /// against one process on the whole batch in f64.
-fn check(objective: &Objective, ranks: usize, backend: Backend) -> Result<Row> {
+fn check(objective: &Objective, world: &World, backend: Backend) -> Result<Row> {
+    let ranks = world.ranks();
     let dtype = if backend == Backend::Fused { DType::F32 } else { DType::F64 };
     let single = Plan::new(objective);
     let mut worst = Worst::default();
@@ -146,7 +176,7 @@ fn check(objective: &Objective, ranks: usize, backend: Backend) -> Result<Row> {
             };
             let mut per_rank = Vec::new();
             for sets in LAYOUTS {
-                per_rank.extend(on_ranks(ranks, |comm| {
+                per_rank.extend(world.run(|comm| {
                     let r = comm.rank();
                     let plan = Plan::for_rank(objective, backend, &sizes, sets, comm);
                     let mine: Vec<Features> = steps.iter().map(|f| shares(f, r, rows)).collect::<Result<_>>()?;
@@ -189,8 +219,9 @@ fn check(objective: &Objective, ranks: usize, backend: Backend) -> Result<Row> {
     })
 }
 
-/// One step of the loss form on `ranks` ranks (f64): each rank's rows of ∂total at u1, u2, z1, z2, and the total.
-fn check_total(objective: &Objective, ranks: usize) -> Result<Row> {
+/// One step of the loss form on `world`'s ranks (f64): each rank's rows of ∂total at u1, u2, z1, z2, and the total.
+fn check_total(objective: &Objective, world: &World) -> Result<Row> {
+    let ranks = world.ranks();
     let single = Plan::new(objective);
     let mut worst = Worst::default();
     for &(rows, d) in RANK_SIZES {
@@ -209,7 +240,7 @@ fn check_total(objective: &Objective, ranks: usize) -> Result<Row> {
             // The fused backend's graph is the reassociated one, whose sets may shard where the lowered ones cannot
             // (`total` itself runs on reference ops in both).
             for (sets, backend) in LAYOUTS.iter().flat_map(|s| [(*s, Backend::Reference), (*s, Backend::Fused)]) {
-                per_rank.extend(on_ranks(ranks, |comm| {
+                per_rank.extend(world.run(|comm| {
                     let r = comm.rank();
                     let plan = Plan::for_rank(objective, backend, &sizes, sets, comm);
                     let zr = [share(&z[0], r, rows)?, share(&z[1], r, rows)?];
