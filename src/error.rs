@@ -71,6 +71,8 @@ code_table! {
     TrainCollapse   = "ssl::train::collapse",       Warning, "the online features stay collapsed";
     RanksUnavailable = "ssl::ranks::unavailable",   Usage,   "a run started by an MPI launcher in a build without MPI";
     RanksMismatch   = "ssl::ranks::mismatch",       Usage,   "a number of ranks that does not fit the job or the batch";
+    RanksLost       = "ssl::ranks::lost",           Usage,   "a rank that left the job (it failed or died) while the others wait for it";
+    RanksDiverged   = "ssl::ranks::diverged",       Input,   "ranks whose weights differ after a step (they must stay identical)";
     BenchRun        = "ssl::bench::run",            Usage,   "a benchmark's training run failed";
     ExportFormat    = "ssl::export::format",        Input,   "an export to a format without the run's backbone (torchvision has no resnet_mini)";
     ExportWrite     = "ssl::export::write",         Usage,   "an exported file that cannot be written";

@@ -1,20 +1,67 @@
 #!/usr/bin/env bash
-# The per-rank plans over real MPI processes: `mpirun -np 2` runs `verify --ranks 2`, each process checking its
-# rows of the gradients, loss and states against one process on the global batch; a job of another size than
-# `--ranks` is the coded error ssl::ranks::mismatch. Usage: tests/mpi.sh PATH/TO/ssl-lang (built with --features mpi).
+# Data-parallel training over real MPI processes (OpenMPI's mpirun; the binary built with --features mpi):
+#  1. `verify --ranks 2` as a 2-process job: each process checks its rows of the gradients, loss and states
+#     against one process on the global batch; a job of another size than `--ranks` is ssl::ranks::mismatch;
+#  2. `train` on 2 processes for UniGrad, SimCLR, MoCo and Barlow Twins: 10 steps each, finite losses, one run
+#     directory (rank 0's), the replicas' weights compared every logged step (a difference fails the run);
+#  3. stopped at step 5 and resumed to 10, a 2-process run logs exactly the losses of an uninterrupted one; a
+#     1-process job continues it (any P resumes);
+#  4. a rank killed mid-run ends the whole job promptly with a non-zero exit, instead of leaving the other waiting.
+# Usage: tests/mpi.sh PATH/TO/ssl-lang
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:?usage: tests/mpi.sh PATH/TO/ssl-lang}
 # CI runs as root, which OpenMPI refuses unless told; two ranks may exceed the cores it counts.
-mpi=(mpirun --allow-run-as-root --oversubscribe -np 2)
-"${mpi[@]}" "$bin" verify --ranks 2 objectives/*.ssl examples/*.ssl
+mpi=(mpirun --allow-run-as-root --oversubscribe)
+fail() { echo "mpi: $*" >&2; exit 1; }
+
+"${mpi[@]}" -np 2 "$bin" verify --ranks 2 objectives/*.ssl examples/*.ssl
 set +e
-out=$("${mpi[@]}" "$bin" --format json verify --ranks 3 objectives/unigrad.ssl 2>&1)
+out=$("${mpi[@]}" -np 2 "$bin" --format json verify --ranks 3 objectives/unigrad.ssl 2>&1)
 code=$?
 set -e
-if [ "$code" -eq 0 ] || ! grep -q 'ssl::ranks::mismatch' <<<"$out"; then
-  echo "expected ssl::ranks::mismatch from a 2-process job asked for 3 ranks, got exit $code:" >&2
-  echo "$out" >&2
-  exit 1
-fi
-echo "mpi: 2 processes agree with one; a job of the wrong size is refused"
+[ "$code" -ne 0 ] && grep -q 'ssl::ranks::mismatch' <<<"$out" || fail "a 2-process job asked for 3 ranks gave exit $code: $out"
+
+runs=$(mktemp -d)
+trap 'rm -rf "$runs"' EXIT
+tiny=(--set batch=32 --set "encoder=resnet_mini(widths = [8, 16, 16])" --set "projector=mlp(hidden = 64, out = 32)"
+      --set epochs=1 --set eval=none --limit 512 --log-every 1)
+train() { # RANKS OBJECTIVE NAME ARGS...
+  local ranks=$1 objective=$2 name=$3
+  shift 3
+  "${mpi[@]}" -np "$ranks" "$bin" train "objectives/$objective.ssl" --runs "$runs" --name "$name" "${tiny[@]}" "$@" \
+    >"$runs/$name.log" 2>&1 || { cat "$runs/$name.log" >&2; fail "training $name on $ranks processes failed"; }
+}
+steps() { grep -c '"kind":"step"' "$runs/$1/metrics.jsonl"; }
+losses() { grep '"kind":"step"' "$runs/$1/metrics.jsonl" | grep -o '"loss":[^,]*' || true; }
+
+for objective in unigrad simclr moco barlow_twins; do
+  train 2 "$objective" "$objective" --max-steps 10
+  [ "$(steps "$objective")" -eq 10 ] || fail "$objective logged $(steps "$objective") steps, not 10"
+  if losses "$objective" | grep -qiE 'nan|inf'; then fail "$objective logged a non-finite loss"; fi
+done
+[ "$(find "$runs" -maxdepth 1 -mindepth 1 -type d | wc -l)" -eq 4 ] || fail "expected one run directory per job"
+
+train 2 moco split --max-steps 5
+train 2 moco split --max-steps 10 --resume
+[ -n "$(losses moco)" ] && diff <(losses moco) <(losses split) >/dev/null \
+  || fail "a resumed 2-process run differs from an uninterrupted one"
+train 1 moco split --max-steps 12 --resume
+[ "$(steps split)" -eq 12 ] || fail "one process did not continue the 2-process run"
+
+"${mpi[@]}" -np 2 "$bin" train objectives/simclr.ssl --runs "$runs" --name dies "${tiny[@]}" --set epochs=100 \
+  >"$runs/dies.log" 2>&1 &
+job=$!
+for _ in $(seq 100); do
+  [ "$(pgrep -f "$bin train objectives/simclr.ssl" | wc -l)" -ge 2 ] && break
+  sleep 0.2
+done
+sleep 2
+kill -9 "$(pgrep -f "^$bin train objectives/simclr.ssl" | tail -1)"
+SECONDS=0
+while kill -0 "$job" 2>/dev/null; do
+  [ "$SECONDS" -lt 60 ] || { kill -9 "$job"; fail "the job still runs 60 s after one of its ranks died"; }
+  sleep 1
+done
+if wait "$job"; then fail "the job whose rank died exited 0"; fi
+echo "mpi: 2 processes agree with one; training, resume and a dead rank behave"

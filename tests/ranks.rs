@@ -103,3 +103,58 @@ fn a_batch_statistic_of_live_features_in_total_is_gathered_not_sharded() {
         .count();
     assert_eq!(live_gathers, 2, "z1 and z2 gathered: {}", l.dump(None));
 }
+
+/// Two ranks in one process (threads exchanging through memory) train 4 steps of MoCo through `train` itself: both
+/// finish — their weights compared after every step (`log_every = 1`), a difference would fail the run — and only
+/// rank 0 writes a run directory, with every step logged. (Over MPI processes: tests/mpi.sh.)
+#[test]
+fn two_in_memory_ranks_train_with_identical_weights_and_one_run_directory() {
+    use ssl_lang::collective::{memory::MemoryRank, Comm};
+    use ssl_lang::runtime::train::{train, TrainOptions};
+    let root = std::env::temp_dir().join(format!("ssl-ranks-train-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let source = std::fs::read_to_string(format!("{}/objectives/moco.ssl", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let (program, _) = ssl_lang::compile(&source);
+    let (objective, mut recipe) = (program.objectives[0].clone(), program.recipe.clone());
+    let sets: Vec<String> =
+        ["batch=32", "encoder=resnet_mini(widths = [8, 16, 16])", "projector=mlp(hidden = 64, out = 32)", "eval=none"]
+            .map(String::from)
+            .to_vec();
+    let mut o = objective.clone();
+    ssl_lang::runtime::overrides::apply(&mut recipe, &mut o, &sets).unwrap();
+    let results: Vec<Result<usize, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = MemoryRank::world(2)
+            .into_iter()
+            .map(|rank| {
+                let (o, recipe, source, root) = (&o, &recipe, &source, &root);
+                s.spawn(move || {
+                    let opts = TrainOptions {
+                        job: Some(Comm(std::rc::Rc::new(rank))),
+                        data_dir: Some(ssl_lang::data::BUNDLED_DIR.into()),
+                        runs_root: root.clone(),
+                        name: Some("two".into()),
+                        resume: false,
+                        allow_changes: false,
+                        max_steps: Some(4),
+                        limit: Some(512),
+                        backend: ssl_lang::backend::Backend::Fused,
+                        log_every: 1,
+                        overrides: vec![],
+                        device: candle_core::Device::Cpu,
+                        layers: Default::default(),
+                        stop: Default::default(),
+                        edge: ssl_lang::commands::Edge::new(ssl_lang::commands::Format::Human),
+                    };
+                    train(source, o, recipe, &opts).map(|s| s.steps).map_err(|e| e.message)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(results, vec![Ok(4), Ok(4)]);
+    let runs: Vec<_> = std::fs::read_dir(&root).unwrap().collect();
+    assert_eq!(runs.len(), 1, "rank 0 alone writes a run directory");
+    let metrics = std::fs::read_to_string(root.join("two/metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().filter(|l| l.contains("\"kind\":\"step\"")).count(), 4);
+    let _ = std::fs::remove_dir_all(&root);
+}

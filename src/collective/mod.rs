@@ -10,7 +10,7 @@ pub mod mpi;
 pub mod tensor;
 
 use std::fmt;
-use std::sync::Arc;
+use std::rc::Rc;
 
 /// A flat buffer of one float type (the plan runs in f32 for training and f64 for proofs).
 #[derive(Clone, Debug, PartialEq)]
@@ -154,14 +154,15 @@ impl Collective for Solo {
     }
 }
 
-/// A shared handle on this process's collective, for the plan and the training loop.
+/// A shared handle on this process's collective, for the plan and the training loop. Not `Send`: MPI's handles
+/// belong to the thread that initialised MPI, so each rank's plan lives on its rank's thread.
 #[derive(Clone)]
-pub struct Comm(pub Arc<dyn Collective>);
+pub struct Comm(pub Rc<dyn Collective>);
 
 impl Comm {
     /// The handle of a single process.
     pub fn solo() -> Comm {
-        Comm(Arc::new(Solo))
+        Comm(std::rc::Rc::new(Solo))
     }
 }
 

@@ -74,8 +74,25 @@ pub fn run(args: TrainArgs, stop: Arc<AtomicBool>, edge: &Edge) -> Result<(), Fa
         layers: args.layers,
         stop,
         edge: *edge,
+        job: crate::collective::job::join()?,
     };
-    let summary = train(&source.text, &objective, &recipe, &opts)?;
+    let summary = match train(&source.text, &objective, &recipe, &opts) {
+        Ok(summary) => summary,
+        // A rank that fails stops the whole job, so that no other rank waits for it in a collective.
+        Err(e) => match &opts.job {
+            Some(job) if job.ranks() > 1 => {
+                edge.report(&crate::error::Error {
+                    message: format!("rank {}: {}", job.rank(), e.message),
+                    ..e.clone()
+                });
+                job.abort(e.exit_code() as i32)
+            }
+            _ => return Err(e.into()),
+        },
+    };
+    if opts.job.as_ref().is_some_and(|j| j.rank() > 0) {
+        return Ok(());
+    }
     let report = super::report::write_for(&crate::runtime::run::RunDir { path: summary.run_dir.clone() })?;
     println!("report: {}", report.display());
     if summary.interrupted {

@@ -7,6 +7,7 @@ pub mod optim;
 pub mod overrides;
 pub mod plot;
 pub mod progress;
+pub mod ranks;
 pub mod records;
 pub mod report;
 pub mod run;

@@ -23,6 +23,11 @@ impl Progress {
         Progress { bar: Some(bar) }
     }
 
+    /// No output at all: the progress of a rank other than 0, whose rank 0 reports for the job.
+    pub fn silent() -> Self {
+        Progress { bar: None }
+    }
+
     /// A step finished; `line` is the latest metrics summary, printed as a line without a bar.
     pub fn step(&self, step: u64, line: Option<&str>) {
         match (&self.bar, line) {

@@ -11,14 +11,16 @@ use super::records::{Baseline, EndRecord, EvalRecord, Phase, Record, StepRecord}
 use super::run::{Loaded, RunConfig, RunDir, RunLock};
 use super::schedule::{target_momentum, LrSchedule};
 use crate::backend::Backend;
-use crate::check::recipe::{Form, Knn, Momentum, Recipe};
+use crate::check::recipe::{Augment, Form, Knn, Momentum, Recipe};
 use crate::check::typed::{Objective, StateKind};
+use crate::collective::Comm;
 use crate::data::loader::Loader;
 use crate::data::{self, Dataset};
 use crate::error::{Error, ErrorCode};
 use crate::eval::health::{self, first_non_finite};
 use crate::eval::{self, features::backbone_features, LinearProbe};
 use crate::ir::cost::Sizes;
+use crate::ir::distribute::Sets;
 use crate::nn::layers::l2_normalize;
 use crate::nn::{LayerImpl, Outputs, SiameseNet, Target};
 use crate::plan::{Features, ObjectiveState, Plan};
@@ -62,6 +64,9 @@ pub struct TrainOptions {
     pub stop: Arc<AtomicBool>,
     /// Where warnings (collapse, a damaged checkpoint skipped, an unclean end before) are reported.
     pub edge: Edge,
+    /// The MPI job this process is one rank of (`None`: it trains alone). Every rank trains on its rows of the
+    /// recipe's (global) batch; rank 0 alone writes the run directory and evaluates.
+    pub job: Option<Comm>,
 }
 
 /// What a finished (or stopped) run reports.
@@ -92,8 +97,10 @@ struct Trainer<'a> {
     lr: LrSchedule,
     state: ObjectiveState,
     run: RunDir,
-    /// Held for as long as the trainer writes the run directory.
-    _lock: RunLock,
+    /// Held for as long as the trainer writes the run directory (rank 0's only).
+    _lock: Option<RunLock>,
+    /// This process's job: itself alone, or one rank of several.
+    comm: Comm,
     /// `RunConfig::identity_sha256`, written into every checkpoint and required of the one resumed.
     identity: String,
     steps_per_epoch: usize,
@@ -127,6 +134,26 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
         return Err(Error::new(ErrorCode::TrainConfig, format!("batch {} is below 2", recipe.batch))
             .help("BatchNorm needs two samples: use `--set batch=2` or more"));
     }
+    let comm = opts.job.clone().unwrap_or_else(Comm::solo);
+    let (rank, ranks) = (comm.rank(), comm.ranks());
+    let root = rank == 0;
+    if !recipe.batch.is_multiple_of(ranks) || recipe.batch / ranks < 2 {
+        return Err(Error::new(
+            ErrorCode::RanksMismatch,
+            format!("batch {} does not split over {ranks} ranks into shares of two or more", recipe.batch),
+        )
+        .help(format!(
+            "the batch is global, and each rank's BatchNorm needs two samples: choose a multiple of {ranks} of at least {}, or start fewer ranks",
+            2 * ranks
+        )));
+    }
+    if ranks > 1 && recipe.augment.iter().any(|a| matches!(a, Augment::Cutmix { .. })) {
+        return Err(Error::new(
+            ErrorCode::TrainConfig,
+            "CutMix mixes images across the batch, which is split over ranks",
+        )
+        .help("train CutMix recipes in one process, or drop `cutmix(...)` from `augment`"));
+    }
     let steps_per_epoch = n_train / recipe.batch;
     let total_steps = steps_per_epoch * recipe.epochs;
     let net = SiameseNet::from_recipe(recipe, data.shape, DType::F32, &device)?.with_layers(opts.layers);
@@ -136,10 +163,15 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
     };
     let optimizer = Optimizer::new(&recipe.optimizer, net.params())?;
     let backend = if device.is_cpu() { opts.backend } else { Backend::Reference };
-    if backend != opts.backend {
+    if backend != opts.backend && root {
         println!("note: the fused gradient kernels are CPU-only; on {device:?} the plan runs candle's ops (reference)");
     }
-    let plan = Plan::with_backend(objective, backend, &Sizes::of(objective, recipe.batch, net.projection_dim()));
+    let sizes = Sizes::of(objective, recipe.batch, net.projection_dim());
+    let plan = if ranks > 1 {
+        Plan::for_rank(objective, backend, &sizes, Sets::ByBytes, comm.clone())
+    } else {
+        Plan::with_backend(objective, backend, &sizes)
+    };
     let state = plan.initial_state();
     let name = opts.name.clone().unwrap_or_else(|| super::run::default_name(&objective.name));
     let config = RunConfig {
@@ -162,11 +194,17 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
     if device.is_cpu() {
         super::memory::check(&net, recipe, super::memory::available_bytes())?;
     }
-    let (run, lock) = if opts.resume { resume_dir(opts, &name, &config)? } else { new_dir(opts, &name, &config)? };
-    if let Some(warning) = lock.unclean_warning(&run) {
+    // Only rank 0 writes the run directory; the others read it to resume.
+    let (run, lock) = match (root, opts.resume) {
+        (false, _) => (RunDir { path: opts.runs_root.join(&name) }, None),
+        (true, true) => resume_dir(opts, &name, &config).map(|(r, l)| (r, Some(l)))?,
+        (true, false) => new_dir(opts, &name, &config).map(|(r, l)| (r, Some(l)))?,
+    };
+    if let Some(warning) = lock.as_ref().and_then(|l| l.unclean_warning(&run)) {
         opts.edge.report(&warning);
     }
     let eval = match (&recipe.eval, data.eval_splits()) {
+        _ if !root => None,
         (Some(k), Ok(_)) => Some(k.clone()),
         (Some(_), Err(e)) => {
             println!("note: kNN evaluation is off: {e}");
@@ -185,6 +223,7 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
         state,
         run,
         _lock: lock,
+        comm: comm.clone(),
         identity: config.identity_sha256(),
         steps_per_epoch,
         total_steps,
@@ -197,8 +236,10 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
     let mut step = 0;
     if opts.resume {
         step = t.restore(&opts.edge)?;
-        println!("resumed {} at step {step} of {total_steps}", t.run.path.display());
-    } else {
+        if root {
+            println!("resumed {} at step {step} of {total_steps}", t.run.path.display());
+        }
+    } else if root {
         println!(
             "run {} — {} ({} training, {} test images)",
             t.run.path.display(),
@@ -236,12 +277,20 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
     let mut linear = None;
     let started = Instant::now();
     let first = step;
-    let progress = super::progress::Progress::new(stop as u64, step as u64);
+    let progress = if root {
+        super::progress::Progress::new(stop as u64, step as u64)
+    } else {
+        super::progress::Progress::silent()
+    };
     while step < stop {
-        if opts.stop.load(Ordering::SeqCst) {
+        let asked = opts.stop.load(Ordering::SeqCst);
+        let stopping = if ranks > 1 { super::ranks::agree_to_stop(&*comm, asked)? } else { asked };
+        if stopping {
             t.checkpoint(step)?;
             progress.finish();
-            println!("interrupted: checkpoint saved at step {step}; continue with --resume");
+            if root {
+                println!("interrupted: checkpoint saved at step {step}; continue with --resume");
+            }
             return Ok(TrainSummary {
                 run_dir: t.run.path.clone(),
                 steps: step,
@@ -253,10 +302,13 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
         let log = step.is_multiple_of(opts.log_every.max(1)) || step + 1 == stop;
         let record = t.step(step, log)?;
         step += 1;
+        if log && ranks > 1 {
+            super::ranks::check_replicas(&*comm, t.net.params(), step)?;
+        }
         if record.is_none() {
             progress.step(step as u64, None);
         }
-        if let Some(mut record) = record {
+        if let Some(mut record) = record.filter(|_| root) {
             let rate = (step - first) as f64 * t.recipe.batch as f64 / started.elapsed().as_secs_f64();
             let eta = (stop - step) as f64 * t.recipe.batch as f64 / rate.max(1e-9);
             record.pairs_per_s = rate;
@@ -305,8 +357,10 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
     if let Some(top1) = linear {
         println!("final linear probe {:.2} %", top1 * 100.0);
     }
-    t.run.append_metrics(&Record::End(EndRecord { step, peak_rss_mb: peak_rss_mb(), linear_top1: linear }))?;
-    t.run.plot()?;
+    if root {
+        t.run.append_metrics(&Record::End(EndRecord { step, peak_rss_mb: peak_rss_mb(), linear_top1: linear }))?;
+        t.run.plot()?;
+    }
     Ok(TrainSummary { run_dir: t.run.path.clone(), steps: step, knn: t.last_knn, linear, interrupted: false })
 }
 
@@ -347,8 +401,10 @@ fn resume_dir(opts: &TrainOptions, name: &str, config: &RunConfig) -> Result<(Ru
 }
 
 /// Σ over the batch of ⟨u, g⟩ / B: its gradient at u is g / B, which backward carries into the encoder.
-fn surrogate(u: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
-    (u * g.detach())?.sum_all()? / u.dims()[0] as f64
+/// `sum(u · g) / N` with N the global batch: its gradient at `u` is `g / N`, and summed over ranks the network's
+/// gradients are the single-process ones.
+fn surrogate(u: &Tensor, g: &Tensor, global_n: usize) -> candle_core::Result<Tensor> {
+    (u * g.detach())?.sum_all()? / global_n as f64
 }
 
 impl Trainer<'_> {
@@ -372,7 +428,9 @@ impl Trainer<'_> {
         debug_assert_eq!(made.step, step, "the loader runs the steps in order");
         let [v1, v2] = made.views;
         let device = self.net.device();
-        let (x1, x2) = (v1.global_tensor(device)?, v2.global_tensor(device)?);
+        // Every rank makes the whole batch's views (so that they do not depend on the number of ranks) and trains
+        // on its rows.
+        let (x1, x2) = (self.share(v1.global_tensor(device)?)?, self.share(v2.global_tensor(device)?)?);
         clock.lap(Phase::Augment);
 
         let o1 = self.net.forward(&x1, true)?;
@@ -409,19 +467,21 @@ impl Trainer<'_> {
             Form::Gradient => self.plan.step(&features, &mut self.state)?,
         };
         clock.lap(Phase::Plan);
-        let mut objective = (surrogate(&u1, &grads.g1)? + surrogate(&u2, &grads.g2)?)?;
+        let n = self.plan.global_n(u1.dims()[0]);
+        let mut objective = (surrogate(&u1, &grads.g1, n)? + surrogate(&u2, &grads.g2, n)?)?;
         if let Some([gz1, gz2]) = &grads.gz {
-            objective = ((objective + surrogate(&z1, gz1)?)? + surrogate(&z2, gz2)?)?;
+            objective = ((objective + surrogate(&z1, gz1, n)?)? + surrogate(&z2, gz2, n)?)?;
         }
         // Multi-crop: local crops are online views only, each pulled toward both global targets and
         // weighted as one global view (whose gradient carries the ½ of the two view orders).
-        let locals = v1.local_tensors(device)?;
+        let locals: Vec<Tensor> =
+            v1.local_tensors(device)?.into_iter().map(|t| self.share(t)).collect::<candle_core::Result<_>>()?;
         let mut local_outputs = Vec::with_capacity(locals.len());
         for local in &locals {
             let o = self.net.forward(local, true)?;
             let u = l2_normalize(&head(&o))?;
             let g = self.plan.local_gradient(&u.detach(), &features, &self.state)?;
-            objective = (objective + surrogate(&u, &(g * 0.5)?)?)?;
+            objective = (objective + surrogate(&u, &(g * 0.5)?, n)?)?;
             local_outputs.push(o);
         }
         let value = objective.to_scalar::<f32>()? as f64;
@@ -430,7 +490,10 @@ impl Trainer<'_> {
         }
         clock.lap(Phase::LocalCrops);
         let passes: Vec<&Outputs> = [&o1, &o2].into_iter().chain(&local_outputs).collect();
-        let store = self.net.backward(&objective, &passes)?;
+        let mut store = self.net.backward(&objective, &passes)?;
+        if self.comm.ranks() > 1 {
+            super::ranks::all_reduce_grads(&*self.comm, self.net.params(), &mut store)?;
+        }
         clock.lap(Phase::Backward);
         let lr = self.lr.at(step);
         self.optimizer.step(&store, lr)?;
@@ -450,7 +513,11 @@ impl Trainer<'_> {
         let d = features.u1.dims()[1];
         let loss = match &grads.loss {
             Some(loss) => {
-                let l = loss.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                let l = if self.comm.ranks() > 1 {
+                    super::ranks::global_mean(&*self.comm, loss)?
+                } else {
+                    loss.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?
+                };
                 if l == f64::NEG_INFINITY && queue_empty {
                     None
                 } else if !l.is_finite() {
@@ -494,6 +561,16 @@ impl Trainer<'_> {
             }
         }
         Ok(Some(record))
+    }
+
+    /// This rank's rows of a tensor of the whole batch's images (all of them when training alone).
+    fn share(&self, t: Tensor) -> candle_core::Result<Tensor> {
+        let ranks = self.comm.ranks();
+        if ranks == 1 {
+            return Ok(t);
+        }
+        let rows = t.dims()[0] / ranks;
+        t.narrow(0, self.comm.rank() * rows, rows)?.contiguous()
     }
 
     /// The run's error for a NaN or infinity in `what` during step `step` (counted from 0; reported from 1, as the
@@ -575,7 +652,9 @@ impl Trainer<'_> {
     /// ([`Trainer::first_poisoned`]), and a resumed state was checked when its checkpoint was read.
     fn checkpoint(&mut self, step: usize) -> Result<(), Error> {
         let checkpoint = self.snapshot(step);
-        self.run.save_checkpoint(&checkpoint)?;
+        if self.comm.rank() == 0 {
+            self.run.save_checkpoint(&checkpoint)?;
+        }
         self.last_checkpoint = Some(step);
         Ok(())
     }
@@ -583,9 +662,12 @@ impl Trainer<'_> {
     /// Loads the latest checkpoint, which must be this run's; returns its step (0 when the run has none yet: it was
     /// stopped before its first checkpoint, and starts again from the beginning).
     fn restore(&mut self, edge: &Edge) -> Result<usize, Error> {
+        let root = self.comm.rank() == 0;
         let Some(loaded) = self.run.load_checkpoint()? else {
-            println!("note: {} has no checkpoint yet; it starts again from step 0", self.run.path.display());
-            self.run.truncate_metrics(0)?;
+            if root {
+                println!("note: {} has no checkpoint yet; it starts again from step 0", self.run.path.display());
+                self.run.truncate_metrics(0)?;
+            }
             return Ok(0);
         };
         if let Some(warning) = loaded.fallback_warning() {
@@ -621,7 +703,9 @@ impl Trainer<'_> {
         let step = checkpoint.meta.step;
         self.last_knn = checkpoint.meta.knn_top1;
         self.last_checkpoint = Some(step);
-        self.run.truncate_metrics(step)?;
+        if root {
+            self.run.truncate_metrics(step)?;
+        }
         Ok(step)
     }
 }

@@ -13,7 +13,7 @@ use crate::plan::{Features, Gradients, ObjectiveState, Plan};
 use candle_core::{DType, Result, Tensor};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use std::sync::Arc;
+use std::rc::Rc;
 
 /// Rows per rank and the dimension of the cases (the global batch is P times the rows).
 pub const RANK_SIZES: &[(usize, usize)] = &[(1, 5), (3, 3), (8, 17)];
@@ -83,6 +83,14 @@ pub enum World {
 }
 
 impl World {
+    /// What the note calls the ranks.
+    fn place(&self) -> String {
+        match self {
+            World::Memory(p) => format!("{p} in-process ranks"),
+            World::Process(c) => format!("rank {} of {} MPI processes", c.rank(), c.ranks()),
+        }
+    }
+
     fn ranks(&self) -> usize {
         match self {
             World::Memory(p) => *p,
@@ -100,7 +108,7 @@ impl World {
                     .into_iter()
                     .map(|rank| {
                         let body = &body;
-                        s.spawn(move || body(Comm(Arc::new(rank))))
+                        s.spawn(move || body(Comm(Rc::new(rank))))
                     })
                     .collect();
                 handles
@@ -206,9 +214,10 @@ fn check(objective: &Objective, world: &World, backend: Backend) -> Result<Row> 
         max_error: Some(worst.error),
         pass: worst.pass(),
         note: format!(
-            "two steps on {ranks} in-process ranks ({precision}; sets gathered, sharded, and by bytes; up to \
+            "two steps on {} ({precision}; sets gathered, sharded, and by bytes; up to \
              {transfers} collectives per graph) vs one process on the global batch (f64): every rank's rows of the \
              gradients and loss vs max(|exact|, 1), every state relative{}{}",
+            world.place(),
             if kernels.is_empty() {
                 String::new()
             } else {
@@ -267,9 +276,10 @@ fn check_total(objective: &Objective, world: &World) -> Result<Row> {
         max_error: Some(worst.error),
         pass: worst.pass(),
         note: format!(
-            "the loss form on {ranks} in-process ranks (f64; lowered and reassociated graphs; sets gathered, sharded, \
+            "the loss form on {} (f64; lowered and reassociated graphs; sets gathered, sharded, \
              and by bytes): each rank's rows \
              of autodiff ∂total at u1, u2, z1, z2 and the total vs one process on the global batch{}",
+            world.place(),
             worst.note()
         ),
     })
