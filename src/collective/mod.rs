@@ -3,7 +3,6 @@
 //! the tests), and MPI ([`mpi`], cargo feature `mpi`). Every result is bit-identical on every rank, so replicated
 //! state (weights, emas, fifos) never drifts apart.
 
-pub mod job;
 pub mod memory;
 #[cfg(feature = "mpi")]
 pub mod mpi;

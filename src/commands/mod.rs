@@ -11,6 +11,7 @@ pub mod eval;
 pub mod explain;
 pub mod export;
 pub mod grad;
+pub mod job;
 pub mod report;
 pub mod sweep;
 pub mod train;

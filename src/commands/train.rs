@@ -74,7 +74,7 @@ pub fn run(args: TrainArgs, stop: Arc<AtomicBool>, edge: &Edge) -> Result<(), Fa
         layers: args.layers,
         stop,
         edge: *edge,
-        job: crate::collective::job::join()?,
+        job: super::job::join()?,
     };
     let summary = match train(&source.text, &objective, &recipe, &opts) {
         Ok(summary) => summary,

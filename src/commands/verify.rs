@@ -73,7 +73,7 @@ pub fn run(files: &[PathBuf], device_name: &str, ranks: Option<usize>, edge: &Ed
 
 /// Where `verify --ranks P` runs: in an MPI job of P processes, its world; otherwise P ranks in memory.
 fn world(ranks: usize) -> Result<World, Error> {
-    match crate::collective::job::join()? {
+    match super::job::join()? {
         Some(comm) if comm.ranks() == ranks => Ok(World::Process(comm)),
         Some(comm) => Err(Error::new(
             ErrorCode::RanksMismatch,

@@ -1,7 +1,7 @@
-//! Finding the job this process belongs to: a process started by `mpirun` (or another MPI launcher) is one rank of
-//! it, any other process is alone.
+//! Finding the job this process belongs to, from the environment its launcher set: a process started by `mpirun` (or
+//! another MPI launcher) is one rank of it, any other process is alone.
 
-use super::Comm;
+use crate::collective::Comm;
 use crate::error::{Error, ErrorCode};
 
 /// The environment variables MPI launchers set in every process they start (OpenMPI, PMIx, MPICH/Hydra).
@@ -21,7 +21,7 @@ pub fn join() -> Result<Option<Comm>, Error> {
 
 #[cfg(feature = "mpi")]
 fn connect(_ranks: usize) -> Result<Option<Comm>, Error> {
-    match super::mpi::MpiWorld::init() {
+    match crate::collective::mpi::MpiWorld::init() {
         Some(world) => Ok(Some(Comm(std::rc::Rc::new(world)))),
         None => Err(Error::new(ErrorCode::RanksUnavailable, "MPI was initialised twice in this process")
             .help("start one `ssl-lang` command per process")),
