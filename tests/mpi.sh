@@ -10,7 +10,7 @@
 # Usage: tests/mpi.sh PATH/TO/ssl-lang
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=${1:?usage: tests/mpi.sh PATH/TO/ssl-lang}
+bin=$(realpath "${1:?usage: tests/mpi.sh PATH/TO/ssl-lang}")
 # CI runs as root, which OpenMPI refuses unless told; two ranks may exceed the cores it counts.
 mpi=(mpirun --allow-run-as-root --oversubscribe)
 fail() { echo "mpi: $*" >&2; exit 1; }
