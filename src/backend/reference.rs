@@ -197,7 +197,7 @@ pub fn eval_node(g: &Graph, n: Node, values: &[Option<Tensor>], x: &Inputs) -> R
         }
         Op::Contract(l, r, over) => contract(g, x, (get(l), g.axes_of(*l)), (get(r), g.axes_of(*r)), over, axes)?,
         Op::MatrixPower(p, m) => crate::kernels::matfn::symmetric_power(get(m), p.exponent())?,
-        Op::Gather(m, ..) => tensor::gather_rows(x.comm(g)?, get(m), parts_of(g.op(n)))?,
+        Op::Gather(m, _, _, parts) => tensor::gather_rows(x.comm(g)?, get(m), *parts as usize)?,
         Op::AllReduce(Reduction::Sum, m) => tensor::all_reduce_sum(x.comm(g)?, get(m))?,
         Op::AllReduce(red, m) => reduce(g, x, *red, &tensor::stack_ranks(x.comm(g)?, get(m))?, 0, axes)?,
         Op::Reduce(red, m, axis) => {
@@ -206,13 +206,6 @@ pub fn eval_node(g: &Graph, n: Node, values: &[Option<Tensor>], x: &Inputs) -> R
             reduce(g, x, *red, get(m), dim, axes)?
         }
     })
-}
-
-fn parts_of(op: &Op) -> usize {
-    match op {
-        Op::Gather(_, _, _, parts) => *parts as usize,
-        _ => 1,
-    }
 }
 
 /// `t` reduced over `dim`, into a value over `axes`.

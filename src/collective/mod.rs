@@ -42,43 +42,54 @@ impl Buffer {
         }
     }
 
-    /// The buffers one after another (all of `first`'s type).
+    /// The buffers one after another (all of one type).
     pub fn concat(parts: &[Buffer]) -> Result<Buffer, CollectiveError> {
-        match parts.first() {
-            Some(Buffer::F32(_)) | None => {
-                let mut out = Vec::new();
-                for p in parts {
-                    let Buffer::F32(v) = p else { return Err(CollectiveError::mixed()) };
-                    out.extend_from_slice(v);
-                }
-                Ok(Buffer::F32(out))
+        fn join<T: Copy>(parts: &[Buffer], get: fn(&Buffer) -> Option<&Vec<T>>) -> Result<Vec<T>, CollectiveError> {
+            let mut out = Vec::new();
+            for p in parts {
+                out.extend_from_slice(get(p).ok_or_else(CollectiveError::mixed)?);
             }
-            Some(Buffer::F64(_)) => {
-                let mut out = Vec::new();
-                for p in parts {
-                    let Buffer::F64(v) = p else { return Err(CollectiveError::mixed()) };
-                    out.extend_from_slice(v);
-                }
-                Ok(Buffer::F64(out))
-            }
+            Ok(out)
         }
+        Ok(match parts.first() {
+            Some(Buffer::F64(_)) => Buffer::F64(join(parts, Buffer::as_f64)?),
+            _ => Buffer::F32(join(parts, Buffer::as_f32)?),
+        })
     }
 
     /// The element-wise sum of `parts`, added in the order given (so every rank adding them gets the same bits).
     pub fn sum(parts: &[Buffer]) -> Result<Buffer, CollectiveError> {
-        let mut acc = parts.first().cloned().ok_or_else(|| CollectiveError::new("nothing to sum"))?;
-        for p in &parts[1..] {
-            match (&mut acc, p) {
-                (Buffer::F32(a), Buffer::F32(b)) if a.len() == b.len() => {
-                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y)
-                }
-                (Buffer::F64(a), Buffer::F64(b)) if a.len() == b.len() => {
-                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y)
-                }
-                _ => return Err(CollectiveError::new("ranks contributed buffers of different types or lengths")),
+        fn add<T: Copy + std::ops::AddAssign>(
+            parts: &[Buffer],
+            get: fn(&Buffer) -> Option<&Vec<T>>,
+        ) -> Result<Vec<T>, CollectiveError> {
+            let mismatch = || CollectiveError::new("ranks contributed buffers of different types or lengths");
+            let mut acc = get(&parts[0]).ok_or_else(mismatch)?.clone();
+            for p in &parts[1..] {
+                let v = get(p).filter(|v| v.len() == acc.len()).ok_or_else(mismatch)?;
+                acc.iter_mut().zip(v).for_each(|(x, y)| *x += *y);
             }
+            Ok(acc)
         }
-        Ok(acc)
+        Ok(match parts.first() {
+            None => return Err(CollectiveError::new("nothing to sum")),
+            Some(Buffer::F32(_)) => Buffer::F32(add(parts, Buffer::as_f32)?),
+            Some(Buffer::F64(_)) => Buffer::F64(add(parts, Buffer::as_f64)?),
+        })
+    }
+
+    fn as_f32(&self) -> Option<&Vec<f32>> {
+        match self {
+            Buffer::F32(v) => Some(v),
+            Buffer::F64(_) => None,
+        }
+    }
+
+    fn as_f64(&self) -> Option<&Vec<f64>> {
+        match self {
+            Buffer::F64(v) => Some(v),
+            Buffer::F32(_) => None,
+        }
     }
 }
 

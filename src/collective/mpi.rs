@@ -4,6 +4,7 @@
 
 use super::{Buffer, Collective, CollectiveError};
 use mpi::collective::SystemOperation;
+use mpi::datatype::Equivalence;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
 
@@ -26,8 +27,24 @@ impl MpiWorld {
         Some(MpiWorld { _universe: universe, world, rank, ranks })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&SimpleCommunicator) -> T) -> T {
-        f(&self.world)
+    /// Every rank's `local`, concatenated in rank order.
+    fn gather<T: Equivalence + Copy + Default>(&self, local: &[T]) -> Vec<T> {
+        let mut out = vec![T::default(); local.len() * self.ranks];
+        self.world.all_gather_into(local, &mut out[..]);
+        out
+    }
+
+    /// The element-wise sum over ranks, reduced on rank 0 and broadcast from it.
+    fn sum<T: Equivalence + Copy>(&self, local: &[T]) -> Vec<T> {
+        let mut out = local.to_vec();
+        let root = self.world.process_at_rank(0);
+        if self.rank == 0 {
+            root.reduce_into_root(local, &mut out[..], SystemOperation::sum());
+        } else {
+            root.reduce_into(local, SystemOperation::sum());
+        }
+        root.broadcast_into(&mut out[..]);
+        out
     }
 }
 
@@ -41,74 +58,42 @@ impl Collective for MpiWorld {
     }
 
     fn all_gather(&self, local: &Buffer) -> Result<Buffer, CollectiveError> {
-        let len = local.len();
         // A rank with a different length would make MPI read out of bounds: agree on it first.
-        let mut lengths = vec![0u64; self.ranks];
-        self.with(|w| w.all_gather_into(&(len as u64), &mut lengths[..]));
-        if lengths.iter().any(|&l| l as usize != len) {
+        let lengths = self.gather(&[local.len() as u64]);
+        if lengths.iter().any(|&l| l as usize != local.len()) {
             return Err(CollectiveError::new(format!("ranks gathered buffers of lengths {lengths:?}")));
         }
         Ok(match local {
-            Buffer::F32(v) => {
-                let mut out = vec![0f32; len * self.ranks];
-                self.with(|w| w.all_gather_into(&v[..], &mut out[..]));
-                Buffer::F32(out)
-            }
-            Buffer::F64(v) => {
-                let mut out = vec![0f64; len * self.ranks];
-                self.with(|w| w.all_gather_into(&v[..], &mut out[..]));
-                Buffer::F64(out)
-            }
+            Buffer::F32(v) => Buffer::F32(self.gather(v)),
+            Buffer::F64(v) => Buffer::F64(self.gather(v)),
         })
     }
 
     fn all_reduce_sum(&self, local: &Buffer) -> Result<Buffer, CollectiveError> {
-        let mut out = local.clone();
-        self.with(|w| {
-            let root = w.process_at_rank(0);
-            match (local, &mut out) {
-                (Buffer::F32(v), Buffer::F32(o)) => {
-                    if self.rank == 0 {
-                        root.reduce_into_root(&v[..], &mut o[..], SystemOperation::sum());
-                    } else {
-                        root.reduce_into(&v[..], SystemOperation::sum());
-                    }
-                    root.broadcast_into(&mut o[..]);
-                }
-                (Buffer::F64(v), Buffer::F64(o)) => {
-                    if self.rank == 0 {
-                        root.reduce_into_root(&v[..], &mut o[..], SystemOperation::sum());
-                    } else {
-                        root.reduce_into(&v[..], SystemOperation::sum());
-                    }
-                    root.broadcast_into(&mut o[..]);
-                }
-                _ => unreachable!("out is a clone of local"),
-            }
-        });
-        Ok(out)
+        Ok(match local {
+            Buffer::F32(v) => Buffer::F32(self.sum(v)),
+            Buffer::F64(v) => Buffer::F64(self.sum(v)),
+        })
     }
 
     fn broadcast(&self, buffer: &mut Buffer, root: usize) -> Result<(), CollectiveError> {
+        let root = self.world.process_at_rank(root as i32);
         let mut len = buffer.len() as u64;
-        self.with(|w| w.process_at_rank(root as i32).broadcast_into(&mut len));
-        if self.rank != root {
+        root.broadcast_into(&mut len);
+        if self.rank != root.rank() as usize {
             *buffer = match buffer {
                 Buffer::F32(_) => Buffer::F32(vec![0.0; len as usize]),
                 Buffer::F64(_) => Buffer::F64(vec![0.0; len as usize]),
             };
         }
-        self.with(|w| {
-            let root = w.process_at_rank(root as i32);
-            match buffer {
-                Buffer::F32(v) => root.broadcast_into(&mut v[..]),
-                Buffer::F64(v) => root.broadcast_into(&mut v[..]),
-            }
-        });
+        match buffer {
+            Buffer::F32(v) => root.broadcast_into(&mut v[..]),
+            Buffer::F64(v) => root.broadcast_into(&mut v[..]),
+        }
         Ok(())
     }
 
     fn abort(&self, code: i32) -> ! {
-        self.with(|w| w.abort(code))
+        self.world.abort(code)
     }
 }

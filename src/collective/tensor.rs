@@ -51,11 +51,15 @@ pub fn gather_rows(comm: &dyn Collective, t: &Tensor, parts: usize) -> Result<Te
     Tensor::cat(&pieces, 0)
 }
 
+/// The element-wise sum over ranks of `t`, without a graph (the training loop's gradients and metrics).
+pub fn sum_over_ranks(comm: &dyn Collective, t: &Tensor) -> Result<Tensor> {
+    from_buffer(comm.all_reduce_sum(&to_buffer(t)?)?, t, t.dims())
+}
+
 /// The element-wise sum over ranks of `t`; its gradient flows into `t`.
 pub fn all_reduce_sum(comm: &dyn Collective, t: &Tensor) -> Result<Tensor> {
-    let total = from_buffer(comm.all_reduce_sum(&to_buffer(t)?)?, t, t.dims())?;
     // total + (t − t): the value is `total` exactly (x − x = 0), the gradient reaches `t`.
-    total + (t - t.detach())?
+    sum_over_ranks(comm, t)? + (t - t.detach())?
 }
 
 /// Every rank's `t`, stacked along a new leading axis of length P in rank order (this rank's slot is `t` itself).

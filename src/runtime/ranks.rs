@@ -16,7 +16,7 @@ pub fn all_reduce_grads(comm: &dyn Collective, params: &Params, store: &mut Grad
         return Ok(());
     }
     let flat = Tensor::cat(&present.iter().map(|(_, g)| g.flatten_all()).collect::<Result<Vec<_>>>()?, 0)?;
-    let summed = tensor::all_reduce_sum(comm, &flat.detach())?;
+    let summed = tensor::sum_over_ranks(comm, &flat)?;
     let mut offset = 0;
     for (p, g) in present {
         let n = g.elem_count();
@@ -36,7 +36,7 @@ pub fn agree_to_stop(comm: &dyn Collective, asked: bool) -> std::result::Result<
 /// The mean of `t` over every rank's rows (each rank holds the same number).
 pub fn global_mean(comm: &dyn Collective, t: &Tensor) -> Result<f64> {
     let local = t.to_dtype(DType::F64)?.mean_all()?.reshape(1)?;
-    let sum = tensor::all_reduce_sum(comm, &local)?.to_vec1::<f64>()?[0];
+    let sum = tensor::sum_over_ranks(comm, &local)?.to_vec1::<f64>()?[0];
     Ok(sum / comm.ranks() as f64)
 }
 
