@@ -63,7 +63,7 @@ fn views_per_s(data: &Dataset, recipe: &Recipe, reps: usize) -> f64 {
     let mut order = (None, Vec::new());
     let s = median(reps, || {
         step = (step + 1) % steps;
-        loader::step_views(data, recipe, steps, step, &mut order).unwrap()
+        loader::step_views(data, recipe, steps, step, loader::Share::WHOLE, &mut order).unwrap()
     });
     2.0 * recipe.batch as f64 / s
 }

@@ -397,24 +397,64 @@ fn augmentation_speed() {
     }
 }
 
+/// Data-parallel shares: rank r of P makes the views of its rows only, and they are exactly one process's views of
+/// those rows (global views and multi-crop local crops, both views' lists, several steps), for P = 2 and 4 — an
+/// image's random choices are keyed by its index in the global batch, not by who makes it.
+#[test]
+fn each_ranks_share_of_a_batch_has_the_views_one_process_makes_of_it() {
+    use ssl_lang::data::loader::{step_views, Share};
+    let mut data = data::load(&Data::FashionMnistDir(data::BUNDLED_DIR.into()), None).unwrap();
+    data.limit(64);
+    let mut augment = Recipe::default().augment;
+    augment.push(Augment::Multicrop { local: 2, scale: [0.1, 0.4], size: 14 });
+    let recipe = Recipe {
+        batch: 16,
+        augment,
+        augment2: Some(vec![Augment::Solarize { p: 0.5, threshold: 0.5 }, Augment::Hflip { p: 0.5 }]),
+        ..Default::default()
+    };
+    for step in [0, 3, 5] {
+        let whole = step_views(&data, &recipe, 4, step, Share::WHOLE, &mut (None, Vec::new())).unwrap();
+        for ranks in [2, 4] {
+            let shares: Vec<_> = (0..ranks)
+                .map(|rank| {
+                    step_views(&data, &recipe, 4, step, Share { rank, ranks }, &mut (None, Vec::new())).unwrap()
+                })
+                .collect();
+            for v in 0..2 {
+                let global: Vec<f32> = shares.iter().flat_map(|s| s[v].global.clone()).collect();
+                assert!(global == whole[v].global, "step {step}, {ranks} ranks, view {v}: global views differ");
+                for l in 0..whole[v].locals.len() {
+                    let local: Vec<f32> = shares.iter().flat_map(|s| s[v].locals[l].clone()).collect();
+                    assert!(
+                        local == whole[v].locals[l],
+                        "step {step}, {ranks} ranks, view {v}: local crop {l} differs"
+                    );
+                }
+                assert!(shares.iter().all(|s| s[v].batch == 16 / ranks));
+            }
+        }
+    }
+}
+
 /// The loader's worker hands over, in order, exactly the views the step would make itself (across an epoch boundary,
 /// from a resumed step on, with both views' lists), each epoch a permutation of the training images; dropping it
 /// midway stops its worker instead of hanging.
 #[test]
 fn the_loader_makes_each_steps_views_ahead_and_in_order() {
-    use ssl_lang::data::loader::{epoch_order, step_views, Loader};
+    use ssl_lang::data::loader::{epoch_order, step_views, Loader, Share};
     let mut data = data::load(&Data::FashionMnistDir(data::BUNDLED_DIR.into()), None).unwrap();
     data.limit(40);
     let recipe =
         Recipe { batch: 8, augment2: Some(vec![Augment::Solarize { p: 0.5, threshold: 0.5 }]), ..Default::default() };
     let data = std::sync::Arc::new(data);
     let steps_per_epoch = 40 / 8;
-    let mut loader = Loader::spawn(data.clone(), &recipe, steps_per_epoch, 3..12);
+    let mut loader = Loader::spawn(data.clone(), &recipe, steps_per_epoch, 3..12, Share::WHOLE);
     let mut order = (None, Vec::new());
     for step in 3..12 {
         let got = loader.next_step().unwrap();
         assert_eq!(got.step, step);
-        let want = step_views(&data, &recipe, steps_per_epoch, step, &mut order).unwrap();
+        let want = step_views(&data, &recipe, steps_per_epoch, step, Share::WHOLE, &mut order).unwrap();
         assert!(got.views == want, "step {step}");
         assert_ne!(got.views[0].global, got.views[1].global, "two different views");
     }
@@ -425,5 +465,5 @@ fn the_loader_makes_each_steps_views_ahead_and_in_order() {
         o.sort_unstable();
         assert_eq!(o, (0..40).collect::<Vec<_>>(), "a permutation");
     }
-    drop(Loader::spawn(data, &recipe, steps_per_epoch, 0..1000));
+    drop(Loader::spawn(data, &recipe, steps_per_epoch, 0..1000, Share::WHOLE));
 }

@@ -270,7 +270,7 @@ fn cases() -> Vec<Error> {
 
     // Ranks of a job: a batch that does not split over them (checked before any collective, so a lone rank of a
     // 2-rank world returns), one that left while another waits in a collective, replicas whose weights drifted.
-    let lone = MemoryRank::world(2).pop().map(|r| Comm(std::rc::Rc::new(r)));
+    let lone = MemoryRank::world(2).pop().map(Comm::new);
     out.push(train_error_in(&Recipe::default(), &["batch=63"], 640, &root.join("ranks"), lone));
     let mut world = MemoryRank::world(2);
     let waiting = world.pop().unwrap();

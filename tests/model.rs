@@ -131,7 +131,7 @@ fn batch_norm_train_normalises_and_updates_running_stats_exactly() -> Result<()>
         let (gamma, beta) = (Tensor::ones(3, DType::F64, &dev)?, Tensor::zeros(3, DType::F64, &dev)?);
         let (mut rm, mut rv) = (Tensor::new(&[0.5f64, -1.0, 2.0], &dev)?, Tensor::new(&[1.0f64, 2.0, 0.5], &dev)?);
         let (rm0, rv0) = (rm.to_vec1::<f64>()?, rv.to_vec1::<f64>()?);
-        let y = batch_norm_train(&x, &gamma, &beta, Some((&mut rm, &mut rv)), false, kernels)?.0;
+        let y = batch_norm_train(&x, &gamma, &beta, Some((&mut rm, &mut rv)), false, kernels, None)?.0;
         for (c, (mean, var, _)) in channel_stats(&y)?.into_iter().enumerate() {
             assert!(mean.abs() < 1e-4, "channel {c}: mean {mean}");
             assert!((var - 1.0).abs() < 1e-4, "channel {c}: var {var}");
@@ -146,7 +146,7 @@ fn batch_norm_train_normalises_and_updates_running_stats_exactly() -> Result<()>
         }
         // γ and β scale and shift the normalised output.
         let (g2, b2) = (Tensor::new(&[2.0f64, 0.5, 3.0], &dev)?, Tensor::new(&[1.0f64, -1.0, 0.0], &dev)?);
-        let y = batch_norm_train(&x, &g2, &b2, None, false, kernels)?.0;
+        let y = batch_norm_train(&x, &g2, &b2, None, false, kernels, None)?.0;
         for (c, (mean, var, _)) in channel_stats(&y)?.into_iter().enumerate() {
             let (g, b) = ([2.0, 0.5, 3.0][c], [1.0, -1.0, 0.0][c]);
             assert!((mean - b).abs() < 1e-4 && (var - g * g).abs() < 1e-3 * g * g, "channel {c}: {mean} {var}");
@@ -163,7 +163,8 @@ fn batch_norm_1d_and_eval_mode_known_values() -> Result<()> {
         let x = Tensor::new(&[[1.0f64, 10.0], [3.0, 10.0]], &dev)?;
         let (gamma, beta) = (Tensor::ones(2, DType::F64, &dev)?, Tensor::zeros(2, DType::F64, &dev)?);
         let (mut rm, mut rv) = (Tensor::zeros(2, DType::F64, &dev)?, Tensor::ones(2, DType::F64, &dev)?);
-        let y = batch_norm_train(&x, &gamma, &beta, Some((&mut rm, &mut rv)), false, kernels)?.0.to_vec2::<f64>()?;
+        let y =
+            batch_norm_train(&x, &gamma, &beta, Some((&mut rm, &mut rv)), false, kernels, None)?.0.to_vec2::<f64>()?;
         let s = 1.0 / (1.0 + BN_EPS).sqrt();
         assert!((y[0][0] + s).abs() < 1e-15 && (y[1][0] - s).abs() < 1e-15, "{y:?}");
         assert_eq!((y[0][1], y[1][1]), (0.0, 0.0), "a constant channel normalises to β");
@@ -185,9 +186,17 @@ fn batch_norm_1d_and_eval_mode_known_values() -> Result<()> {
         }
         // A single value per channel has no variance: an error, as in torch, not a NaN or a panic.
         let one = Tensor::new(&[[1.0f64, 2.0]], &dev)?;
-        assert!(batch_norm_train(&one, &gamma, &beta, None, false, kernels).is_err());
-        assert!(batch_norm_train(&Tensor::zeros((2, 3, 4), DType::F64, &dev)?, &gamma, &beta, None, false, kernels)
-            .is_err());
+        assert!(batch_norm_train(&one, &gamma, &beta, None, false, kernels, None).is_err());
+        assert!(batch_norm_train(
+            &Tensor::zeros((2, 3, 4), DType::F64, &dev)?,
+            &gamma,
+            &beta,
+            None,
+            false,
+            kernels,
+            None
+        )
+        .is_err());
     }
     Ok(())
 }
@@ -334,7 +343,7 @@ fn batch_norm_gradient_matches_finite_differences() -> Result<()> {
             for train in [true, false] {
                 let loss_t = || -> Result<Tensor> {
                     let y = if train {
-                        batch_norm_train(&x, &gamma, &beta, None, false, kernels)?.0
+                        batch_norm_train(&x, &gamma, &beta, None, false, kernels, None)?.0
                     } else {
                         batch_norm_eval(&x, &gamma, &beta, &rm, &rv, false, kernels)?.0
                     };

@@ -92,7 +92,7 @@ fn train_mode_matches_candle_autodiff() -> Result<()> {
                 let beta = random(&[c], &mut rng, dtype, 0.0)?;
                 let r = random(shape, &mut rng, dtype, 0.0)?;
                 let ours = with_grads(&x, &gamma, &beta, &r, |x, g, b| {
-                    norm::batch_norm(x, g, b, &norm::channel_stats(x)?, EPS, true, relu)
+                    norm::batch_norm(x, g, b, &norm::channel_stats(x, None)?, EPS, true, relu)
                 })?;
                 let f64s = |t: &Tensor| t.to_dtype(DType::F64);
                 let want = with_grads(&f64s(&x)?, &f64s(&gamma)?, &f64s(&beta)?, &f64s(&r)?, |x, g, b| {
@@ -101,6 +101,58 @@ fn train_mode_matches_candle_autodiff() -> Result<()> {
                 for (i, (o, w)) in ours.iter().zip(&want).enumerate() {
                     let err = max_rel_err(o, w);
                     assert!(err <= tol, "{dtype:?} {shape:?} relu={relu} output/grad #{i}: error {err:e}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Synchronised BatchNorm (`sync_bn`): P ranks (threads exchanging through memory), each passing its rows of the
+/// batch, produce exactly one process's rows of the output and of dx, and dγ, dβ shares that sum to its dγ, dβ —
+/// the forward's statistics and the backward's (Σdz, Σdz·x) are the whole batch's. f64, 1e-12 (only the order of
+/// the sums differs); 2 and 3 ranks, [B, C] and [B, C, H, W], with and without the ReLU.
+#[test]
+fn synchronised_over_ranks_equals_one_process_on_the_whole_batch() -> Result<()> {
+    use ssl_lang::collective::{memory::MemoryRank, Comm};
+    let mut rng = StdRng::seed_from_u64(7);
+    for ranks in [2, 3] {
+        for shape in [&[6usize, 5][..], &[6, 3, 4, 4], &[12, 2, 3, 3]] {
+            for relu in [false, true] {
+                let (b, c) = (shape[0], shape[1]);
+                let x = random(shape, &mut rng, DType::F64, 0.7)?;
+                let (gamma, beta) =
+                    (random(&[c], &mut rng, DType::F64, 1.0)?, random(&[c], &mut rng, DType::F64, 0.0)?);
+                let r = random(shape, &mut rng, DType::F64, 0.0)?;
+                let count = shape.iter().product::<usize>() / c;
+                let bn = |x: &Tensor, g: &Tensor, b: &Tensor, ranks: Option<&Comm>| {
+                    let stats = norm::channel_stats(x, ranks)?;
+                    assert_eq!(stats.count, count, "the statistics count the whole batch");
+                    norm::batch_norm(x, g, b, &stats, EPS, true, relu)
+                };
+                let want = with_grads(&x, &gamma, &beta, &r, |x, g, b| bn(x, g, b, None))?;
+                let share = b / ranks;
+                let per_rank: Vec<Vec<Vec<f64>>> = std::thread::scope(|s| {
+                    let handles: Vec<_> = MemoryRank::world(ranks)
+                        .into_iter()
+                        .enumerate()
+                        .map(|(k, rank)| {
+                            let (x, r, gamma, beta, bn) = (&x, &r, &gamma, &beta, &bn);
+                            s.spawn(move || -> Result<Vec<Vec<f64>>> {
+                                let comm = Comm::new(rank);
+                                let (x, r) = (x.narrow(0, k * share, share)?, r.narrow(0, k * share, share)?);
+                                with_grads(&x, gamma, beta, &r, |x, g, b| bn(x, g, b, Some(&comm)))
+                            })
+                        })
+                        .collect();
+                    handles.into_iter().map(|h| h.join().unwrap()).collect::<Result<_>>()
+                })?;
+                let rows = |i: usize| per_rank.iter().flat_map(|g| g[i].clone()).collect::<Vec<f64>>();
+                let summed = |i: usize| (0..c).map(|ch| per_rank.iter().map(|g| g[i][ch]).sum()).collect::<Vec<f64>>();
+                let got = [rows(0), rows(1), summed(2), summed(3)];
+                for (i, (o, w)) in got.iter().zip(&want).enumerate() {
+                    let err = max_rel_err(o, w);
+                    assert!(err <= 1e-12, "{ranks} ranks {shape:?} relu={relu} output/grad #{i}: error {err:e}");
                 }
             }
         }
@@ -118,7 +170,7 @@ fn eval_mode_matches_candle_autodiff() -> Result<()> {
         let (gamma, beta) = (random(&[c], &mut rng, DType::F64, 1.0)?, random(&[c], &mut rng, DType::F64, 0.0)?);
         let mean = random(&[c], &mut rng, DType::F64, 0.0)?;
         let var = random(&[c], &mut rng, DType::F64, 1.5)?;
-        let stats = ChannelStats { mean: values(&mean)?, var: values(&var)? };
+        let stats = ChannelStats::running(values(&mean)?, values(&var)?);
         let r = random(shape, &mut rng, DType::F64, 0.0)?;
         let ours = with_grads(&x, &gamma, &beta, &r, |x, g, b| norm::batch_norm(x, g, b, &stats, EPS, false, true))?;
         let want = with_grads(&x, &gamma, &beta, &r, |x, g, b| reference(x, g, b, Some((&mean, &var)), true))?;
@@ -134,7 +186,7 @@ fn eval_mode_matches_candle_autodiff() -> Result<()> {
 fn channel_stats_are_exact() -> Result<()> {
     // Two images, two channels, two pixels: channel 0 holds 1, 2, 5, 8; channel 1 holds −1, −1, −1, −1.
     let x = Tensor::from_vec(vec![1.0f64, 2.0, -1.0, -1.0, 5.0, 8.0, -1.0, -1.0], (2, 2, 1, 2), &Device::Cpu)?;
-    let s = norm::channel_stats(&x)?;
+    let s = norm::channel_stats(&x, None)?;
     assert_eq!(s.mean, vec![4.0, -1.0]);
     assert_eq!(s.var, vec![7.5, 0.0]);
     Ok(())
@@ -195,11 +247,11 @@ fn train_mode_gradient_matches_finite_differences() -> Result<()> {
     let (gamma, beta) = (random(&[2], &mut rng, DType::F64, 1.0)?, random(&[2], &mut rng, DType::F64, 0.2)?);
     let r = random(&shape, &mut rng, DType::F64, 0.0)?;
     let loss = |x: &Tensor, g: &Tensor, b: &Tensor| -> Result<f64> {
-        let y = norm::batch_norm(x, g, b, &norm::channel_stats(x)?, EPS, true, true)?;
+        let y = norm::batch_norm(x, g, b, &norm::channel_stats(x, None)?, EPS, true, true)?;
         (y * &r)?.sum_all()?.to_scalar::<f64>()
     };
     let analytic = with_grads(&x, &gamma, &beta, &r, |x, g, b| {
-        norm::batch_norm(x, g, b, &norm::channel_stats(x)?, EPS, true, true)
+        norm::batch_norm(x, g, b, &norm::channel_stats(x, None)?, EPS, true, true)
     })?;
     let h = 1e-6;
     for (arg, base) in [&x, &gamma, &beta].into_iter().enumerate() {
@@ -236,7 +288,7 @@ fn results_do_not_depend_on_the_thread_count() -> Result<()> {
     let r = random(&shape, &mut rng, DType::F32, 0.0)?;
     let run = || {
         with_grads(&x, &gamma, &beta, &r, |x, g, b| {
-            norm::batch_norm(x, g, b, &norm::channel_stats(x)?, EPS, true, true)
+            norm::batch_norm(x, g, b, &norm::channel_stats(x, None)?, EPS, true, true)
         })
     };
     let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a thread pool").install(run)?;
@@ -250,11 +302,11 @@ fn results_do_not_depend_on_the_thread_count() -> Result<()> {
 fn bad_shapes_are_errors() -> Result<()> {
     let dev = Device::Cpu;
     let x = Tensor::zeros((2, 3, 4, 4), DType::F32, &dev)?;
-    let stats = norm::channel_stats(&x)?;
+    let stats = norm::channel_stats(&x, None)?;
     let (g3, g2) = (Tensor::ones(3, DType::F32, &dev)?, Tensor::ones(2, DType::F32, &dev)?);
     assert!(norm::batch_norm(&x, &g2, &g3, &stats, EPS, true, false).is_err());
-    assert!(norm::channel_stats(&Tensor::zeros((2, 3, 4), DType::F32, &dev)?).is_err());
-    let short = ChannelStats { mean: vec![0.0; 2], var: vec![1.0; 2] };
+    assert!(norm::channel_stats(&Tensor::zeros((2, 3, 4), DType::F32, &dev)?, None).is_err());
+    let short = ChannelStats::running(vec![0.0; 2], vec![1.0; 2]);
     assert!(norm::batch_norm(&x, &g3, &g3, &short, EPS, true, false).is_err());
     Ok(())
 }

@@ -295,6 +295,11 @@ pub enum Augment {
     },
 }
 
+/// Whether a switch is off (serde's `skip_serializing_if`: a recipe without it serialises as before it existed).
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// Whether a strength is zero (serde's `skip_serializing_if`).
 fn is_zero(x: &f64) -> bool {
     *x == 0.0
@@ -367,6 +372,10 @@ pub struct Recipe {
     /// Per-channel normalisation of the images.
     #[serde(skip_serializing_if = "Normalize::is_dataset")]
     pub normalize: Normalize,
+    /// Data-parallel training: BatchNorm normalises over the whole batch (statistics and their gradient summed over
+    /// ranks) instead of each rank's share.
+    #[serde(skip_serializing_if = "is_false")]
+    pub sync_bn: bool,
 }
 
 impl Recipe {
@@ -410,6 +419,7 @@ impl Default for Recipe {
             checkpoint: 5,
             form: Form::Gradient,
             normalize: Normalize::Dataset,
+            sync_bn: false,
         }
     }
 }
@@ -464,6 +474,7 @@ pub const FIELDS: &[&str] = &[
     "checkpoint",
     "form",
     "normalize",
+    "sync_bn",
 ];
 
 /// Decodes a train block onto the defaults. Returns the recipe and the span of each field set.
@@ -519,6 +530,7 @@ fn decode_field(recipe: &mut Recipe, field: &Field, diagnostics: &mut Vec<Diagno
         "form" => d.form(v).map(|x| recipe.form = x),
         "normalize" => d.normalize(v).map(|x| recipe.normalize = x),
         "checkpoint" => d.int(v, 1, 1 << 20).map(|x| recipe.checkpoint = x),
+        "sync_bn" => d.boolean(v).map(|x| recipe.sync_bn = x),
         other => {
             let help = match did_you_mean(other, FIELDS.iter().copied()) {
                 Some(s) => format!("did you mean `{s}`?"),
@@ -1121,6 +1133,9 @@ impl std::fmt::Display for Recipe {
             Normalize::MeanStd { mean, std } => {
                 writeln!(f, "normalize  = mean_std(mean = {}, std = {})", list(mean), list(std))?
             }
+        }
+        if self.sync_bn {
+            writeln!(f, "sync_bn    = true")?;
         }
         Ok(())
     }

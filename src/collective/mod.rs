@@ -9,7 +9,7 @@ pub mod mpi;
 pub mod tensor;
 
 use std::fmt;
-use std::rc::Rc;
+use std::sync::Arc;
 
 /// A flat buffer of one float type (the plan runs in f32 for training and f64 for proofs).
 #[derive(Clone, Debug, PartialEq)]
@@ -123,8 +123,10 @@ impl From<CollectiveError> for candle_core::Error {
 }
 
 /// The operations of data-parallel training. Every rank calls the same operations in the same order; a call
-/// returns once every rank has made it (or fails when one cannot).
-pub trait Collective {
+/// returns once every rank has made it (or fails when one cannot). `Send + Sync` so that a kernel's backward (which
+/// candle may run on any thread) can take part — synchronised BatchNorm sums its gradient statistics there; calls
+/// are still made one at a time per rank.
+pub trait Collective: Send + Sync {
     /// This process's rank, 0-based.
     fn rank(&self) -> usize;
     /// How many ranks take part.
@@ -164,15 +166,20 @@ impl Collective for Solo {
     }
 }
 
-/// A shared handle on this process's collective, for the plan and the training loop. Not `Send`: MPI's handles
-/// belong to the thread that initialised MPI, so each rank's plan lives on its rank's thread.
+/// A shared handle on this process's collective, for the plan, the network's synchronised BatchNorms and the
+/// training loop.
 #[derive(Clone)]
-pub struct Comm(pub Rc<dyn Collective>);
+pub struct Comm(pub Arc<dyn Collective>);
 
 impl Comm {
+    /// A handle on `collective`.
+    pub fn new(collective: impl Collective + 'static) -> Comm {
+        Comm(Arc::new(collective))
+    }
+
     /// The handle of a single process.
     pub fn solo() -> Comm {
-        Comm(std::rc::Rc::new(Solo))
+        Comm::new(Solo)
     }
 }
 

@@ -22,7 +22,7 @@ pub fn join() -> Result<Option<Comm>, Error> {
 #[cfg(feature = "mpi")]
 fn connect(_ranks: usize) -> Result<Option<Comm>, Error> {
     match crate::collective::mpi::MpiWorld::init() {
-        Some(world) => Ok(Some(Comm(std::rc::Rc::new(world)))),
+        Some(world) => Ok(Some(Comm::new(world))),
         None => Err(Error::new(ErrorCode::RanksUnavailable, "MPI was initialised twice in this process")
             .help("start one `ssl-lang` command per process")),
     }

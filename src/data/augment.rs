@@ -3,7 +3,9 @@
 //! One call makes one view of every image of a batch (f32 `[B, C, S, S]` in [0, 1], C = 1 or 3, square images of
 //! side S), plus the
 //! multi-crop local views and the CutMix pairing when the recipe asks for them. A Siamese pair is two
-//! calls with two random streams ([`view_rng`]). Everything is plain loops over reused f32 buffers:
+//! calls with two random streams ([`view_rng`]). Each image draws from a stream of its own, keyed by the view's
+//! stream and the image's index in the global batch, so a rank that makes only its rows of a batch
+//! ([`augment_rows`]) makes exactly the views one process would. Everything is plain loops over reused f32 buffers:
 //! no allocation per pixel or per image, and about a millisecond for 512 images (see the report in
 //! `tests/data.rs`).
 //!
@@ -138,6 +140,18 @@ const MAX_RADIUS: usize = 64;
 /// the recipe's augmentations in order, each channel alike; `multicrop` adds local crops and `cutmix` mixes the
 /// global view. Deterministic for a given `rng` state.
 pub fn augment<P: Pixel>(images: &[P], shape: Shape, ops: &[Augment], rng: &mut StdRng) -> Result<Views, DataError> {
+    augment_rows(images, shape, ops, rng, 0)
+}
+
+/// [`augment`] of the rows of a global batch that start at row `first`: each image's random choices are those
+/// it gets in the whole batch, whoever makes it. (CutMix pairs images across the batch: the whole batch only.)
+pub fn augment_rows<P: Pixel>(
+    images: &[P],
+    shape: Shape,
+    ops: &[Augment],
+    rng: &mut StdRng,
+    first: usize,
+) -> Result<Views, DataError> {
     validate(ops)?;
     if shape.height != shape.width {
         return Err(DataError::Shape {
@@ -153,9 +167,14 @@ pub fn augment<P: Pixel>(images: &[P], shape: Shape, ops: &[Augment], rng: &mut 
         _ => None,
     });
 
+    // One stream per image, keyed by the batch's stream and the image's global index: its global view first, then
+    // its local crops.
+    let key: u64 = rng.gen();
+    let mut streams: Vec<StdRng> =
+        (first..first + batch).map(|i| StdRng::seed_from_u64(splitmix(key ^ splitmix(i as u64)))).collect();
     let mut scratch = Scratch::default();
     let mut global = vec![0.0f32; batch * pixels];
-    for (src, dst) in images.chunks_exact(pixels).zip(global.chunks_exact_mut(pixels)) {
+    for ((src, dst), rng) in images.chunks_exact(pixels).zip(global.chunks_exact_mut(pixels)).zip(&mut streams) {
         scratch.run(src, channels, side, &global_ops, dst, rng);
     }
 
@@ -177,7 +196,8 @@ pub fn augment<P: Pixel>(images: &[P], shape: Shape, ops: &[Augment], rng: &mut 
         local_size = size;
         for _ in 0..local {
             let mut buf = vec![0.0f32; batch * channels * size * size];
-            for (src, dst) in images.chunks_exact(pixels).zip(buf.chunks_exact_mut(channels * size * size)) {
+            let dsts = buf.chunks_exact_mut(channels * size * size);
+            for ((src, dst), rng) in images.chunks_exact(pixels).zip(dsts).zip(&mut streams) {
                 scratch.run(src, channels, side, &local_ops, dst, rng);
             }
             locals.push(buf);

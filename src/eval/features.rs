@@ -2,6 +2,7 @@
 //! printed beside every number.
 
 use crate::check::recipe::Knn;
+use crate::collective::{tensor::gather_rows, Collective};
 use crate::data::{self, Dataset, Norm, Shape};
 use crate::error::Error;
 use crate::nn::SiameseNet;
@@ -21,6 +22,26 @@ pub fn backbone_features(net: &SiameseNet, images: &[u8], shape: Shape, norm: &N
         return Ok(Tensor::zeros((0, net.backbone_dim()), net.dtype(), net.device())?);
     }
     Ok(Tensor::cat(&chunks, 0)?)
+}
+
+/// [`backbone_features`] of every image, each rank extracting one block of them: rank r of P takes images
+/// r·⌈n/P⌉.. (the last block padded with zero features), and the blocks are all-gathered, so every rank returns
+/// the features of all n images in order. The ranks' networks must hold the same weights and running statistics.
+pub fn backbone_features_over(
+    comm: &dyn Collective,
+    net: &SiameseNet,
+    images: &[u8],
+    shape: Shape,
+    norm: &Norm,
+) -> Result<Tensor, Error> {
+    let n = shape.images_in(images.len())?;
+    let block = n.div_ceil(comm.ranks());
+    let start = (comm.rank() * block).min(n);
+    let end = (start + block).min(n);
+    let mine = backbone_features(net, &images[start * shape.pixels()..end * shape.pixels()], shape, norm)?;
+    let padding = Tensor::zeros((block - (end - start), net.backbone_dim()), net.dtype(), net.device())?;
+    let all = gather_rows(comm, &Tensor::cat(&[&mine, &padding], 0)?, 1)?;
+    Ok(all.narrow(0, 0, n)?)
 }
 
 /// The kNN protocol, printed with every number.

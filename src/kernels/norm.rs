@@ -9,10 +9,15 @@
 //!
 //! Layout: NCHW [B, C, H, W] or [B, C], seen as [B, C, S] with S = H·W or 1. Other devices and dtypes than the CPU
 //! with f32/f64 are the caller's to route to candle's ops (see `model::batch_norm_train`).
+//!
+//! Synchronised BatchNorm (data-parallel training, `sync_bn = true`): the forward's per-channel sums and the
+//! backward's (Σdz, Σdz·x) are summed over the ranks whose shares make up the batch, so every rank normalises with,
+//! and differentiates through, the statistics of the whole batch, as one process would.
 
 use super::gemm::Float;
 use super::simd::vectorized;
 use super::{read, zeros};
+use crate::collective::{Buffer, Comm};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
@@ -26,6 +31,26 @@ pub struct ChannelStats {
     pub mean: Vec<f64>,
     /// Biased variance per channel (what train mode normalises with).
     pub var: Vec<f64>,
+    /// Values per channel they summarise (over every rank's share when synchronised; 0 for running statistics).
+    pub count: usize,
+    /// The ranks whose shares of the batch they span (synchronised BatchNorm), over which the backward then sums
+    /// its own statistics too; `None`: this process's batch alone.
+    pub ranks: Option<Comm>,
+}
+
+impl ChannelStats {
+    /// Running statistics (eval mode): constants, summarising no batch of their own.
+    pub fn running(mean: Vec<f64>, var: Vec<f64>) -> Self {
+        ChannelStats { mean, var, count: 0, ranks: None }
+    }
+}
+
+/// The element-wise sum of `v` over `ranks`.
+fn sum_over(ranks: &Comm, v: Vec<f64>) -> Result<Vec<f64>> {
+    match ranks.all_reduce_sum(&Buffer::F64(v))? {
+        Buffer::F64(sum) => Ok(sum),
+        Buffer::F32(_) => bail!("internal: an f64 all-reduce returned f32"),
+    }
 }
 
 /// [B, C, S] from [B, C] or [B, C, H, W].
@@ -43,15 +68,20 @@ fn images_per_task(c: usize, s: usize) -> usize {
     TASK_ELEMS.div_ceil(c * s).max(1)
 }
 
-/// Per-channel mean and biased variance of x [B, C, (H, W)], in f64, in one pass. f32 or f64 on the CPU.
-pub fn channel_stats(x: &Tensor) -> Result<ChannelStats> {
+/// Per-channel mean and biased variance of x [B, C, (H, W)], in f64, in one pass. f32 or f64 on the CPU. With
+/// `ranks`, x is this rank's share of the batch and the statistics are the whole batch's (one all-reduce).
+pub fn channel_stats(x: &Tensor, ranks: Option<&Comm>) -> Result<ChannelStats> {
     let (b, c, s) = bcs(x.dims())?;
-    let sums = x.apply_op1_no_bwd(&SumsOp)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-    let n = (b * s) as f64;
+    let mut sums = x.apply_op1_no_bwd(&SumsOp)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    sums.push((b * s) as f64);
+    if let Some(ranks) = ranks {
+        sums = sum_over(ranks, sums)?;
+    }
+    let n = sums[2 * c];
     let mean: Vec<f64> = sums[..c].iter().map(|v| v / n).collect();
     // Σx² / n − mean², accumulated in f64: exact enough unless |mean| / std exceeds ~1e6.
-    let var = sums[c..].iter().zip(&mean).map(|(q, m)| (q / n - m * m).max(0.0)).collect();
-    Ok(ChannelStats { mean, var })
+    let var = sums[c..2 * c].iter().zip(&mean).map(|(q, m)| (q / n - m * m).max(0.0)).collect();
+    Ok(ChannelStats { mean, var, count: n as usize, ranks: ranks.cloned() })
 }
 
 /// `relu?(γ·(x − mean)/√(var + eps) + β)` per channel, recording the backward pass. With `batch` the statistics are
@@ -69,8 +99,7 @@ pub fn batch_norm(
     if gamma.dims() != [c] || beta.dims() != [c] || stats.mean.len() != c || stats.var.len() != c {
         bail!("batch norm over {c} channels got scale {:?} and shift {:?}", gamma.dims(), beta.dims());
     }
-    let invstd = stats.var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-    x.apply_op3(gamma, beta, BatchNormOp { mean: stats.mean.clone(), invstd, batch, relu })
+    x.apply_op3(gamma, beta, BatchNormOp::new(stats, eps, batch, relu))
 }
 
 /// `relu(a + b)`, recording the backward pass: the residual join of a BasicBlock in one pass each way.
@@ -94,8 +123,7 @@ pub fn batch_norm_backward(
     batch: bool,
     relu: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let invstd = stats.var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-    BatchNormOp { mean: stats.mean.clone(), invstd, batch, relu }.backward(x, gamma, y, dy)
+    BatchNormOp::new(stats, eps, batch, relu).backward(x, gamma, y, dy)
 }
 
 /// `dy` where `y > 0`, else 0: the ReLU's backward from its output (no graph).
@@ -241,11 +269,18 @@ fn forward<T: Float>(op: &BatchNormOp, x: &[T], gamma: &[T], beta: &[T], (c, s):
     y
 }
 
-/// [dx ‖ dγ ‖ dβ] from dy, x and the forward's output y.
-fn backward<T: Float>(g: &BatchNormGradOp, dy: &[T], x: &[T], y: &[T], (b, c, s): (usize, usize, usize)) -> Vec<T> {
+/// [dx ‖ dγ ‖ dβ] from dy, x and the forward's output y. dγ and dβ are this rank's shares (the training loop sums
+/// parameter gradients over ranks); dx, in train mode, differentiates through the statistics of the whole batch.
+fn backward<T: Float>(
+    g: &BatchNormGradOp,
+    dy: &[T],
+    x: &[T],
+    y: &[T],
+    (b, c, s): (usize, usize, usize),
+) -> Result<Vec<T>> {
     let op = &g.op;
     let rows = |r: usize| r * s..(r + 1) * s;
-    let sums = reduce_channels(
+    let mut sums = reduce_channels(
         b,
         c,
         s,
@@ -255,13 +290,22 @@ fn backward<T: Float>(g: &BatchNormGradOp, dy: &[T], x: &[T], y: &[T], (b, c, s)
             grad_sums(&dy[r.clone()], &x[r.clone()], &y[r], op.relu)
         },
     );
-    let n = (b * s) as f64;
     // dβ = Σdz, dγ = Σdz·x̂ = invstd·(Σdz·x − mean·Σdz).
-    let dbeta: Vec<f64> = sums[..c].to_vec();
-    let dgamma: Vec<f64> = (0..c).map(|ch| op.invstd[ch] * (sums[c + ch] - op.mean[ch] * dbeta[ch])).collect();
-    // dx = k·(dz − dβ/n − x̂·dγ/n), k = γ·invstd, in train mode; dx = k·dz in eval mode.
+    let param_grads = |sums: &[f64]| -> (Vec<f64>, Vec<f64>) {
+        let dbeta = sums[..c].to_vec();
+        let dgamma = (0..c).map(|ch| op.invstd[ch] * (sums[c + ch] - op.mean[ch] * dbeta[ch])).collect();
+        (dgamma, dbeta)
+    };
+    let (dgamma, dbeta) = param_grads(&sums);
+    // dx = k·(dz − dβ/n − x̂·dγ/n), k = γ·invstd, in train mode (dβ, dγ and n of the whole batch); k·dz in eval mode.
     let k: Vec<T> = cast(&(0..c).map(|ch| g.gamma[ch] * op.invstd[ch]).collect::<Vec<_>>());
     let (db_n, dg_n): (Vec<T>, Vec<T>) = if op.batch {
+        sums.push((b * s) as f64);
+        if let Some(ranks) = &op.ranks {
+            sums = sum_over(ranks, sums)?;
+        }
+        let n = sums[2 * c];
+        let (dgamma, dbeta) = param_grads(&sums);
         (
             cast(&dbeta.iter().map(|v| v / n).collect::<Vec<_>>()),
             cast(&dgamma.iter().map(|v| v / n).collect::<Vec<_>>()),
@@ -287,7 +331,7 @@ fn backward<T: Float>(g: &BatchNormGradOp, dy: &[T], x: &[T], y: &[T], (b, c, s)
     );
     params[..c].copy_from_slice(&cast::<T>(&dgamma));
     params[c..].copy_from_slice(&cast::<T>(&dbeta));
-    out
+    Ok(out)
 }
 
 /// `f(a[i], b[i])` for every i, in parallel chunks.
@@ -384,12 +428,13 @@ impl candle_core::CustomOp1 for SumsOp {
 }
 
 /// The normalisation with fixed per-channel statistics; its backward accounts for them being the batch's own when
-/// `batch` is set.
+/// `batch` is set (over `ranks`' shares of it when synchronised).
 struct BatchNormOp {
     mean: Vec<f64>,
     invstd: Vec<f64>,
     batch: bool,
     relu: bool,
+    ranks: Option<Comm>,
 }
 
 impl CustomOp3 for BatchNormOp {
@@ -408,7 +453,11 @@ impl CustomOp3 for BatchNormOp {
     ) -> Result<(CpuStorage, Shape)> {
         let (_, c, s) = bcs(l1.dims())?;
         let operands = [(s1, l1), (s2, l2), (s3, l3)];
-        let y = ternary(operands, |x, g, b| forward(self, x, g, b, (c, s)), |x, g, b| forward(self, x, g, b, (c, s)))?;
+        let y = ternary(
+            operands,
+            |x, g, b| Ok(forward(self, x, g, b, (c, s))),
+            |x, g, b| Ok(forward(self, x, g, b, (c, s))),
+        )?;
         Ok((y, l1.shape().clone()))
     }
 
@@ -426,11 +475,21 @@ impl CustomOp3 for BatchNormOp {
 }
 
 impl BatchNormOp {
+    fn new(stats: &ChannelStats, eps: f64, batch: bool, relu: bool) -> Self {
+        let invstd = stats.var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+        BatchNormOp { mean: stats.mean.clone(), invstd, batch, relu, ranks: stats.ranks.clone() }
+    }
+
     /// (dx, dγ, dβ) through one [`BatchNormGradOp`], whose flat result is split without copies.
     fn backward(&self, x: &Tensor, gamma: &Tensor, y: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let c = gamma.elem_count();
         let grad = BatchNormGradOp {
-            op: BatchNormOp { mean: self.mean.clone(), invstd: self.invstd.clone(), ..*self },
+            op: BatchNormOp {
+                mean: self.mean.clone(),
+                invstd: self.invstd.clone(),
+                ranks: self.ranks.clone(),
+                ..*self
+            },
             gamma: gamma.to_dtype(DType::F64)?.to_vec1()?,
         };
         let packed = dy.apply_op3_no_bwd(x, y, &grad)?;
@@ -511,15 +570,15 @@ impl CustomOp2 for ZipOp {
 /// Runs a three-operand kernel in the operands' float type.
 fn ternary(
     [(s1, l1), (s2, l2), (s3, l3)]: [(&CpuStorage, &Layout); 3],
-    f32: impl FnOnce(&[f32], &[f32], &[f32]) -> Vec<f32>,
-    f64: impl FnOnce(&[f64], &[f64], &[f64]) -> Vec<f64>,
+    f32: impl FnOnce(&[f32], &[f32], &[f32]) -> Result<Vec<f32>>,
+    f64: impl FnOnce(&[f64], &[f64], &[f64]) -> Result<Vec<f64>>,
 ) -> Result<CpuStorage> {
     Ok(match (s1, s2, s3) {
         (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
-            CpuStorage::F32(f32(&read(s1, l1)?, &read(s2, l2)?, &read(s3, l3)?))
+            CpuStorage::F32(f32(&read(s1, l1)?, &read(s2, l2)?, &read(s3, l3)?)?)
         }
         (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
-            CpuStorage::F64(f64(&read(s1, l1)?, &read(s2, l2)?, &read(s3, l3)?))
+            CpuStorage::F64(f64(&read(s1, l1)?, &read(s2, l2)?, &read(s3, l3)?)?)
         }
         _ => bail!("batch norm: f32 or f64 operands of one dtype expected"),
     })

@@ -5,6 +5,7 @@ use super::arch::{Arch, Bn, Conv, Linear, MlpNet, ResNet, STEM_POOL};
 use super::layers::{add_relu, batch_norm_eval, batch_norm_train, conv2d, global_avg_pool, linear, max_pool2d};
 use super::siamese::Outputs;
 use super::LayerImpl;
+use crate::collective::Comm;
 use crate::kernels::conv::WorkCounter;
 use crate::kernels::norm;
 use candle_core::{bail, Result, Tensor, Var};
@@ -56,6 +57,8 @@ pub(super) struct Ctx<'a> {
     pub(super) layers: LayerImpl,
     /// Where our convolutions count their work.
     pub(super) work: &'a Arc<WorkCounter>,
+    /// The ranks train-mode BatchNorm synchronises its statistics over (`sync_bn`), if any.
+    pub(super) sync: Option<&'a Comm>,
 }
 
 impl<'a> Ctx<'a> {
@@ -66,8 +69,9 @@ impl<'a> Ctx<'a> {
         train: bool,
         layers: LayerImpl,
         work: &'a Arc<WorkCounter>,
+        sync: Option<&'a Comm>,
     ) -> Self {
-        Ctx { p, stats, train, tape: None, layers, work }
+        Ctx { p, stats, train, tape: None, layers, work, sync }
     }
 
     /// The same pass, recording what our backward needs.
@@ -82,13 +86,13 @@ impl<'a> Ctx<'a> {
 
     /// BatchNorm, followed by a ReLU when `relu`.
     pub(super) fn bn(&mut self, x: &Tensor, b: &Bn, relu: bool) -> Result<Tensor> {
-        let (gamma, beta, k) = (&self.p[b.gamma], &self.p[b.beta], self.layers);
+        let (gamma, beta, k, sync) = (&self.p[b.gamma], &self.p[b.beta], self.layers, self.sync);
         let (y, stats) = match (&mut self.stats, self.train) {
             (Stats::Mut(s), true) => match &mut s[b.stats..b.stats + 2] {
-                [rm, rv] => batch_norm_train(x, gamma, beta, Some((rm, rv)), relu, k)?,
+                [rm, rv] => batch_norm_train(x, gamma, beta, Some((rm, rv)), relu, k, sync)?,
                 _ => bail!("internal: running statistics out of range"),
             },
-            (Stats::Ref(_), true) => batch_norm_train(x, gamma, beta, None, relu, k)?,
+            (Stats::Ref(_), true) => batch_norm_train(x, gamma, beta, None, relu, k, sync)?,
             (Stats::Mut(s), false) => batch_norm_eval(x, gamma, beta, &s[b.stats], &s[b.stats + 1], relu, k)?,
             (Stats::Ref(s), false) => batch_norm_eval(x, gamma, beta, &s[b.stats], &s[b.stats + 1], relu, k)?,
         };

@@ -2,6 +2,7 @@
 //! one place: ours (the `kernels` CustomOps) or candle's composable ops.
 
 use super::LayerImpl;
+use crate::collective::Comm;
 use crate::kernels::conv::{self, WorkCounter};
 use crate::kernels::norm;
 use candle_core::{bail, DType, Result, Tensor};
@@ -107,6 +108,8 @@ fn maybe_relu(y: Tensor, relu: bool) -> Result<Tensor> {
 /// when `running` is given, updates the running mean and (unbiased) variance with momentum [`BN_MOMENTUM`]. Works
 /// on [B, C] and [B, C, H, W]; the gradient flows to `x`, `gamma` and `beta` through the batch statistics. Errors
 /// (as torch does) when a channel has a single value, whose variance is undefined.
+/// With `ranks` (synchronised BatchNorm) x is this rank's share of the batch, and the statistics and their
+/// gradient are the whole batch's; our kernels only.
 /// Returns the output and, when our kernels ran it, the statistics it normalised with (what our backward reads).
 pub fn batch_norm_train(
     x: &Tensor,
@@ -115,16 +118,20 @@ pub fn batch_norm_train(
     running: Option<(&mut Tensor, &mut Tensor)>,
     relu: bool,
     layers: LayerImpl,
+    ranks: Option<&Comm>,
 ) -> Result<(Tensor, Option<norm::ChannelStats>)> {
-    let (x3, c, n) = bn_view(x, gamma)?;
-    if n < 2 {
+    let (x3, c, mut n) = bn_view(x, gamma)?;
+    if n < 2 && ranks.is_none() {
         bail!("batch norm in train mode needs more than one value per channel, got input {:?}", x.dims());
     }
     let (y, batch_mean, batch_var, saved) = if fused(layers, x) {
-        let stats = norm::channel_stats(x)?;
+        let stats = norm::channel_stats(x, ranks)?;
+        n = stats.count;
         let y = norm::batch_norm(x, gamma, beta, &stats, BN_EPS, true, relu)?;
         let device = x.device();
         (y, Tensor::new(stats.mean.as_slice(), device)?, Tensor::new(stats.var.as_slice(), device)?, Some(stats))
+    } else if ranks.is_some() {
+        bail!("synchronised BatchNorm runs on our CPU kernels only, not on {:?}", x.device().location());
     } else {
         let mean = channel_mean(&x3, n)?;
         let centred = x3.broadcast_sub(&mean)?;
@@ -157,7 +164,7 @@ pub fn batch_norm_eval(
     if fused(layers, x) {
         let mean = mean.to_dtype(DType::F64)?.to_vec1()?;
         let var = var.to_dtype(DType::F64)?.to_vec1()?;
-        let stats = norm::ChannelStats { mean, var };
+        let stats = norm::ChannelStats::running(mean, var);
         return Ok((norm::batch_norm(x, gamma, beta, &stats, BN_EPS, false, relu)?, Some(stats)));
     }
     let scale = (var + BN_EPS)?.sqrt()?.recip()?.mul(gamma)?;

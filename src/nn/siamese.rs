@@ -6,6 +6,7 @@ use super::layers::fused_layers;
 use super::params::{load_named, Buffers, Params};
 use super::LayerImpl;
 use crate::check::recipe::{Encoder as EncoderSpec, Mlp as MlpSpec, Recipe};
+use crate::collective::Comm;
 use crate::data::Shape;
 use crate::kernels::conv::{ConvWork, WorkCounter};
 use candle_core::{bail, DType, Device, Result, Tensor, Var};
@@ -42,6 +43,9 @@ pub struct SiameseNet {
     pub(super) layers: LayerImpl,
     /// The convolution work of this network and its target.
     pub(super) work: Arc<WorkCounter>,
+    /// The ranks whose shares of the batch train-mode BatchNorm normalises over together (`sync_bn`); `None`:
+    /// per process.
+    pub(super) sync: Option<Comm>,
 }
 
 pub(super) fn check_images(x: &Tensor, dtype: DType, channels: usize) -> Result<()> {
@@ -109,6 +113,7 @@ impl SiameseNet {
             dtype,
             layers: LayerImpl::default(),
             work: Arc::default(),
+            sync: None,
         })
     }
 
@@ -130,16 +135,20 @@ impl SiameseNet {
         check_images(x, self.dtype, self.arch.input.channels)?;
         let mut buffers = self.buffers.lock().unwrap_or_else(PoisonError::into_inner);
         if !(self.layers == LayerImpl::Ours && fused_layers(x)) {
-            let mut ctx = Ctx::new(&self.tensors, Stats::Mut(&mut buffers), train, self.layers, &self.work);
+            let mut ctx =
+                Ctx::new(&self.tensors, Stats::Mut(&mut buffers), train, self.layers, &self.work, self.sync.as_ref());
             return ctx.forward(x, &self.arch, true);
         }
         let detached: Vec<Tensor> = self.tensors.iter().map(Tensor::detach).collect();
         let images = x.detach();
-        let mut encoder = Ctx::new(&detached, Stats::Mut(&mut buffers), train, self.layers, &self.work).recording();
+        let mut encoder =
+            Ctx::new(&detached, Stats::Mut(&mut buffers), train, self.layers, &self.work, self.sync.as_ref())
+                .recording();
         let backbone = encoder.resnet(&images, &self.arch.encoder)?;
         let recorded = encoder.tape.take().unwrap_or_default();
         let leaf = Var::from_tensor(&backbone)?;
-        let mut heads = Ctx::new(&self.tensors, Stats::Mut(&mut buffers), train, self.layers, &self.work);
+        let mut heads =
+            Ctx::new(&self.tensors, Stats::Mut(&mut buffers), train, self.layers, &self.work, self.sync.as_ref());
         let (projection, prediction) = heads.heads(leaf.as_tensor(), &self.arch, true)?;
         let backbone = leaf.as_tensor().clone();
         Ok(Outputs { backbone, projection, prediction, tape: Some(EncoderTape { images, recorded, leaf }) })
@@ -151,13 +160,21 @@ impl SiameseNet {
         check_images(x, self.dtype, self.arch.input.channels)?;
         let p: Vec<Tensor> = self.tensors.iter().map(Tensor::detach).collect();
         let buffers = self.buffers.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut ctx = Ctx::new(&p, Stats::Ref(&buffers), false, self.layers, &self.work);
+        let mut ctx = Ctx::new(&p, Stats::Ref(&buffers), false, self.layers, &self.work, None);
         ctx.resnet(&x.detach(), &self.arch.encoder)
     }
 
     /// The same network with its layers run by `layers` (benchmarks and cross-checks run candle's).
     pub fn with_layers(mut self, layers: LayerImpl) -> Self {
         self.layers = layers;
+        self
+    }
+
+    /// The same network with every train-mode BatchNorm synchronised over `ranks` (`sync_bn`): each rank passes
+    /// its share of the batch, and all normalise with (and differentiate through) the whole batch's statistics.
+    /// Needs our layers on the CPU.
+    pub fn with_sync_bn(mut self, ranks: Comm) -> Self {
+        self.sync = Some(ranks);
         self
     }
 

@@ -5,6 +5,7 @@ use super::forward::{Ctx, Stats};
 use super::params::{load_named, Buffers};
 use super::siamese::check_images;
 use super::{LayerImpl, Outputs, SiameseNet};
+use crate::collective::Comm;
 use crate::kernels::conv::WorkCounter;
 use candle_core::{bail, DType, Result, Tensor};
 use std::collections::HashMap;
@@ -23,6 +24,8 @@ pub struct Target {
     /// The online network's layer implementation and work counter.
     layers: LayerImpl,
     work: Arc<WorkCounter>,
+    /// The online network's BatchNorm synchronisation (the target's train-mode pass normalises the same way).
+    sync: Option<Comm>,
 }
 
 impl Target {
@@ -49,6 +52,7 @@ impl Target {
             dtype: online.dtype,
             layers: online.layers,
             work: online.work.clone(),
+            sync: online.sync.clone(),
         })
     }
 
@@ -85,7 +89,8 @@ impl Target {
     pub fn forward_no_grad(&self, x: &Tensor, train: bool) -> Result<Outputs> {
         check_images(x, self.dtype, self.arch.input.channels)?;
         let x = x.detach();
-        let mut ctx = Ctx::new(&self.tensors, Stats::Ref(&self.buffers), train, self.layers, &self.work);
+        let mut ctx =
+            Ctx::new(&self.tensors, Stats::Ref(&self.buffers), train, self.layers, &self.work, self.sync.as_ref());
         ctx.forward(&x, &self.arch, false)
     }
 

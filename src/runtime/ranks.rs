@@ -1,12 +1,51 @@
 //! What data-parallel training adds to a step (every rank runs the same loop on its rows of the global batch):
 //! the parameter gradients summed over ranks in one flat buffer, one stop decision for all ranks, the global
-//! mean of a per-sample metric, and a check that the replicas' weights are still the same bits.
+//! mean of a per-sample metric and the health statistics of the global batch, and a check that the replicas'
+//! weights are still the same bits.
 
 use crate::collective::{tensor, Buffer, Collective};
 use crate::error::{Error, ErrorCode};
 use crate::nn::params::Params;
+use crate::nn::SiameseNet;
+use crate::plan::Stats;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor};
+
+/// Gives every rank rank 0's BatchNorm running statistics, so that the ranks extract the same features for a
+/// sharded evaluation. Training never reads them (it normalises with batch statistics), but without `sync_bn` each
+/// rank's follow its own share of the batches.
+pub fn share_running_stats(comm: &dyn Collective, net: &SiameseNet) -> Result<()> {
+    let buffers = net.buffers();
+    let mut flat = Vec::new();
+    for (_, t) in buffers.iter() {
+        flat.extend(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+    }
+    let mut shared = Buffer::F32(flat);
+    comm.broadcast(&mut shared, 0)?;
+    let Buffer::F32(shared) = shared else { candle_core::bail!("internal: an f32 broadcast returned f64") };
+    let mut map = std::collections::HashMap::new();
+    let mut at = 0;
+    for (name, t) in buffers.iter() {
+        let len = t.elem_count();
+        let values = shared
+            .get(at..at + len)
+            .ok_or_else(|| candle_core::Error::Msg("running statistics of another size".into()))?;
+        map.insert(name.to_string(), Tensor::from_slice(values, t.shape(), t.device())?.to_dtype(t.dtype())?);
+        at += len;
+    }
+    net.load_buffers(&map)
+}
+
+/// The plan's health statistics of the global batch: each is a mean over samples, and the ranks' shares are equal,
+/// so the global one is the mean of the ranks' (one all-reduce of the five numbers).
+pub fn global_stats(comm: &dyn Collective, s: &Stats) -> Result<Stats> {
+    let local = [s.positive_similarity, s.positive_norm[0], s.positive_norm[1], s.push_norm[0], s.push_norm[1]];
+    let Buffer::F64(sum) = comm.all_reduce_sum(&Buffer::F64(local.to_vec()))? else {
+        candle_core::bail!("internal: an f64 all-reduce returned f32")
+    };
+    let m: Vec<f64> = sum.iter().map(|v| v / comm.ranks() as f64).collect();
+    Ok(Stats { positive_similarity: m[0], positive_norm: [m[1], m[2]], push_norm: [m[3], m[4]] })
+}
 
 /// Replaces every parameter's gradient in `store` by its sum over the ranks, in one all-reduce of all of them
 /// (each rank's surrogate already divides by the global batch, so the sum is the single-process gradient).

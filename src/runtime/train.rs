@@ -13,12 +13,13 @@ use super::schedule::{target_momentum, LrSchedule};
 use crate::backend::Backend;
 use crate::check::recipe::{Augment, Form, Knn, Momentum, Recipe};
 use crate::check::typed::{Objective, StateKind};
-use crate::collective::Comm;
-use crate::data::loader::Loader;
+use crate::collective::{tensor::gather_rows, Comm};
+use crate::data::loader::{Loader, Share};
 use crate::data::{self, Dataset};
 use crate::error::{Error, ErrorCode};
+use crate::eval::features::{backbone_features, backbone_features_over};
 use crate::eval::health::{self, first_non_finite};
-use crate::eval::{self, features::backbone_features, LinearProbe};
+use crate::eval::{self, LinearProbe};
 use crate::ir::cost::Sizes;
 use crate::ir::distribute::Sets;
 use crate::nn::layers::l2_normalize;
@@ -156,7 +157,17 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
     }
     let steps_per_epoch = n_train / recipe.batch;
     let total_steps = steps_per_epoch * recipe.epochs;
-    let net = SiameseNet::from_recipe(recipe, data.shape, DType::F32, &device)?.with_layers(opts.layers);
+    let mut net = SiameseNet::from_recipe(recipe, data.shape, DType::F32, &device)?.with_layers(opts.layers);
+    if recipe.sync_bn && ranks > 1 {
+        if opts.layers != LayerImpl::Ours || !device.is_cpu() {
+            return Err(Error::new(
+                ErrorCode::TrainConfig,
+                format!("`sync_bn` needs our layers on the CPU, not {:?} layers on {device:?}", opts.layers),
+            )
+            .help("train on the CPU with the default layers, or drop `sync_bn` (BatchNorm per rank)"));
+        }
+        net = net.with_sync_bn(comm.clone());
+    }
     let target = match recipe.momentum {
         Momentum::None => None,
         _ => Some(Target::new(&net)?),
@@ -203,11 +214,13 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
     if let Some(warning) = lock.as_ref().and_then(|l| l.unclean_warning(&run)) {
         opts.edge.report(&warning);
     }
+    // Every rank takes part in an evaluation (each extracts a block of the features); rank 0 scores and reports.
     let eval = match (&recipe.eval, data.eval_splits()) {
-        _ if !root => None,
         (Some(k), Ok(_)) => Some(k.clone()),
         (Some(_), Err(e)) => {
-            println!("note: kNN evaluation is off: {e}");
+            if root {
+                println!("note: kNN evaluation is off: {e}");
+            }
             None
         }
         (None, _) => None,
@@ -247,10 +260,13 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
             n_train,
             t.data.test_len()
         );
-        if let Some(knn) = &t.eval.clone() {
+    }
+    if let Some(knn) = t.eval.clone().filter(|_| !opts.resume) {
+        // Every rank extracts its block of the random-init features; rank 0 scores them beside the raw pixels.
+        let init_features = t.features()?;
+        if root {
             let raw = eval::raw_pixel_knn(&t.data, knn.k, knn.t)?;
-            println!("baseline: raw-pixel kNN {:.2} % ({})", raw * 100.0, eval::features::knn_protocol(knn, &t.data));
-            let init_features = t.features()?;
+            println!("baseline: raw-pixel kNN {:.2} % ({})", raw * 100.0, eval::features::knn_protocol(&knn, &t.data));
             let init = t.knn(&init_features)?;
             println!("baseline: random-init encoder kNN {:.2} %", init * 100.0);
             let raw_linear = t.linear(&eval::raw_pixel_features(&t.data)?)?;
@@ -336,16 +352,18 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
             if let Some(knn) = &t.eval.clone() {
                 if epoch.is_multiple_of(knn.every) || step == stop {
                     let features = t.features()?;
-                    let top1 = t.knn(&features)?;
-                    if step == total_steps {
-                        linear = Some(t.linear(&features)?);
+                    if root {
+                        let top1 = t.knn(&features)?;
+                        if step == total_steps {
+                            linear = Some(t.linear(&features)?);
+                        }
+                        progress.println(&format!(
+                            "epoch {epoch:>3}: kNN top-1 {:.2} % ({})",
+                            top1 * 100.0,
+                            eval::features::knn_protocol(knn, &t.data)
+                        ));
+                        t.run.append_metrics(&Record::Eval(EvalRecord { epoch, step, knn_top1: top1 }))?;
                     }
-                    progress.println(&format!(
-                        "epoch {epoch:>3}: kNN top-1 {:.2} % ({})",
-                        top1 * 100.0,
-                        eval::features::knn_protocol(knn, &t.data)
-                    ));
-                    t.run.append_metrics(&Record::Eval(EvalRecord { epoch, step, knn_top1: top1 }))?;
                 }
             }
             if epoch.is_multiple_of(t.recipe.checkpoint) || step == stop {
@@ -414,6 +432,7 @@ impl Trainer<'_> {
         let epoch = step / self.steps_per_epoch;
         let conv_before = self.net.conv_work();
         let mut clock = Phases::start();
+        let share = Share { rank: self.comm.rank(), ranks: self.comm.ranks() };
         let loader = match &mut self.loader {
             Some(loader) => loader,
             None => self.loader.insert(Loader::spawn(
@@ -421,6 +440,7 @@ impl Trainer<'_> {
                 recipe,
                 self.steps_per_epoch,
                 step..self.total_steps,
+                share,
             )),
         };
         // The clock's augment phase is the time the step waited for its views.
@@ -428,9 +448,8 @@ impl Trainer<'_> {
         debug_assert_eq!(made.step, step, "the loader runs the steps in order");
         let [v1, v2] = made.views;
         let device = self.net.device();
-        // Every rank makes the whole batch's views (so that they do not depend on the number of ranks) and trains
-        // on its rows.
-        let (x1, x2) = (self.share(v1.global_tensor(device)?)?, self.share(v2.global_tensor(device)?)?);
+        // This rank's rows of the batch (their views are the ones one process makes of them).
+        let (x1, x2) = (v1.global_tensor(device)?, v2.global_tensor(device)?);
         clock.lap(Phase::Augment);
 
         let o1 = self.net.forward(&x1, true)?;
@@ -474,8 +493,7 @@ impl Trainer<'_> {
         }
         // Multi-crop: local crops are online views only, each pulled toward both global targets and
         // weighted as one global view (whose gradient carries the ½ of the two view orders).
-        let locals: Vec<Tensor> =
-            v1.local_tensors(device)?.into_iter().map(|t| self.share(t)).collect::<candle_core::Result<_>>()?;
+        let locals = v1.local_tensors(device)?;
         let mut local_outputs = Vec::with_capacity(locals.len());
         for local in &locals {
             let o = self.net.forward(local, true)?;
@@ -511,6 +529,16 @@ impl Trainer<'_> {
             return Ok(None);
         }
         let d = features.u1.dims()[1];
+        // Health over the global batch: the features' rows of every rank, the plan's means averaged over ranks.
+        let (batch_u1, batch_t1, stats) = if self.comm.ranks() > 1 {
+            (
+                gather_rows(&*self.comm, &features.u1, 1)?,
+                gather_rows(&*self.comm, &features.t1, 1)?,
+                super::ranks::global_stats(&*self.comm, &grads.stats)?,
+            )
+        } else {
+            (features.u1.clone(), features.t1.clone(), grads.stats.clone())
+        };
         let loss = match &grads.loss {
             Some(loss) => {
                 let l = if self.comm.ranks() > 1 {
@@ -534,13 +562,13 @@ impl Trainer<'_> {
             epoch,
             lr,
             momentum,
-            pos_sim: grads.stats.positive_similarity,
-            positive_norm: grads.stats.positive_norm,
-            push_norm: grads.stats.push_norm,
-            z_std_online: health::z_std(&features.u1)?,
-            z_std_target: health::z_std(&features.t1)?,
+            pos_sim: stats.positive_similarity,
+            positive_norm: stats.positive_norm,
+            push_norm: stats.push_norm,
+            z_std_online: health::z_std(&batch_u1)?,
+            z_std_target: health::z_std(&batch_t1)?,
             z_std_healthy: 1.0 / (d as f64).sqrt(),
-            effective_rank: health::effective_rank(&features.u1)?,
+            effective_rank: health::effective_rank(&batch_u1)?,
             phase_ms: clock.laps,
             rss_mb: rss_mb(),
             conv_ms: (conv.seconds - conv_before.seconds) * 1e3,
@@ -561,16 +589,6 @@ impl Trainer<'_> {
             }
         }
         Ok(Some(record))
-    }
-
-    /// This rank's rows of a tensor of the whole batch's images (all of them when training alone).
-    fn share(&self, t: Tensor) -> candle_core::Result<Tensor> {
-        let ranks = self.comm.ranks();
-        if ranks == 1 {
-            return Ok(t);
-        }
-        let rows = t.dims()[0] / ranks;
-        t.narrow(0, self.comm.rank() * rows, rows)?.contiguous()
     }
 
     /// The run's error for a NaN or infinity in `what` during step `step` (counted from 0; reported from 1, as the
@@ -609,12 +627,20 @@ impl Trainer<'_> {
         Ok(top1)
     }
 
-    /// The backbone features of the evaluation bank and queries (un-augmented images).
+    /// The backbone features of the evaluation bank and queries (un-augmented images); over ranks, each extracts a
+    /// block with rank 0's running statistics, and every rank gets them all.
     fn features(&self) -> Result<(Tensor, Tensor), Error> {
         let (shape, norm) = (self.data.shape, &self.data.norm);
         let splits = self.data.eval_splits()?;
-        let bank = backbone_features(&self.net, splits.bank, shape, norm)?;
-        Ok((bank, backbone_features(&self.net, splits.queries, shape, norm)?))
+        if self.comm.ranks() == 1 {
+            let bank = backbone_features(&self.net, splits.bank, shape, norm)?;
+            return Ok((bank, backbone_features(&self.net, splits.queries, shape, norm)?));
+        }
+        if !self.recipe.sync_bn {
+            super::ranks::share_running_stats(&*self.comm, &self.net)?;
+        }
+        let bank = backbone_features_over(&*self.comm, &self.net, splits.bank, shape, norm)?;
+        Ok((bank, backbone_features_over(&*self.comm, &self.net, splits.queries, shape, norm)?))
     }
 
     /// Linear-probe top-1 on the features `(bank, queries)` (the standard protocol, [`LinearProbe::default`]).

@@ -13,7 +13,6 @@ use crate::plan::{Features, Gradients, ObjectiveState, Plan};
 use candle_core::{DType, Result, Tensor};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use std::rc::Rc;
 
 /// Rows per rank and the dimension of the cases (the global batch is P times the rows).
 pub const RANK_SIZES: &[(usize, usize)] = &[(1, 5), (3, 3), (8, 17)];
@@ -108,7 +107,7 @@ impl World {
                     .into_iter()
                     .map(|rank| {
                         let body = &body;
-                        s.spawn(move || body(Comm(Rc::new(rank))))
+                        s.spawn(move || body(Comm::new(rank)))
                     })
                     .collect();
                 handles
