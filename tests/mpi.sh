@@ -10,7 +10,8 @@
 #  3. stopped at step 5 and resumed to 10, a 2-process run logs exactly the losses of an uninterrupted one; a
 #     1-process job continues it (any P resumes);
 #  4. kNN evaluation with the feature extraction sharded over the 2 processes;
-#  5. a rank killed mid-run ends the whole job promptly with a non-zero exit, instead of leaving the other waiting.
+#  5. a rank killed mid-run ends the whole job promptly with a non-zero exit, instead of leaving the other waiting,
+#     and the run resumes from its last checkpoint.
 # Usage: tests/mpi.sh PATH/TO/ssl-lang
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -93,14 +94,16 @@ train 2 moco split --max-steps 10 --resume --set sync_bn=true --set "$calm"
 train 1 moco split --max-steps 12 --resume --set sync_bn=true --set "$calm"
 [ "$(steps split)" -eq 12 ] || fail "one process did not continue the 2-process run"
 
-"${mpi[@]}" -np 2 "$bin" train objectives/simclr.ssl --runs "$runs" --name dies "${tiny[@]}" --set epochs=100 \
+long=(--set epochs=100 --set checkpoint=1)
+"${mpi[@]}" -np 2 "$bin" train objectives/simclr.ssl --runs "$runs" --name dies "${tiny[@]}" "${long[@]}" \
   >"$runs/dies.log" 2>&1 &
 job=$!
-for _ in $(seq 100); do
-  [ "$(pgrep -f "$bin train objectives/simclr.ssl" | wc -l)" -ge 2 ] && break
+# Killed once its first checkpoint (end of epoch 1) is written.
+for _ in $(seq 300); do
+  [ -f "$runs/dies/checkpoint.safetensors" ] && break
   sleep 0.2
 done
-sleep 2
+[ -f "$runs/dies/checkpoint.safetensors" ] || fail "the long run wrote no checkpoint in 60 s"
 kill -9 "$(pgrep -f "^$bin train objectives/simclr.ssl" | tail -1)"
 SECONDS=0
 while kill -0 "$job" 2>/dev/null; do
@@ -108,4 +111,7 @@ while kill -0 "$job" 2>/dev/null; do
   sleep 1
 done
 if wait "$job"; then fail "the job whose rank died exited 0"; fi
-echo "mpi: 2 processes agree with one; training, resume and a dead rank behave"
+resumed=$(( $(steps dies) + 3 ))
+train 2 simclr dies --resume "${long[@]}" --max-steps "$resumed"
+[ "$(steps dies)" -eq "$resumed" ] || fail "the killed job's run did not resume to step $resumed"
+echo "mpi: 2 processes agree with one; training, evaluation, resume and a dead rank behave"
