@@ -34,6 +34,9 @@ pub fn backbone_features_over(
     shape: Shape,
     norm: &Norm,
 ) -> Result<Tensor, Error> {
+    if comm.ranks() == 1 {
+        return backbone_features(net, images, shape, norm);
+    }
     let n = shape.images_in(images.len())?;
     let block = n.div_ceil(comm.ranks());
     let start = (comm.rank() * block).min(n);

@@ -17,7 +17,7 @@ use crate::collective::{tensor::gather_rows, Comm};
 use crate::data::loader::{Loader, Share};
 use crate::data::{self, Dataset};
 use crate::error::{Error, ErrorCode};
-use crate::eval::features::{backbone_features, backbone_features_over};
+use crate::eval::features::backbone_features_over;
 use crate::eval::health::{self, first_non_finite};
 use crate::eval::{self, LinearProbe};
 use crate::ir::cost::Sizes;
@@ -632,11 +632,7 @@ impl Trainer<'_> {
     fn features(&self) -> Result<(Tensor, Tensor), Error> {
         let (shape, norm) = (self.data.shape, &self.data.norm);
         let splits = self.data.eval_splits()?;
-        if self.comm.ranks() == 1 {
-            let bank = backbone_features(&self.net, splits.bank, shape, norm)?;
-            return Ok((bank, backbone_features(&self.net, splits.queries, shape, norm)?));
-        }
-        if !self.recipe.sync_bn {
+        if self.comm.ranks() > 1 && !self.recipe.sync_bn {
             super::ranks::share_running_stats(&*self.comm, &self.net)?;
         }
         let bank = backbone_features_over(&*self.comm, &self.net, splits.bank, shape, norm)?;

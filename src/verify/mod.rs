@@ -83,7 +83,7 @@ fn forms_compared(objective: &Objective) -> Result<Row> {
     let (mut cosine, mut ratios) = (f64::INFINITY, Vec::new());
     for &(n, d) in SIZES.iter().filter(|(n, d)| *n > 1 && *d > 1) {
         for seed in 0..SEEDS {
-            let mut rng = StdRng::seed_from_u64(seed * 613 + (n * 31 + d) as u64);
+            let mut rng = case_rng(613, seed, n, d);
             let z = [random_matrix(&mut rng, n, d, 2.0)?, random_matrix(&mut rng, n, d, 2.0)?];
             let u = [crate::nn::layers::l2_normalize(&z[0])?, crate::nn::layers::l2_normalize(&z[1])?];
             let f = Features { u1: u[0].clone(), u2: u[1].clone(), t1: u[0].clone(), t2: u[1].clone() };
@@ -182,10 +182,8 @@ fn total_gradient(objective: &Objective) -> Result<Row> {
     let h = 1e-5;
     for &(n, d) in SIZES {
         for seed in 0..SEEDS {
-            let mut rng = StdRng::seed_from_u64(seed * 4099 + (n * 31 + d) as u64);
-            let mut state = prepared_state(&plan, &mut rng, n, d)?;
-            let f = random_features(&mut rng, n, d)?;
-            plan.update_emas(&f, &mut state)?;
+            let mut rng = case_rng(4099, seed, n, d);
+            let (state, f) = case_after_emas(&plan, &mut rng, n, d)?;
             // Outputs before normalisation: any direction, any length.
             let z = [random_matrix(&mut rng, n, d, 2.0)?, random_matrix(&mut rng, n, d, 2.0)?];
             let (value, grads) = plan.total_gradient(&f, [&z[0], &z[1]], &state)?;
@@ -254,6 +252,25 @@ fn check_sizes(objective: &Objective, n: usize, d: usize) -> Sizes {
     Sizes { n, d, fifo }
 }
 
+/// The random stream of one case (`seed` at sizes n × d); `salt` tells the checks apart, so that none reuses
+/// another's inputs.
+fn case_rng(salt: u64, seed: u64, n: usize, d: usize) -> StdRng {
+    StdRng::seed_from_u64(seed * salt + (n * 31 + d) as u64)
+}
+
+/// A case's prepared state and random features, with the emas already updated from them as a training step would.
+fn case_after_emas(
+    plan: &Plan,
+    rng: &mut StdRng,
+    n: usize,
+    d: usize,
+) -> Result<(crate::plan::ObjectiveState, Features)> {
+    let mut state = prepared_state(plan, rng, n, d)?;
+    let f = random_features(rng, n, d)?;
+    plan.update_emas(&f, &mut state)?;
+    Ok((state, f))
+}
+
 /// A fresh state for a check: fifos hold more rows than the batch, emas have seen one batch.
 fn prepared_state(plan: &Plan, rng: &mut StdRng, n: usize, d: usize) -> Result<crate::plan::ObjectiveState> {
     let mut state = plan.initial_state();
@@ -284,7 +301,7 @@ fn step_matches_reference(objective: &Objective, device: &Device) -> Result<Row>
             for k in candidate.kernels.values() {
                 *kernels.entry(k.name()).or_insert(0) += 1;
             }
-            let mut rng = StdRng::seed_from_u64(seed * 7919 + (n * 31 + d) as u64);
+            let mut rng = case_rng(7919, seed, n, d);
             let state = prepared_state(&reference, &mut rng, n, d)?;
             let f = random_features(&mut rng, n, d)?;
             let to32 = |t: &Tensor| t.to_dtype(DType::F32);
@@ -385,10 +402,8 @@ fn loss_gradient(objective: &Objective) -> Result<Vec<Row>> {
     let mut worst = Worst::default();
     for &(n, d) in SIZES {
         for seed in 0..SEEDS {
-            let mut rng = StdRng::seed_from_u64(seed * 1000 + (n * 31 + d) as u64);
-            let mut state = prepared_state(&plan, &mut rng, n, d)?;
-            let f = random_features(&mut rng, n, d)?;
-            plan.update_emas(&f, &mut state)?;
+            let mut rng = case_rng(1000, seed, n, d);
+            let (state, f) = case_after_emas(&plan, &mut rng, n, d)?;
 
             let [gradient, _, _] = plan.view_gradient(view(&f, false), &state)?;
             let u1 = Var::from_tensor(&f.u1)?;

@@ -3,7 +3,9 @@
 //! first are read by the second, and are longer than the batch) and must produce its rows of the single-process
 //! gradients and loss, and the same states, at every step; in the loss form, its rows of ∂total and the same total.
 
-use super::{check_sizes, error_against, prepared_state, random_features, random_matrix, relative_error, Row, Worst};
+use super::{
+    case_rng, check_sizes, error_against, prepared_state, random_features, random_matrix, relative_error, Row, Worst,
+};
 use crate::backend::Backend;
 use crate::check::typed::Objective;
 use crate::collective::memory::MemoryRank;
@@ -11,8 +13,6 @@ use crate::collective::Comm;
 use crate::ir::distribute::Sets;
 use crate::plan::{Features, Gradients, ObjectiveState, Plan};
 use candle_core::{DType, Result, Tensor};
-use rand::rngs::StdRng;
-use rand::SeedableRng;
 
 /// Rows per rank and the dimension of the cases (the global batch is P times the rows).
 pub const RANK_SIZES: &[(usize, usize)] = &[(1, 5), (3, 3), (8, 17)];
@@ -151,7 +151,7 @@ fn check(objective: &Objective, world: &World, backend: Backend) -> Result<Row> 
         let n = rows * ranks;
         let sizes = check_sizes(objective, n, d);
         for seed in 0..super::SEEDS {
-            let mut rng = StdRng::seed_from_u64(seed * 7727 + (n * 31 + d + ranks) as u64);
+            let mut rng = case_rng(7727, seed, n, d + ranks);
             // States and features rounded to the checked precision first, so that both sides start equal.
             let state = cast_state(&prepared_state(&single, &mut rng, n, d)?, dtype)?;
             let steps: Vec<Features> =
@@ -236,7 +236,7 @@ fn check_total(objective: &Objective, world: &World) -> Result<Row> {
         let n = rows * ranks;
         let sizes = crate::ir::cost::Sizes::of(objective, n, d);
         for seed in 0..super::SEEDS {
-            let mut rng = StdRng::seed_from_u64(seed * 3301 + (n * 31 + d + ranks) as u64);
+            let mut rng = case_rng(3301, seed, n, d + ranks);
             let state = prepared_state(&single, &mut rng, n, d)?;
             let f = random_features(&mut rng, n, d)?;
             let z = [random_matrix(&mut rng, n, d, 2.0)?, random_matrix(&mut rng, n, d, 2.0)?];
