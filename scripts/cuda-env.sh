@@ -24,6 +24,11 @@ home=$dir/cuda
         "$venv/bin/pip" install --quiet --upgrade pip
         "$venv/bin/pip" install --quiet 'cuda-toolkit[nvcc,nvvm,crt,cudart,cccl,cublas,curand,nvrtc]==13.0.2'
     fi
+    # NCCL, for `--features nccl` (CUDA tensors between MPI ranks); its API version is the one cudarc's `nccl`
+    # feature binds (2.30).
+    if [ -z "$(find "$venv/lib" -path '*nvidia/nccl/lib/libnccl.so.2' -print -quit)" ]; then
+        "$venv/bin/pip" install --quiet 'nvidia-nccl-cu13==2.30.7'
+    fi
     cu13=$(dirname "$(dirname "$(find "$venv/lib" -path '*nvidia/cu13/bin/nvcc' -print -quit)")")
     mkdir -p "$home/lib64/stubs"
     for d in bin include nvvm; do
@@ -36,6 +41,9 @@ home=$dir/cuda
         ln -sfn "$real" "$home/lib64/lib$lib.so"
         ln -sfn "$real" "$home/lib64/$(basename "$real")"
     done
+    nccl=$(dirname "$(find "$venv/lib" -path '*nvidia/nccl/lib/libnccl.so.2' -print -quit)")
+    ln -sfn "$nccl/libnccl.so.2" "$home/lib64/libnccl.so"
+    ln -sfn "$nccl/libnccl.so.2" "$home/lib64/libnccl.so.2"
     # libcuda.so stub: every driver API function cuda.h declares, plus the versioned names cudarc binds, in a shared
     # library with the real one's SONAME, each returning CUDA_ERROR_NO_DEVICE (100). The linker needs it; loaded on
     # a machine without a GPU (LD_LIBRARY_PATH=.../lib64/stubs), it makes `--device cuda` fail cleanly.

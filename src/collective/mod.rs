@@ -1,13 +1,19 @@
 //! The collectives data-parallel training needs, behind one interface with one implementation per engine: a single
 //! process ([`Solo`]: nothing to exchange), ranks in one process ([`memory`]: threads, for `verify --ranks` and
-//! the tests), and MPI ([`mpi`], cargo feature `mpi`). Every result is bit-identical on every rank, so replicated
-//! state (weights, emas, fifos) never drifts apart.
+//! the tests), MPI ([`mpi`], cargo feature `mpi`) and, for CUDA tensors under MPI, NCCL ([`nccl`], cargo feature
+//! `nccl`). Every result is bit-identical on every rank, so replicated state (weights, emas, fifos) never drifts
+//! apart.
 
 pub mod memory;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+#[cfg(feature = "nccl")]
+pub mod nccl;
+#[cfg(feature = "mpi")]
+mod server;
 pub mod tensor;
 
+use candle_core::Tensor;
 use std::fmt;
 use std::sync::Arc;
 
@@ -137,6 +143,16 @@ pub trait Collective: Send + Sync {
     fn all_reduce_sum(&self, local: &Buffer) -> Result<Buffer, CollectiveError>;
     /// Rank `root`'s buffer, on every rank (`buffer` is overwritten except on the root).
     fn broadcast(&self, buffer: &mut Buffer, root: usize) -> Result<(), CollectiveError>;
+    /// [`Collective::all_reduce_sum`] of a tensor, on its device, without a graph. An engine that reaches device
+    /// memory itself (NCCL) overrides it; by default the values travel through a host buffer.
+    fn sum_tensor(&self, t: &Tensor) -> candle_core::Result<Tensor> {
+        tensor::sum_on_host(self, t)
+    }
+    /// Every rank's `t` (all of one shape), stacked along a new leading axis of length P in rank order, on `t`'s
+    /// device, without a graph; overridden like [`Collective::sum_tensor`].
+    fn stack_tensor(&self, t: &Tensor) -> candle_core::Result<Tensor> {
+        tensor::stack_on_host(self, t)
+    }
     /// Stops every rank of the job with `code` (a rank that failed calls it so that the others do not wait).
     fn abort(&self, code: i32) -> !;
 }

@@ -6,14 +6,14 @@
 //! from any thread (a kernel's backward). So one thread of our own initialises MPI, owns the world and serves the
 //! requests of [`MpiWorld`], a handle any thread may hold; dropping the handle finalises MPI on that thread.
 
+use super::server::Server;
 use super::{Buffer, Collective, CollectiveError};
 use mpi::collective::SystemOperation;
 use mpi::datatype::Equivalence;
 use mpi::environment::Threading;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
-use std::sync::mpsc::{channel, Receiver, Sender};
-use std::thread::JoinHandle;
+use std::sync::mpsc::{Receiver, Sender};
 
 type Reply = Sender<Result<Buffer, CollectiveError>>;
 
@@ -28,54 +28,26 @@ enum Request {
 /// A handle on MPI's world, served by the thread that initialised MPI (once per process: rsmpi refuses a second
 /// initialisation).
 pub struct MpiWorld {
-    requests: Option<Sender<Request>>,
-    server: Option<JoinHandle<()>>,
+    server: Server<Request>,
     rank: usize,
     ranks: usize,
 }
 
 impl MpiWorld {
-    /// Initialises MPI on a thread of its own. `None` when MPI was initialised already.
-    pub fn init() -> Option<MpiWorld> {
-        let (requests, inbox) = channel();
-        let (started, joined) = channel();
-        let server = std::thread::Builder::new()
-            .name("mpi".into())
-            .spawn(move || {
-                // Funneled: only this thread, the one that initialises MPI, ever calls it.
-                let Some((universe, _)) = mpi::initialize_with_threading(Threading::Funneled) else {
-                    let _ = started.send(None);
-                    return;
-                };
-                let world = Served { world: universe.world() };
-                let _ = started.send(Some((world.rank(), world.world.size() as usize)));
-                world.serve(inbox);
-                // `universe` is dropped here, after the last request: MPI is finalised on its own thread.
-            })
-            .ok()?;
-        let Ok(Some((rank, ranks))) = joined.recv() else {
-            let _ = server.join();
-            return None;
+    /// Initialises MPI on a thread of its own; fails when MPI was initialised already.
+    pub fn init() -> Result<MpiWorld, CollectiveError> {
+        let setup = || {
+            // Funneled: only this thread, the one that initialises MPI, ever calls it.
+            let (universe, _) = mpi::initialize_with_threading(Threading::Funneled)
+                .ok_or_else(|| CollectiveError::new("MPI was initialised twice in this process"))?;
+            let world = Served { world: universe.world() };
+            let told = (world.rank(), world.world.size() as usize);
+            Ok(((universe, world), told))
         };
-        Some(MpiWorld { requests: Some(requests), server: Some(server), rank, ranks })
-    }
-
-    /// Sends `request` (built around the reply channel) and waits for its answer.
-    fn ask(&self, request: impl FnOnce(Reply) -> Request) -> Result<Buffer, CollectiveError> {
-        let (reply, answer) = channel();
-        let gone = || CollectiveError::new("the MPI thread has stopped");
-        self.requests.as_ref().ok_or_else(gone)?.send(request(reply)).map_err(|_| gone())?;
-        answer.recv().map_err(|_| gone())?
-    }
-}
-
-impl Drop for MpiWorld {
-    fn drop(&mut self) {
-        // Closing the channel ends the server's loop; joining waits for MPI's finalisation.
-        self.requests.take();
-        if let Some(server) = self.server.take() {
-            let _ = server.join();
-        }
+        // `universe` is dropped after the last request: MPI is finalised on its own thread.
+        let serve = |(_universe, world): (mpi::environment::Universe, Served), inbox| world.serve(inbox);
+        let (server, (rank, ranks)) = Server::start("MPI", setup, serve)?;
+        Ok(MpiWorld { server, rank, ranks })
     }
 }
 
@@ -89,21 +61,20 @@ impl Collective for MpiWorld {
     }
 
     fn all_gather(&self, local: &Buffer) -> Result<Buffer, CollectiveError> {
-        self.ask(|reply| Request::Gather(local.clone(), reply))
+        self.server.ask(|reply| Request::Gather(local.clone(), reply))
     }
 
     fn all_reduce_sum(&self, local: &Buffer) -> Result<Buffer, CollectiveError> {
-        self.ask(|reply| Request::Sum(local.clone(), reply))
+        self.server.ask(|reply| Request::Sum(local.clone(), reply))
     }
 
     fn broadcast(&self, buffer: &mut Buffer, root: usize) -> Result<(), CollectiveError> {
-        *buffer = self.ask(|reply| Request::Broadcast(buffer.clone(), root, reply))?;
+        *buffer = self.server.ask(|reply| Request::Broadcast(buffer.clone(), root, reply))?;
         Ok(())
     }
 
     fn abort(&self, code: i32) -> ! {
-        if let Some(requests) = &self.requests {
-            let _ = requests.send(Request::Abort(code));
+        if self.server.send(Request::Abort(code)).is_ok() {
             // MPI's abort ends this process (and the job); should the thread be gone, leave by ourselves.
             std::thread::sleep(std::time::Duration::from_secs(10));
         }

@@ -7,6 +7,18 @@
 use super::{Buffer, Collective};
 use candle_core::{DType, Result, Tensor};
 
+/// [`Collective::sum_tensor`] through a host buffer.
+pub fn sum_on_host<C: Collective + ?Sized>(comm: &C, t: &Tensor) -> Result<Tensor> {
+    from_buffer(comm.all_reduce_sum(&to_buffer(t)?)?, t, t.dims())
+}
+
+/// [`Collective::stack_tensor`] through a host buffer.
+pub fn stack_on_host<C: Collective + ?Sized>(comm: &C, t: &Tensor) -> Result<Tensor> {
+    let shape: Vec<usize> = std::iter::once(comm.ranks()).chain(t.dims().iter().copied()).collect();
+    from_buffer(comm.all_gather(&to_buffer(t)?)?, t, &shape)
+}
+
+/// `t`'s values in a host buffer (f64 stays f64; every other type travels as f32).
 fn to_buffer(t: &Tensor) -> Result<Buffer> {
     let flat = t.detach().flatten_all()?;
     Ok(match t.dtype() {
@@ -15,6 +27,7 @@ fn to_buffer(t: &Tensor) -> Result<Buffer> {
     })
 }
 
+/// A host buffer as a tensor of `shape` with `like`'s type and device.
 fn from_buffer(b: Buffer, like: &Tensor, shape: &[usize]) -> Result<Tensor> {
     let t = match b {
         Buffer::F32(v) => Tensor::from_vec(v, shape, like.device())?,
@@ -26,40 +39,27 @@ fn from_buffer(b: Buffer, like: &Tensor, shape: &[usize]) -> Result<Tensor> {
 /// Every rank's rows of `t` along dim 0, which holds `parts` equal blocks: block `p` of every rank (in rank order)
 /// before block `p + 1`. This rank's blocks are `t`'s own (live) rows.
 pub fn gather_rows(comm: &dyn Collective, t: &Tensor, parts: usize) -> Result<Tensor> {
-    let (ranks, me) = (comm.ranks(), comm.rank());
+    let me = comm.rank();
     let rows = t.dims().first().copied().unwrap_or(0);
     if parts == 0 || rows % parts != 0 {
         candle_core::bail!("gather: {rows} rows do not split into {parts} blocks");
     }
     let block = rows / parts;
-    let row_len: usize = t.dims()[1..].iter().product();
-    let all = comm.all_gather(&to_buffer(t)?)?;
-    let mut pieces = Vec::with_capacity(parts * ranks);
+    let all = comm.stack_tensor(t)?;
+    let mut pieces = Vec::with_capacity(parts * comm.ranks());
     for p in 0..parts {
-        for r in 0..ranks {
-            let piece = if r == me {
-                t.narrow(0, p * block, block)?
-            } else {
-                let start = (r * rows + p * block) * row_len;
-                let mut shape = t.dims().to_vec();
-                shape[0] = block;
-                from_buffer(all.slice(start, block * row_len), t, &shape)?
-            };
-            pieces.push(piece);
+        for r in 0..comm.ranks() {
+            let rank_rows = if r == me { t.clone() } else { all.get(r)? };
+            pieces.push(rank_rows.narrow(0, p * block, block)?);
         }
     }
     Tensor::cat(&pieces, 0)
 }
 
-/// The element-wise sum over ranks of `t`, without a graph (the training loop's gradients and metrics).
-pub fn sum_over_ranks(comm: &dyn Collective, t: &Tensor) -> Result<Tensor> {
-    from_buffer(comm.all_reduce_sum(&to_buffer(t)?)?, t, t.dims())
-}
-
 /// The element-wise sum over ranks of `t`; its gradient flows into `t`.
 pub fn all_reduce_sum(comm: &dyn Collective, t: &Tensor) -> Result<Tensor> {
     // total + (t − t): the value is `total` exactly (x − x = 0), the gradient reaches `t`.
-    sum_over_ranks(comm, t)? + (t - t.detach())?
+    comm.sum_tensor(t)? + (t - t.detach())?
 }
 
 /// Every rank's `t`, stacked along a new leading axis of length P in rank order (this rank's slot is `t` itself).

@@ -48,7 +48,7 @@ pub const INTERRUPTED: u8 = 130;
 
 /// Trains; `stop` is the flag the binary's signal handler sets.
 pub fn run(args: TrainArgs, stop: Arc<AtomicBool>, edge: &Edge) -> Result<(), Failure> {
-    let device = device::open(&args.device)?;
+    let device = device::open(&super::job::device_name(&args.device))?;
     let (source, program) = compile_file(&args.file, edge)?;
     let (mut objective, mut recipe) = select(&program, args.objective.as_deref(), &source.name)?;
     let applied = match overrides::apply(&mut recipe, &mut objective, &args.set) {
@@ -59,6 +59,7 @@ pub fn run(args: TrainArgs, stop: Arc<AtomicBool>, edge: &Edge) -> Result<(), Fa
         }
         Err(overrides::SetError::Error(e)) => return Err(Failure::Error(e)),
     };
+    let job = super::job::join(&device)?;
     let opts = TrainOptions {
         data_dir: args.data,
         runs_root: args.runs,
@@ -74,7 +75,7 @@ pub fn run(args: TrainArgs, stop: Arc<AtomicBool>, edge: &Edge) -> Result<(), Fa
         layers: args.layers,
         stop,
         edge: *edge,
-        job: super::job::join()?,
+        job,
     };
     let summary = match train(&source.text, &objective, &recipe, &opts) {
         Ok(summary) => summary,

@@ -73,7 +73,8 @@ pub fn run(files: &[PathBuf], device_name: &str, ranks: Option<usize>, edge: &Ed
 
 /// Where `verify --ranks P` runs: in an MPI job of P processes, its world; otherwise P ranks in memory.
 fn world(ranks: usize) -> Result<World, Error> {
-    match super::job::join()? {
+    // The proofs run in f64 on the CPU.
+    match super::job::join(&candle_core::Device::Cpu)? {
         Some(comm) if comm.ranks() == ranks => Ok(World::Process(comm)),
         Some(comm) => Err(Error::new(
             ErrorCode::RanksMismatch,

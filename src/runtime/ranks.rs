@@ -3,7 +3,7 @@
 //! mean of a per-sample metric and the health statistics of the global batch, and a check that the replicas'
 //! weights are still the same bits.
 
-use crate::collective::{tensor, Buffer, Collective};
+use crate::collective::{Buffer, Collective};
 use crate::error::{Error, ErrorCode};
 use crate::nn::params::Params;
 use crate::nn::SiameseNet;
@@ -55,7 +55,7 @@ pub fn all_reduce_grads(comm: &dyn Collective, params: &Params, store: &mut Grad
         return Ok(());
     }
     let flat = Tensor::cat(&present.iter().map(|(_, g)| g.flatten_all()).collect::<Result<Vec<_>>>()?, 0)?;
-    let summed = tensor::sum_over_ranks(comm, &flat)?;
+    let summed = comm.sum_tensor(&flat)?;
     let mut offset = 0;
     for (p, g) in present {
         let n = g.elem_count();
@@ -75,7 +75,7 @@ pub fn agree_to_stop(comm: &dyn Collective, asked: bool) -> std::result::Result<
 /// The mean of `t` over every rank's rows (each rank holds the same number).
 pub fn global_mean(comm: &dyn Collective, t: &Tensor) -> Result<f64> {
     let local = t.to_dtype(DType::F64)?.mean_all()?.reshape(1)?;
-    let sum = tensor::sum_over_ranks(comm, &local)?.to_vec1::<f64>()?[0];
+    let sum = comm.sum_tensor(&local)?.to_vec1::<f64>()?[0];
     Ok(sum / comm.ranks() as f64)
 }
 
