@@ -104,14 +104,14 @@ fn a_batch_statistic_of_live_features_in_total_is_gathered_not_sharded() {
     assert_eq!(live_gathers, 2, "z1 and z2 gathered: {}", l.dump(None));
 }
 
-/// Trains `objective` for `steps` steps of batch 32 (a small network, the bundled subset) on `ranks` in-memory
-/// ranks (threads exchanging through memory) through `train` itself, in a fresh run directory under `root`.
-/// Returns each rank's result and the run directory rank 0 wrote.
+/// Trains `objective` for `steps(rank)` steps of batch 32 (a small network, the bundled subset) on `ranks`
+/// in-memory ranks (threads exchanging through memory) through `train` itself, in a fresh run directory under
+/// `root`. Returns each rank's result (its steps, or its error's code and message) and the run directory rank 0 wrote.
 fn train_on_ranks(
     ranks: usize,
     objective: &str,
     extra: &[&str],
-    steps: usize,
+    steps: fn(usize) -> usize,
     root: &std::path::Path,
 ) -> (Vec<Result<usize, String>>, std::path::PathBuf) {
     use ssl_lang::collective::{memory::MemoryRank, Comm};
@@ -129,7 +129,8 @@ fn train_on_ranks(
     let results = std::thread::scope(|s| {
         let handles: Vec<_> = MemoryRank::world(ranks)
             .into_iter()
-            .map(|rank| {
+            .enumerate()
+            .map(|(r, rank)| {
                 let (o, recipe, source, name) = (&o, &recipe, &source, &name);
                 s.spawn(move || {
                     let opts = TrainOptions {
@@ -139,7 +140,7 @@ fn train_on_ranks(
                         name: Some(name.clone()),
                         resume: false,
                         allow_changes: false,
-                        max_steps: Some(steps),
+                        max_steps: Some(steps(r)),
                         limit: Some(512),
                         backend: ssl_lang::backend::Backend::Fused,
                         log_every: 1,
@@ -149,7 +150,7 @@ fn train_on_ranks(
                         stop: Default::default(),
                         edge: ssl_lang::commands::Edge::new(ssl_lang::commands::Format::Human),
                     };
-                    train(source, o, recipe, &opts).map(|s| s.steps).map_err(|e| e.message)
+                    train(source, o, recipe, &opts).map(|s| s.steps).map_err(|e| format!("{}: {}", e.code, e.message))
                 })
             })
             .collect();
@@ -197,11 +198,23 @@ fn weights_difference(a: &std::path::Path, b: &std::path::Path) -> f64 {
 fn two_in_memory_ranks_train_with_identical_weights_and_one_run_directory() {
     let root = std::env::temp_dir().join(format!("ssl-ranks-train-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
-    let (results, run) = train_on_ranks(2, "moco", &[], 4, &root);
+    let (results, run) = train_on_ranks(2, "moco", &[], |_| 4, &root);
     assert_eq!(results, vec![Ok(4), Ok(4)]);
     let runs: Vec<_> = std::fs::read_dir(&root).unwrap().collect();
     assert_eq!(runs.len(), 1, "rank 0 alone writes a run directory");
     assert_eq!(logged(&run, "loss").len(), 4);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// A rank that leaves the job (here: it stops after 2 of the 6 steps the other trains) makes the other fail with
+/// `ssl::ranks::lost` at its next collective instead of waiting for it forever.
+#[test]
+fn a_rank_that_leaves_stops_the_others_with_a_coded_error() {
+    let root = std::env::temp_dir().join(format!("ssl-ranks-leave-{}", std::process::id()));
+    let (results, _) = train_on_ranks(2, "simclr", &[], |rank| if rank == 1 { 2 } else { 6 }, &root);
+    assert_eq!(results[1], Ok(2));
+    let left = results[0].as_ref().expect_err("rank 0 went on without rank 1");
+    assert!(left.starts_with("ssl::ranks::lost: "), "{left}");
     let _ = std::fs::remove_dir_all(&root);
 }
 
@@ -224,9 +237,9 @@ fn two_ranks_with_sync_bn_train_what_one_process_trains() {
     let worst =
         |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).abs() / x.abs().max(1.0)).fold(0.0, f64::max);
     for objective in ["simclr", "moco"] {
-        let (one, alone) = train_on_ranks(1, objective, &[CALM], 10, &root);
-        let (two, synced) = train_on_ranks(2, objective, &[CALM, "sync_bn=true"], 10, &root);
-        let (_, per_rank) = train_on_ranks(2, objective, &[CALM], 10, &root);
+        let (one, alone) = train_on_ranks(1, objective, &[CALM], |_| 10, &root);
+        let (two, synced) = train_on_ranks(2, objective, &[CALM, "sync_bn=true"], |_| 10, &root);
+        let (_, per_rank) = train_on_ranks(2, objective, &[CALM], |_| 10, &root);
         assert_eq!((one, two), (vec![Ok(10)], vec![Ok(10), Ok(10)]));
         for (metric, tolerance) in [
             ("loss", 1e-4),
@@ -274,9 +287,9 @@ fn evaluation_over_ranks_scores_what_one_process_scores() {
     let root = std::env::temp_dir().join(format!("ssl-ranks-eval-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let knn = "eval=knn(k = 20, t = 0.1)";
-    let (one, alone) = train_on_ranks(1, "simclr", &[CALM, "sync_bn=true", knn], 4, &root);
-    let (two, synced) = train_on_ranks(2, "simclr", &[CALM, "sync_bn=true", knn], 4, &root);
-    let (three, per_rank) = train_on_ranks(2, "simclr", &[CALM, knn], 4, &root);
+    let (one, alone) = train_on_ranks(1, "simclr", &[CALM, "sync_bn=true", knn], |_| 4, &root);
+    let (two, synced) = train_on_ranks(2, "simclr", &[CALM, "sync_bn=true", knn], |_| 4, &root);
+    let (three, per_rank) = train_on_ranks(2, "simclr", &[CALM, knn], |_| 4, &root);
     assert_eq!((one, two, three), (vec![Ok(4)], vec![Ok(4), Ok(4)], vec![Ok(4), Ok(4)]));
     for run in [&synced, &per_rank] {
         assert_eq!(records(run, "baseline"), records(&alone, "baseline"), "{}", run.display());
