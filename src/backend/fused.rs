@@ -5,6 +5,7 @@
 use super::reference::{align, Inputs};
 use crate::ir::fuse::{scalar_chain, Candidates, Kernel, Scale};
 use crate::ir::{Axis, Graph, Node, Op};
+use crate::kernels::cuda::PartKind;
 use crate::kernels::gemm::{gemm_accumulate, GemmAccumulate};
 use crate::kernels::softmax_sum;
 use candle_core::{DType, Result, Tensor};
@@ -23,6 +24,19 @@ fn scale_value(s: &Scale, values: &[Option<Tensor>]) -> Result<f64> {
         x /= read(n)?;
     }
     Ok(x)
+}
+
+/// How the CUDA kernel reads each part of a softmax-sum's candidate set ([`crate::kernels::cuda`]): an item with a
+/// batch axis is one row per sample, one without is shared.
+pub fn cuda_parts(g: &Graph, parts: &[Candidates]) -> Vec<PartKind> {
+    parts
+        .iter()
+        .map(|p| match p {
+            Candidates::Rows(_) => PartKind::Rows,
+            Candidates::Item(i) if g.axes_of(*i).contains(&Axis::N) => PartKind::PerSample,
+            Candidates::Item(_) => PartKind::Shared,
+        })
+        .collect()
 }
 
 /// Runs one kernel, producing the value of node `n`.
