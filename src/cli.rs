@@ -287,7 +287,8 @@ enum BenchCommand {
 /// `--device`, shared by the commands that compute.
 #[derive(clap::Args)]
 struct DeviceArg {
-    /// Where to run: `cpu`, or `cuda[:N]` with a build that has the `cuda` feature.
+    /// Where to run: `cpu`, or `cuda[:N]` with a build that has the `cuda` feature (under `mpirun`, `cuda` is each
+    /// rank's `cuda:LOCAL_RANK`).
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     device: String,
 }
