@@ -191,7 +191,13 @@ impl CustomOp3 for GemmAccumulate {
     }
 }
 
-/// `alpha·addend + beta·op(a)·op(b)` in one GEMM.
+/// `alpha·addend + beta·op(a)·op(b)`: one GEMM on the CPU; on a GPU, cuBLAS's GEMM (candle's matmul) and the
+/// accumulation as candle's elementwise ops (not yet one epilogue kernel).
 pub fn gemm_accumulate(addend: &Tensor, a: &Tensor, b: &Tensor, op: GemmAccumulate) -> Result<Tensor> {
+    if !addend.device().is_cpu() {
+        let a = if op.ta { a.t()? } else { a.clone() };
+        let b = if op.tb { b.t()? } else { b.clone() };
+        return addend.affine(op.alpha, 0.0)? + a.matmul(&b)?.affine(op.beta, 0.0)?;
+    }
     addend.contiguous()?.apply_op3_no_bwd(a, b, &op)
 }

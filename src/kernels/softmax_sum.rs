@@ -141,6 +141,15 @@ impl CustomOp1 for SoftmaxSum {
             _ => candle_core::bail!("fused softmax-sum: only f32 and f64 are supported"),
         }
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::cuda_backend::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::cuda_backend::CudaStorage, Shape)> {
+        super::cuda::launch_softmax_sum(self, storage, layout)
+    }
 }
 
 /// Σ_v softmax_v(scale · u·v) v for every row of `u`.

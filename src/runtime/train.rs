@@ -175,7 +175,7 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
     let optimizer = Optimizer::new(&recipe.optimizer, net.params())?;
     let backend = if device.is_cpu() { opts.backend } else { Backend::Reference };
     if backend != opts.backend && root {
-        println!("note: the fused gradient kernels are CPU-only; on {device:?} the plan runs candle's ops (reference)");
+        println!("note: the fused CUDA kernels are not yet verified on a GPU (`verify --device cuda`); on {device:?} the plan runs candle's ops (reference)");
     }
     let sizes = Sizes::of(objective, recipe.batch, net.projection_dim());
     let plan = if ranks > 1 {

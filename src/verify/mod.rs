@@ -285,7 +285,7 @@ fn prepared_state(plan: &Plan, rng: &mut StdRng, n: usize, d: usize) -> Result<c
 }
 
 /// One whole step (emas, both views, fifo pushes) on the CPU reference and on the candidate — the fused backend on
-/// the CPU, the reference backend (candle's ops) on another device — in f32: every output agrees.
+/// `device` (on a GPU: the generated CUDA kernels and cuBLAS) — in f32: every output agrees.
 fn step_matches_reference(objective: &Objective, device: &Device) -> Result<Row> {
     let reference = Plan::new(objective);
     let mut worst = Worst::default();
@@ -293,11 +293,7 @@ fn step_matches_reference(objective: &Objective, device: &Device) -> Result<Row>
     let tolerance = if device.is_cpu() { FUSED_TOLERANCE } else { DEVICE_TOLERANCE };
     for &(n, d) in SIZES {
         for seed in 0..SEEDS {
-            let candidate = if device.is_cpu() {
-                Plan::with_backend(objective, Backend::Fused, &check_sizes(objective, n, d))
-            } else {
-                Plan::new(objective)
-            };
+            let candidate = Plan::with_backend(objective, Backend::Fused, &check_sizes(objective, n, d));
             for k in candidate.kernels.values() {
                 *kernels.entry(k.name()).or_insert(0) += 1;
             }

@@ -12,6 +12,11 @@
 
 use std::fmt::Write;
 
+#[cfg(feature = "cuda")]
+mod launch;
+#[cfg(feature = "cuda")]
+pub use launch::launch_softmax_sum;
+
 /// Threads per block (four warps): the launch configuration the source assumes.
 pub const BLOCK: u32 = 128;
 
