@@ -10,10 +10,6 @@ use candle_core::cuda_backend::cudarc::nvrtc::compile_ptx;
 use candle_core::cuda_backend::{CudaDType, CudaStorage};
 use candle_core::{DType, Layout, Result, Shape, Storage, Tensor};
 
-fn driver(what: &'static str) -> impl Fn(candle_core::cuda_backend::cudarc::driver::DriverError) -> candle_core::Error {
-    move |e| candle_core::Error::Msg(format!("fused softmax-sum on CUDA, {what}: {e:?}"))
-}
-
 /// The kernel's PTX, from NVRTC.
 fn compile(parts: &[PartKind], float: Float, name: &str) -> Result<String> {
     compile_ptx(softmax_sum_source(parts, float))
@@ -97,6 +93,7 @@ fn launch<T: CudaDType + DeviceRepr>(
     // SAFETY: the arguments are pushed in the order and with the types of the generated signature
     // (`softmax_sum_source`), every pointer covers the extent the kernel reads, and the grid is one block per row.
     #[allow(unsafe_code)]
-    unsafe { args.launch(config) }.map_err(driver("launch"))?;
+    unsafe { args.launch(config) }
+        .map_err(|e| candle_core::Error::Msg(format!("fused softmax-sum on CUDA, launch: {e:?}")))?;
     Ok((CudaStorage::wrap_cuda_slice(out, device), Shape::from((n, d))))
 }
