@@ -3,7 +3,7 @@
 //! compiler when `CUDA_HOME` names one (scripts/cuda-env.sh sets it up without a GPU), so a kernel that does not
 //! compile is caught before it reaches a GPU. CI has no toolkit: there the compile step says it is skipped.
 
-use ssl_lang::backend::{fused::cuda_parts, Backend};
+use ssl_lang::backend::{fused::part_kinds, Backend};
 use ssl_lang::ir::cost::Sizes;
 use ssl_lang::ir::fuse::Kernel;
 use ssl_lang::kernels::cuda::{softmax_sum_name, softmax_sum_source, Float, PartKind};
@@ -27,7 +27,7 @@ fn kernels() -> BTreeMap<String, (Vec<PartKind>, Float)> {
             let plan = Plan::with_backend(o, Backend::Fused, &Sizes { n: 256, d: 128, fifo: vec![4096] });
             for kernel in plan.kernels.values() {
                 if let Kernel::SoftmaxSum { parts, .. } = kernel {
-                    let parts = cuda_parts(&plan.lowered.graph, parts);
+                    let parts = part_kinds(&plan.lowered.graph, parts);
                     for float in [Float::F32, Float::F64] {
                         found.insert(softmax_sum_name(&parts, float), (parts.clone(), float));
                     }
@@ -41,9 +41,17 @@ fn kernels() -> BTreeMap<String, (Vec<PartKind>, Float)> {
 #[test]
 fn the_contrastive_objectives_generate_their_kernels() {
     let found = kernels();
-    // SimCLR/MoCo: the set of targets or the queue, plus the positive; NNCLR and DCL add their own parts.
-    assert!(found.keys().any(|k| k.contains("rows")), "no kernel over shared rows: {:?}", found.keys());
-    assert!(found.len() >= 2, "{:?}", found.keys());
+    // MoCo: each sample's positive, then the queue's shared rows; SimCLR (and NNCLR): the batch's rows alone, the
+    // positive among them. Both precisions of each.
+    let kinds = |name: &str| found.get(name).map(|(parts, _)| parts.clone());
+    assert_eq!(
+        kinds("softmax_sum_item_rows_f32"),
+        Some(vec![PartKind::PerSample, PartKind::Rows]),
+        "{:?}",
+        found.keys()
+    );
+    assert_eq!(kinds("softmax_sum_rows_f64"), Some(vec![PartKind::Rows]), "{:?}", found.keys());
+    assert_eq!(found.len(), 4, "two kernels in two precisions: {:?}", found.keys());
     let sources: String = found
         .iter()
         .filter(|(_, (_, float))| *float == Float::F32)

@@ -5,9 +5,8 @@
 use super::reference::{align, Inputs};
 use crate::ir::fuse::{scalar_chain, Candidates, Kernel, Scale};
 use crate::ir::{Axis, Graph, Node, Op};
-use crate::kernels::cuda::PartKind;
 use crate::kernels::gemm::{gemm_accumulate, GemmAccumulate};
-use crate::kernels::softmax_sum;
+use crate::kernels::softmax_sum::{self, PartKind};
 use candle_core::{DType, Result, Tensor};
 
 fn value(values: &[Option<Tensor>], n: Node) -> &Tensor {
@@ -26,9 +25,9 @@ fn scale_value(s: &Scale, values: &[Option<Tensor>]) -> Result<f64> {
     Ok(x)
 }
 
-/// How the CUDA kernel reads each part of a softmax-sum's candidate set ([`crate::kernels::cuda`]): an item with a
-/// batch axis is one row per sample, one without is shared.
-pub fn cuda_parts(g: &Graph, parts: &[Candidates]) -> Vec<PartKind> {
+/// How the kernels read each part of a softmax-sum's candidate set: an item with a batch axis is one row per sample,
+/// one without is shared by all. The CPU and CUDA kernels both take this, and the CUDA source is generated for it.
+pub fn part_kinds(g: &Graph, parts: &[Candidates]) -> Vec<PartKind> {
     parts
         .iter()
         .map(|p| match p {
@@ -43,11 +42,12 @@ pub fn cuda_parts(g: &Graph, parts: &[Candidates]) -> Vec<PartKind> {
 pub fn run(g: &Graph, kernel: &Kernel, n: Node, values: &[Option<Tensor>], x: &Inputs) -> Result<Tensor> {
     match kernel {
         Kernel::SoftmaxSum { u, scale, parts } => {
-            let parts = parts
-                .iter()
-                .map(|p| match p {
-                    Candidates::Rows(r) => softmax_sum::Part::Rows(value(values, *r).clone()),
-                    Candidates::Item(i) => softmax_sum::Part::Item(value(values, *i).clone()),
+            let parts = part_kinds(g, parts)
+                .into_iter()
+                .zip(parts)
+                .map(|(kind, Candidates::Rows(n) | Candidates::Item(n))| softmax_sum::Part {
+                    kind,
+                    values: value(values, *n).clone(),
                 })
                 .collect();
             softmax_sum::softmax_sum(value(values, *u), scale_value(scale, values)?, parts)

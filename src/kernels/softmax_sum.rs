@@ -12,13 +12,25 @@ use rayon::prelude::*;
 /// Candidate rows per tile: the logits tile is N × TILE.
 pub const TILE: usize = 512;
 
-/// One part of the candidate set.
+/// How a part of the candidate set is laid out: decided once, from the IR's axes (`backend::fused::part_kinds`), and
+/// read by the CPU kernel and the CUDA one alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartKind {
+    /// K rows shared by every sample, [K, D] (a queue, the batch's targets).
+    Rows,
+    /// One row per sample, [N, D] (the positive).
+    PerSample,
+    /// One vector shared by every sample, [D].
+    Shared,
+}
+
+/// One part of the candidate set: its values and their layout.
 #[derive(Clone, Debug)]
-pub enum Part {
-    /// Candidate rows shared by every sample, [K, D].
-    Rows(Tensor),
-    /// One candidate per sample, [N, D] (or one shared vector, [D]).
-    Item(Tensor),
+pub struct Part {
+    /// How `values` is laid out.
+    pub kind: PartKind,
+    /// The candidates.
+    pub values: Tensor,
 }
 
 /// The op: applied to U [N, D]; the parts and the logit scale are its fields.
@@ -62,9 +74,17 @@ impl SoftmaxSum {
         let mut acc = vec![T::zero(); n * d];
         let mut logits: Vec<T> = Vec::new();
         for part in &self.parts {
-            match part {
-                Part::Item(t) => with_matrix(t, |item: Matrix<T>| {
-                    let shared = item.rows == 1 && n != 1;
+            match part.kind {
+                PartKind::PerSample | PartKind::Shared => with_matrix(&part.values, |item: Matrix<T>| {
+                    let shared = part.kind == PartKind::Shared;
+                    if (item.rows, item.cols) != (if shared { 1 } else { n }, d) {
+                        candle_core::bail!(
+                            "fused softmax-sum: a {:?} part of shape {}×{} does not fit features [{n}, {d}]",
+                            part.kind,
+                            item.rows,
+                            item.cols
+                        );
+                    }
                     for i in 0..n {
                         let v_row = if shared { 0 } else { i };
                         let v = &item.data[v_row * d..(v_row + 1) * d];
@@ -78,7 +98,7 @@ impl SoftmaxSum {
                     }
                     Ok(())
                 })?,
-                Part::Rows(t) => with_matrix(t, |rows: Matrix<T>| {
+                PartKind::Rows => with_matrix(&part.values, |rows: Matrix<T>| {
                     if rows.cols != d {
                         candle_core::bail!("fused softmax-sum: candidates have {} columns, features {d}", rows.cols);
                     }

@@ -3,7 +3,7 @@
 //! `n` blocks then computes the whole [n, d] result. Built, not yet run on a GPU (`scripts/gpu-check.sh`).
 
 use super::{softmax_sum_name, softmax_sum_source, Float, PartKind, BLOCK};
-use crate::kernels::softmax_sum::{Part, SoftmaxSum};
+use crate::kernels::softmax_sum::SoftmaxSum;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::cudarc::nvrtc::compile_ptx;
@@ -37,18 +37,9 @@ fn launch<T: CudaDType + DeviceRepr>(
         candle_core::bail!("fused softmax-sum: features must be a contiguous matrix")
     };
     let (n, d) = (*n, *d);
-    // The parts, contiguous, each with the kind the kernel reads it as (the CPU kernel's rule for a shared item).
-    let tensors: Vec<(PartKind, Tensor)> = op
-        .parts
-        .iter()
-        .map(|p| {
-            Ok(match p {
-                Part::Rows(t) => (PartKind::Rows, t.contiguous()?),
-                Part::Item(t) if t.elem_count() == d && n != 1 => (PartKind::Shared, t.contiguous()?),
-                Part::Item(t) => (PartKind::PerSample, t.contiguous()?),
-            })
-        })
-        .collect::<Result<_>>()?;
+    // The parts, contiguous, each with the kind the IR gave it.
+    let tensors: Vec<(PartKind, Tensor)> =
+        op.parts.iter().map(|p| Ok((p.kind, p.values.contiguous()?))).collect::<Result<_>>()?;
     let guards: Vec<_> = tensors.iter().map(|(_, t)| t.storage_and_layout()).collect();
     let mut views = Vec::with_capacity(guards.len());
     for ((kind, t), (storage, part_layout)) in tensors.iter().zip(&guards) {

@@ -10,6 +10,7 @@
 //! itself; a logit is one block-wide dot product, after which every thread holds the same running maximum and
 //! sum. The [N, K] logits are never built, whatever K (a queue of 65,536 included).
 
+pub use super::softmax_sum::PartKind;
 use std::fmt::Write;
 
 #[cfg(feature = "cuda")]
@@ -19,17 +20,6 @@ pub use launch::launch_softmax_sum;
 
 /// Threads per block (four warps): the launch configuration the source assumes.
 pub const BLOCK: u32 = 128;
-
-/// One part of the candidate set, as the kernel reads it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PartKind {
-    /// K rows shared by every sample, [K, D] (a queue, the batch's targets).
-    Rows,
-    /// One row per sample, [N, D] (the positive).
-    PerSample,
-    /// One vector shared by every sample, [D].
-    Shared,
-}
 
 /// The element type the kernel computes in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
