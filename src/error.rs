@@ -45,6 +45,7 @@ code_table! {
     EvalShape       = "ssl::eval::shape",           Input,   "features and labels that do not fit together";
     EvalCache       = "ssl::eval::cache",           Warning, "features that could not be cached (a read-only run)";
     EvalEmpty       = "ssl::eval::empty",           Input,   "an evaluation with nothing to compare or a degenerate setting";
+    EvalData        = "ssl::eval::data",            Warning, "an evaluation on other data than the run trained on";
     GradRead        = "ssl::grad::read",            Input,    "grad inputs that are not a readable safetensors file";
     GradMissing     = "ssl::grad::missing",         Input,   "grad inputs without one of u1 u2 t1 t2";
     GradShape       = "ssl::grad::shape",           Input,   "a grad input of the wrong shape";

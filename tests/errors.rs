@@ -351,6 +351,21 @@ fn misused_run(root: &Path) -> Vec<Error> {
         .unwrap();
     assert!(eval.status.success());
     out.extend(reported(&eval));
+    // Other images than the run's: evaluated, with a warning.
+    let other = root.join("other-data");
+    std::fs::create_dir_all(&other).unwrap();
+    for (file, count) in [(idx::TRAIN_IMAGES, 64), (idx::TEST_IMAGES, 64)] {
+        idx::write_images(&other.join(file), &vec![99; count * idx::PIXELS], true).unwrap();
+    }
+    for file in [idx::TRAIN_LABELS, idx::TEST_LABELS] {
+        idx::write_labels(&other.join(file), &(0..64).map(|i| (i % 10) as u8).collect::<Vec<_>>(), true).unwrap();
+    }
+    let eval = Command::new(env!("CARGO_BIN_EXE_ssl-lang"))
+        .args(["eval", root.join("r").to_str().unwrap(), "--data", other.to_str().unwrap(), "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
+    out.extend(reported(&eval));
     let export = |to: &str, file: &Path| {
         Command::new(env!("CARGO_BIN_EXE_ssl-lang"))
             .args(["export", root.join("r").to_str().unwrap(), "--to", to, file.to_str().unwrap(), "--format", "json"])

@@ -80,6 +80,15 @@ pub fn evaluate(
     if let Some(limit) = config.limit {
         data.limit(limit);
     }
+    if !config.data_sha256.is_empty() && data.fingerprint() != config.data_sha256 {
+        edge.report(
+            &Error::new(
+                ErrorCode::EvalData,
+                format!("evaluating on {}, not on the data the run trained on ({})", data.describe(), config.data),
+            )
+            .help("pass the run's data with `--data` to evaluate on them; the evaluation goes on with these"),
+        );
+    }
     let splits = data.eval_splits()?;
     let net = SiameseNet::from_recipe(&recipe, data.shape, DType::F32, &device)?;
     loaded.checkpoint.to_device(&device)?.restore_online(&net)?;
