@@ -316,7 +316,11 @@ fn eval_caches_features_per_checkpoint_and_data() {
     let checkpoint: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("checkpoint.json")).unwrap()).unwrap();
     let dir = RunDir::open(&run).unwrap();
-    let path = ssl_lang::commands::eval::cache_path(&dir, checkpoint["tensors"]["sha256"].as_str().unwrap(), &data);
+    let path = ssl_lang::commands::eval::cache_path(
+        &dir,
+        checkpoint["tensors"]["sha256"].as_str().unwrap(),
+        &data.fingerprint(),
+    );
     std::fs::create_dir_all(path.with_extension("safetensors.tmp")).unwrap();
     let unwritable = eval(bundled);
     assert_ok(&unwritable);

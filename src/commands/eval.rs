@@ -80,7 +80,9 @@ pub fn evaluate(
     if let Some(limit) = config.limit {
         data.limit(limit);
     }
-    if !config.data_sha256.is_empty() && data.fingerprint() != config.data_sha256 {
+    // One hash of the images serves the check against the run's and the feature cache's name.
+    let data_sha256 = data.fingerprint();
+    if !config.data_sha256.is_empty() && data_sha256 != config.data_sha256 {
         edge.report(
             &Error::new(
                 ErrorCode::EvalData,
@@ -92,7 +94,7 @@ pub fn evaluate(
     let splits = data.eval_splits()?;
     let net = SiameseNet::from_recipe(&recipe, data.shape, DType::F32, &device)?;
     loaded.checkpoint.to_device(&device)?.restore_online(&net)?;
-    let (bank, queries) = cached_features(&run, &loaded.sha256, &net, &data, edge)?;
+    let (bank, queries) = cached_features(&run, &loaded.sha256, &net, &data, &data_sha256, edge)?;
     let mut out = Evaluation { step, source: data.describe(), knn: None, linear: None };
     if protocols.knn || !protocols.linear {
         let k = recipe.eval.clone().unwrap_or(Knn { k: 200, t: 0.1, every: 1 });
@@ -108,17 +110,18 @@ pub fn evaluate(
 }
 
 /// The backbone features of the training (bank) and test (query) images under `checkpoint` (its SHA-256), read
-/// from the run's cache when one was computed for this checkpoint and these data (the file name is the hash of
-/// both) and is intact (it holds the SHA-256 of its features), else computed and cached. A cache that cannot be
-/// written (a read-only run) is reported and skipped.
+/// from the run's cache when one was computed for this checkpoint and these data (`data`, whose SHA-256 is
+/// `data_sha256`; the file name is the hash of both) and is intact (it holds the SHA-256 of its features), else
+/// computed and cached. A cache that cannot be written (a read-only run) is reported and skipped.
 fn cached_features(
     run: &RunDir,
     checkpoint: &str,
     net: &SiameseNet,
     data: &Dataset,
+    data_sha256: &str,
     edge: &Edge,
 ) -> Result<(Tensor, Tensor), Error> {
-    let cache = cache_path(run, checkpoint, data);
+    let cache = cache_path(run, checkpoint, data_sha256);
     let cached = crate::files::read_bounded(&cache, crate::files::TENSOR_LIMIT)
         .ok()
         .and_then(|bytes| candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).ok());
@@ -146,10 +149,11 @@ fn cached_features(
     Ok((bank, queries))
 }
 
-/// Where the features of the checkpoint with SHA-256 `checkpoint` on `data` are cached: a name made of the hash of
-/// both, so other data or another checkpoint never reads them.
-pub fn cache_path(run: &RunDir, checkpoint: &str, data: &Dataset) -> std::path::PathBuf {
-    let key = Sha256::digest(format!("{checkpoint} {}", data.fingerprint()).as_bytes());
+/// Where the features of the checkpoint with SHA-256 `checkpoint` on the data with SHA-256 `data_sha256`
+/// ([`Dataset::fingerprint`]) are cached: a name made of the hash of both, so other data or another checkpoint
+/// never reads them.
+pub fn cache_path(run: &RunDir, checkpoint: &str, data_sha256: &str) -> std::path::PathBuf {
+    let key = Sha256::digest(format!("{checkpoint} {data_sha256}").as_bytes());
     run.file(&format!("features-{}.safetensors", &hex(&key)[..32]))
 }
 
