@@ -12,10 +12,22 @@ fn temp(tag: &str) -> PathBuf {
     dir
 }
 
-/// A sweep of the standard BYOL file with the tiny settings, plus `extra`.
+/// A sweep of the standard BYOL file with the tiny settings (two steps per cell), plus `extra`.
 fn sweep(runs: &Path, extra: &[&str]) -> Output {
+    let mut args = tiny_args(runs, None, &["--max-steps", "2"]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Command::new(env!("CARGO_BIN_EXE_ssl-lang")).args(&args).output().unwrap()
+}
+
+/// The arguments of a sweep of the standard BYOL file on 64 images with a narrow network, named `name` when given,
+/// plus `extra`.
+fn tiny_args<'a>(runs: &Path, name: impl Into<Option<&'a str>>, extra: &[&str]) -> Vec<String> {
     let file = format!("{}/objectives/byol.ssl", env!("CARGO_MANIFEST_DIR"));
-    let mut args = vec!["sweep", file.as_str(), "--runs", runs.to_str().unwrap(), "--max-steps", "2", "--limit", "64"];
+    let mut args: Vec<String> =
+        ["sweep", file.as_str(), "--runs", runs.to_str().unwrap(), "--limit", "64"].map(String::from).into();
+    if let Some(name) = name.into() {
+        args.extend(["--name".into(), name.into()]);
+    }
     for set in [
         "batch=8",
         "encoder=resnet_mini(widths = [4, 8, 8])",
@@ -23,10 +35,10 @@ fn sweep(runs: &Path, extra: &[&str]) -> Output {
         "predictor=mlp(hidden = 16)",
         "eval=knn(k = 10, t = 0.1, every = 1)",
     ] {
-        args.extend(["--set", set]);
+        args.extend(["--set".into(), set.into()]);
     }
-    args.extend_from_slice(extra);
-    Command::new(env!("CARGO_BIN_EXE_ssl-lang")).args(&args).output().unwrap()
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
 }
 
 fn table(dir: &Path) -> String {
@@ -111,5 +123,73 @@ fn a_cell_without_a_checkpoint_starts_afresh_and_keeps_the_old_directory() {
     assert!(String::from_utf8_lossy(&again.stdout).contains("byol: training"));
     assert!(cell.join("checkpoint.safetensors").exists(), "trained afresh");
     assert!(runs.join("a/abandoned/byol-0/config.json").exists(), "the old start is kept aside");
+    let _ = std::fs::remove_dir_all(&runs);
+}
+
+/// A cell that trains to its end probes itself (`train`'s final linear probe): the sweep takes that figure and does
+/// not extract the features a second time (its probe would leave a feature cache in the cell's directory).
+#[test]
+fn a_finished_cell_keeps_its_own_linear_probe() {
+    let runs = temp("own-probe");
+    let out = Command::new(env!("CARGO_BIN_EXE_ssl-lang"))
+        .args(tiny_args(&runs, "p", &["--set", "epochs=1"]))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cell = runs.join("p/byol");
+    let log = std::fs::read_to_string(runs.join("p/logs/byol.log")).unwrap();
+    let own = log.lines().find_map(|l| l.strip_prefix("final linear probe ")).expect("train probed the cell");
+    let md = table(&runs.join("p"));
+    assert!(md.contains(&format!("| {} |", own.trim_end_matches(" %"))), "the table shows the run's probe {own}: {md}");
+    let cached: Vec<_> = std::fs::read_dir(&cell)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("features-"))
+        .collect();
+    assert!(cached.is_empty(), "the sweep probed again: {cached:?}");
+    let _ = std::fs::remove_dir_all(&runs);
+}
+
+/// SIGTERM to the sweep alone (a job scheduler, `kill PID`) reaches the cell it is training: the cell checkpoints
+/// and stops, the sweep exits as interrupted with the cell pending, instead of waiting for it to train to its end.
+#[test]
+fn a_signal_to_the_sweep_stops_its_cell_at_a_checkpoint() {
+    let runs = temp("signal");
+    // 64 images in batches of 8 for 5,000 epochs: far more steps than the test waits for.
+    let extra = ["--set", "epochs=5000", "--set", "eval=none", "--set", "checkpoint=1000"];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ssl-lang"))
+        .args(tiny_args(&runs, "s", &extra))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let log = runs.join("s/logs/byol.log");
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains(" step ")) {
+        assert!(started.elapsed().as_secs() < 120, "the cell never started training");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: sends a signal to our own child, not yet waited for.
+    let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(sent, 0);
+    let stopped = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if stopped.elapsed().as_secs() > 60 {
+            let _ = child.kill();
+            panic!("the sweep did not stop its cell within 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(130), "interrupted");
+    let manifest = std::fs::read_to_string(runs.join("s/sweep.json")).unwrap();
+    assert!(manifest.contains("\"pending\""), "{manifest}");
+    let checkpoint: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(runs.join("s/byol/checkpoint.json")).unwrap()).unwrap();
+    let step = checkpoint["meta"]["step"].as_u64().unwrap();
+    assert!(step > 0 && step < 40_000, "checkpointed where it stopped, not at its end: step {step}");
     let _ = std::fs::remove_dir_all(&runs);
 }

@@ -66,7 +66,7 @@ struct Entry {
     status: Status,
     /// Seconds spent training and probing it, over every sweep that worked on it.
     wall_s: f64,
-    /// Linear-probe top-1 on its final checkpoint.
+    /// Linear-probe top-1 on its final checkpoint, where the sweep probed it (its run's records have none).
     linear: Option<f64>,
 }
 
@@ -163,7 +163,14 @@ fn train_cells(
     let mut running: Vec<(usize, Child, Instant)> = Vec::new();
     let mut finished = total - queue.len();
     let mut interrupted = false;
+    let mut passed_on = false;
     loop {
+        if stop.load(Ordering::SeqCst) && !passed_on {
+            passed_on = true;
+            for (_, child, _) in &running {
+                ask_to_stop(child);
+            }
+        }
         while running.len() < parallel && !stop.load(Ordering::SeqCst) {
             let Some(i) = queue.next() else { break };
             let child = spawn(args, dir, &manifest.cells[i].cell, threads)?;
@@ -195,7 +202,8 @@ fn train_cells(
                 }
                 other => Status::Failed(other),
             };
-            if entry.status == Status::Done {
+            // A run that trained to its end probed itself; a `--max-steps` stretch did not, so the sweep does.
+            if entry.status == Status::Done && measure(dir, entry).linear.is_none() {
                 let probe = evaluate(
                     &dir.join(&entry.cell.name),
                     Protocols { knn: false, linear: true },
@@ -276,10 +284,40 @@ fn spawn(args: &SweepArgs, dir: &Path, cell: &Cell, threads: Option<usize>) -> R
         cmd.env("RAYON_NUM_THREADS", t.to_string());
     }
     cmd.stdin(Stdio::null()).stdout(open()?).stderr(open()?);
+    own_process_group(&mut cmd);
     cmd.spawn().map_err(|e| {
         Error::new(ErrorCode::RunIo, format!("cannot start training cell `{}`: {e}", cell.name))
             .help("the system refused a new process (too many, or out of memory): try a smaller --parallel")
     })
+}
+
+/// Puts a cell in a process group of its own, so that a terminal's Ctrl-C reaches the sweep alone, which passes it
+/// on once ([`ask_to_stop`]): a cell that got the signal twice would end at once instead of checkpointing. On Linux
+/// the cell is also asked to stop (SIGTERM) when the sweep dies, so no training outlives it: a second Ctrl-C ends
+/// the sweep at once and, being the cell's second signal too, the cell with it.
+fn own_process_group(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    #[cfg(target_os = "linux")]
+    // SAFETY: the closure runs in the forked child before exec and calls only prctl, which is async-signal-safe.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
+/// Asks a cell's training to checkpoint and stop, as a signal to the sweep asked it: SIGTERM, which `train` handles.
+fn ask_to_stop(child: &Child) {
+    let Ok(pid) = libc::pid_t::try_from(child.id()) else { return };
+    // SAFETY: kill only sends a signal; the pid is a child not yet waited for, so it cannot name another process.
+    #[allow(unsafe_code)]
+    let _ = unsafe { libc::kill(pid, libc::SIGTERM) };
 }
 
 /// Moves a cell's run directory that holds no checkpoint to `abandoned/CELL-N`, so that the cell starts afresh
@@ -299,15 +337,11 @@ fn log_path(dir: &Path, cell: &Cell) -> PathBuf {
     dir.join("logs").join(format!("{}.log", cell.name))
 }
 
-/// A cell's figures: its run's records, the sweep's probe and wall time.
+/// A cell's figures: its run's records (the sweep's probe where they have none) and the wall time.
 fn measure(dir: &Path, e: &Entry) -> Measured {
     let records = RunDir::open(&dir.join(&e.cell.name)).and_then(|r| r.read_metrics()).unwrap_or_default();
-    Measured {
-        linear: e.linear,
-        wall_s: e.wall_s,
-        failed: matches!(e.status, Status::Failed(_)),
-        ..table::from_records(&records)
-    }
+    let own = table::from_records(&records);
+    Measured { linear: own.linear.or(e.linear), wall_s: e.wall_s, failed: matches!(e.status, Status::Failed(_)), ..own }
 }
 
 fn read_manifest(dir: &Path) -> Result<Option<Manifest>, Error> {

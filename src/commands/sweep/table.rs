@@ -25,13 +25,16 @@ pub struct Measured {
     pub failed: bool,
 }
 
-/// Reads a run's own records into a cell's figures (the sweep adds the probe and the wall time).
+/// Reads a run's own records into a cell's figures (the sweep adds the wall time, and the probe where the run has
+/// none).
 pub fn from_records(records: &[Record]) -> Measured {
     let knn = records.iter().rev().find_map(|r| if let Record::Eval(e) = r { Some(e.knn_top1) } else { None });
+    let linear = records.iter().rev().find_map(|r| if let Record::End(e) = r { e.linear_top1 } else { None });
     let last = records.iter().rev().find_map(|r| if let Record::Step(s) = r { Some(s) } else { None });
     let finite = |x: f64| x.is_finite().then_some(x);
     Measured {
         knn,
+        linear,
         z_std_ratio: last.and_then(|s| finite(s.z_std_online / s.z_std_healthy)),
         effective_rank: last.and_then(|s| finite(s.effective_rank)),
         pairs_per_s: last.and_then(|s| finite(s.pairs_per_s)),
