@@ -343,7 +343,7 @@ fn misused_run(root: &Path) -> Vec<Error> {
     let loaded = run.load_checkpoint().unwrap().unwrap();
     let mut data = data::load(&Data::FashionMnistDir(data::BUNDLED_DIR.into()), None).unwrap();
     data.limit(64);
-    let cache = commands::eval::cache_path(&run, &loaded.sha256, &data.fingerprint());
+    let cache = commands::eval::cache_path(&run, &loaded.sha256, &data.fingerprint(), 1);
     std::fs::create_dir_all(cache.with_extension("safetensors.tmp")).unwrap();
     let eval = Command::new(env!("CARGO_BIN_EXE_ssl-lang"))
         .args(["eval", root.join("r").to_str().unwrap(), "--data", data::BUNDLED_DIR, "--format", "json"])

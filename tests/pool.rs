@@ -1,5 +1,6 @@
 //! Max pooling (src/kernels/pool.rs) against a plain loop, candle's own pooling where candle has one (window ==
-//! stride, no padding) with its autodiff, and central finite differences, on fresh random inputs.
+//! stride, no padding) with its autodiff, and central finite differences, on fresh random inputs; the linear
+//! probe's grid pooling (src/nn/layers.rs) against torch's bins written out.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::rngs::StdRng;
@@ -102,5 +103,48 @@ fn max_pool_agrees_with_candle_where_candle_has_one() -> Result<()> {
     assert!(pool::max_pool2d(&x32, 3, 2, 2).is_err(), "padding over half the window");
     assert!(pool::max_pool2d(&x32, 9, 1, 0).is_err(), "window larger than the image");
     assert!(pool::max_pool2d(&x32, 3, 0, 1).is_err(), "zero stride");
+    Ok(())
+}
+
+/// `grid_avg_pool` places its bins as torch's `adaptive_avg_pool2d` does; the bins per side are written out here
+/// (torch's: 7 → 2 is [0, 4) and [3, 7), overlapping; 5 → 3 is [0, 2), [1, 4), [3, 5); 6 → 2 halves; n → 1 all;
+/// n → n single pixels), and each output is the mean of its bin, channel-major ([B, C·g·g]).
+#[test]
+fn grid_pooling_averages_torch_adaptive_bins() -> Result<()> {
+    let bins = |n: usize, g: usize| -> Vec<(usize, usize)> {
+        match (n, g) {
+            (_, 1) => vec![(0, n)],
+            (7, 2) => vec![(0, 4), (3, 7)],
+            (5, 3) => vec![(0, 2), (1, 4), (3, 5)],
+            (6, 2) => vec![(0, 3), (3, 6)],
+            (n, g) if n == g => (0..n).map(|i| (i, i + 1)).collect(),
+            _ => unreachable!("no bins written for {n} → {g}"),
+        }
+    };
+    for &(b, c, h, w, g) in &[(2, 3, 7, 7, 2), (1, 2, 5, 6, 1), (3, 1, 6, 6, 2), (1, 2, 3, 3, 3), (2, 2, 7, 7, 1)] {
+        let x = draw(b * c * h * w, (h * 10 + g) as u64);
+        let t = Tensor::from_vec(x.clone(), (b, c, h, w), &Device::Cpu)?;
+        let y = ssl_lang::nn::layers::grid_avg_pool(&t, g)?;
+        assert_eq!(y.dims(), &[b, c * g * g]);
+        let y = y.flatten_all()?.to_vec1::<f64>()?;
+        let (rows, cols) = (bins(h, g), bins(w, g));
+        for (i, want) in (0..b)
+            .flat_map(|n| (0..c).map(move |ch| (n, ch)))
+            .flat_map(|(n, ch)| {
+                let (rows, cols, x) = (&rows, &cols, &x);
+                rows.iter().flat_map(move |&(r0, r1)| {
+                    cols.iter().map(move |&(c0, c1)| {
+                        let cell: Vec<f64> = (r0..r1)
+                            .flat_map(|r| (c0..c1).map(move |col| x[((n * c + ch) * h + r) * w + col]))
+                            .collect();
+                        cell.iter().sum::<f64>() / cell.len() as f64
+                    })
+                })
+            })
+            .enumerate()
+        {
+            assert!((y[i] - want).abs() < 1e-12, "{b}x{c}x{h}x{w} → {g}: output {i} is {} not {want}", y[i]);
+        }
+    }
     Ok(())
 }

@@ -320,6 +320,7 @@ fn eval_caches_features_per_checkpoint_and_data() {
         &dir,
         checkpoint["tensors"]["sha256"].as_str().unwrap(),
         &data.fingerprint(),
+        1,
     );
     std::fs::create_dir_all(path.with_extension("safetensors.tmp")).unwrap();
     let unwritable = eval(bundled);

@@ -280,3 +280,35 @@ fn an_empty_queue_at_step_one_does_not_stop_training() {
     assert!(losses[0].is_none() && losses[1..].iter().all(|l| l.is_some_and(f64::is_finite)), "{losses:?}");
     std::fs::remove_dir_all(&root).ok();
 }
+
+/// The linear probe reads the features the recipe's `probe` names: SimCLR's file probes the last map averaged over
+/// a 2×2 grid (4 × 16 numbers with this encoder), `train`'s final probe and `eval --linear` of its checkpoint agree,
+/// and eval caches the grid's features apart from kNN's global average (16 numbers).
+#[test]
+fn the_probe_reads_the_grid_its_recipe_names() {
+    let root = runs_root("probe-grid");
+    let out = train("simclr", &root, "grid", &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("backbone's last map averaged over a 2×2 grid"), "the protocol says so: {stdout}");
+    let trained =
+        stdout.lines().find_map(|l| l.strip_prefix("final linear probe ")).expect("a final probe").to_string();
+    let run = root.join("grid");
+    let eval = ssl(&["eval", run.to_str().unwrap(), "--knn", "--linear"]);
+    let report = String::from_utf8_lossy(&eval.stdout);
+    assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
+    assert!(report.contains(&format!("linear probe top-1 {trained}")), "eval's probe is train's {trained}: {report}");
+    let mut widths: Vec<usize> = std::fs::read_dir(&run)
+        .unwrap()
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("features-")))
+        .map(|p| {
+            let cached = candle_core::safetensors::load(&p, &candle_core::Device::Cpu).unwrap();
+            assert_eq!(cached["bank"].dim(0).unwrap(), 512, "one row per training image");
+            cached["bank"].dim(1).unwrap()
+        })
+        .collect();
+    widths.sort();
+    assert_eq!(widths, vec![16, 64], "kNN's global average and the probe's 2×2 grid, cached apart");
+    std::fs::remove_dir_all(&root).ok();
+}

@@ -316,6 +316,28 @@ pub struct Knn {
     pub every: usize,
 }
 
+/// Which backbone features the linear probe reads: the last feature map average-pooled to a `grid`×`grid` grid of
+/// bins (C·grid² numbers per image). 1 is the global average, the usual backbone feature; on small centred images
+/// (Fashion-MNIST's 28×28) a 2×2 grid keeps the coarse layout the raw-pixel probe sees whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Probe {
+    /// Bins per side.
+    pub grid: usize,
+}
+
+impl Probe {
+    /// The global average, which run records leave out (so runs from before the field existed still match).
+    pub fn is_global(&self) -> bool {
+        self.grid == 1
+    }
+}
+
+impl Default for Probe {
+    fn default() -> Self {
+        Probe { grid: 1 }
+    }
+}
+
 /// What training differentiates.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -364,6 +386,9 @@ pub struct Recipe {
     pub augment2: Option<Vec<Augment>>,
     /// kNN evaluation, if any.
     pub eval: Option<Knn>,
+    /// Which features the linear probe (run whenever `eval` is) reads.
+    #[serde(skip_serializing_if = "Probe::is_global")]
+    pub probe: Probe,
     /// Checkpoint every this many epochs (and at the end).
     pub checkpoint: usize,
     /// The unified gradient form, or the batch-level loss.
@@ -416,6 +441,7 @@ impl Default for Recipe {
             ],
             augment2: None,
             eval: Some(Knn { k: 200, t: 0.1, every: 1 }),
+            probe: Probe::default(),
             checkpoint: 5,
             form: Form::Gradient,
             normalize: Normalize::Dataset,
@@ -471,6 +497,7 @@ pub const FIELDS: &[&str] = &[
     "augment",
     "augment2",
     "eval",
+    "probe",
     "checkpoint",
     "form",
     "normalize",
@@ -527,6 +554,7 @@ fn decode_field(recipe: &mut Recipe, field: &Field, diagnostics: &mut Vec<Diagno
         "augment" => d.augment(v).map(|x| recipe.augment = x),
         "augment2" => d.augment2(v).map(|x| recipe.augment2 = Some(x)),
         "eval" => d.eval(v).map(|x| recipe.eval = x),
+        "probe" => d.probe(v).map(|x| recipe.probe = x),
         "form" => d.form(v).map(|x| recipe.form = x),
         "normalize" => d.normalize(v).map(|x| recipe.normalize = x),
         "checkpoint" => d.int(v, 1, 1 << 20).map(|x| recipe.checkpoint = x),
@@ -1014,6 +1042,11 @@ impl Decoder<'_> {
         Some(if c.name == "loss" { Form::Loss } else { Form::Gradient })
     }
 
+    fn probe(&mut self, e: &Expr) -> Option<Probe> {
+        let c = self.ctor(e, "a linear probe", &[("linear", &["grid"])])?;
+        Some(Probe { grid: c.args[0].map_or(Some(1), |x| self.int(x, 1, 8))? })
+    }
+
     fn eval(&mut self, e: &Expr) -> Option<Option<Knn>> {
         let c = self.ctor(e, "an evaluation", &[("knn", &["k", "t", "every"]), ("none", &[])])?;
         if c.name == "none" {
@@ -1123,6 +1156,9 @@ impl std::fmt::Display for Recipe {
             writeln!(f, "augment2   = {}", augment_list(second))?;
         }
         writeln!(f, "eval       = {eval}")?;
+        if !self.probe.is_global() {
+            writeln!(f, "probe      = linear(grid = {})", self.probe.grid)?;
+        }
         writeln!(f, "checkpoint = {}", self.checkpoint)?;
         if self.form == Form::Loss {
             writeln!(f, "form       = loss")?;

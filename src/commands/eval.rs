@@ -7,7 +7,7 @@ use crate::check::recipe::Knn;
 use crate::data;
 use crate::data::Dataset;
 use crate::error::{Error, ErrorCode};
-use crate::eval::features::{backbone_features, knn_protocol};
+use crate::eval::features::{knn_protocol, pooled_features};
 use crate::eval::{self, linear::ProbeResult, LinearProbe};
 use crate::files::hex;
 use crate::nn::SiameseNet;
@@ -94,34 +94,38 @@ pub fn evaluate(
     let splits = data.eval_splits()?;
     let net = SiameseNet::from_recipe(&recipe, data.shape, DType::F32, &device)?;
     loaded.checkpoint.to_device(&device)?.restore_online(&net)?;
-    let (bank, queries) = cached_features(&run, &loaded.sha256, &net, &data, &data_sha256, edge)?;
+    let features = |grid| cached_features(&run, &loaded.sha256, &net, &data, &data_sha256, grid, edge);
     let mut out = Evaluation { step, source: data.describe(), knn: None, linear: None };
     if protocols.knn || !protocols.linear {
+        let (bank, queries) = features(1)?;
         let k = recipe.eval.clone().unwrap_or(Knn { k: 200, t: 0.1, every: 1 });
         let top1 = eval::knn_accuracy(&bank, splits.bank_labels, &queries, splits.query_labels, k.k, k.t)?;
         out.knn = Some((top1, knn_protocol(&k, &data)));
     }
     if protocols.linear {
+        let (bank, queries) = features(recipe.probe.grid)?;
         let probe = LinearProbe::default();
         let result = eval::linear_probe(&bank, splits.bank_labels, &queries, splits.query_labels, &probe)?;
-        out.linear = Some((result, probe.protocol()));
+        out.linear = Some((result, probe.protocol(recipe.probe.grid)));
     }
     Ok(out)
 }
 
-/// The backbone features of the training (bank) and test (query) images under `checkpoint` (its SHA-256), read
-/// from the run's cache when one was computed for this checkpoint and these data (`data`, whose SHA-256 is
-/// `data_sha256`; the file name is the hash of both) and is intact (it holds the SHA-256 of its features), else
-/// computed and cached. A cache that cannot be written (a read-only run) is reported and skipped.
+/// The backbone features of the training (bank) and test (query) images under `checkpoint` (its SHA-256), pooled
+/// to a `grid`×`grid` grid (1: the global average), read from the run's cache when one was computed for this
+/// checkpoint, these data (`data`, whose SHA-256 is `data_sha256`) and this grid and is intact (it holds the
+/// SHA-256 of its features), else computed and cached. A cache that cannot be written (a read-only run) is reported
+/// and skipped.
 fn cached_features(
     run: &RunDir,
     checkpoint: &str,
     net: &SiameseNet,
     data: &Dataset,
     data_sha256: &str,
+    grid: usize,
     edge: &Edge,
 ) -> Result<(Tensor, Tensor), Error> {
-    let cache = cache_path(run, checkpoint, data_sha256);
+    let cache = cache_path(run, checkpoint, data_sha256, grid);
     let cached = crate::files::read_bounded(&cache, crate::files::TENSOR_LIMIT)
         .ok()
         .and_then(|bytes| candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).ok());
@@ -133,8 +137,10 @@ fn cached_features(
         }
     }
     let splits = data.eval_splits()?;
-    let bank = backbone_features(net, splits.bank, data.shape, &data.norm)?.to_device(&Device::Cpu)?;
-    let queries = backbone_features(net, splits.queries, data.shape, &data.norm)?.to_device(&Device::Cpu)?;
+    let pooled = |images| -> Result<Tensor, Error> {
+        Ok(pooled_features(net, images, data.shape, &data.norm, &[grid])?.remove(0).to_device(&Device::Cpu)?)
+    };
+    let (bank, queries) = (pooled(splits.bank)?, pooled(splits.queries)?);
     let sum = Tensor::new(features_sha256(&bank, &queries)?, &Device::Cpu)?;
     let tensors = [("bank", &bank), ("queries", &queries), ("sha256", &sum)];
     let written = safetensors::serialize(tensors, None)
@@ -150,10 +156,12 @@ fn cached_features(
 }
 
 /// Where the features of the checkpoint with SHA-256 `checkpoint` on the data with SHA-256 `data_sha256`
-/// ([`Dataset::fingerprint`]) are cached: a name made of the hash of both, so other data or another checkpoint
+/// ([`Dataset::fingerprint`]), pooled to a `grid`×`grid` grid, are cached: a name made of the hash of all three
+/// (the grid left out when it is 1, as before grids existed), so other data, another checkpoint or another pooling
 /// never reads them.
-pub fn cache_path(run: &RunDir, checkpoint: &str, data_sha256: &str) -> std::path::PathBuf {
-    let key = Sha256::digest(format!("{checkpoint} {data_sha256}").as_bytes());
+pub fn cache_path(run: &RunDir, checkpoint: &str, data_sha256: &str, grid: usize) -> std::path::PathBuf {
+    let pooling = if grid == 1 { String::new() } else { format!(" grid {grid}") };
+    let key = Sha256::digest(format!("{checkpoint} {data_sha256}{pooling}").as_bytes());
     run.file(&format!("features-{}.safetensors", &hex(&key)[..32]))
 }
 

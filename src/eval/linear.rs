@@ -39,10 +39,15 @@ impl Default for LinearProbe {
 }
 
 impl LinearProbe {
-    /// The protocol, printed with every number.
-    pub fn protocol(&self) -> String {
+    /// The protocol, printed with every number; `grid` says which backbone features it reads (the recipe's
+    /// `probe`).
+    pub fn protocol(&self, grid: usize) -> String {
+        let backbone = match grid {
+            1 => "backbone".to_string(),
+            g => format!("backbone's last map averaged over a {g}×{g} grid,"),
+        };
         format!(
-            "softmax regression on standardised frozen features (backbone or pixels), {} epochs, batch {}, SGD lr {} cosine, momentum {}, weight decay {}",
+            "softmax regression on standardised frozen features ({backbone} or pixels), {} epochs, batch {}, SGD lr {} cosine, momentum {}, weight decay {}",
             self.epochs, self.batch, self.lr, self.momentum, self.weight_decay
         )
     }

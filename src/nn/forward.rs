@@ -108,6 +108,11 @@ impl<'a> Ctx<'a> {
     }
 
     pub(super) fn resnet(&mut self, x: &Tensor, r: &ResNet) -> Result<Tensor> {
+        global_avg_pool(&self.resnet_map(x, r)?)
+    }
+
+    /// The encoder's last feature map, [B, C, H', W'], before its global average.
+    pub(super) fn resnet_map(&mut self, x: &Tensor, r: &ResNet) -> Result<Tensor> {
         let mut h = self.bn(&self.conv(x, &r.stem)?, &r.stem_bn, true)?;
         if r.pool {
             let (k, s, p) = STEM_POOL;
@@ -130,7 +135,7 @@ impl<'a> Ctx<'a> {
                 tape.joins.push(h.clone());
             }
         }
-        global_avg_pool(&h)
+        Ok(h)
     }
 
     pub(super) fn mlp(&mut self, x: &Tensor, m: &MlpNet) -> Result<Tensor> {

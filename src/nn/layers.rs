@@ -52,6 +52,27 @@ pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
     x.flatten_from(2)?.mean(2)
 }
 
+/// Average pooling to a `grid`×`grid` grid of bins placed as torch's `adaptive_avg_pool2d` places them (bin i of n
+/// spans ⌊i·n/grid⌋..⌈(i+1)·n/grid⌉, so bins overlap when grid does not divide n), flattened channel-major:
+/// [B, C, H, W] → [B, C·grid²]. A grid of 1 is [`global_avg_pool`]. Evaluation only (no tape).
+pub fn grid_avg_pool(x: &Tensor, grid: usize) -> Result<Tensor> {
+    if grid == 1 {
+        return global_avg_pool(x);
+    }
+    let (_, _, h, w) = x.dims4()?;
+    let bin = |n: usize, i: usize| (i * n / grid, ((i + 1) * n).div_ceil(grid));
+    let mut cells = Vec::with_capacity(grid * grid);
+    for i in 0..grid {
+        let (top, bottom) = bin(h, i);
+        for j in 0..grid {
+            let (left, right) = bin(w, j);
+            let cell = x.narrow(2, top, bottom - top)?.narrow(3, left, right - left)?.contiguous()?;
+            cells.push(global_avg_pool(&cell)?);
+        }
+    }
+    Tensor::stack(&cells, 2)?.flatten_from(1)
+}
+
 /// Max pooling of [B, C, H, W] with a `k`×`k` window (padding never chosen), through our kernel and its backward
 /// whatever the [`LayerImpl`]: candle's own has no padding and differentiates only kernel == stride. CPU only.
 pub fn max_pool2d(x: &Tensor, k: usize, stride: usize, pad: usize) -> Result<Tensor> {

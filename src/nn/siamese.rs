@@ -2,7 +2,7 @@
 
 use super::arch::{Arch, Builder};
 use super::forward::{Ctx, EncoderTape, Stats};
-use super::layers::fused_layers;
+use super::layers::{fused_layers, grid_avg_pool};
 use super::params::{load_named, Buffers, Params};
 use super::LayerImpl;
 use crate::check::recipe::{Encoder as EncoderSpec, Mlp as MlpSpec, Recipe};
@@ -157,11 +157,18 @@ impl SiameseNet {
     /// Eval-mode backbone features [B, widths.last()] with no graph (detached parameters, running statistics): what
     /// kNN and the linear probe read, without paying for the projector or keeping activations alive.
     pub fn features(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.pooled_features(x, &[1])?.remove(0))
+    }
+
+    /// [`Self::features`] with the last feature map pooled to each of `grids` ([`grid_avg_pool`]; 1 is the global
+    /// average), from one pass: kNN reads the global average, a probe may read a grid.
+    pub fn pooled_features(&self, x: &Tensor, grids: &[usize]) -> Result<Vec<Tensor>> {
         check_images(x, self.dtype, self.arch.input.channels)?;
         let p: Vec<Tensor> = self.tensors.iter().map(Tensor::detach).collect();
         let buffers = self.buffers.lock().unwrap_or_else(PoisonError::into_inner);
         let mut ctx = Ctx::new(&p, Stats::Ref(&buffers), false, self.layers, &self.work, None);
-        ctx.resnet(&x.detach(), &self.arch.encoder)
+        let map = ctx.resnet_map(&x.detach(), &self.arch.encoder)?;
+        grids.iter().map(|&g| grid_avg_pool(&map, g)).collect()
     }
 
     /// The same network with its layers run by `layers` (benchmarks and cross-checks run candle's).

@@ -17,7 +17,7 @@ use crate::collective::{tensor::gather_rows, Comm};
 use crate::data::loader::{Loader, Share};
 use crate::data::{self, Dataset};
 use crate::error::{Error, ErrorCode};
-use crate::eval::features::backbone_features_over;
+use crate::eval::features::pooled_features_over;
 use crate::eval::health::{self, first_non_finite};
 use crate::eval::{self, LinearProbe};
 use crate::ir::cost::Sizes;
@@ -83,6 +83,20 @@ pub struct TrainSummary {
     pub linear: Option<f64>,
     /// Whether the stop signal ended it.
     pub interrupted: bool,
+}
+
+/// The evaluation bank's and queries' features: the global average kNN reads and, when the probe reads others
+/// (the recipe's `probe` grid), those.
+struct EvalFeatures {
+    knn: (Tensor, Tensor),
+    probe: Option<(Tensor, Tensor)>,
+}
+
+impl EvalFeatures {
+    /// What the linear probe reads.
+    fn for_probe(&self) -> &(Tensor, Tensor) {
+        self.probe.as_ref().unwrap_or(&self.knn)
+    }
 }
 
 /// Everything that changes during training.
@@ -263,19 +277,19 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
     }
     if let Some(knn) = t.eval.clone().filter(|_| !opts.resume) {
         // Every rank extracts its block of the random-init features; rank 0 scores them beside the raw pixels.
-        let init_features = t.features()?;
+        let init_features = t.features(true)?;
         if root {
             let raw = eval::raw_pixel_knn(&t.data, knn.k, knn.t)?;
             println!("baseline: raw-pixel kNN {:.2} % ({})", raw * 100.0, eval::features::knn_protocol(&knn, &t.data));
-            let init = t.knn(&init_features)?;
+            let init = t.knn(&init_features.knn)?;
             println!("baseline: random-init encoder kNN {:.2} %", init * 100.0);
             let raw_linear = t.linear(&eval::raw_pixel_features(&t.data)?)?;
             println!(
                 "baseline: raw-pixel linear probe {:.2} % ({})",
                 raw_linear * 100.0,
-                LinearProbe::default().protocol()
+                LinearProbe::default().protocol(t.recipe.probe.grid)
             );
-            let init_linear = t.linear(&init_features)?;
+            let init_linear = t.linear(init_features.for_probe())?;
             println!("baseline: random-init encoder linear probe {:.2} %", init_linear * 100.0);
             t.run.append_metrics(&Record::Baseline(Baseline {
                 step: 0,
@@ -351,11 +365,11 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
         if epoch_done || step == stop {
             if let Some(knn) = &t.eval.clone() {
                 if epoch.is_multiple_of(knn.every) || step == stop {
-                    let features = t.features()?;
+                    let features = t.features(step == total_steps)?;
                     if root {
-                        let top1 = t.knn(&features)?;
+                        let top1 = t.knn(&features.knn)?;
                         if step == total_steps {
-                            linear = Some(t.linear(&features)?);
+                            linear = Some(t.linear(features.for_probe())?);
                         }
                         progress.println(&format!(
                             "epoch {epoch:>3}: kNN top-1 {:.2} % ({})",
@@ -627,16 +641,22 @@ impl Trainer<'_> {
         Ok(top1)
     }
 
-    /// The backbone features of the evaluation bank and queries (un-augmented images); over ranks, each extracts a
-    /// block with rank 0's running statistics, and every rank gets them all.
-    fn features(&self) -> Result<(Tensor, Tensor), Error> {
+    /// The backbone features of the evaluation bank and queries (un-augmented images): the global average kNN
+    /// reads, then, with `probe`, those the linear probe reads (the recipe's `probe` grid; the same when it is 1).
+    /// Over ranks, each extracts a block with rank 0's running statistics, and every rank gets them all.
+    fn features(&self, probe: bool) -> Result<EvalFeatures, Error> {
         let (shape, norm) = (self.data.shape, &self.data.norm);
         let splits = self.data.eval_splits()?;
         if self.comm.ranks() > 1 && !self.recipe.sync_bn {
             super::ranks::share_running_stats(&*self.comm, &self.net)?;
         }
-        let bank = backbone_features_over(&*self.comm, &self.net, splits.bank, shape, norm)?;
-        Ok((bank, backbone_features_over(&*self.comm, &self.net, splits.queries, shape, norm)?))
+        let grid = self.recipe.probe.grid;
+        let grids = if probe && grid != 1 { vec![1, grid] } else { vec![1] };
+        let mut bank = pooled_features_over(&*self.comm, &self.net, splits.bank, shape, norm, &grids)?;
+        let mut queries = pooled_features_over(&*self.comm, &self.net, splits.queries, shape, norm, &grids)?;
+        let knn = (bank.remove(0), queries.remove(0));
+        let probe = bank.pop().zip(queries.pop());
+        Ok(EvalFeatures { knn, probe })
     }
 
     /// Linear-probe top-1 on the features `(bank, queries)` (the standard protocol, [`LinearProbe::default`]).
