@@ -152,6 +152,7 @@ fn a_finished_cell_keeps_its_own_linear_probe() {
 
 /// SIGTERM to the sweep alone (a job scheduler, `kill PID`) reaches the cell it is training: the cell checkpoints
 /// and stops, the sweep exits as interrupted with the cell pending, instead of waiting for it to train to its end.
+#[cfg(unix)]
 #[test]
 fn a_signal_to_the_sweep_stops_its_cell_at_a_checkpoint() {
     let runs = temp("signal");

@@ -295,6 +295,7 @@ fn spawn(args: &SweepArgs, dir: &Path, cell: &Cell, threads: Option<usize>) -> R
 /// on once ([`ask_to_stop`]): a cell that got the signal twice would end at once instead of checkpointing. On Linux
 /// the cell is also asked to stop (SIGTERM) when the sweep dies, so no training outlives it: a second Ctrl-C ends
 /// the sweep at once and, being the cell's second signal too, the cell with it.
+#[cfg(unix)]
 fn own_process_group(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     cmd.process_group(0);
@@ -312,13 +313,22 @@ fn own_process_group(cmd: &mut Command) {
     }
 }
 
+/// Elsewhere than Unix the cell shares the sweep's console and gets its signals directly.
+#[cfg(not(unix))]
+fn own_process_group(_: &mut Command) {}
+
 /// Asks a cell's training to checkpoint and stop, as a signal to the sweep asked it: SIGTERM, which `train` handles.
+#[cfg(unix)]
 fn ask_to_stop(child: &Child) {
     let Ok(pid) = libc::pid_t::try_from(child.id()) else { return };
     // SAFETY: kill only sends a signal; the pid is a child not yet waited for, so it cannot name another process.
     #[allow(unsafe_code)]
     let _ = unsafe { libc::kill(pid, libc::SIGTERM) };
 }
+
+/// Elsewhere than Unix the cell got the console's signal itself.
+#[cfg(not(unix))]
+fn ask_to_stop(_: &Child) {}
 
 /// Moves a cell's run directory that holds no checkpoint to `abandoned/CELL-N`, so that the cell starts afresh
 /// without losing what its earlier start wrote.
