@@ -36,10 +36,10 @@ enum Command {
         deny_warnings: bool,
     },
     /// Train a grid — files × `--grid` values × seeds — one cell after another (or `--parallel P` at once), each a
-    /// run directory under RUNS/NAME/, resumable; then a table (Markdown, CSV) and a chart of kNN and linear-probe
-    /// top-1, health, speed and wall time, mean ± std over seeds.
+    /// run directory under RUNS/NAME/, resumable; then a table (Markdown, CSV), a chart and a page (report.html) of
+    /// kNN and linear-probe top-1, health, speed and wall time, mean ± std over seeds.
     #[command(
-        after_help = "Examples:\n  ssl-lang sweep objectives/simclr.ssl objectives/unigrad.ssl --grid form=gradient,loss --grid momentum=none,cosine(0.99, 1.0) --seeds 0,1,2 --name fidelity\n  ssl-lang sweep --report fidelity\nExit status: 0 every cell done, 1 a cell failed (its log is named), 2 usage or I/O, 130 stopped by a signal (run it again to resume)."
+        after_help = "Examples:\n  ssl-lang sweep objectives/simclr.ssl objectives/unigrad.ssl --grid form=gradient,loss --grid 'momentum=none,cosine(0.99, 1.0)' --seeds 0,1,2 --name fidelity\n  ssl-lang sweep --report fidelity\nExit status: 0 every cell done, 1 a cell failed (its log is named), 2 usage or I/O, 130 stopped by a signal (run it again to resume)."
     )]
     Sweep {
         /// The .ssl files.

@@ -1,6 +1,7 @@
 //! `ssl-lang sweep` through the binary on a tiny grid (64 images, a narrow network, two steps per cell): every cell
-//! is a run directory, the table groups seeds into mean ± std, a rerun trains nothing, `--report` rebuilds the same
-//! table from disk, and a failing cell is reported with its log while the others finish.
+//! is a run directory, the table groups seeds into mean ± std, the page links every cell's report, a rerun trains
+//! nothing, `--report` rebuilds the same table from disk, and a failing cell is reported with its log while the
+//! others finish.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -67,6 +68,14 @@ fn a_grid_trains_every_cell_once_and_tabulates_it() {
     assert_eq!(rows[0].matches(" ± ").count(), 5, "{md}");
     assert!(std::fs::read_to_string(dir.join("sweep.csv")).unwrap().lines().count() == 3);
     assert!(std::fs::read_to_string(dir.join("sweep.svg")).unwrap().starts_with("<svg"));
+    // The page: the chart inline, a row per group, every cell linked to its run's own report, which is there.
+    let page = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(page.contains("<h1>ssl-lang sweep g</h1>") && page.matches("<svg").count() == 1, "{page}");
+    assert!(page.contains("<td>byol</td><td>form=gradient</td>") && page.contains("<td>form=loss</td>"), "{page}");
+    for cell in ["byol-form=gradient-s0", "byol-form=gradient-s1", "byol-form=loss-s0", "byol-form=loss-s1"] {
+        assert!(page.contains(&format!("<a href=\"{cell}/report.html\">seed ")), "{cell} is linked: {page}");
+        assert!(dir.join(cell).join("report.html").exists(), "{cell} has its report");
+    }
 
     // A rerun finds every cell finished: nothing trains, the table is the same.
     let again = sweep(&runs, &["--grid", "form=gradient,loss", "--seeds", "0,1", "--name", "g"]);

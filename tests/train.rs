@@ -98,6 +98,11 @@ fn resume_continues_exactly_and_eval_reads_the_checkpoint() {
     let report = String::from_utf8_lossy(&eval.stdout);
     let expected = format!("{:.2} %", last_eval("whole")["knn_top1"].as_f64().unwrap() * 100.0);
     assert!(report.contains(&expected), "eval of the final checkpoint gives the run's last kNN {expected}:\n{report}");
+    // The backbone's features' effective rank, of their width (the last stage's channels).
+    let rank_line = report.lines().find_map(|l| l.strip_prefix("backbone features: effective rank ")).expect("a rank");
+    let (rank, width) = rank_line.split_once(" of ").unwrap();
+    let (rank, width): (f64, usize) = (rank.parse().unwrap(), width.split(' ').next().unwrap().parse().unwrap());
+    assert!(rank > 1.0 && rank <= width as f64, "{report}");
     std::fs::remove_dir_all(&root).ok();
 }
 

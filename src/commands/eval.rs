@@ -35,6 +35,9 @@ pub struct Evaluation {
     pub source: String,
     /// kNN top-1 in [0, 1] and its protocol, when asked for.
     pub knn: Option<(f64, String)>,
+    /// The effective rank of kNN's features of the test images, and their width: how many directions the backbone
+    /// uses (training's health monitor reads the projector's output, which may use far fewer).
+    pub backbone_rank: Option<(f64, usize)>,
     /// The linear probe's result and its protocol, when asked for.
     pub linear: Option<(ProbeResult, String)>,
 }
@@ -51,6 +54,9 @@ pub fn run(
     println!("run {} — checkpoint at step {}; data: {}", path.display(), e.step, e.source);
     if let Some((top1, protocol)) = &e.knn {
         println!("kNN top-1 {:.2} %  ({protocol})", top1 * 100.0);
+    }
+    if let Some((rank, width)) = e.backbone_rank {
+        println!("backbone features: effective rank {rank:.1} of {width} (the test images' kNN features)");
     }
     if let Some((result, protocol)) = &e.linear {
         println!(
@@ -95,12 +101,13 @@ pub fn evaluate(
     let net = SiameseNet::from_recipe(&recipe, data.shape, DType::F32, &device)?;
     loaded.checkpoint.to_device(&device)?.restore_online(&net)?;
     let features = |grid| cached_features(&run, &loaded.sha256, &net, &data, &data_sha256, grid, edge);
-    let mut out = Evaluation { step, source: data.describe(), knn: None, linear: None };
+    let mut out = Evaluation { step, source: data.describe(), knn: None, backbone_rank: None, linear: None };
     if protocols.knn || !protocols.linear {
         let (bank, queries) = features(1)?;
         let k = recipe.eval.clone().unwrap_or(Knn { k: 200, t: 0.1, every: 1 });
         let top1 = eval::knn_accuracy(&bank, splits.bank_labels, &queries, splits.query_labels, k.k, k.t)?;
         out.knn = Some((top1, knn_protocol(&k, &data)));
+        out.backbone_rank = Some((eval::health::effective_rank(&queries)?, queries.dim(1)?));
     }
     if protocols.linear {
         let (bank, queries) = features(recipe.probe.grid)?;

@@ -64,21 +64,23 @@ pub fn html(runs: &[RunReport]) -> Result<String, String> {
         [one] => format!("ssl-lang run {}", one.name),
         _ => format!("ssl-lang: {} runs compared", runs.len()),
     };
-    let mut out = String::new();
-    let _ = write!(
-        out,
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<h1>{}</h1>\n",
-        escape(&title),
-        escape(&title)
-    );
+    let mut body = String::new();
     if runs.len() > 1 {
-        comparison(&mut out, runs);
+        comparison(&mut body, runs);
     }
     for run in runs {
-        section(&mut out, run)?;
+        section(&mut body, run)?;
     }
-    out.push_str("</body>\n</html>\n");
-    Ok(out)
+    Ok(page(&title, &body))
+}
+
+/// A self-contained page titled `title` around `body` (HTML), in the reports' one style: a run's, several runs'
+/// and a sweep's pages look alike.
+pub fn page(title: &str, body: &str) -> String {
+    let title = escape(title);
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{title}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<h1>{title}</h1>\n{body}</body>\n</html>\n"
+    )
 }
 
 const STYLE: &str = "body{font-family:sans-serif;margin:2em auto;max-width:1100px;color:#222}\
@@ -212,7 +214,7 @@ fn number(v: Option<f64>, decimals: usize) -> String {
 }
 
 /// Text as HTML: the five characters that could open markup, escaped.
-fn escape(text: &str) -> String {
+pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for ch in text.chars() {
         match ch {

@@ -119,8 +119,12 @@ pub fn run(args: &SweepArgs, stop: Arc<AtomicBool>, edge: &Edge) -> Result<(), F
         .map(|e| (e.cell.clone(), measure(&dir, e)))
         .collect();
     let rows = table::rows(&measured);
-    let outputs =
-        [("sweep.md", table::markdown(&rows)), ("sweep.csv", table::csv(&rows)), ("sweep.svg", table::svg(&rows))];
+    let outputs = [
+        ("sweep.md", table::markdown(&rows)),
+        ("sweep.csv", table::csv(&rows)),
+        ("sweep.svg", table::svg(&rows)),
+        ("report.html", table::html(&args.name, &manifest.set, &rows)),
+    ];
     for (file, text) in &outputs {
         write_atomic(&dir.join(file), text.as_bytes())?;
     }
@@ -129,7 +133,7 @@ pub fn run(args: &SweepArgs, stop: Arc<AtomicBool>, edge: &Edge) -> Result<(), F
     if pending > 0 {
         println!("{pending} cell(s) not finished: run the same command again to resume them");
     }
-    println!("table: {0}/sweep.md, {0}/sweep.csv, chart: {0}/sweep.svg", dir.display());
+    println!("table: {0}/sweep.md, {0}/sweep.csv, chart: {0}/sweep.svg, page: {0}/report.html", dir.display());
     let failed: Vec<&Entry> = manifest.cells.iter().filter(|e| matches!(e.status, Status::Failed(_))).collect();
     for e in &failed {
         edge.report(&Error::new(ErrorCode::SweepCell, format!("cell `{}` failed", e.cell.name)).help(format!(

@@ -1,6 +1,6 @@
 //! A sweep's results: what each cell's run directory says at its end (kNN, health, speed) with what the sweep
-//! measured itself (linear probe, wall time), grouped over seeds as mean ± std, and written as Markdown, CSV and an
-//! SVG chart.
+//! measured itself (linear probe, wall time), grouped over seeds as mean ± std, and written as Markdown, CSV, an
+//! SVG chart and an HTML page that links each cell's own report.
 
 use super::grid::Cell;
 use crate::runtime::records::Record;
@@ -68,8 +68,10 @@ pub struct Row {
     pub objective: String,
     /// `KEY=VALUE` settings, space separated (empty: the file's recipe).
     pub settings: String,
-    /// Cells in the group, and how many failed.
+    /// Cells in the group.
     pub cells: usize,
+    /// The group's cells (their run directories' names), each with its seed.
+    pub runs: Vec<(String, Option<u64>)>,
     /// Failed cells.
     pub failed: usize,
     /// kNN top-1.
@@ -88,21 +90,25 @@ pub struct Row {
 
 /// The rows, groups in the order of their first cell.
 pub fn rows(cells: &[(Cell, Measured)]) -> Vec<Row> {
-    let mut groups: Vec<(&Cell, Vec<&Measured>)> = Vec::new();
+    let mut groups: Vec<(&Cell, Vec<&Cell>, Vec<&Measured>)> = Vec::new();
     for (cell, m) in cells {
-        match groups.iter_mut().find(|(c, _)| c.group() == cell.group()) {
-            Some((_, ms)) => ms.push(m),
-            None => groups.push((cell, vec![m])),
+        match groups.iter_mut().find(|(c, ..)| c.group() == cell.group()) {
+            Some((_, cs, ms)) => {
+                cs.push(cell);
+                ms.push(m);
+            }
+            None => groups.push((cell, vec![cell], vec![m])),
         }
     }
     groups
         .into_iter()
-        .map(|(cell, ms)| {
+        .map(|(cell, cs, ms)| {
             let ok = || ms.iter().filter(|m| !m.failed);
             Row {
                 objective: cell.file.file_stem().map_or(String::new(), |s| s.to_string_lossy().into_owned()),
                 settings: cell.settings.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
                 cells: ms.len(),
+                runs: cs.iter().map(|c| (c.name.clone(), c.seed)).collect(),
                 failed: ms.iter().filter(|m| m.failed).count(),
                 knn: stat(ok().map(|m| m.knn)),
                 linear: stat(ok().map(|m| m.linear)),
@@ -123,6 +129,19 @@ fn show(s: Option<Stat>, scale: f64, digits: usize) -> String {
     }
 }
 
+/// A row's figures as the Markdown table and the page show them: kNN, linear probe, z-std ratio, effective rank,
+/// pairs/s, wall time.
+fn figures(r: &Row) -> [String; 6] {
+    [
+        show(r.knn, 100.0, 2),
+        show(r.linear, 100.0, 2),
+        show(r.z_std_ratio, 1.0, 2),
+        show(r.effective_rank, 1.0, 1),
+        show(r.pairs_per_s, 1.0, 0),
+        format!("{:.0} s", r.wall_s),
+    ]
+}
+
 /// The Markdown table.
 pub fn markdown(rows: &[Row]) -> String {
     let mut out = String::from(
@@ -132,17 +151,7 @@ pub fn markdown(rows: &[Row]) -> String {
     for r in rows {
         let cells = if r.failed > 0 { format!("{} ({} failed)", r.cells, r.failed) } else { r.cells.to_string() };
         let settings = if r.settings.is_empty() { "(recipe)".to_string() } else { format!("`{}`", r.settings) };
-        let _ = writeln!(
-            out,
-            "| {} | {settings} | {cells} | {} | {} | {} | {} | {} | {:.0} s |",
-            r.objective,
-            show(r.knn, 100.0, 2),
-            show(r.linear, 100.0, 2),
-            show(r.z_std_ratio, 1.0, 2),
-            show(r.effective_rank, 1.0, 1),
-            show(r.pairs_per_s, 1.0, 0),
-            r.wall_s
-        );
+        let _ = writeln!(out, "| {} | {settings} | {cells} | {} |", r.objective, figures(r).join(" | "));
     }
     out
 }
@@ -174,6 +183,45 @@ pub fn csv(rows: &[Row]) -> String {
         );
     }
     out
+}
+
+/// The sweep's page (`report.html`): the chart, the table with each cell linked to its run's own report (a
+/// directory beside the page), and the `--set` every cell trained with.
+pub fn html(name: &str, set: &[String], rows: &[Row]) -> String {
+    use crate::runtime::report::{escape, page};
+    let mut body = String::new();
+    if !set.is_empty() {
+        let _ = writeln!(body, "<p>every cell trained with <code>{}</code></p>", escape(&set.join("; ")));
+    }
+    let chart = svg(rows);
+    body.push_str(&chart);
+    body.push_str(
+        "<table>\n<tr><th>objective</th><th>settings</th><th>runs</th><th>kNN top-1 %</th><th>linear top-1 %</th>\
+         <th>z-std / healthy</th><th>effective rank</th><th>pairs/s</th><th>wall</th></tr>\n",
+    );
+    for r in rows {
+        let runs: Vec<String> = r
+            .runs
+            .iter()
+            .map(|(cell, seed)| {
+                let label = seed.map_or_else(|| "run".to_string(), |s| format!("seed {s}"));
+                format!("<a href=\"{}/report.html\">{label}</a>", escape(cell))
+            })
+            .collect();
+        let failed =
+            if r.failed > 0 { format!(" <span class=\"bad\">{} failed</span>", r.failed) } else { String::new() };
+        let settings = if r.settings.is_empty() { "(recipe)".to_string() } else { r.settings.clone() };
+        let _ = writeln!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}{failed}</td><td>{}</td></tr>",
+            escape(&r.objective),
+            escape(&settings),
+            runs.join(" "),
+            figures(r).join("</td><td>")
+        );
+    }
+    body.push_str("</table>\n");
+    page(&format!("ssl-lang sweep {name}"), &body)
 }
 
 /// A horizontal bar chart of kNN (and linear-probe) top-1 per row, with ± std whiskers.
