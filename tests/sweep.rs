@@ -203,3 +203,28 @@ fn a_signal_to_the_sweep_stops_its_cell_at_a_checkpoint() {
     assert!(step > 0 && step < 40_000, "checkpointed where it stopped, not at its end: step {step}");
     let _ = std::fs::remove_dir_all(&runs);
 }
+
+/// The cells train with the sweep's own binary: deleting (or rebuilding) the file the sweep was started from while
+/// it runs does not stop the next cell from starting.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_cells_run_the_sweeps_own_binary_when_its_file_goes() {
+    let runs = temp("exe");
+    let exe = runs.join("ssl-lang-copy");
+    std::fs::copy(env!("CARGO_BIN_EXE_ssl-lang"), &exe).unwrap();
+    let args = tiny_args(&runs, "x", &["--max-steps", "2", "--grid", "form=gradient,loss"]);
+    let child = Command::new(&exe).args(&args).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    // The first cell has started (its log exists): the sweep is running from the file, which now goes.
+    let first = runs.join("x/logs/byol-form=gradient.log");
+    let started = std::time::Instant::now();
+    while !first.exists() && started.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::fs::remove_file(&exe).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(table(&runs.join("x")).contains("| byol | `form=loss` | 1 | "), "the second cell trained: {stdout}");
+    assert!(!stdout.contains("failed"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&runs);
+}

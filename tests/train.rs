@@ -317,3 +317,43 @@ fn the_probe_reads_the_grid_its_recipe_names() {
     assert_eq!(widths, vec![16, 64], "kNN's global average and the probe's 2×2 grid, cached apart");
     std::fs::remove_dir_all(&root).ok();
 }
+
+/// The baselines of a run with the same images, protocols and initial encoder are read, not measured again (a
+/// sweep's cells share them); another seed draws another encoder and measures its own; a damaged file is measured
+/// again.
+#[test]
+fn runs_with_the_same_initial_encoder_share_their_baselines() {
+    let root = runs_root("baselines");
+    let run = |name: &str, extra: &[&str]| {
+        let out = train("simclr", &root, name, &[&["--max-steps", "1"], extra].concat());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let baseline = records(&root, name).into_iter().find(|r| r["kind"] == "baseline").unwrap();
+        (stdout.contains("baseline: as an earlier run"), baseline)
+    };
+    let (kept, first) = run("a", &[]);
+    assert!(!kept, "the first run measures its baselines");
+    let files = || std::fs::read_dir(root.join(".baselines")).map_or(0, |d| d.count());
+    assert_eq!(files(), 1);
+    // Another objective file with the same encoder and seed: the same random-init features.
+    let file = format!("{}/objectives/moco.ssl", env!("CARGO_MANIFEST_DIR"));
+    let mut args = vec!["train", file.as_str(), "--runs", root.to_str().unwrap(), "--name", "b", "--max-steps", "1"];
+    args.extend_from_slice(TINY);
+    let out = ssl(&args);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("baseline: as an earlier run"), "moco shares the encoder");
+    assert_eq!(records(&root, "b").into_iter().find(|r| r["kind"] == "baseline").unwrap(), first);
+
+    let (kept, other) = run("c", &["--set", "seed=1"]);
+    assert!(!kept, "another seed is another encoder");
+    assert_ne!(other["random_init_knn"], serde_json::Value::Null);
+    assert_eq!(other["raw_pixel_knn"], first["raw_pixel_knn"], "the raw pixels do not depend on the seed");
+    assert_eq!(files(), 2);
+
+    for entry in std::fs::read_dir(root.join(".baselines")).unwrap() {
+        std::fs::write(entry.unwrap().path(), "{ not json").unwrap();
+    }
+    let (kept, again) = run("d", &[]);
+    assert!(!kept, "a damaged file is measured again");
+    assert_eq!(again, first, "measured again, the baselines are the same");
+    std::fs::remove_dir_all(&root).ok();
+}

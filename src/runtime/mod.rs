@@ -1,6 +1,7 @@
 //! The training runtime: the loop, the run directory with its typed records and checkpoints, optimisers,
 //! schedules, `--set` overrides, plots, the HTML report, progress and the memory guard.
 
+pub mod baseline;
 pub mod checkpoint;
 pub mod memory;
 pub mod optim;

@@ -230,7 +230,7 @@ pub enum RunError {
 }
 
 impl RunError {
-    fn io(action: &str, path: &Path, source: io::Error) -> Self {
+    pub(crate) fn io(action: &str, path: &Path, source: io::Error) -> Self {
         RunError::Io { action: action.into(), path: path.display().to_string(), source }
     }
 }

@@ -276,28 +276,40 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
         );
     }
     if let Some(knn) = t.eval.clone().filter(|_| !opts.resume) {
-        // Every rank extracts its block of the random-init features; rank 0 scores them beside the raw pixels.
-        let init_features = t.features(true)?;
-        if root {
-            let raw = eval::raw_pixel_knn(&t.data, knn.k, knn.t)?;
-            println!("baseline: raw-pixel kNN {:.2} % ({})", raw * 100.0, eval::features::knn_protocol(&knn, &t.data));
-            let init = t.knn(&init_features.knn)?;
-            println!("baseline: random-init encoder kNN {:.2} %", init * 100.0);
-            let raw_linear = t.linear(&eval::raw_pixel_features(&t.data)?)?;
-            println!(
-                "baseline: raw-pixel linear probe {:.2} % ({})",
-                raw_linear * 100.0,
-                LinearProbe::default().protocol(t.recipe.probe.grid)
-            );
-            let init_linear = t.linear(init_features.for_probe())?;
-            println!("baseline: random-init encoder linear probe {:.2} %", init_linear * 100.0);
-            t.run.append_metrics(&Record::Baseline(Baseline {
-                step: 0,
-                raw_pixel_knn: raw,
-                random_init_knn: init,
-                raw_pixel_linear: Some(raw_linear),
-                random_init_linear: Some(init_linear),
-            }))?;
+        let knn_protocol = eval::features::knn_protocol(&knn, &t.data);
+        let probe_protocol = LinearProbe::default().protocol(t.recipe.probe.grid);
+        // In one process the baselines may come from an earlier run with the same images, protocols and initial
+        // encoder (a sweep's cells); over ranks they are computed, every rank extracting a block of the features.
+        let key = match ranks {
+            1 => Some(super::baseline::key(&config.data_sha256, &[&knn_protocol, &probe_protocol], &t.net)?),
+            _ => None,
+        };
+        let kept = key.as_deref().and_then(|k| super::baseline::read(&opts.runs_root, k));
+        let baseline = match kept.clone() {
+            Some(b) => {
+                t.last_knn = Some(b.random_init_knn);
+                Some(b)
+            }
+            None => t.baselines()?,
+        };
+        if let Some(b) = baseline.filter(|_| root) {
+            println!("baseline: raw-pixel kNN {:.2} % ({knn_protocol})", b.raw_pixel_knn * 100.0);
+            println!("baseline: random-init encoder kNN {:.2} %", b.random_init_knn * 100.0);
+            let linear = |v: Option<f64>| v.unwrap_or(f64::NAN) * 100.0;
+            println!("baseline: raw-pixel linear probe {:.2} % ({probe_protocol})", linear(b.raw_pixel_linear));
+            println!("baseline: random-init encoder linear probe {:.2} %", linear(b.random_init_linear));
+            match (&key, &kept) {
+                (Some(k), Some(_)) => println!(
+                    "baseline: as an earlier run with the same images, protocols and initial encoder measured ({})",
+                    super::baseline::path(&opts.runs_root, k).display()
+                ),
+                (Some(k), None) => {
+                    // Not kept, the next run computes them again: nothing is lost.
+                    let _ = super::baseline::write(&opts.runs_root, k, &b);
+                }
+                (None, _) => {}
+            }
+            t.run.append_metrics(&Record::Baseline(b))?;
         }
     }
 
@@ -657,6 +669,27 @@ impl Trainer<'_> {
         let knn = (bank.remove(0), queries.remove(0));
         let probe = bank.pop().zip(queries.pop());
         Ok(EvalFeatures { knn, probe })
+    }
+
+    /// The baselines, measured: every rank extracts its block of the random-init features; rank 0 scores them
+    /// beside the raw pixels and returns them (the others `None`).
+    fn baselines(&mut self) -> Result<Option<Baseline>, Error> {
+        let init_features = self.features(true)?;
+        if self.comm.rank() != 0 {
+            return Ok(None);
+        }
+        let Some(knn) = self.eval.clone() else { return Ok(None) };
+        let raw_pixel_knn = eval::raw_pixel_knn(&self.data, knn.k, knn.t)?;
+        let random_init_knn = self.knn(&init_features.knn)?;
+        let raw_pixel_linear = self.linear(&eval::raw_pixel_features(&self.data)?)?;
+        let random_init_linear = self.linear(init_features.for_probe())?;
+        Ok(Some(Baseline {
+            step: 0,
+            raw_pixel_knn,
+            random_init_knn,
+            raw_pixel_linear: Some(raw_pixel_linear),
+            random_init_linear: Some(random_init_linear),
+        }))
     }
 
     /// Linear-probe top-1 on the features `(bank, queries)` (the standard protocol, [`LinearProbe::default`]).

@@ -249,7 +249,7 @@ fn cell_io(i: usize, e: std::io::Error) -> Error {
 /// `ssl-lang train` for one cell in a child process, its output appended to the cell's log; `--resume` when its run
 /// directory already holds a run. `threads` splits the cores between cells trained at once.
 fn spawn(args: &SweepArgs, dir: &Path, cell: &Cell, threads: Option<usize>) -> Result<Child, Error> {
-    let exe = std::env::current_exe().map_err(|e| {
+    let exe = own_executable().map_err(|e| {
         Error::new(ErrorCode::RunIo, format!("cannot find the ssl-lang executable: {e}"))
             .help("run the sweep with the ssl-lang binary itself, from a path that still exists")
     })?;
@@ -288,11 +288,24 @@ fn spawn(args: &SweepArgs, dir: &Path, cell: &Cell, threads: Option<usize>) -> R
         cmd.env("RAYON_NUM_THREADS", t.to_string());
     }
     cmd.stdin(Stdio::null()).stdout(open()?).stderr(open()?);
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::arg0(&mut cmd, "ssl-lang");
     own_process_group(&mut cmd);
     cmd.spawn().map_err(|e| {
         Error::new(ErrorCode::RunIo, format!("cannot start training cell `{}`: {e}", cell.name))
             .help("the system refused a new process (too many, or out of memory): try a smaller --parallel")
     })
+}
+
+/// The binary this sweep runs, for its cells: on Linux `/proc/self/exe`, which the child execs before it is anything
+/// else, so every cell trains with the sweep's own code even when the file was rebuilt or deleted meanwhile (a path
+/// would then name another binary, or none: `current_exe` reads "ssl-lang (deleted)"); elsewhere the path.
+fn own_executable() -> std::io::Result<PathBuf> {
+    let proc_exe = Path::new("/proc/self/exe");
+    if cfg!(target_os = "linux") && proc_exe.exists() {
+        return Ok(proc_exe.to_path_buf());
+    }
+    std::env::current_exe()
 }
 
 /// Puts a cell in a process group of its own, so that a terminal's Ctrl-C reaches the sweep alone, which passes it
