@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 const DIR: &str = ".baselines";
 
 /// The SHA-256 (hex) of what the baselines depend on: the images (`data_sha256`), the protocols as printed, the
-/// device, the layers' implementation, and the encoder's parameters and running statistics (names, shapes and values; the projector and
-/// predictor do not enter the backbone's features).
+/// device, the layers' implementation, and the encoder's parameters and running statistics (names, shapes and
+/// values; the projector and predictor do not enter the backbone's features).
 pub fn key(data_sha256: &str, protocols: &[&str], net: &SiameseNet) -> Result<String> {
     let mut h = Sha256::new();
     let (device, layers) = (format!("{:?}", net.device().location()), format!("{:?}", net.layers()));

@@ -285,7 +285,8 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
             _ => None,
         };
         let kept = key.as_deref().and_then(|k| super::baseline::read(&opts.runs_root, k));
-        let baseline = match kept.clone() {
+        let from_cache = kept.is_some();
+        let baseline = match kept {
             Some(b) => {
                 t.last_knn = Some(b.random_init_knn);
                 Some(b)
@@ -298,12 +299,12 @@ pub fn train(source: &str, objective: &Objective, recipe: &Recipe, opts: &TrainO
             let linear = |v: Option<f64>| v.unwrap_or(f64::NAN) * 100.0;
             println!("baseline: raw-pixel linear probe {:.2} % ({probe_protocol})", linear(b.raw_pixel_linear));
             println!("baseline: random-init encoder linear probe {:.2} %", linear(b.random_init_linear));
-            match (&key, &kept) {
-                (Some(k), Some(_)) => println!(
+            match (&key, from_cache) {
+                (Some(k), true) => println!(
                     "baseline: as an earlier run with the same images, protocols and initial encoder measured ({})",
                     super::baseline::path(&opts.runs_root, k).display()
                 ),
-                (Some(k), None) => {
+                (Some(k), false) => {
                     // Not kept, the next run computes them again: nothing is lost.
                     let _ = super::baseline::write(&opts.runs_root, k, &b);
                 }

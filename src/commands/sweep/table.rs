@@ -4,6 +4,7 @@
 
 use super::grid::Cell;
 use crate::runtime::records::Record;
+use crate::runtime::report::{escape, page};
 use std::fmt::Write;
 
 /// One cell's figures at its end; `None` where the run has none (failed, or never evaluated).
@@ -68,8 +69,6 @@ pub struct Row {
     pub objective: String,
     /// `KEY=VALUE` settings, space separated (empty: the file's recipe).
     pub settings: String,
-    /// Cells in the group.
-    pub cells: usize,
     /// The group's cells (their run directories' names), each with its seed.
     pub runs: Vec<(String, Option<u64>)>,
     /// Failed cells.
@@ -107,7 +106,6 @@ pub fn rows(cells: &[(Cell, Measured)]) -> Vec<Row> {
             Row {
                 objective: cell.file.file_stem().map_or(String::new(), |s| s.to_string_lossy().into_owned()),
                 settings: cell.settings.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
-                cells: ms.len(),
                 runs: cs.iter().map(|c| (c.name.clone(), c.seed)).collect(),
                 failed: ms.iter().filter(|m| m.failed).count(),
                 knn: stat(ok().map(|m| m.knn)),
@@ -149,7 +147,8 @@ pub fn markdown(rows: &[Row]) -> String {
          |---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
-        let cells = if r.failed > 0 { format!("{} ({} failed)", r.cells, r.failed) } else { r.cells.to_string() };
+        let n = r.runs.len();
+        let cells = if r.failed > 0 { format!("{n} ({} failed)", r.failed) } else { n.to_string() };
         let settings = if r.settings.is_empty() { "(recipe)".to_string() } else { format!("`{}`", r.settings) };
         let _ = writeln!(out, "| {} | {settings} | {cells} | {} |", r.objective, figures(r).join(" | "));
     }
@@ -172,7 +171,7 @@ pub fn csv(rows: &[Row]) -> String {
             out,
             "{},{quoted},{},{},{},{},{},{},{},{}",
             r.objective,
-            r.cells,
+            r.runs.len(),
             r.failed,
             pair(r.knn),
             pair(r.linear),
@@ -188,7 +187,6 @@ pub fn csv(rows: &[Row]) -> String {
 /// The sweep's page (`report.html`): the chart, the table with each cell linked to its run's own report (a
 /// directory beside the page), and the `--set` every cell trained with.
 pub fn html(name: &str, set: &[String], rows: &[Row]) -> String {
-    use crate::runtime::report::{escape, page};
     let mut body = String::new();
     if !set.is_empty() {
         let _ = writeln!(body, "<p>every cell trained with <code>{}</code></p>", escape(&set.join("; ")));
@@ -229,7 +227,6 @@ pub fn svg(rows: &[Row]) -> String {
     let (label_w, bar_w, row_h) = (330.0, 420.0, 30.0);
     let height = 50.0 + row_h * rows.len() as f64;
     let x = |acc: f64| label_w + bar_w * acc.clamp(0.0, 1.0);
-    let escape = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
     let mut out = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" font-family=\"sans-serif\" \
          font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
@@ -307,7 +304,7 @@ mod tests {
         let rows = rows(&cells);
         assert_eq!(rows.len(), 2);
         let loss = &rows[0];
-        assert_eq!((loss.settings.as_str(), loss.cells, loss.failed, loss.wall_s), ("form=loss", 3, 1, 21.0));
+        assert_eq!((loss.settings.as_str(), loss.runs.len(), loss.failed, loss.wall_s), ("form=loss", 3, 1, 21.0));
         let knn = loss.knn.unwrap();
         assert!((knn.mean - 0.72).abs() < 1e-12 && (knn.std.unwrap() - 0.02f64.sqrt() * 0.2).abs() < 1e-12, "{knn:?}");
         assert_eq!(rows[1].knn.unwrap().std, None, "one value has no std");
