@@ -189,11 +189,27 @@ impl CustomOp3 for GemmAccumulate {
             _ => candle_core::bail!("fused gemm: only f32 and f64 are supported"),
         }
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::cuda_backend::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::cuda_backend::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::cuda_backend::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::cuda_backend::CudaStorage, Shape)> {
+        super::cuda::gemm_accumulate(self, [s1, s2, s3], [l1, l2, l3])
+    }
 }
 
-/// `alpha·addend + beta·op(a)·op(b)`: one GEMM on the CPU; on a GPU, cuBLAS's GEMM (candle's matmul) and the
-/// accumulation as candle's elementwise ops (not yet one epilogue kernel).
+/// `alpha·addend + beta·op(a)·op(b)`: one GEMM, on the CPU (gemm) or a CUDA GPU (cuBLAS, [`super::cuda`]); on
+/// other devices candle's matmul and elementwise ops.
 pub fn gemm_accumulate(addend: &Tensor, a: &Tensor, b: &Tensor, op: GemmAccumulate) -> Result<Tensor> {
+    if addend.device().is_cuda() {
+        return addend.contiguous()?.apply_op3_no_bwd(&a.contiguous()?, &b.contiguous()?, &op);
+    }
     if !addend.device().is_cpu() {
         let a = if op.ta { a.t()? } else { a.clone() };
         let b = if op.tb { b.t()? } else { b.clone() };

@@ -14,7 +14,11 @@ pub use super::softmax_sum::PartKind;
 use std::fmt::Write;
 
 #[cfg(feature = "cuda")]
+mod gemm;
+#[cfg(feature = "cuda")]
 mod launch;
+#[cfg(feature = "cuda")]
+pub use gemm::gemm_accumulate;
 #[cfg(feature = "cuda")]
 pub use launch::launch_softmax_sum;
 
