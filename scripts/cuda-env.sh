@@ -29,6 +29,11 @@ home=$dir/cuda
     if [ -z "$(find "$venv/lib" -path '*nvidia/nccl/lib/libnccl.so.2' -print -quit)" ]; then
         "$venv/bin/pip" install --quiet 'nvidia-nccl-cu13==2.30.7'
     fi
+    # cuDNN, for `--features cudnn` (candle's cuDNN convolutions); the API version cudarc's `cudnn` feature binds
+    # (9.21).
+    if [ -z "$(find "$venv/lib" -path '*nvidia/cudnn/lib/libcudnn.so.9' -print -quit)" ]; then
+        "$venv/bin/pip" install --quiet 'nvidia-cudnn-cu13==9.21.1.3'
+    fi
     cu13=$(dirname "$(dirname "$(find "$venv/lib" -path '*nvidia/cu13/bin/nvcc' -print -quit)")")
     mkdir -p "$home/lib64/stubs"
     for d in bin include nvvm; do
@@ -44,6 +49,8 @@ home=$dir/cuda
     nccl=$(dirname "$(find "$venv/lib" -path '*nvidia/nccl/lib/libnccl.so.2' -print -quit)")
     ln -sfn "$nccl/libnccl.so.2" "$home/lib64/libnccl.so"
     ln -sfn "$nccl/libnccl.so.2" "$home/lib64/libnccl.so.2"
+    cudnn=$(dirname "$(find "$venv/lib" -path '*nvidia/cudnn/lib/libcudnn.so.9' -print -quit)")
+    ln -sfn "$cudnn/libcudnn.so.9" "$home/lib64/libcudnn.so"
     # libcuda.so stub: every driver API function cuda.h declares, plus the versioned names cudarc binds, in a shared
     # library with the real one's SONAME, each returning CUDA_ERROR_NO_DEVICE (100). The linker needs it; loaded on
     # a machine without a GPU (LD_LIBRARY_PATH=.../lib64/stubs), it makes `--device cuda` fail cleanly.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks of the `cuda` build, as one script for a GPU machine that has the NVIDIA driver and a CUDA 13.0
 # runtime but no Rust toolchain: build the binary elsewhere (scripts/cuda-env.sh, then
-# `cargo build --release --features cuda`), copy the repository with it, and run
+# `cargo build --release --features cudnn`, or `--features cuda` for candle's own CUDA convolutions), copy the
+# repository with it, and run
 #
 #   scripts/gpu-check.sh target/release/ssl-lang [OUT_DIR]
 #
@@ -15,6 +16,17 @@ bin=${1:?usage: scripts/gpu-check.sh PATH_TO_CUDA_SSL_LANG [OUT_DIR]}
 out=${2:-gpu-check}
 mkdir -p "$out"
 subset=data/fashion-mnist-subset
+# The CUDA 13 libraries the binary links (cudart, cuBLAS, cuRAND, NVRTC, and cuDNN or NCCL with those features): where
+# the machine has no system toolkit, those of its Python's NVIDIA wheels (a PyTorch cu130 install has them).
+if ldd "$bin" | grep -q 'not found'; then
+    site=$(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null || true)
+    libs=$(for d in $site; do find "$d/nvidia" -maxdepth 3 -type d -name lib 2>/dev/null; done | tr '\n' ':')
+    export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:-}"
+    if ldd "$bin" | grep 'not found'; then
+        echo "gpu-check: the libraries above are missing; put a CUDA 13 runtime on LD_LIBRARY_PATH" >&2
+        exit 1
+    fi
+fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
 "$bin" verify objectives/*.ssl --device cuda | tee "$out/verify.txt"
 for batch in 256 1024; do
