@@ -8,8 +8,9 @@
 #
 # It records the card, then: verify on CUDA against the CPU reference (1e-4) for every standard objective; the
 # training benchmark at batch 256 and 1024 on the GPU; a one-epoch UniGrad run on the bundled subset on the GPU and
-# on the CPU (same seed) for the kNN comparison; and, where PyTorch is installed, the same resnet_mini step in eager
-# PyTorch (benches/torch_step.py). Everything is written under OUT_DIR (default gpu-check/).
+# on the CPU (same seed) for the kNN comparison; five ResNet-18 steps on each (the ImageNet stem's max-pool); and,
+# where PyTorch is installed, the same resnet_mini step in eager PyTorch (benches/torch_step.py). Everything is
+# written under OUT_DIR (default gpu-check/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:?usage: scripts/gpu-check.sh PATH_TO_CUDA_SSL_LANG [OUT_DIR]}
@@ -35,6 +36,12 @@ done
 for device in cuda cpu; do
     "$bin" train objectives/unigrad.ssl --device "$device" --data "$subset" --set epochs=1 \
         --runs "$out/runs" --name "unigrad-$device" | tee "$out/train-$device.txt"
+done
+# ResNet-18's ImageNet stem (its padded 3×3 stride-2 max-pool runs our CUDA pooling kernels): five steps on each
+# device from the same seed; their losses should agree to about three digits.
+for device in cuda cpu; do
+    "$bin" train objectives/simclr.ssl --device "$device" --data "$subset" --set encoder=resnet18 --set batch=64 \
+        --set eval=none --max-steps 5 --runs "$out/runs" --name "resnet18-$device" | tee "$out/resnet18-$device.txt"
 done
 if python3 -c 'import torch' 2>/dev/null; then
     for batch in 256 1024; do

@@ -1,12 +1,12 @@
-//! The CUDA source of the fused contrastive kernel (src/kernels/cuda.rs), generated from the IR's kernels of every
-//! standard objective and example: snapshotted here on any machine, and compiled to PTX with the toolkit's
-//! compiler when `CUDA_HOME` names one (scripts/cuda-env.sh sets it up without a GPU), so a kernel that does not
-//! compile is caught before it reaches a GPU. CI has no toolkit: there the compile step says it is skipped.
+//! The CUDA source of the fused contrastive kernel (src/kernels/cuda/), generated from the IR's kernels of every
+//! standard objective and example: snapshotted here on any machine, and compiled to PTX, with the max-pooling
+//! kernels, by the toolkit's compiler when `CUDA_HOME` names one (scripts/cuda-env.sh sets it up without a GPU), so
+//! a kernel that does not compile is caught before it reaches a GPU. CI has no toolkit: there the compile step says it is skipped.
 
 use ssl_lang::backend::{fused::part_kinds, Backend};
 use ssl_lang::ir::cost::Sizes;
 use ssl_lang::ir::fuse::Kernel;
-use ssl_lang::kernels::cuda::{softmax_sum_name, softmax_sum_source, Float, PartKind};
+use ssl_lang::kernels::cuda::{max_pool_names, max_pool_source, softmax_sum_name, softmax_sum_source, Float, PartKind};
 use ssl_lang::plan::Plan;
 use std::collections::BTreeMap;
 
@@ -69,9 +69,18 @@ fn every_generated_kernel_compiles_to_ptx() {
     };
     let dir = std::env::temp_dir().join(format!("ssl-cuda-source-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for (name, (parts, float)) in kernels() {
+    // Each module: its name, its source and the entry points it must define.
+    let mut modules: Vec<(String, String, Vec<String>)> = kernels()
+        .into_iter()
+        .map(|(name, (parts, float))| (name.clone(), softmax_sum_source(&parts, float), vec![name]))
+        .collect();
+    for float in [Float::F32, Float::F64] {
+        let (module, fwd, bwd) = max_pool_names(float);
+        modules.push((module, max_pool_source(float), vec![fwd, bwd]));
+    }
+    for (name, source, entries) in modules {
         let (cu, ptx) = (dir.join(format!("{name}.cu")), dir.join(format!("{name}.ptx")));
-        std::fs::write(&cu, softmax_sum_source(&parts, float)).unwrap();
+        std::fs::write(&cu, source).unwrap();
         let out = std::process::Command::new(&nvcc)
             .args(["--ptx", "-arch=sm_90", "-Werror=all-warnings", "-o"])
             .arg(&ptx)
@@ -80,7 +89,9 @@ fn every_generated_kernel_compiles_to_ptx() {
             .expect("run nvcc");
         assert!(out.status.success(), "{name} does not compile:\n{}", String::from_utf8_lossy(&out.stderr));
         let ptx = std::fs::read_to_string(&ptx).unwrap();
-        assert!(ptx.contains(&format!(".entry {name}")), "{name} is not an entry point of its PTX");
+        for entry in entries {
+            assert!(ptx.contains(&format!(".entry {entry}")), "{entry} is not an entry point of {name}'s PTX");
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

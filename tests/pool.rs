@@ -7,16 +7,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use ssl_lang::kernels::pool::{self, PoolGeom};
 
-/// (B, C, H, W, k, stride, pad): torchvision's stem pool on even and odd sizes, windows that overlap and that do
-/// not, padding 0 and 1, batch 1, a 1×1 output.
-const SHAPES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
-    (2, 3, 8, 8, 3, 2, 1),
-    (1, 2, 7, 9, 3, 2, 1),
-    (3, 1, 6, 6, 2, 2, 0),
-    (1, 4, 5, 5, 3, 1, 1),
-    (2, 2, 3, 3, 3, 3, 0),
-    (1, 1, 1, 1, 3, 2, 1),
-];
+#[path = "support/pool_shapes.rs"]
+mod pool_shapes;
+use pool_shapes::SHAPES;
 
 fn draw(n: usize, seed: u64) -> Vec<f64> {
     let mut rng = StdRng::seed_from_u64(seed ^ std::process::id() as u64);

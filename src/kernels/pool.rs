@@ -1,6 +1,6 @@
 //! 2-D max pooling with any kernel, stride and padding (torchvision ResNet's 3×3, stride 2, pad 1 after the stem),
 //! forward and backward, as a candle `CustomOp1` with its own backward: candle's max-pool has no padding and its
-//! backward needs kernel == stride.
+//! backward needs kernel == stride. On a GPU the same ops run the CUDA kernels of `cuda::pool`.
 //!
 //! Padding counts as −∞ (never chosen). The backward sends each output's gradient to the first maximal input of its
 //! window in row-major order (torch's choice), found again from the input and the output, so nothing but the two
@@ -8,6 +8,8 @@
 
 use super::gemm::Float;
 use super::read;
+#[cfg(feature = "cuda")]
+use candle_core::CudaStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -102,14 +104,15 @@ pub fn backward<T: Float>(g: &PoolGeom, x: &[T], dy: &[T]) -> Vec<T> {
     dx
 }
 
-/// Max pooling of x [B, C, H, W] with a `k`×`k` window, recording its backward (f32 and f64 on the CPU).
+/// Max pooling of x [B, C, H, W] with a `k`×`k` window, recording its backward (f32 and f64, on the CPU or, with
+/// the `cuda` feature, on a GPU).
 pub fn max_pool2d(x: &Tensor, k: usize, stride: usize, pad: usize) -> Result<Tensor> {
-    x.apply_op1(MaxPool { k, stride, pad })
+    x.contiguous()?.apply_op1(MaxPool { k, stride, pad })
 }
 
 /// The input gradient of [`max_pool2d`] alone (no graph), from its input and output gradient.
 pub fn max_pool2d_backward(x: &Tensor, dy: &Tensor, k: usize, stride: usize, pad: usize) -> Result<Tensor> {
-    x.apply_op2_no_bwd(dy, &MaxPoolGrad { k, stride, pad })
+    x.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &MaxPoolGrad { k, stride, pad })
 }
 
 struct MaxPool {
@@ -130,6 +133,13 @@ impl CustomOp1 for MaxPool {
             CpuStorage::F64(_) => CpuStorage::F64(forward(&g, &read(s, l)?)),
             _ => bail!("max_pool2d: f32 or f64 expected"),
         };
+        Ok((out, Shape::from_dims(&[l.dims()[0], l.dims()[1], g.ho, g.wo])))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let g = PoolGeom::new(l.dims(), self.k, self.stride, self.pad)?;
+        let out = super::cuda::max_pool_forward(&g, s, l)?;
         Ok((out, Shape::from_dims(&[l.dims()[0], l.dims()[1], g.ho, g.wo])))
     }
 
@@ -161,5 +171,15 @@ impl CustomOp2 for MaxPoolGrad {
             _ => bail!("max_pool2d backward: f32 or f64 operands of one dtype expected"),
         };
         Ok((out, Shape::from_dims(l1.dims())))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
+        let g = PoolGeom::new(l1.dims(), self.k, self.stride, self.pad)?;
+        let (b, c) = (l1.dims()[0], l1.dims()[1]);
+        if l2.dims() != [b, c, g.ho, g.wo] {
+            bail!("max_pool2d backward: dy {:?} does not match the pooling of {:?}", l2.dims(), l1.dims());
+        }
+        Ok((super::cuda::max_pool_backward(&g, s1, l1, s2, l2)?, Shape::from_dims(l1.dims())))
     }
 }

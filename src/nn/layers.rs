@@ -74,13 +74,16 @@ pub fn grid_avg_pool(x: &Tensor, grid: usize) -> Result<Tensor> {
 }
 
 /// Max pooling of [B, C, H, W] with a `k`×`k` window (padding never chosen), through our kernel and its backward
-/// whatever the [`LayerImpl`]: candle's own has no padding and differentiates only kernel == stride. CPU only.
+/// whatever the [`LayerImpl`]: candle's own has no padding and differentiates only kernel == stride. On the CPU, or
+/// on a GPU with the `cuda` feature (the same kernel in CUDA), in f32 or f64.
 pub fn max_pool2d(x: &Tensor, k: usize, stride: usize, pad: usize) -> Result<Tensor> {
-    if !fused_layers(x) {
+    let device = x.device();
+    if !(device.is_cpu() || device.is_cuda()) || !matches!(x.dtype(), DType::F32 | DType::F64) {
         bail!(
-            "max-pooling runs on the CPU in f32 or f64 only, not {:?} on {:?}; a ResNet with `stem = cifar` has none",
+            "max-pooling runs on the CPU or a CUDA GPU in f32 or f64 only, not {:?} on {:?}; a ResNet with \
+             `stem = cifar` has none",
             x.dtype(),
-            x.device().location()
+            device.location()
         );
     }
     crate::kernels::pool::max_pool2d(x, k, stride, pad)

@@ -5,16 +5,27 @@
 use super::{softmax_sum_name, softmax_sum_source, Float, PartKind, BLOCK};
 use crate::kernels::softmax_sum::SoftmaxSum;
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::cudarc::nvrtc::compile_ptx;
-use candle_core::cuda_backend::{CudaDType, CudaStorage};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage};
 use candle_core::{DType, Layout, Result, Shape, Storage, Tensor};
 
-/// The kernel's PTX, from NVRTC.
-fn compile(parts: &[PartKind], float: Float, name: &str) -> Result<String> {
-    compile_ptx(softmax_sum_source(parts, float))
+/// Entry point `name` of `module` on `device`, compiling `source()` with NVRTC only the first time the device needs
+/// the module: asked with an empty image, candle returns a module it loaded already, and only a device that lacks it
+/// fails the (empty) load, which sends us to NVRTC.
+pub(super) fn function(
+    device: &CudaDevice,
+    module: &str,
+    name: &str,
+    source: impl FnOnce() -> String,
+) -> Result<CudaFunction> {
+    if let Ok(func) = device.get_or_load_custom_func(name, module, "") {
+        return Ok(func.into_cuda_function());
+    }
+    let ptx = compile_ptx(source())
         .map(|ptx| ptx.to_src())
-        .map_err(|e| candle_core::Error::Msg(format!("NVRTC cannot compile {name}: {e:?}")))
+        .map_err(|e| candle_core::Error::Msg(format!("NVRTC cannot compile {module}: {e:?}")))?;
+    Ok(device.get_or_load_custom_func(name, module, &ptx)?.into_cuda_function())
 }
 
 /// `op` on the GPU for features `u` (contiguous [n, d]); the parts must be CUDA tensors of `u`'s type.
@@ -60,19 +71,15 @@ fn launch<T: CudaDType + DeviceRepr>(
     }
     let device = u.device().clone();
     let kinds: Vec<PartKind> = views.iter().map(|(k, ..)| *k).collect();
-    // A module the device loaded already is found without compiling: asked with an empty image, candle returns the
-    // loaded one; only a device that lacks it fails the (empty) load, which sends us to NVRTC.
     let name = softmax_sum_name(&kinds, float);
-    let func = match device.get_or_load_custom_func(&name, &name, "") {
-        Ok(func) => func,
-        Err(_) => device.get_or_load_custom_func(&name, &name, &compile(&kinds, float, &name)?)?,
-    };
+    let func = function(&device, &name, &name, || softmax_sum_source(&kinds, float))?;
     let u_view = u.as_cuda_slice::<T>()?.slice(start..end);
     // SAFETY: the kernel writes every element of `out` before anything reads it.
     #[allow(unsafe_code)]
     let mut out: CudaSlice<T> = unsafe { device.alloc::<T>(n * d) }?;
     let (n_arg, d_arg) = (n as i32, d as i32);
-    let mut args = func.builder();
+    let stream = device.cuda_stream();
+    let mut args = stream.launch_builder(&func);
     args.arg(&u_view).arg(&mut out).arg(&n_arg).arg(&d_arg).arg(&scale);
     for (kind, view, rows) in &views {
         args.arg(view);

@@ -1,4 +1,4 @@
-//! CUDA C++ source for the fused contrastive kernel, generated per instance: the IR's `SoftmaxSum` kernel decides
+//! CUDA C++ source for the fused contrastive kernel (and, in `pool`, for max pooling), generated per instance: the IR's `SoftmaxSum` kernel decides
 //! the candidate set's parts (rows shared by every sample, one row per sample, one shared vector) and the float
 //! type, and the source is written for exactly that sequence, one loop per part, so no part kind is dispatched at
 //! run time. NVRTC (or `nvcc --ptx`) compiles it; `tests/cuda_source.rs` snapshots the sources of the standard
@@ -17,10 +17,16 @@ use std::fmt::Write;
 mod gemm;
 #[cfg(feature = "cuda")]
 mod launch;
+mod pool;
+#[cfg(feature = "cuda")]
+mod pool_launch;
 #[cfg(feature = "cuda")]
 pub use gemm::gemm_accumulate;
 #[cfg(feature = "cuda")]
 pub use launch::launch_softmax_sum;
+pub use pool::{max_pool_names, max_pool_source, POOL_BLOCK};
+#[cfg(feature = "cuda")]
+pub use pool_launch::{max_pool_backward, max_pool_forward};
 
 /// Threads per block (four warps): the launch configuration the source assumes.
 pub const BLOCK: u32 = 128;
