@@ -154,17 +154,25 @@ struct MaxPoolGrad {
     pad: usize,
 }
 
+impl MaxPoolGrad {
+    /// The pooling of input `x`, checked against the output gradient's shape.
+    fn geometry(&self, x: &Layout, dy: &Layout) -> Result<PoolGeom> {
+        let g = PoolGeom::new(x.dims(), self.k, self.stride, self.pad)?;
+        let (b, c) = (x.dims()[0], x.dims()[1]);
+        if dy.dims() != [b, c, g.ho, g.wo] {
+            bail!("max_pool2d backward: dy {:?} does not match the pooling of {:?}", dy.dims(), x.dims());
+        }
+        Ok(g)
+    }
+}
+
 impl CustomOp2 for MaxPoolGrad {
     fn name(&self) -> &'static str {
         "ssl-max-pool2d-grad"
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = PoolGeom::new(l1.dims(), self.k, self.stride, self.pad)?;
-        let (b, c) = (l1.dims()[0], l1.dims()[1]);
-        if l2.dims() != [b, c, g.ho, g.wo] {
-            bail!("max_pool2d backward: dy {:?} does not match the pooling of {:?}", l2.dims(), l1.dims());
-        }
+        let g = self.geometry(l1, l2)?;
         let out = match (s1, s2) {
             (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(backward(&g, &read(s1, l1)?, &read(s2, l2)?)),
             (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(backward(&g, &read(s1, l1)?, &read(s2, l2)?)),
@@ -175,11 +183,7 @@ impl CustomOp2 for MaxPoolGrad {
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
-        let g = PoolGeom::new(l1.dims(), self.k, self.stride, self.pad)?;
-        let (b, c) = (l1.dims()[0], l1.dims()[1]);
-        if l2.dims() != [b, c, g.ho, g.wo] {
-            bail!("max_pool2d backward: dy {:?} does not match the pooling of {:?}", l2.dims(), l1.dims());
-        }
+        let g = self.geometry(l1, l2)?;
         Ok((super::cuda::max_pool_backward(&g, s1, l1, s2, l2)?, Shape::from_dims(l1.dims())))
     }
 }
