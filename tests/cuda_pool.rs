@@ -27,7 +27,7 @@ static Dim blockIdx, threadIdx, blockDim;
 
 /// Reads `int dims[8]`, x, dy from the file argv[1]; writes y then dx to argv[2], running every block and thread.
 fn driver(float: Float) -> String {
-    let t = if float == Float::F32 { "float" } else { "double" };
+    let t = float.name();
     let (_, fwd, bwd) = max_pool_names(float);
     format!(
         r#"

@@ -41,7 +41,8 @@ pub enum Float {
 }
 
 impl Float {
-    fn name(self) -> &'static str {
+    /// The C type: `float` or `double`.
+    pub fn name(self) -> &'static str {
         match self {
             Float::F32 => "float",
             Float::F64 => "double",

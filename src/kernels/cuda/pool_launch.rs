@@ -12,9 +12,11 @@ use candle_core::{DType, Layout, Result};
 
 /// Max-pooling forward of the contiguous x (its geometry `g`): y [B, C, Ho, Wo].
 pub fn max_pool_forward(g: &PoolGeom, x: &CudaStorage, layout: &Layout) -> Result<CudaStorage> {
+    let (input, output) = (g.planes * g.h * g.w, g.planes * g.ho * g.wo);
+    let operands = [(x, layout, input)];
     match x.dtype() {
-        DType::F32 => run::<f32>(g, Float::F32, &[(x, layout, g.planes * g.h * g.w)], g.planes * g.ho * g.wo, true),
-        DType::F64 => run::<f64>(g, Float::F64, &[(x, layout, g.planes * g.h * g.w)], g.planes * g.ho * g.wo, true),
+        DType::F32 => run::<f32>(g, Float::F32, &operands, output, true),
+        DType::F64 => run::<f64>(g, Float::F64, &operands, output, true),
         other => candle_core::bail!("max_pool2d on CUDA: only f32 and f64 are supported, not {other:?}"),
     }
 }
