@@ -69,14 +69,16 @@ fn rel_err(a: &[f32], b: &[f64]) -> f64 {
     diff / b.iter().map(|y| y.abs()).fold(f64::MIN_POSITIVE, f64::max)
 }
 
-/// Winograd F(2×2, 3×3) against im2col + GEMM on the stride-1 3×3 layers (what `ConvAlgo::Auto` chooses between):
-/// time and f32 error of each (max relative to an f64 direct convolution of the same data).
+/// Winograd F(2×2, 3×3) and F(4×4, 3×3) against im2col + GEMM on the stride-1 3×3 layers (what `ConvAlgo::Auto`
+/// chooses among): time and f32 error of each (max relative to an f64 direct convolution of the same data).
 fn winograd_table(rng: &mut StdRng, batch: usize, reps: usize, budget: f64) -> Result<()> {
-    use conv::ConvAlgo::{Im2col, Winograd};
-    println!("Winograd F(2×2, 3×3) vs im2col + GEMM, stride-1 3×3 layers (f32 error: max relative to f64 direct)");
+    use conv::ConvAlgo::{Im2col, WinogradF2, WinogradF4};
     println!(
-        "{:<22} {:<7} {:>10} {:>10} {:>8} {:>10} {:>8}",
-        "layer", "product", "im2col ms", "wino ms", "speed-up", "im2col err", "wino err"
+        "Winograd F(2×2) and F(4×4) vs im2col + GEMM, stride-1 3×3 layers (f32 error: max relative to f64 direct)"
+    );
+    println!(
+        "{:<22} {:<7} {:>10} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8}",
+        "layer", "product", "im2col ms", "F2 ms", "F4 ms", "F2 ×", "F4 ×", "im2col err", "F2 err", "F4 err"
     );
     let layers =
         [("s1 conv 32→32 @28", 32, 32, 28), ("s2 conv2 64→64 @14", 64, 64, 14), ("s3 conv2 128→128 @7", 128, 128, 7)];
@@ -98,9 +100,9 @@ fn winograd_table(rng: &mut StdRng, batch: usize, reps: usize, budget: f64) -> R
                 "dx" => conv::input_grad_with(&g, &dy64, &w64, Im2col),
                 _ => conv::weight_grad_with(&g, &x64, &dy64, Im2col),
             };
-            let algos = [Im2col, Winograd];
+            let algos = [Im2col, WinogradF2, WinogradF4];
             let errs = algos.map(|a| rel_err(&run(a), &exact));
-            let mut times = [0.0; 2];
+            let mut times = [0.0; 3];
             for (t, algo) in times.iter_mut().zip(algos) {
                 *t = median(reps, budget, || {
                     std::hint::black_box(run(algo));
@@ -108,14 +110,17 @@ fn winograd_table(rng: &mut StdRng, batch: usize, reps: usize, budget: f64) -> R
                 })?;
             }
             println!(
-                "{:<22} {:<7} {:>10.2} {:>10.2} {:>7.2}× {:>10.1e} {:>8.1e}",
+                "{:<22} {:<7} {:>10.2} {:>8.2} {:>8.2} {:>7.2}× {:>7.2}× {:>10.1e} {:>8.1e} {:>8.1e}",
                 if product == "fwd" { name } else { "" },
                 product,
                 times[0] * 1e3,
                 times[1] * 1e3,
+                times[2] * 1e3,
                 times[0] / times[1],
+                times[0] / times[2],
                 errs[0],
-                errs[1]
+                errs[1],
+                errs[2]
             );
         }
     }

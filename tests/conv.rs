@@ -285,13 +285,14 @@ fn model_conv2d_runs_either_implementation() -> Result<()> {
     Ok(())
 }
 
-/// Both algorithms (im2col + GEMM and Winograd F(2×2, 3×3)) on stride-1 3×3 shapes — odd and even sizes (partial
-/// tiles), pads 0, 1 and 2, non-square images and channels, batch 1 and batches grouped into one GEMM — for all
-/// three products, against the plain loop: 1e-10 in f64; in f32 against the f64 loop, 1e-5 for im2col and 1e-4 for
-/// Winograd (observed ≤ ~2e-6, the transforms add a few roundings).
+/// Every algorithm (im2col + GEMM, Winograd F(2×2, 3×3) and F(4×4, 3×3)) on stride-1 3×3 shapes — odd and even
+/// sizes (partial tiles of both sizes), pads 0, 1 and 2, non-square images and channels, batch 1 and batches grouped
+/// into one GEMM — for all three products, against the plain loop: 1e-10 in f64; in f32 against the f64 loop, 1e-5
+/// for im2col and 1e-4 for Winograd (observed ≤ ~2e-6 for F(2×2) and ~1e-5 for F(4×4), whose transforms have larger
+/// constants).
 #[test]
 fn winograd_and_im2col_match_the_loop_reference() -> Result<()> {
-    use conv::ConvAlgo::{Im2col, Winograd};
+    use conv::ConvAlgo::{Im2col, WinogradF2, WinogradF4};
     let shapes: &[Shape] = &[
         (1, 3, 9, 9, 5, 3, 3, 1, 1),
         (2, 4, 8, 6, 7, 3, 3, 1, 0),
@@ -300,6 +301,7 @@ fn winograd_and_im2col_match_the_loop_reference() -> Result<()> {
         (1, 3, 3, 5, 2, 3, 3, 1, 0),
         (40, 6, 7, 7, 5, 3, 3, 1, 1),
         (9, 4, 14, 13, 6, 3, 3, 1, 1),
+        (2, 3, 6, 11, 4, 3, 3, 1, 2),
     ];
     for (i, &shape) in shapes.iter().enumerate() {
         let g = geom(shape);
@@ -311,7 +313,7 @@ fn winograd_and_im2col_match_the_loop_reference() -> Result<()> {
         let f32s = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
         let f64s = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<f64>>();
         let (x32, w32, r32) = (f32s(&x), f32s(&w), f32s(&r));
-        for (algo, tol32) in [(Im2col, 1e-5), (Winograd, 1e-4)] {
+        for (algo, tol32) in [(Im2col, 1e-5), (WinogradF2, 1e-4), (WinogradF4, 1e-4)] {
             let products = [
                 (
                     "forward",

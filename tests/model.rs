@@ -715,8 +715,10 @@ fn our_backward_matches_candle_autodiff_on_the_standard_resnets() -> Result<()> 
 /// The standard ResNets compute what torchvision's compute: ssl-lang's seed-0 ResNet-18 (ImageNet stem, with the
 /// max-pool) and ResNet-50 (CIFAR stem), after one train-mode pass, give in eval mode the backbone features that
 /// torchvision 0.29.2 computed from the same weights (exported with `--to torchvision`) on the same input
-/// (tests/fixtures/torchvision_features.txt; measured agreement 1.7e-6 and 1.1e-6): 1e-4 of the largest feature,
-/// as the BatchNorm statistics' sums may be split differently by thread count.
+/// (tests/fixtures/torchvision_features.txt): 1e-3 of the largest feature. Measured: 1.7e-6 and 1.1e-6 with every
+/// convolution direct or Winograd F(2×2, 3×3); 2.6e-4 for ResNet-18 with F(4×4, 3×3) on its 8×8 and 4×4 maps (the
+/// default), whose f32 rounding (~5e-6 relative per product) compounds over its twenty convolutions. A wrong layer
+/// is off by far more.
 #[test]
 fn standard_resnets_compute_what_torchvision_computes() -> Result<()> {
     let fixture = include_str!("fixtures/torchvision_features.txt");
@@ -734,7 +736,7 @@ fn standard_resnets_compute_what_torchvision_computes() -> Result<()> {
         assert_eq!(got.len(), want.len(), "{name}");
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
         let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(err <= 1e-4 * scale, "{name}: max difference {err:e} against features up to {scale}");
+        assert!(err <= 1e-3 * scale, "{name}: max difference {err:e} against features up to {scale}");
     }
     Ok(())
 }

@@ -5,7 +5,16 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 
 /// Element types the fused kernels run in.
-pub trait Float: WithDType + num_traits::Float + std::ops::AddAssign + std::ops::MulAssign + Send + Sync {}
+pub trait Float:
+    WithDType
+    + num_traits::Float
+    + std::ops::AddAssign
+    + std::ops::MulAssign
+    + Send
+    + Sync
+    + super::transpose::BlockTranspose
+{
+}
 impl Float for f32 {}
 impl Float for f64 {}
 

@@ -11,6 +11,7 @@ pub mod norm;
 pub mod pool;
 pub mod simd;
 pub mod softmax_sum;
+pub mod transpose;
 
 use candle_core::{CpuStorage, Layout, Result};
 use gemm::Float;

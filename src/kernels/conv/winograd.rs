@@ -1,103 +1,395 @@
 //! ---------------------------------------------------------------------------------------------------------------
-//! Winograd F(2×2, 3×3) for stride-1 3×3 convolutions: the forward product and the weight gradient.
+//! Winograd F(m×m, 3×3) for stride-1 3×3 convolutions, m = 2 or 4: the forward product and the weight gradient.
 //!
-//! Each 2×2 output tile is Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A of the 4×4 input tile d under it, so over the 16 positions ξ of
-//! the transformed tile the convolution becomes 16 GEMMs M_ξ[O, T] = U_ξ[O, C] · V_ξ[C, T] (T tiles): 16·O·C
-//! multiply-adds per tile instead of 36·O·C, 2.25× fewer. The weight gradient is the adjoint: dU_ξ = dM_ξ · V_ξᵀ
-//! with dM = A dY Aᵀ, then dW = Gᵀ dU G. Tiles past the output's edge (odd sizes) are computed and dropped.
+//! Each m×m output tile is Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A of the n×n input tile d under it (n = m + 2), so over the n²
+//! positions ξ of the transformed tile the convolution becomes n² GEMMs Mᵀ_ξ[T, O] = V_ξ[T, C] · Uᵀ_ξ[C, O] (T
+//! tiles): n²/m² multiply-adds per output and channel pair instead of 9 — 4 for F(2×2), 2.25 for F(4×4). The weight
+//! gradient is the adjoint: dUᵀ_ξ = V_ξᵀ · dMᵀ_ξ with dM = A dY Aᵀ, then dW = Gᵀ dU G. Tiles past the output's edge
+//! (sizes not a multiple of m) are computed and dropped.
 //!
-//!   Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1],  G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1],  Aᵀ = [1 1 1 0; 0 1 −1 −1].
+//! The transformed tiles are channels-last (V_ξ[t][c], M_ξ[t][o]): the transforms then run over the tiles of a tile
+//! row and all their channels as one contiguous vector, which stays long on a 7×7 map (where a channels-first tile
+//! row is two tiles), and no tile is computed beyond the output's edge. The price is a transpose at either end
+//! ([`crate::kernels::transpose`]), through registers.
+//!
+//! F(2×2, 3×3) (points 0, ±1, ∞) is exact in its arithmetic (its constants are 0, ±1 and ½); F(4×4, 3×3) (points
+//! 0, ±1, ±2, ∞, as Lavin & Gray) has larger constants and rounds more in f32: 4–10·10⁻⁶ relative to an f64
+//! direct convolution against 3–9·10⁻⁷ (`cargo bench --bench conv -- quick winograd`), well below what training
+//! notices, for 1.78× fewer multiplies.
 
 use super::{gemm, mat, partition, scratch, sum_in_order, ConvGeom};
 use crate::kernels::gemm::Float;
 use crate::kernels::simd::vectorized;
+use crate::kernels::transpose::transpose;
 use crate::kernels::zeros;
 use rayon::prelude::*;
 
-/// Tile columns a Winograd GEMM should have at least before images share one.
-const MIN_TILES: usize = 256;
+/// The transformed input and output of one group of images (V and M) fit in about this much, so that the GEMMs read
+/// them from L2 (measured: 1 MiB groups ran the 7×7 layer's products 1.2× faster than groups of 256 tiles).
+const GROUP_BYTES: usize = 1 << 20;
 
-/// Whether Winograd F(2×2, 3×3) applies: a 3×3 kernel at stride 1.
+/// Whether Winograd applies: a 3×3 kernel at stride 1.
 pub(super) fn applies(g: &ConvGeom) -> bool {
     g.kh == 3 && g.kw == 3 && g.stride == 1
 }
 
-/// Tile rows, tile columns.
-fn tiles(g: &ConvGeom) -> (usize, usize) {
-    (g.ho.div_ceil(2), g.wo.div_ceil(2))
+/// The Winograd tile with the fewest multiplies per output of `g` (n² per tile over the outputs the tiles really
+/// cover, against 9 for the direct product), or None when the direct product has fewer: F(4×4) on maps of 3×3 and
+/// more (2.25–2.94 at 7×7 and up), F(2×2) on 2×2 (4, against F(4×4)'s 9, the more accurate one on a tie), the
+/// direct product on 1×1.
+pub(super) fn fewest_multiplies(g: &ConvGeom) -> Option<Tile> {
+    let per_output = |m: usize| ((m + 2) * (m + 2) * g.ho.div_ceil(m) * g.wo.div_ceil(m)) as f64 / (g.ho * g.wo) as f64;
+    let (f2, f4) = (per_output(2), per_output(4));
+    if f4 < f2 && f4 < 9.0 {
+        Some(Tile::F4)
+    } else if f2 < 9.0 {
+        Some(Tile::F2)
+    } else {
+        None
+    }
 }
 
-/// Images per task for Winograd, and the GEMM parallelism inside a task (as [`schedule`]).
-fn winograd_schedule(g: &ConvGeom) -> (usize, gemm::Parallelism) {
-    let (th, tw) = tiles(g);
-    let threads = rayon::current_num_threads().max(1);
-    let per_thread = g.batch.div_ceil(threads).max(1);
-    let nb = MIN_TILES.div_ceil(th * (tw + 1)).clamp(1, per_thread);
-    let groups = g.batch.div_ceil(nb);
-    let par = if groups < threads && threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    (nb, par)
+/// The output tile size of a Winograd algorithm: F(2×2, 3×3) or F(4×4, 3×3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tile {
+    /// 2×2 output tiles from 4×4 input tiles: 16 GEMMs, 4 multiplies per output and channel pair.
+    F2,
+    /// 4×4 output tiles from 6×6 input tiles: 36 GEMMs, 2.25 multiplies per output and channel pair.
+    F4,
 }
 
-/// U[ξ][o][c] = (G w[o, c] Gᵀ)[ξ], as 16 row-major [O, C] matrices.
-fn filter_transform<T: Float>(g: &ConvGeom, w: &[T]) -> Vec<T> {
-    let (o, c) = (g.c_out, g.c_in);
-    let half = T::from(0.5).unwrap_or(T::one());
-    let mut u = vec![T::zero(); 16 * o * c];
-    for oc in 0..o {
-        for ic in 0..c {
-            let k = &w[(oc * c + ic) * 9..][..9];
-            // t = G·k (4×3), then u = t·Gᵀ (4×4).
-            let mut t = [[T::zero(); 3]; 4];
-            for col in 0..3 {
-                let (k0, k1, k2) = (k[col], k[3 + col], k[6 + col]);
-                t[0][col] = k0;
-                t[1][col] = (k0 + k1 + k2) * half;
-                t[2][col] = (k0 - k1 + k2) * half;
-                t[3][col] = k2;
-            }
-            for (i, row) in t.iter().enumerate() {
-                let ui = [row[0], (row[0] + row[1] + row[2]) * half, (row[0] - row[1] + row[2]) * half, row[2]];
-                for (j, &v) in ui.iter().enumerate() {
-                    u[((4 * i + j) * o + oc) * c + ic] = v;
+/// The three matrices of F(m×m, 3×3), row-major: Bᵀ (n×n), G (n×3), Aᵀ (m×n).
+struct Matrices {
+    m: usize,
+    bt: &'static [f64],
+    g: &'static [f64],
+    at: &'static [f64],
+}
+
+const F2: Matrices = Matrices {
+    m: 2,
+    #[rustfmt::skip]
+    bt: &[
+        1.0, 0.0, -1.0, 0.0,
+        0.0, 1.0, 1.0, 0.0,
+        0.0, -1.0, 1.0, 0.0,
+        0.0, 1.0, 0.0, -1.0,
+    ],
+    #[rustfmt::skip]
+    g: &[
+        1.0, 0.0, 0.0,
+        0.5, 0.5, 0.5,
+        0.5, -0.5, 0.5,
+        0.0, 0.0, 1.0,
+    ],
+    #[rustfmt::skip]
+    at: &[
+        1.0, 1.0, 1.0, 0.0,
+        0.0, 1.0, -1.0, -1.0,
+    ],
+};
+
+const F4: Matrices = Matrices {
+    m: 4,
+    #[rustfmt::skip]
+    bt: &[
+        4.0, 0.0, -5.0, 0.0, 1.0, 0.0,
+        0.0, -4.0, -4.0, 1.0, 1.0, 0.0,
+        0.0, 4.0, -4.0, -1.0, 1.0, 0.0,
+        0.0, -2.0, -1.0, 2.0, 1.0, 0.0,
+        0.0, 2.0, -1.0, -2.0, 1.0, 0.0,
+        0.0, 4.0, 0.0, -5.0, 0.0, 1.0,
+    ],
+    #[rustfmt::skip]
+    g: &[
+        1.0 / 4.0, 0.0, 0.0,
+        -1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0,
+        -1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0,
+        1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0,
+        1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0,
+        0.0, 0.0, 1.0,
+    ],
+    #[rustfmt::skip]
+    at: &[
+        1.0, 1.0, 1.0, 1.0, 1.0, 0.0,
+        0.0, 1.0, -1.0, 2.0, -2.0, 0.0,
+        0.0, 1.0, 1.0, 4.0, 4.0, 0.0,
+        0.0, 1.0, -1.0, 8.0, -8.0, 1.0,
+    ],
+};
+
+/// One convolution's Winograd F(M×M, 3×3) geometry: its matrices and the tiles covering its output. M is a
+/// constant, so that the transforms' loops over a tile unroll.
+struct Plan<'a, const M: usize> {
+    g: &'a ConvGeom,
+    mx: &'static Matrices,
+    /// Tile rows and columns of one image.
+    th: usize,
+    tw: usize,
+}
+
+impl<'a, const M: usize> Plan<'a, M> {
+    /// The input tile size n = M + 2.
+    const N: usize = M + 2;
+
+    fn new(g: &'a ConvGeom) -> Self {
+        let mx = if M == 2 { &F2 } else { &F4 };
+        debug_assert_eq!(mx.m, M);
+        Plan { g, mx, th: g.ho.div_ceil(M), tw: g.wo.div_ceil(M) }
+    }
+
+    /// Tiles of one image.
+    fn tiles(&self) -> usize {
+        self.th * self.tw
+    }
+
+    /// Transformed positions ξ: n².
+    fn positions(&self) -> usize {
+        Self::N * Self::N
+    }
+
+    /// Images per task, and the GEMM parallelism inside a task (as [`super::schedule`]): as many images as keep
+    /// the group's transformed input and output within [`GROUP_BYTES`], at least one, and enough groups for every
+    /// thread.
+    fn schedule<T>(&self) -> (usize, gemm::Parallelism) {
+        let threads = rayon::current_num_threads().max(1);
+        let per_thread = self.g.batch.div_ceil(threads).max(1);
+        let per_image = self.positions() * (self.g.c_in + self.g.c_out) * self.tiles() * std::mem::size_of::<T>();
+        let nb = (GROUP_BYTES / per_image.max(1)).clamp(1, per_thread);
+        let groups = self.g.batch.div_ceil(nb);
+        let par =
+            if groups < threads && threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+        (nb, par)
+    }
+
+    /// Row `row` of Bᵀ (n×n) or Aᵀ (M×n) as (column, coefficient) pairs of its non-zero entries, in type T.
+    fn row<T: Float>(matrix: &[f64], row: usize) -> Vec<(usize, T)> {
+        let n = Self::N;
+        matrix[row * n..(row + 1) * n]
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| c != 0.0)
+            .map(|(k, &c)| (k, cast(c)))
+            .collect()
+    }
+
+    /// Column `col` of Aᵀ as (row, coefficient) pairs of its non-zero entries.
+    fn at_col<T: Float>(&self, col: usize) -> Vec<(usize, T)> {
+        (0..M)
+            .map(|r| (r, self.mx.at[r * Self::N + col]))
+            .filter(|&(_, c)| c != 0.0)
+            .map(|(r, c)| (r, cast(c)))
+            .collect()
+    }
+
+    /// Uᵀ[c][ξ][o] = (G w[o, c] Gᵀ)[ξ]: for each ξ the [C, O] matrix Uᵀ_ξ, at row stride n²·O. One task per input
+    /// channel, each vectorised over the output channels.
+    fn filter_transform<T: Float>(&self, w: &[T]) -> Vec<T> {
+        let (o, c, n) = (self.g.c_out, self.g.c_in, Self::N);
+        let g_rows: Vec<Vec<(usize, T)>> = (0..n).map(|i| g_row(self.mx.g, i)).collect();
+        let mut u = zeros(c * n * n * o);
+        u.par_chunks_mut(n * n * o).enumerate().for_each_init(Vec::new, |buf, (ic, ui)| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    let mut rest = scratch(buf, 9 * o + 3 * n * o);
+                    // k[e][oc] = w[oc, ic][e]; t[i][q] = Σ_r G[i][r]·k[r][q] (the 3×3 kernel's row r, column q).
+                    let k = take(&mut rest, 9 * o);
+                    for (oc, kernel) in w.chunks_exact(9 * c).enumerate() {
+                        for (e, &v) in kernel[9 * ic..9 * ic + 9].iter().enumerate() {
+                            k[e * o + oc] = v;
+                        }
+                    }
+                    let t = take(&mut rest, 3 * n * o);
+                    for (i, coefs) in g_rows.iter().enumerate() {
+                        for q in 0..3 {
+                            let terms = coefs.iter().map(|&(r, cf)| (cf, &k[(3 * r + q) * o..][..o]));
+                            combine(&mut t[(3 * i + q) * o..][..o], terms);
+                        }
+                    }
+                    // u[i][j] = Σ_q t[i][q]·G[j][q].
+                    for i in 0..n {
+                        for (j, coefs) in g_rows.iter().enumerate() {
+                            let terms = coefs.iter().map(|&(q, cf)| (cf, &t[(3 * i + q) * o..][..o]));
+                            combine(&mut ui[(n * i + j) * o..][..o], terms);
+                        }
+                    }
+                },
+            )
+        });
+        u
+    }
+
+    /// The adjoint of [`Plan::filter_transform`]: dW[o, c] = Gᵀ dU[o, c] G from dUᵀ laid out as its result.
+    fn filter_transform_adjoint<T: Float>(&self, dut: &[T]) -> Vec<T> {
+        let (o, c, n) = (self.g.c_out, self.g.c_in, Self::N);
+        let g_cols: Vec<Vec<(usize, T)>> = (0..3).map(|q| g_col(self.mx.g, n, q)).collect();
+        // dwt[c][e][o]: per input channel, then into dW's [O, C, 3, 3] order.
+        let mut dwt = zeros(c * 9 * o);
+        dwt.par_chunks_mut(9 * o).zip(dut.par_chunks(n * n * o)).for_each_init(Vec::new, |buf, (dwi, dui)| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    // s[r][j] = Σ_i G[i][r]·dU[i][j], then dW[r][q] = Σ_j s[r][j]·G[j][q].
+                    let s = scratch(buf, 3 * n * o);
+                    for (r, coefs) in g_cols.iter().enumerate() {
+                        for j in 0..n {
+                            let terms = coefs.iter().map(|&(i, cf)| (cf, &dui[(n * i + j) * o..][..o]));
+                            combine(&mut s[(n * r + j) * o..][..o], terms);
+                        }
+                    }
+                    for r in 0..3 {
+                        for (q, coefs) in g_cols.iter().enumerate() {
+                            let terms = coefs.iter().map(|&(j, cf)| (cf, &s[(n * r + j) * o..][..o]));
+                            combine(&mut dwi[(3 * r + q) * o..][..o], terms);
+                        }
+                    }
+                },
+            )
+        });
+        let mut dw = vec![T::zero(); o * c * 9];
+        for (oc, kernels) in dw.chunks_exact_mut(9 * c).enumerate() {
+            for (ic, kernel) in kernels.chunks_exact_mut(9).enumerate() {
+                for (e, d) in kernel.iter_mut().enumerate() {
+                    *d = dwt[(ic * 9 + e) * o + oc];
                 }
             }
         }
+        dw
     }
-    u
+
+    /// V[ξ][t][c] = (Bᵀ d B)[ξ] for every tile t = i·tiles + ty·tw + tx of the images x [n_img, C, H, W] of one
+    /// group and every channel c; `v` holds n² row-major [n_img·tiles, C] matrices.
+    ///
+    /// Each image is first copied channels-last and split by column phase ([`to_phased_channels_last`]), so that
+    /// element (r, q) of the tiles of one tile row, over all their channels, is one contiguous run of tw·C values:
+    /// both passes of the transform — R_iq = Σ_r Bᵀ[i][r]·E_rq, then V_ij = Σ_q Bᵀ[j][q]·R_iq — are then long
+    /// vector operations, whatever the image size.
+    fn input_transform<T: Float>(&self, x: &[T], n_img: usize, v: &mut [T], buf: &mut Vec<T>) {
+        vectorized(
+            #[inline(always)]
+            || {
+                let (g, n, th, tw, tpi) = (self.g, Self::N, self.th, self.tw, self.tiles());
+                let (c, tt, run) = (g.c_in, n_img * tpi, tw * g.c_in);
+                let (rows, cols) = (M * th + 2, tw + 1);
+                let mut rest = scratch(buf, rows * M * cols * c + n * run);
+                let xt = take(&mut rest, rows * M * cols * c);
+                let mut r: Vec<&mut [T]> = (0..n).map(|_| take(&mut rest, run)).collect();
+                let bt: Vec<Vec<(usize, T)>> = (0..n).map(|i| Self::row(self.mx.bt, i)).collect();
+                for img in 0..n_img {
+                    to_phased_channels_last::<T, M>(g, &x[img * g.in_len()..][..g.in_len()], xt, (rows, cols));
+                    for ty in 0..th {
+                        // E_rq of this tile row: padded row M·ty + r, column phase q mod M, from column q div M.
+                        let e = |er: usize, q: usize| &xt[(((M * ty + er) * M + q % M) * cols + q / M) * c..][..run];
+                        // V_ij = Σ_r Σ_q Bᵀ[i][r] Bᵀ[j][q] E_rq.
+                        let at = |i: usize, j: usize| ((n * i + j) * tt + img * tpi + ty * tw) * c;
+                        separable(&bt, &bt, &mut r, e, (&mut *v, at));
+                    }
+                }
+            },
+        )
+    }
+
+    /// y [n_img, O, Ho, Wo] of one group from M[ξ][t][o] (n² row-major [n_img·tiles, O] matrices, tiles numbered
+    /// as in [`Plan::input_transform`]): each M×M output tile is Aᵀ M A, cut at the output's edge.
+    fn output_transform<T: Float>(&self, mm: &[T], n_img: usize, y: &mut [T], buf: &mut Vec<T>) {
+        vectorized(
+            #[inline(always)]
+            || {
+                let (g, n, th, tw, tpi) = (self.g, Self::N, self.th, self.tw, self.tiles());
+                let (o, tt, run) = (g.c_out, n_img * tpi, tw * g.c_out);
+                let mut rest = scratch(buf, (n + M * M * th) * run);
+                let mut s: Vec<&mut [T]> = (0..n).map(|_| take(&mut rest, run)).collect();
+                // Y_ab of tile row ty at (M·(M·ty + a) + b)·run.
+                let out = take(&mut rest, M * M * th * run);
+                let at: Vec<Vec<(usize, T)>> = (0..M).map(|a| Self::row(self.mx.at, a)).collect();
+                for img in 0..n_img {
+                    let yi = &mut y[img * g.out_len()..][..g.out_len()];
+                    for ty in 0..th {
+                        let mrow = |i: usize, j: usize| &mm[((n * i + j) * tt + img * tpi + ty * tw) * o..][..run];
+                        // Y_ab = Σ_i Σ_j Aᵀ[a][i] Aᵀ[b][j] M_ij.
+                        let dst_at = |a: usize, b: usize| (M * (M * ty + a) + b) * run;
+                        separable(&at, &at, &mut s, mrow, (&mut *out, dst_at));
+                    }
+                    // Back to channels-first: Y_ab[tx][o] of tile row ty is y[o][M·ty + a][M·tx + b].
+                    let src_at = |k: usize| (M * (k / g.wo) + k % g.wo % M) * run + k % g.wo / M * o;
+                    transpose(out, src_at, g.p(), o, yi, |oc| oc * g.p());
+                }
+            },
+        )
+    }
+
+    /// dM[ξ][t][o] = (A dY Aᵀ)[ξ] for every tile of the output gradients dy [n_img, O, Ho, Wo] of one group (zero
+    /// past the edge); `dm` holds n² row-major [n_img·tiles, O] matrices, tiles numbered as in
+    /// [`Plan::input_transform`].
+    fn output_grad_transform<T: Float>(&self, dy: &[T], n_img: usize, dm: &mut [T], buf: &mut Vec<T>) {
+        vectorized(
+            #[inline(always)]
+            || {
+                let (g, n, th, tw, tpi) = (self.g, Self::N, self.th, self.tw, self.tiles());
+                let (o, tt, run) = (g.c_out, n_img * tpi, tw * g.c_out);
+                let mut rest = scratch(buf, M * th * M * run + M * run);
+                // dyt[M·ty + a][b][tx][o] = dY[o][M·ty + a][M·tx + b], zero past the edge; h[a] = (dY Aᵀ)[a][j].
+                let dyt = take(&mut rest, M * th * M * run);
+                let mut h: Vec<&mut [T]> = (0..M).map(|_| take(&mut rest, run)).collect();
+                let cols: Vec<Vec<(usize, T)>> = (0..n).map(|j| self.at_col(j)).collect();
+                for img in 0..n_img {
+                    let di = &dy[img * g.out_len()..][..g.out_len()];
+                    let at = |oy: usize, ox: usize| ((oy * M + ox % M) * tw + ox / M) * o;
+                    for oy in 0..M * th {
+                        if oy >= g.ho {
+                            dyt[at(oy, 0)..at(oy + 1, 0)].fill(T::zero());
+                            continue;
+                        }
+                        for ox in g.wo..M * tw {
+                            dyt[at(oy, ox)..][..o].fill(T::zero());
+                        }
+                    }
+                    transpose(di, |oc| oc * g.p(), o, g.p(), dyt, |k| at(k / g.wo, k % g.wo));
+                    for ty in 0..th {
+                        let q = |a: usize, b: usize| &dyt[((M * ty + a) * M + b) * run..][..run];
+                        // dM_ij = Σ_b Σ_a Aᵀ[b][j] Aᵀ[a][i] dY_ab, column j at a time.
+                        let at = |j: usize, i: usize| ((n * i + j) * tt + img * tpi + ty * tw) * o;
+                        separable(&cols, &cols, &mut h, |b, a| q(a, b), (&mut *dm, at));
+                    }
+                }
+            },
+        )
+    }
 }
 
-/// The adjoint of [`filter_transform`]: dW[o, c] = Gᵀ dU[o, c] G from dUᵀ stored as 16 row-major [C, O] matrices.
-fn filter_transform_adjoint<T: Float>(g: &ConvGeom, dut: &[T]) -> Vec<T> {
-    let (o, c) = (g.c_out, g.c_in);
-    let half = T::from(0.5).unwrap_or(T::one());
-    let mut dw = vec![T::zero(); o * c * 9];
-    for oc in 0..o {
-        for ic in 0..c {
-            let du = |i: usize, j: usize| dut[((4 * i + j) * c + ic) * o + oc];
-            // s = Gᵀ·dU (3×4), then dW = s·G (3×3).
-            let col = |j: usize| {
-                let (d0, d1, d2, d3) = (du(0, j), du(1, j), du(2, j), du(3, j));
-                [d0 + (d1 + d2) * half, (d1 - d2) * half, (d1 + d2) * half + d3]
-            };
-            let cols = [col(0), col(1), col(2), col(3)];
-            let s: [[T; 4]; 3] = std::array::from_fn(|r| std::array::from_fn(|j| cols[j][r]));
-            let out = &mut dw[(oc * c + ic) * 9..][..9];
-            for (r, row) in s.iter().enumerate() {
-                out[3 * r] = row[0] + (row[1] + row[2]) * half;
-                out[3 * r + 1] = (row[1] - row[2]) * half;
-                out[3 * r + 2] = (row[1] + row[2]) * half + row[3];
-            }
+/// x [C, H, W] of one image into `xt`, zero-padded, channels-last and split by column phase:
+/// xt[yp][b][x'][c] = xpad[c][yp][M·x' + b] for `dims` = (padded rows, columns per phase).
+fn to_phased_channels_last<T: Float, const M: usize>(g: &ConvGeom, x: &[T], xt: &mut [T], dims: (usize, usize)) {
+    let (rows, cols) = dims;
+    let c = g.c_in;
+    let at = |yp: usize, xp: usize| ((yp * M + xp % M) * cols + xp / M) * c;
+    for yp in 0..rows {
+        if yp < g.pad || yp >= g.pad + g.h {
+            xt[at(yp, 0)..at(yp + 1, 0)].fill(T::zero());
+            continue;
+        }
+        for xp in (0..g.pad).chain(g.pad + g.w..M * cols) {
+            xt[at(yp, xp)..][..c].fill(T::zero());
         }
     }
-    dw
+    let dst_at = |p: usize| at(p / g.w + g.pad, p % g.w + g.pad);
+    transpose(x, |ic| ic * g.h * g.w, c, g.h * g.w, xt, dst_at);
 }
 
-/// dst[k] = f(a[k], b[k]) over the shortest of the three (inlined, so it vectorises).
-#[inline(always)]
-fn zip_with<T: Float>(dst: &mut [T], a: &[T], b: &[T], f: impl Fn(T, T) -> T) {
-    for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
-        *d = f(x, y);
-    }
+/// Row `i` of G (n×3) as (column, coefficient) pairs of its non-zero entries.
+fn g_row<T: Float>(g: &[f64], i: usize) -> Vec<(usize, T)> {
+    (0..3).map(|q| (q, g[3 * i + q])).filter(|&(_, c)| c != 0.0).map(|(q, c)| (q, cast(c))).collect()
+}
+
+/// Column `q` of G (n×3) as (row, coefficient) pairs of its non-zero entries.
+fn g_col<T: Float>(g: &[f64], n: usize, q: usize) -> Vec<(usize, T)> {
+    (0..n).map(|i| (i, g[3 * i + q])).filter(|&(_, c)| c != 0.0).map(|(i, c)| (i, cast(c))).collect()
+}
+
+/// A matrix constant in type T.
+fn cast<T: Float>(c: f64) -> T {
+    T::from(c).unwrap_or_else(T::zero)
 }
 
 /// Splits `len` elements off the front of `rest`.
@@ -107,253 +399,143 @@ fn take<'a, T>(rest: &mut &'a mut [T], len: usize) -> &'a mut [T] {
     head
 }
 
-/// V[ξ][c][t0 + t] = (Bᵀ d B)[ξ] for every tile of one image x [C, H, W]; `v` holds 16 blocks of [C, ld].
-///
-/// Tiles are numbered t = ty·(tw + 1) + tx, one spare column per tile row: over the four polyphase planes
-/// P_ab[y'][x'] = xpad[2y' + a][2x' + b] (rows of tw + 1), element (r, q) of every tile is then the plane P_(r mod 2,
-/// q mod 2) shifted by (r div 2)·(tw + 1) + q div 2, so the whole transform is a few long contiguous vector
-/// operations. The spare column's values are computed and never used (its output gradient is zero).
-fn input_transform<T: Float>(g: &ConvGeom, x: &[T], v: &mut [T], ld: usize, t0: usize, buf: &mut Vec<T>) {
-    vectorized(
-        #[inline(always)]
-        || {
-            let (th, tw) = tiles(g);
-            let n1 = tw + 1;
-            let len = th * n1;
-            let plen = (th + 1) * n1 + 1;
-            let mut rest = scratch(buf, 4 * plen + 8 * (len + 1) + 2 * n1);
-            let mut planes: [&mut [T]; 4] = std::array::from_fn(|_| take(&mut rest, plen));
-            let r: [&mut [T]; 8] = std::array::from_fn(|_| take(&mut rest, len + 1));
-            // One padded input row: zeros in the padding, the row itself written for every row below.
-            let padded = take(&mut rest, 2 * n1);
-            padded.fill(T::zero());
-            let block = g.c_in * ld;
-            let pad = g.pad as isize;
-            for c in 0..g.c_in {
-                let plane = &x[c * g.h * g.w..][..g.h * g.w];
-                // Polyphase split of the padded image, a row at a time: the padded row (zeros outside the image)
-                // is laid out in `padded`, and its pairs of columns split into the two planes of that row parity,
-                // a deinterleave the compiler vectorises.
-                for yp in 0..=th {
-                    for a in 0..2 {
-                        let iy = (2 * yp + a) as isize - pad;
-                        let (even, odd) = planes[2 * a..].split_at_mut(1);
-                        let (even, odd) = (&mut even[0][yp * n1..(yp + 1) * n1], &mut odd[0][yp * n1..(yp + 1) * n1]);
-                        if iy < 0 || iy >= g.h as isize {
-                            even.fill(T::zero());
-                            odd.fill(T::zero());
-                            continue;
-                        }
-                        let row = &plane[iy as usize * g.w..][..g.w];
-                        let inside = g.w.min(padded.len() - g.pad);
-                        padded[g.pad..g.pad + inside].copy_from_slice(&row[..inside]);
-                        for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(padded.chunks_exact(2)) {
-                            *e = pair[0];
-                            *o = pair[1];
-                        }
-                    }
-                }
-                for p in planes.iter_mut() {
-                    p[plen - 1] = T::zero();
-                }
-                // Vertical, per column parity b: R_0b = d0 − d2, R_1b = d1 + d2, R_2b = d2 − d1, R_3b = d1 − d3, where
-                // d0 = P_0b, d1 = P_1b, d2 = P_0b shifted a row, d3 = P_1b shifted a row.
-                for bp in 0..2 {
-                    let (p0, p1) = (&*planes[bp], &*planes[2 + bp]);
-                    let (d0, d1, d2, d3) = (&p0[..len + 1], &p1[..len + 1], &p0[n1..], &p1[n1..]);
-                    let [r0, r1, r2, r3] = [0, 1, 2, 3].map(|i| 2 * i + bp);
-                    zip_with(r[r0], d0, d2, |a, b| a - b);
-                    zip_with(r[r1], d1, d2, |a, b| a + b);
-                    zip_with(r[r2], d2, d1, |a, b| a - b);
-                    zip_with(r[r3], d1, d3, |a, b| a - b);
-                }
-                // Horizontal, per row i: columns 0..3 of a tile are e[t], o[t], e[t + 1], o[t + 1].
-                for i in 0..4 {
-                    let (e, o) = (&*r[2 * i], &*r[2 * i + 1]);
-                    let at = |j: usize| (4 * i + j) * block + c * ld + t0;
-                    zip_with(&mut v[at(0)..][..len], e, &e[1..], |a, b| a - b);
-                    zip_with(&mut v[at(1)..][..len], o, &e[1..], |a, b| a + b);
-                    zip_with(&mut v[at(2)..][..len], &e[1..], o, |a, b| a - b);
-                    zip_with(&mut v[at(3)..][..len], o, &o[1..], |a, b| a - b);
-                }
-            }
-        },
-    )
+/// A separable transform of one tile row: dst(p, s) = Σ_k Σ_l L_p[k]·R_s[l]·src(k, l), for the non-zero
+/// coefficients `left[p]` = L_p and `right[s]` = R_s, one p at a time through `tmp` (a run per l, which stays in
+/// L1); `dst` is a buffer and where each (p, s) run of it starts.
+#[inline(always)]
+fn separable<'s, T: Float + 's>(
+    left: &[Vec<(usize, T)>],
+    right: &[Vec<(usize, T)>],
+    tmp: &mut [&mut [T]],
+    src: impl Fn(usize, usize) -> &'s [T],
+    dst: (&mut [T], impl Fn(usize, usize) -> usize),
+) {
+    let (buf, at) = dst;
+    let len = tmp.first().map_or(0, |t| t.len());
+    for (p, lc) in left.iter().enumerate() {
+        for (l, t) in tmp.iter_mut().enumerate() {
+            combine(t, lc.iter().map(|&(k, c)| (c, src(k, l))));
+        }
+        for (s, rc) in right.iter().enumerate() {
+            let start = at(p, s);
+            combine(&mut buf[start..start + len], rc.iter().map(|&(l, c)| (c, &*tmp[l])));
+        }
+    }
 }
 
-/// y [O, Ho, Wo] of one image from M[ξ][o][t0 + t] (16 blocks of [O, ld], tiles numbered as in
-/// [`input_transform`]): each 2×2 output tile is Aᵀ M A, cut at the output's edge.
-fn output_transform<T: Float>(g: &ConvGeom, m: &[T], ld: usize, t0: usize, y: &mut [T], buf: &mut Vec<T>) {
-    vectorized(
-        #[inline(always)]
-        || {
-            let (th, tw) = tiles(g);
-            let n1 = tw + 1;
-            let len = th * n1;
-            let mut rest = scratch(buf, 12 * len);
-            let mut s: [&mut [T]; 8] = std::array::from_fn(|_| take(&mut rest, len));
-            let mut eo: [&mut [T]; 4] = std::array::from_fn(|_| take(&mut rest, len));
-            let block = g.c_out * ld;
-            for o in 0..g.c_out {
-                let mrow = |i: usize, j: usize| &m[(4 * i + j) * block + o * ld + t0..][..len];
-                // Vertical: s0j = M0j + M1j + M2j, s1j = M1j − M2j − M3j.
-                for j in 0..4 {
-                    let (m0, m1, m2, m3) = (mrow(0, j), mrow(1, j), mrow(2, j), mrow(3, j));
-                    let (lo, hi) = s.split_at_mut(2 * j + 1);
-                    for (k, (s0, s1)) in lo[2 * j].iter_mut().zip(hi[0].iter_mut()).enumerate() {
-                        *s0 = m0[k] + m1[k] + m2[k];
-                        *s1 = m1[k] - m2[k] - m3[k];
-                    }
-                }
-                // Horizontal, per output row a: even columns sa0 + sa1 + sa2, odd columns sa1 − sa2 − sa3.
-                for a in 0..2 {
-                    let (sa0, sa1, sa2, sa3) = (&*s[a], &*s[2 + a], &*s[4 + a], &*s[6 + a]);
-                    let (ev, od) = eo.split_at_mut(2);
-                    for (k, (e, d)) in ev[a].iter_mut().zip(od[a].iter_mut()).enumerate() {
-                        *e = sa0[k] + sa1[k] + sa2[k];
-                        *d = sa1[k] - sa2[k] - sa3[k];
-                    }
-                }
-                let plane = &mut y[o * g.p()..(o + 1) * g.p()];
-                for (oy, row) in plane.chunks_exact_mut(g.wo).enumerate() {
-                    let (ty, a) = (oy / 2, oy % 2);
-                    let (e, d) = (&eo[a][ty * n1..ty * n1 + tw], &eo[2 + a][ty * n1..ty * n1 + tw]);
-                    let mut pairs = row.chunks_exact_mut(2);
-                    for ((pair, &ev), &dv) in (&mut pairs).zip(e).zip(d) {
-                        pair[0] = ev;
-                        pair[1] = dv;
-                    }
-                    if let [last] = pairs.into_remainder() {
-                        *last = e[tw - 1];
-                    }
-                }
+/// dst[k] = Σ c · src[k] over `terms` (coefficient, source at least as long as dst), three sources a pass (inlined,
+/// so it vectorises); the sum runs in the order of `terms`.
+#[inline(always)]
+fn combine<'s, T: Float + 's>(dst: &mut [T], terms: impl Iterator<Item = (T, &'s [T])>) {
+    let len = dst.len();
+    let mut terms = terms.map(|(c, s)| (c, &s[..len]));
+    let mut first = true;
+    loop {
+        let (a, b, c) = (terms.next(), terms.next(), terms.next());
+        match (a, b, c, first) {
+            (None, _, _, true) => dst.fill(T::zero()),
+            (None, _, _, false) => {}
+            (Some((ca, xa)), None, _, true) => dst.iter_mut().zip(xa).for_each(|(d, &a)| *d = ca * a),
+            (Some((ca, xa)), None, _, false) => dst.iter_mut().zip(xa).for_each(|(d, &a)| *d += ca * a),
+            (Some((ca, xa)), Some((cb, xb)), None, true) => {
+                dst.iter_mut().zip(xa).zip(xb).for_each(|((d, &a), &b)| *d = ca * a + cb * b)
             }
-        },
-    )
-}
-
-/// dM[ξ][o][t0 + t] = (A dY Aᵀ)[ξ] for every tile of one image's output gradient dy [O, Ho, Wo] (zero past the
-/// edge and in the spare tile column); `dm` holds 16 blocks of [O, ld], tiles numbered as in [`input_transform`].
-fn output_grad_transform<T: Float>(g: &ConvGeom, dy: &[T], dm: &mut [T], ld: usize, t0: usize, buf: &mut Vec<T>) {
-    vectorized(
-        #[inline(always)]
-        || {
-            let (th, tw) = tiles(g);
-            let n1 = tw + 1;
-            let len = th * n1;
-            let mut rest = scratch(buf, 12 * len);
-            // q[2a + b] = dY[2ty + a][2tx + b]; h[4a + j] = (dY Aᵀ)[a][j].
-            let mut q: [&mut [T]; 4] = std::array::from_fn(|_| take(&mut rest, len));
-            let h: [&mut [T]; 8] = std::array::from_fn(|_| take(&mut rest, len));
-            let block = g.c_out * ld;
-            for o in 0..g.c_out {
-                for p in q.iter_mut() {
-                    p.fill(T::zero());
-                }
-                let plane = &dy[o * g.p()..(o + 1) * g.p()];
-                for (oy, row) in plane.chunks_exact(g.wo).enumerate() {
-                    let (ty, a) = (oy / 2, oy % 2);
-                    let (qe, qo) = q.split_at_mut(2 * a + 1);
-                    let (e, d) = (&mut qe[2 * a][ty * n1..ty * n1 + tw], &mut qo[0][ty * n1..ty * n1 + tw]);
-                    let mut pairs = row.chunks_exact(2);
-                    for ((pair, ev), dv) in (&mut pairs).zip(e.iter_mut()).zip(d.iter_mut()) {
-                        *ev = pair[0];
-                        *dv = pair[1];
-                    }
-                    if let [last] = pairs.remainder() {
-                        e[tw - 1] = *last;
-                    }
-                }
-                // Horizontal: h[a] = (y0, y0 + y1, y0 − y1, −y1) for y0, y1 the even and odd columns of row a.
-                for a in 0..2 {
-                    let (y0, y1) = (&*q[2 * a], &*q[2 * a + 1]);
-                    zip_with(h[4 * a], y0, y0, |u, _| u);
-                    zip_with(h[4 * a + 1], y0, y1, |u, v| u + v);
-                    zip_with(h[4 * a + 2], y0, y1, |u, v| u - v);
-                    zip_with(h[4 * a + 3], y1, y1, |v, _| -v);
-                }
-                // Vertical: dM0j = h0j, dM1j = h0j + h1j, dM2j = h0j − h1j, dM3j = −h1j.
-                for j in 0..4 {
-                    let (h0, h1) = (&*h[j], &*h[4 + j]);
-                    let at = |i: usize| (4 * i + j) * block + o * ld + t0;
-                    zip_with(&mut dm[at(0)..][..len], h0, h0, |u, _| u);
-                    zip_with(&mut dm[at(1)..][..len], h0, h1, |u, v| u + v);
-                    zip_with(&mut dm[at(2)..][..len], h0, h1, |u, v| u - v);
-                    zip_with(&mut dm[at(3)..][..len], h1, h1, |v, _| -v);
-                }
+            (Some((ca, xa)), Some((cb, xb)), None, false) => {
+                dst.iter_mut().zip(xa).zip(xb).for_each(|((d, &a), &b)| *d = *d + ca * a + cb * b)
             }
-        },
-    )
+            (Some((ca, xa)), Some((cb, xb)), Some((cc, xc)), true) => {
+                dst.iter_mut().zip(xa).zip(xb).zip(xc).for_each(|(((d, &a), &b), &c)| *d = ca * a + cb * b + cc * c)
+            }
+            (Some((ca, xa)), Some((cb, xb)), Some((cc, xc)), false) => dst
+                .iter_mut()
+                .zip(xa)
+                .zip(xb)
+                .zip(xc)
+                .for_each(|(((d, &a), &b), &c)| *d = *d + ca * a + cb * b + cc * c),
+        }
+        if a.is_none() || b.is_none() || c.is_none() {
+            return;
+        }
+        first = false;
+    }
 }
 
 /// Winograd forward: y [B, O, Ho, Wo] from x and w (3×3, stride 1), contiguous.
-pub(super) fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T]) -> Vec<T> {
-    let (o, c) = (g.c_out, g.c_in);
-    let (th, tw) = tiles(g);
+pub(super) fn forward<T: Float>(g: &ConvGeom, tile: Tile, x: &[T], w: &[T]) -> Vec<T> {
+    match tile {
+        Tile::F2 => forward_tiled::<T, 2>(g, x, w),
+        Tile::F4 => forward_tiled::<T, 4>(g, x, w),
+    }
+}
+
+/// Winograd weight gradient: dW [O, C, 3, 3] from x and dy (3×3, stride 1), contiguous.
+pub(super) fn weight_grad<T: Float>(g: &ConvGeom, tile: Tile, x: &[T], dy: &[T]) -> Vec<T> {
+    match tile {
+        Tile::F2 => weight_grad_tiled::<T, 2>(g, x, dy),
+        Tile::F4 => weight_grad_tiled::<T, 4>(g, x, dy),
+    }
+}
+
+/// [`forward`] with F(M×M, 3×3).
+fn forward_tiled<T: Float, const M: usize>(g: &ConvGeom, x: &[T], w: &[T]) -> Vec<T> {
+    let plan = Plan::<M>::new(g);
+    let (o, c, np, tpi) = (g.c_out, g.c_in, plan.positions(), plan.tiles());
     let mut y = zeros(g.batch * g.out_len());
     if y.is_empty() {
         return y;
     }
-    let u = filter_transform(g, w);
-    let (nb, par) = winograd_schedule(g);
+    let u = plan.filter_transform(w);
+    let (nb, par) = plan.schedule::<T>();
     y.par_chunks_mut(nb * g.out_len()).enumerate().for_each_init(
         || (Vec::new(), Vec::new()),
         |(buf, rows): &mut (Vec<T>, Vec<T>), (gi, yg)| {
             let n_img = yg.len() / g.out_len();
-            let t = n_img * th * (tw + 1);
-            let (v, m) = scratch(buf, 16 * (c + o) * t).split_at_mut(16 * c * t);
-            for i in 0..n_img {
-                let xi = &x[(gi * nb + i) * g.in_len()..][..g.in_len()];
-                input_transform(g, xi, v, t, i * th * (tw + 1), rows);
+            let t = n_img * tpi;
+            let (v, m) = scratch(buf, np * (c + o) * t).split_at_mut(np * c * t);
+            plan.input_transform(&x[gi * nb * g.in_len()..][..n_img * g.in_len()], n_img, v, rows);
+            // Mᵀ_ξ [T, O] = V_ξ [T, C] · Uᵀ_ξ [C, O].
+            for xi in 0..np {
+                let (ux, vx) = (&u[xi * o..], &v[xi * c * t..(xi + 1) * c * t]);
+                gemm(&mut m[xi * o * t..(xi + 1) * o * t], o, mat(vx, t, c, c), mat(ux, c, o, np * o), false, par);
             }
-            for xi in 0..16 {
-                let (ux, vx) = (&u[xi * o * c..(xi + 1) * o * c], &v[xi * c * t..(xi + 1) * c * t]);
-                gemm(&mut m[xi * o * t..(xi + 1) * o * t], t, mat(ux, o, c, c), mat(vx, c, t, t), false, par);
-            }
-            for i in 0..n_img {
-                output_transform(g, m, t, i * th * (tw + 1), &mut yg[i * g.out_len()..(i + 1) * g.out_len()], rows);
-            }
+            plan.output_transform(m, n_img, yg, rows);
         },
     );
     y
 }
 
-/// Winograd weight gradient: dW [O, C, 3, 3] from x and dy (3×3, stride 1), contiguous.
-pub(super) fn weight_grad<T: Float>(g: &ConvGeom, x: &[T], dy: &[T]) -> Vec<T> {
-    let (o, c) = (g.c_out, g.c_in);
-    let (th, tw) = tiles(g);
+/// [`weight_grad`] with F(M×M, 3×3).
+fn weight_grad_tiled<T: Float, const M: usize>(g: &ConvGeom, x: &[T], dy: &[T]) -> Vec<T> {
+    let plan = Plan::<M>::new(g);
+    let (o, c, np, tpi) = (g.c_out, g.c_in, plan.positions(), plan.tiles());
     if g.batch == 0 {
         return vec![T::zero(); o * c * 9];
     }
-    let (nb, _) = winograd_schedule(g);
+    let (nb, _) = plan.schedule::<T>();
     let (groups, parts, par) = partition(g.batch, nb);
     let partials: Vec<Vec<T>> = (0..parts)
         .into_par_iter()
         .map(|part| {
-            // dUᵀ[ξ] [C, O], accumulated over this part's groups.
-            let mut dut = vec![T::zero(); 16 * c * o];
+            // dUᵀ[c][ξ][o], accumulated over this part's groups.
+            let mut dut = vec![T::zero(); np * c * o];
             let (mut buf, mut rows) = (Vec::new(), Vec::new());
             let (g_lo, g_hi) = (part * groups / parts, (part + 1) * groups / parts);
             for gi in g_lo..g_hi {
                 let b0 = gi * nb;
                 let n_img = nb.min(g.batch - b0);
-                let t = n_img * th * (tw + 1);
-                let (v, dm) = scratch(&mut buf, 16 * (c + o) * t).split_at_mut(16 * c * t);
-                for i in 0..n_img {
-                    let xi = &x[(b0 + i) * g.in_len()..][..g.in_len()];
-                    input_transform(g, xi, v, t, i * th * (tw + 1), &mut rows);
-                    let dyi = &dy[(b0 + i) * g.out_len()..][..g.out_len()];
-                    output_grad_transform(g, dyi, dm, t, i * th * (tw + 1), &mut rows);
-                }
-                for xi in 0..16 {
+                let t = n_img * tpi;
+                let (v, dm) = scratch(&mut buf, np * (c + o) * t).split_at_mut(np * c * t);
+                plan.input_transform(&x[b0 * g.in_len()..][..n_img * g.in_len()], n_img, v, &mut rows);
+                plan.output_grad_transform(&dy[b0 * g.out_len()..][..n_img * g.out_len()], n_img, dm, &mut rows);
+                // dUᵀ_ξ [C, O] += V_ξᵀ [C, T] · dMᵀ_ξ [T, O].
+                for xi in 0..np {
                     let (vx, dmx) = (&v[xi * c * t..(xi + 1) * c * t], &dm[xi * o * t..(xi + 1) * o * t]);
-                    let dst = &mut dut[xi * c * o..(xi + 1) * c * o];
-                    gemm(dst, o, mat(vx, c, t, t), mat(dmx, o, t, t).t(), gi > g_lo, par);
+                    gemm(&mut dut[xi * o..], np * o, mat(vx, t, c, c).t(), mat(dmx, t, o, o), gi > g_lo, par);
                 }
             }
             dut
         })
         .collect();
-    let dut = sum_in_order(partials, 16 * c * o);
-    filter_transform_adjoint(g, &dut)
+    let dut = sum_in_order(partials, np * c * o);
+    plan.filter_transform_adjoint(&dut)
 }
