@@ -60,14 +60,12 @@ pub enum Tile {
 
 /// The three matrices of F(m×m, 3×3), row-major: Bᵀ (n×n), G (n×3), Aᵀ (m×n).
 struct Matrices {
-    m: usize,
     bt: &'static [f64],
     g: &'static [f64],
     at: &'static [f64],
 }
 
 const F2: Matrices = Matrices {
-    m: 2,
     #[rustfmt::skip]
     bt: &[
         1.0, 0.0, -1.0, 0.0,
@@ -90,7 +88,6 @@ const F2: Matrices = Matrices {
 };
 
 const F4: Matrices = Matrices {
-    m: 4,
     #[rustfmt::skip]
     bt: &[
         4.0, 0.0, -5.0, 0.0, 1.0, 0.0,
@@ -134,7 +131,6 @@ impl<'a, const M: usize> Plan<'a, M> {
 
     fn new(g: &'a ConvGeom) -> Self {
         let mx = if M == 2 { &F2 } else { &F4 };
-        debug_assert_eq!(mx.m, M);
         Plan { g, mx, th: g.ho.div_ceil(M), tw: g.wo.div_ceil(M) }
     }
 
@@ -162,31 +158,11 @@ impl<'a, const M: usize> Plan<'a, M> {
         (nb, par)
     }
 
-    /// Row `row` of Bᵀ (n×n) or Aᵀ (M×n) as (column, coefficient) pairs of its non-zero entries, in type T.
-    fn row<T: Float>(matrix: &[f64], row: usize) -> Vec<(usize, T)> {
-        let n = Self::N;
-        matrix[row * n..(row + 1) * n]
-            .iter()
-            .enumerate()
-            .filter(|(_, &c)| c != 0.0)
-            .map(|(k, &c)| (k, cast(c)))
-            .collect()
-    }
-
-    /// Column `col` of Aᵀ as (row, coefficient) pairs of its non-zero entries.
-    fn at_col<T: Float>(&self, col: usize) -> Vec<(usize, T)> {
-        (0..M)
-            .map(|r| (r, self.mx.at[r * Self::N + col]))
-            .filter(|&(_, c)| c != 0.0)
-            .map(|(r, c)| (r, cast(c)))
-            .collect()
-    }
-
     /// Uᵀ[c][ξ][o] = (G w[o, c] Gᵀ)[ξ]: for each ξ the [C, O] matrix Uᵀ_ξ, at row stride n²·O. One task per input
     /// channel, each vectorised over the output channels.
     fn filter_transform<T: Float>(&self, w: &[T]) -> Vec<T> {
         let (o, c, n) = (self.g.c_out, self.g.c_in, Self::N);
-        let g_rows: Vec<Vec<(usize, T)>> = (0..n).map(|i| g_row(self.mx.g, i)).collect();
+        let g_rows: Vec<Vec<(usize, T)>> = (0..n).map(|i| nonzeros(self.mx.g, 3, Line::Row(i))).collect();
         let mut u = zeros(c * n * n * o);
         u.par_chunks_mut(n * n * o).enumerate().for_each_init(Vec::new, |buf, (ic, ui)| {
             vectorized(
@@ -223,7 +199,7 @@ impl<'a, const M: usize> Plan<'a, M> {
     /// The adjoint of [`Plan::filter_transform`]: dW[o, c] = Gᵀ dU[o, c] G from dUᵀ laid out as its result.
     fn filter_transform_adjoint<T: Float>(&self, dut: &[T]) -> Vec<T> {
         let (o, c, n) = (self.g.c_out, self.g.c_in, Self::N);
-        let g_cols: Vec<Vec<(usize, T)>> = (0..3).map(|q| g_col(self.mx.g, n, q)).collect();
+        let g_cols: Vec<Vec<(usize, T)>> = (0..3).map(|q| nonzeros(self.mx.g, 3, Line::Col(q))).collect();
         // dwt[c][e][o]: per input channel, then into dW's [O, C, 3, 3] order.
         let mut dwt = zeros(c * 9 * o);
         dwt.par_chunks_mut(9 * o).zip(dut.par_chunks(n * n * o)).for_each_init(Vec::new, |buf, (dwi, dui)| {
@@ -275,7 +251,7 @@ impl<'a, const M: usize> Plan<'a, M> {
                 let mut rest = scratch(buf, rows * M * cols * c + n * run);
                 let xt = take(&mut rest, rows * M * cols * c);
                 let mut r: Vec<&mut [T]> = (0..n).map(|_| take(&mut rest, run)).collect();
-                let bt: Vec<Vec<(usize, T)>> = (0..n).map(|i| Self::row(self.mx.bt, i)).collect();
+                let bt: Vec<Vec<(usize, T)>> = (0..n).map(|i| nonzeros(self.mx.bt, n, Line::Row(i))).collect();
                 for img in 0..n_img {
                     to_phased_channels_last::<T, M>(g, &x[img * g.in_len()..][..g.in_len()], xt, (rows, cols));
                     for ty in 0..th {
@@ -302,7 +278,7 @@ impl<'a, const M: usize> Plan<'a, M> {
                 let mut s: Vec<&mut [T]> = (0..n).map(|_| take(&mut rest, run)).collect();
                 // Y_ab of tile row ty at (M·(M·ty + a) + b)·run.
                 let out = take(&mut rest, M * M * th * run);
-                let at: Vec<Vec<(usize, T)>> = (0..M).map(|a| Self::row(self.mx.at, a)).collect();
+                let at: Vec<Vec<(usize, T)>> = (0..M).map(|a| nonzeros(self.mx.at, n, Line::Row(a))).collect();
                 for img in 0..n_img {
                     let yi = &mut y[img * g.out_len()..][..g.out_len()];
                     for ty in 0..th {
@@ -332,7 +308,7 @@ impl<'a, const M: usize> Plan<'a, M> {
                 // dyt[M·ty + a][b][tx][o] = dY[o][M·ty + a][M·tx + b], zero past the edge; h[a] = (dY Aᵀ)[a][j].
                 let dyt = take(&mut rest, M * th * M * run);
                 let mut h: Vec<&mut [T]> = (0..M).map(|_| take(&mut rest, run)).collect();
-                let cols: Vec<Vec<(usize, T)>> = (0..n).map(|j| self.at_col(j)).collect();
+                let cols: Vec<Vec<(usize, T)>> = (0..n).map(|j| nonzeros(self.mx.at, n, Line::Col(j))).collect();
                 for img in 0..n_img {
                     let di = &dy[img * g.out_len()..][..g.out_len()];
                     let at = |oy: usize, ox: usize| ((oy * M + ox % M) * tw + ox / M) * o;
@@ -377,14 +353,28 @@ fn to_phased_channels_last<T: Float, const M: usize>(g: &ConvGeom, x: &[T], xt: 
     transpose(x, |ic| ic * g.h * g.w, c, g.h * g.w, xt, dst_at);
 }
 
-/// Row `i` of G (n×3) as (column, coefficient) pairs of its non-zero entries.
-fn g_row<T: Float>(g: &[f64], i: usize) -> Vec<(usize, T)> {
-    (0..3).map(|q| (q, g[3 * i + q])).filter(|&(_, c)| c != 0.0).map(|(q, c)| (q, cast(c))).collect()
+/// A row or a column of a matrix.
+#[derive(Clone, Copy)]
+enum Line {
+    Row(usize),
+    Col(usize),
 }
 
-/// Column `q` of G (n×3) as (row, coefficient) pairs of its non-zero entries.
-fn g_col<T: Float>(g: &[f64], n: usize, q: usize) -> Vec<(usize, T)> {
-    (0..n).map(|i| (i, g[3 * i + q])).filter(|&(_, c)| c != 0.0).map(|(i, c)| (i, cast(c))).collect()
+/// The non-zero entries of one line of a row-major matrix with `cols` columns, as (index along the line,
+/// coefficient in type T) pairs: the terms of one output of a transform.
+fn nonzeros<T: Float>(matrix: &[f64], cols: usize, line: Line) -> Vec<(usize, T)> {
+    let (start, step, len) = match line {
+        Line::Row(i) => (i * cols, 1, cols),
+        Line::Col(j) => (j, cols, matrix.len() / cols),
+    };
+    matrix[start..]
+        .iter()
+        .step_by(step)
+        .take(len)
+        .enumerate()
+        .filter(|(_, &c)| c != 0.0)
+        .map(|(k, &c)| (k, cast(c)))
+        .collect()
 }
 
 /// A matrix constant in type T.
