@@ -16,7 +16,7 @@
 
 use super::gemm::Float;
 use super::simd::vectorized;
-use super::{read, zeros};
+use super::{read, unwritten};
 use crate::collective::{Buffer, Comm};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -252,7 +252,9 @@ fn forward<T: Float>(op: &BatchNormOp, x: &[T], gamma: &[T], beta: &[T], (c, s):
     let scale: Vec<f64> = gamma.iter().zip(&op.invstd).map(|(g, i)| g * i).collect();
     let shift: Vec<f64> = beta.iter().zip(&scale).zip(&op.mean).map(|((b, k), m)| b - m * k).collect();
     let (scale, shift) = (cast::<T>(&scale), cast::<T>(&shift));
-    let mut y = zeros(x.len());
+    // SAFETY: `map_rows` hands every row to the closure, which writes all of it.
+    #[allow(unsafe_code)]
+    let mut y = unsafe { unwritten(x.len()) };
     map_rows(
         &mut y,
         c,
@@ -314,7 +316,9 @@ fn backward<T: Float>(
         (vec![T::zero(); c], vec![T::zero(); c])
     };
     let (mean, invstd): (Vec<T>, Vec<T>) = (cast(&op.mean), cast(&op.invstd));
-    let mut out = zeros(x.len() + 2 * c);
+    // SAFETY: `map_rows` writes every row of dx, and dγ, dβ are copied in below.
+    #[allow(unsafe_code)]
+    let mut out = unsafe { unwritten(x.len() + 2 * c) };
     let (dx, params) = out.split_at_mut(x.len());
     map_rows(
         dx,
@@ -336,7 +340,9 @@ fn backward<T: Float>(
 
 /// `f(a[i], b[i])` for every i, in parallel chunks.
 fn zip_map<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
-    let mut out = zeros(a.len());
+    // SAFETY: the chunks of `out` cover it, and each is written element by element.
+    #[allow(unsafe_code)]
+    let mut out = unsafe { unwritten(a.len()) };
     out.par_chunks_mut(TASK_ELEMS).zip(a.par_chunks(TASK_ELEMS).zip(b.par_chunks(TASK_ELEMS))).for_each(
         |(o, (a, b))| {
             vectorized(

@@ -5,7 +5,7 @@
 use super::{gemm, mat, partition, schedule, scratch, sum_in_order, ConvGeom};
 use crate::kernels::gemm::Float;
 use crate::kernels::simd::vectorized;
-use crate::kernels::zeros;
+use crate::kernels::unwritten;
 use rayon::prelude::*;
 
 /// Whether a strided im2col reads a phase-split copy of the image ([`split_phases`]): when every phase is used by
@@ -171,7 +171,10 @@ fn scatter<T: Float>(src: &[T], rows: usize, p: usize, n_img: usize, out: &mut [
 
 pub(super) fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T]) -> Vec<T> {
     let (p, k, o) = (g.p(), g.k(), g.c_out);
-    let mut y = zeros(g.batch * g.out_len());
+    // SAFETY: each group's GEMM (which does not read its destination unless accumulating) or scatter writes all of
+    // its chunk.
+    #[allow(unsafe_code)]
+    let mut y = unsafe { unwritten(g.batch * g.out_len()) };
     if y.is_empty() {
         return y;
     }
@@ -212,7 +215,9 @@ pub(super) fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T]) -> Vec<T> {
 /// Input gradient by GEMM and col2im (any stride): dcol_b = Wᵀ · dy_b, scattered back into dx.
 pub(super) fn input_grad<T: Float>(g: &ConvGeom, dy: &[T], w: &[T]) -> Vec<T> {
     let (p, k, o) = (g.p(), g.k(), g.c_out);
-    let mut dx = zeros(g.batch * g.in_len());
+    // SAFETY: each group's GEMM, scatter or col2im (which zero-fills before accumulating) writes all of its chunk.
+    #[allow(unsafe_code)]
+    let mut dx = unsafe { unwritten(g.batch * g.in_len()) };
     if dx.is_empty() {
         return dx;
     }

@@ -21,7 +21,7 @@ use super::{gemm, mat, partition, scratch, sum_in_order, ConvGeom};
 use crate::kernels::gemm::Float;
 use crate::kernels::simd::vectorized;
 use crate::kernels::transpose::transpose;
-use crate::kernels::zeros;
+use crate::kernels::unwritten;
 use rayon::prelude::*;
 
 /// The transformed input and output of one group of images (V and M) fit in about this much, so that the GEMMs read
@@ -163,7 +163,9 @@ impl<'a, const M: usize> Plan<'a, M> {
     fn filter_transform<T: Float>(&self, w: &[T]) -> Vec<T> {
         let (o, c, n) = (self.g.c_out, self.g.c_in, Self::N);
         let g_rows: Vec<Vec<(usize, T)>> = (0..n).map(|i| nonzeros(self.mx.g, 3, Line::Row(i))).collect();
-        let mut u = zeros(c * n * n * o);
+        // SAFETY: every (ξ, output channel) run of each input channel's chunk is written by `combine`.
+        #[allow(unsafe_code)]
+        let mut u = unsafe { unwritten(c * n * n * o) };
         u.par_chunks_mut(n * n * o).enumerate().for_each_init(Vec::new, |buf, (ic, ui)| {
             vectorized(
                 #[inline(always)]
@@ -201,7 +203,9 @@ impl<'a, const M: usize> Plan<'a, M> {
         let (o, c, n) = (self.g.c_out, self.g.c_in, Self::N);
         let g_cols: Vec<Vec<(usize, T)>> = (0..3).map(|q| nonzeros(self.mx.g, 3, Line::Col(q))).collect();
         // dwt[c][e][o]: per input channel, then into dW's [O, C, 3, 3] order.
-        let mut dwt = zeros(c * 9 * o);
+        // SAFETY: every (kernel element, output channel) run of each input channel's chunk is written by `combine`.
+        #[allow(unsafe_code)]
+        let mut dwt = unsafe { unwritten(c * 9 * o) };
         dwt.par_chunks_mut(9 * o).zip(dut.par_chunks(n * n * o)).for_each_init(Vec::new, |buf, (dwi, dui)| {
             vectorized(
                 #[inline(always)]
@@ -470,7 +474,9 @@ pub(super) fn weight_grad<T: Float>(g: &ConvGeom, tile: Tile, x: &[T], dy: &[T])
 fn forward_tiled<T: Float, const M: usize>(g: &ConvGeom, x: &[T], w: &[T]) -> Vec<T> {
     let plan = Plan::<M>::new(g);
     let (o, c, np, tpi) = (g.c_out, g.c_in, plan.positions(), plan.tiles());
-    let mut y = zeros(g.batch * g.out_len());
+    // SAFETY: each group's output transform writes all of its images (the final transpose covers [O, Ho·Wo]).
+    #[allow(unsafe_code)]
+    let mut y = unsafe { unwritten(g.batch * g.out_len()) };
     if y.is_empty() {
         return y;
     }
