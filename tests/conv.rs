@@ -18,7 +18,8 @@ type Shape = (usize, usize, usize, usize, usize, usize, usize, usize, usize);
 
 /// The shapes tested: strides 1 and 2, pads 0 and 1, 1×1 and 3×3, batch 1, non-square channels
 /// and images, a 3×1 kernel, and batches large enough that several images share one GEMM (with a partial last
-/// group).
+/// group); the last six have 16 input channels or more, which the channels-last patches take (all but the 1×1
+/// one; the others run the channels-first im2col).
 const SHAPES: &[Shape] = &[
     (1, 3, 9, 9, 5, 3, 3, 1, 1),
     (2, 4, 8, 6, 7, 3, 3, 1, 0),
@@ -33,6 +34,12 @@ const SHAPES: &[Shape] = &[
     (21, 6, 14, 14, 8, 3, 3, 2, 1),
     (21, 6, 14, 14, 8, 1, 1, 2, 0),
     (1, 1, 28, 28, 4, 3, 3, 1, 1),
+    (3, 16, 9, 7, 6, 3, 3, 2, 1),
+    (2, 17, 10, 10, 5, 3, 3, 2, 0),
+    (5, 16, 9, 8, 7, 1, 1, 2, 0),
+    (1, 20, 5, 6, 3, 3, 1, 1, 1),
+    (2, 16, 6, 7, 4, 3, 3, 1, 2),
+    (21, 16, 14, 14, 8, 3, 3, 2, 1),
 ];
 
 /// Our conv2d with a counter of its own (the tests read no work counts).

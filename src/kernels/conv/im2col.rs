@@ -2,7 +2,7 @@
 //! im2col matrix are the receptive fields of output pixels, so each product is one GEMM per group of images; strided
 //! convolutions read a copy of the image split by column phase, so that every im2col row segment is contiguous.
 
-use super::{gemm, mat, partition, schedule, scratch, sum_in_order, ConvGeom};
+use super::{gather, gemm, mat, scatter, schedule, scratch, side_by_side, sum_over_groups, ConvGeom};
 use crate::kernels::gemm::Float;
 use crate::kernels::simd::vectorized;
 use crate::kernels::unwritten;
@@ -148,27 +148,6 @@ fn col2im<T: Float>(g: &ConvGeom, col: &[T], ld: usize, off: usize, dx: &mut [T]
     )
 }
 
-/// Copies the `[rows, P]` blocks of `n_img` consecutive images (image stride rows·P) side by side into
-/// `out[rows, n_img·P]`.
-fn gather<T: Float>(src: &[T], rows: usize, p: usize, n_img: usize, out: &mut [T]) {
-    let n = n_img * p;
-    for i in 0..n_img {
-        for r in 0..rows {
-            out[r * n + i * p..r * n + (i + 1) * p].copy_from_slice(&src[(i * rows + r) * p..(i * rows + r + 1) * p]);
-        }
-    }
-}
-
-/// The inverse of [`gather`]: `src[rows, n_img·P]` back to `n_img` images of `[rows, P]`.
-fn scatter<T: Float>(src: &[T], rows: usize, p: usize, n_img: usize, out: &mut [T]) {
-    let n = n_img * p;
-    for i in 0..n_img {
-        for r in 0..rows {
-            out[(i * rows + r) * p..(i * rows + r + 1) * p].copy_from_slice(&src[r * n + i * p..r * n + (i + 1) * p]);
-        }
-    }
-}
-
 pub(super) fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T]) -> Vec<T> {
     let (p, k, o) = (g.p(), g.k(), g.c_out);
     // SAFETY: each group's GEMM (which does not read its destination unless accumulating) or scatter writes all of
@@ -235,12 +214,7 @@ pub(super) fn input_grad<T: Float>(g: &ConvGeom, dy: &[T], w: &[T]) -> Vec<T> {
                 return;
             }
             let (dcol, dyc) = scratch(buf, k * n + if n_img > 1 { o * n } else { 0 }).split_at_mut(k * n);
-            let dym = if n_img == 1 {
-                mat(dyg, o, n, n)
-            } else {
-                gather(dyg, o, p, n_img, dyc);
-                mat(&*dyc, o, n, n)
-            };
+            let dym = side_by_side(dyg, o, p, n_img, dyc);
             gemm(dcol, n, wt, dym, false, par);
             if g.pointwise() {
                 scatter(dcol, k, p, n_img, dxg);
@@ -260,47 +234,28 @@ pub(super) fn weight_grad<T: Float>(g: &ConvGeom, x: &[T], dy: &[T]) -> Vec<T> {
         return vec![T::zero(); o * k];
     }
     let (nb, _) = schedule(g);
-    // One partial sum per part, parts of whole groups, summed in order below.
-    let (groups, parts, par) = partition(g.batch, nb);
-    let partials: Vec<Vec<T>> = (0..parts)
-        .into_par_iter()
-        .map(|part| {
-            let mut dwt = vec![T::zero(); k * o];
-            let (mut buf, mut phased) = (Vec::new(), Vec::new());
-            let (g_lo, g_hi) = (part * groups / parts, (part + 1) * groups / parts);
-            for gi in g_lo..g_hi {
-                let b0 = gi * nb;
-                let n_img = nb.min(g.batch - b0);
-                let n = n_img * p;
-                let xg = &x[b0 * g.in_len()..][..n_img * g.in_len()];
-                let dyg = &dy[b0 * g.out_len()..][..n_img * g.out_len()];
-                let (col, dyc) = scratch(&mut buf, k * n + o * n).split_at_mut(k * n);
-                let colm = if n_img == 1 && g.pointwise() {
-                    mat(xg, k, n, n)
-                } else {
-                    if g.pointwise() {
-                        gather(xg, k, p, n_img, col);
-                    } else {
-                        for i in 0..n_img {
-                            im2col(g, &xg[i * g.in_len()..(i + 1) * g.in_len()], col, n, i * p, &mut phased);
-                        }
-                    }
-                    mat(&*col, k, n, n)
-                };
-                let dym = if n_img == 1 {
-                    mat(dyg, o, n, n)
-                } else {
-                    gather(dyg, o, p, n_img, dyc);
-                    mat(&*dyc, o, n, n)
-                };
-                // dWᵀ[C·kh·kw, O] += col · dyᵀ: this orientation packs the large col operand more cheaply (about
-                // 1.3× faster than dW += dy · colᵀ on the first stage).
-                gemm(&mut dwt, o, colm, dym.t(), gi > g_lo, par);
-            }
-            dwt
-        })
-        .collect();
-    let dwt = sum_in_order(partials, o * k);
+    let dwt = sum_over_groups(
+        g.batch,
+        nb,
+        k * o,
+        |dwt: &mut [T], (b0, n_img), first, par, (buf, phased): &mut (Vec<T>, Vec<T>)| {
+            let n = n_img * p;
+            let xg = &x[b0 * g.in_len()..][..n_img * g.in_len()];
+            let (col, dyc) = scratch(buf, k * n + o * n).split_at_mut(k * n);
+            let colm = if g.pointwise() {
+                side_by_side(xg, k, p, n_img, col)
+            } else {
+                for i in 0..n_img {
+                    im2col(g, &xg[i * g.in_len()..(i + 1) * g.in_len()], col, n, i * p, phased);
+                }
+                mat(&*col, k, n, n)
+            };
+            let dym = side_by_side(&dy[b0 * g.out_len()..][..n_img * g.out_len()], o, p, n_img, dyc);
+            // dWᵀ[C·kh·kw, O] += col · dyᵀ: this orientation packs the large col operand more cheaply (about 1.3×
+            // faster than dW += dy · colᵀ on the first stage).
+            gemm(dwt, o, colm, dym.t(), !first, par);
+        },
+    );
     let mut dw = vec![T::zero(); o * k];
     for (r, row) in dwt.chunks_exact(o).enumerate() {
         for (c, &v) in row.iter().enumerate() {

@@ -16,7 +16,9 @@
 //! [`ConvAlgo`] selects the algorithm explicitly (benchmarks, tests).
 //!
 //! A 1×1 stride-1 unpadded convolution skips im2col (the image is already the `[C, P]` matrix); a strided one reads
-//! a copy of the image whose rows are split by column phase, so that every im2col row segment is contiguous. Work
+//! a copy of the image whose rows are split by column phase, so that every im2col row segment is contiguous. Other
+//! kernels with at least 16 input channels (the stride-2 3×3 layers) build the patch matrix channels-last instead
+//! (`patches.rs`): one contiguous run of kw·C values per output pixel and kernel row. Work
 //! is split over the batch with rayon, each task running single-threaded GEMMs on groups of images (several images
 //! share one GEMM when their pixel count is small, so that the GEMM stays wide); the weight gradient sums one
 //! partial per task in a fixed order, so results do not depend on scheduling.
@@ -24,6 +26,7 @@
 //! Which implementation the network's layers run is the network's [`crate::nn::LayerImpl`].
 
 mod im2col;
+mod patches;
 mod winograd;
 
 pub use winograd::Tile;
@@ -31,6 +34,7 @@ pub use winograd::Tile;
 use super::gemm::{gemm_strided, Float, Matrix};
 use super::read;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -260,15 +264,45 @@ fn scratch<T: Float>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
     &mut buf[..len]
 }
 
-/// How a weight gradient splits a batch grouped `nb` images at a time: the number of groups, the number of parts
-/// (one partial sum each, whole groups, at most one per thread) and the GEMM parallelism inside a part (gemm's own
-/// threads only when there are fewer parts than threads).
-fn partition(batch: usize, nb: usize) -> (usize, usize, gemm::Parallelism) {
+/// Σ over the batch's groups of `nb` images of what `add` accumulates into a `len`-element buffer: one partial per
+/// part (whole groups, at most one part per thread), summed in part order, so that the result does not depend on
+/// scheduling. `add(acc, (b0, n_img), first, par, scratch)` adds images b0..b0 + n_img into `acc` (overwriting it
+/// when `first`), running its GEMMs with `par` (gemm's own threads only when there are fewer parts than threads)
+/// and reusing the part's `scratch`.
+fn sum_over_groups<T: Float, S: Default>(
+    batch: usize,
+    nb: usize,
+    len: usize,
+    add: impl Fn(&mut [T], (usize, usize), bool, gemm::Parallelism, &mut S) + Sync,
+) -> Vec<T> {
     let threads = rayon::current_num_threads().max(1);
     let groups = batch.div_ceil(nb);
     let parts = threads.min(groups);
     let par = if parts < threads && threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    (groups, parts, par)
+    let partials: Vec<Vec<T>> = (0..parts)
+        .into_par_iter()
+        .map(|part| {
+            let mut acc = vec![T::zero(); len];
+            let mut scratch = S::default();
+            let (g_lo, g_hi) = (part * groups / parts, (part + 1) * groups / parts);
+            for gi in g_lo..g_hi {
+                let b0 = gi * nb;
+                add(&mut acc, (b0, nb.min(batch - b0)), gi == g_lo, par, &mut scratch);
+            }
+            acc
+        })
+        .collect();
+    sum_in_order(partials, len)
+}
+
+/// The [rows, n_img·P] matrix of a group of images `src` [n_img, rows, P] side by side: their own storage for one
+/// image, gathered into `buf` otherwise.
+fn side_by_side<'a, T: Float>(src: &'a [T], rows: usize, p: usize, n_img: usize, buf: &'a mut [T]) -> Matrix<'a, T> {
+    if n_img == 1 {
+        return mat(src, rows, p, p);
+    }
+    gather(src, rows, p, n_img, buf);
+    mat(&buf[..rows * n_img * p], rows, n_img * p, n_img * p)
 }
 
 /// The element-wise sum of per-task partial results, added in task order so that the result does not depend on
@@ -282,6 +316,27 @@ fn sum_in_order<T: Float>(partials: Vec<Vec<T>>, len: usize) -> Vec<T> {
         }
     }
     sum
+}
+
+/// Copies the `[rows, P]` blocks of `n_img` consecutive images (image stride rows·P) side by side into
+/// `out[rows, n_img·P]`.
+pub(super) fn gather<T: Float>(src: &[T], rows: usize, p: usize, n_img: usize, out: &mut [T]) {
+    let n = n_img * p;
+    for i in 0..n_img {
+        for r in 0..rows {
+            out[r * n + i * p..r * n + (i + 1) * p].copy_from_slice(&src[(i * rows + r) * p..(i * rows + r + 1) * p]);
+        }
+    }
+}
+
+/// The inverse of [`gather`]: `src[rows, n_img·P]` back to `n_img` images of `[rows, P]`.
+pub(super) fn scatter<T: Float>(src: &[T], rows: usize, p: usize, n_img: usize, out: &mut [T]) {
+    let n = n_img * p;
+    for i in 0..n_img {
+        for r in 0..rows {
+            out[(i * rows + r) * p..(i * rows + r + 1) * p].copy_from_slice(&src[r * n + i * p..r * n + (i + 1) * p]);
+        }
+    }
 }
 
 /// How a convolution product is computed.
@@ -324,6 +379,9 @@ pub fn forward_with<T: Float>(g: &ConvGeom, x: &[T], w: &[T], algo: ConvAlgo) ->
     if let Some(tile) = algo.winograd(g) {
         return winograd::forward(g, tile, x, w);
     }
+    if patches::applies(g) {
+        return patches::forward(g, x, w);
+    }
     im2col::forward(g, x, w)
 }
 
@@ -357,6 +415,9 @@ pub fn input_grad_with<T: Float>(g: &ConvGeom, dy: &[T], w: &[T], algo: ConvAlgo
         let gf = ConvGeom { c_in: o, h: g.ho, w: g.wo, c_out: g.c_in, pad: g.kh - 1 - g.pad, ho: g.h, wo: g.w, ..*g };
         return forward_with(&gf, dy, &flip_transpose(g, w), algo);
     }
+    if patches::applies(g) {
+        return patches::input_grad(g, dy, w);
+    }
     im2col::input_grad(g, dy, w)
 }
 
@@ -370,6 +431,9 @@ pub fn weight_grad_with<T: Float>(g: &ConvGeom, x: &[T], dy: &[T], algo: ConvAlg
     assert_eq!((x.len(), dy.len()), (g.batch * g.in_len(), g.batch * g.out_len()), "conv2d weight grad: buffer sizes");
     if let Some(tile) = algo.winograd(g) {
         return winograd::weight_grad(g, tile, x, dy);
+    }
+    if patches::applies(g) {
+        return patches::weight_grad(g, x, dy);
     }
     im2col::weight_grad(g, x, dy)
 }

@@ -17,7 +17,7 @@
 //! direct convolution against 3–9·10⁻⁷ (`cargo bench --bench conv -- quick winograd`), well below what training
 //! notices, for 1.78× fewer multiplies.
 
-use super::{gemm, mat, partition, scratch, sum_in_order, ConvGeom};
+use super::{gemm, mat, scratch, sum_over_groups, ConvGeom};
 use crate::kernels::gemm::Float;
 use crate::kernels::simd::vectorized;
 use crate::kernels::transpose::transpose;
@@ -508,30 +508,22 @@ fn weight_grad_tiled<T: Float, const M: usize>(g: &ConvGeom, x: &[T], dy: &[T]) 
         return vec![T::zero(); o * c * 9];
     }
     let (nb, _) = plan.schedule::<T>();
-    let (groups, parts, par) = partition(g.batch, nb);
-    let partials: Vec<Vec<T>> = (0..parts)
-        .into_par_iter()
-        .map(|part| {
-            // dUᵀ[c][ξ][o], accumulated over this part's groups.
-            let mut dut = vec![T::zero(); np * c * o];
-            let (mut buf, mut rows) = (Vec::new(), Vec::new());
-            let (g_lo, g_hi) = (part * groups / parts, (part + 1) * groups / parts);
-            for gi in g_lo..g_hi {
-                let b0 = gi * nb;
-                let n_img = nb.min(g.batch - b0);
-                let t = n_img * tpi;
-                let (v, dm) = scratch(&mut buf, np * (c + o) * t).split_at_mut(np * c * t);
-                plan.input_transform(&x[b0 * g.in_len()..][..n_img * g.in_len()], n_img, v, &mut rows);
-                plan.output_grad_transform(&dy[b0 * g.out_len()..][..n_img * g.out_len()], n_img, dm, &mut rows);
-                // dUᵀ_ξ [C, O] += V_ξᵀ [C, T] · dMᵀ_ξ [T, O].
-                for xi in 0..np {
-                    let (vx, dmx) = (&v[xi * c * t..(xi + 1) * c * t], &dm[xi * o * t..(xi + 1) * o * t]);
-                    gemm(&mut dut[xi * o..], np * o, mat(vx, t, c, c).t(), mat(dmx, t, o, o), gi > g_lo, par);
-                }
+    // dUᵀ[c][ξ][o], accumulated over the groups.
+    let dut = sum_over_groups(
+        g.batch,
+        nb,
+        np * c * o,
+        |dut: &mut [T], (b0, n_img), first, par, (buf, rows): &mut (Vec<T>, Vec<T>)| {
+            let t = n_img * tpi;
+            let (v, dm) = scratch(buf, np * (c + o) * t).split_at_mut(np * c * t);
+            plan.input_transform(&x[b0 * g.in_len()..][..n_img * g.in_len()], n_img, v, rows);
+            plan.output_grad_transform(&dy[b0 * g.out_len()..][..n_img * g.out_len()], n_img, dm, rows);
+            // dUᵀ_ξ [C, O] += V_ξᵀ [C, T] · dMᵀ_ξ [T, O].
+            for xi in 0..np {
+                let (vx, dmx) = (&v[xi * c * t..(xi + 1) * c * t], &dm[xi * o * t..(xi + 1) * o * t]);
+                gemm(&mut dut[xi * o..], np * o, mat(vx, t, c, c).t(), mat(dmx, t, o, o), !first, par);
             }
-            dut
-        })
-        .collect();
-    let dut = sum_in_order(partials, np * c * o);
+        },
+    );
     plan.filter_transform_adjoint(&dut)
 }
