@@ -111,18 +111,25 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// The gradients (dx, dγ, dβ) of [`batch_norm`] from its input `x`, its output `y` and the gradient `dy` at the
-/// output, with the statistics and flags the forward pass used (no graph).
+/// output, with the statistics and flags the forward pass used (no graph). The output is read only for the ReLU's
+/// mask: without a ReLU it may be left out, so that the forward need not keep it.
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_backward(
     dy: &Tensor,
     x: &Tensor,
-    y: &Tensor,
+    y: Option<&Tensor>,
     gamma: &Tensor,
     stats: &ChannelStats,
     eps: f64,
     batch: bool,
     relu: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    let y = match (y, relu) {
+        (Some(y), _) => y,
+        // Unread: `masked` passes dy through without a ReLU, and dy's own cache lines stand in for y's.
+        (None, false) => dy,
+        (None, true) => bail!("internal: a BatchNorm + ReLU backward without the forward's output"),
+    };
     BatchNormOp::new(stats, eps, batch, relu).backward(x, gamma, y, dy)
 }
 

@@ -33,7 +33,8 @@ impl SiameseNet {
         if norms.len() != expected || joins.len() != r.blocks.len() || r.pool != recorded.pooled.is_some() {
             bail!("internal: encoder tape does not match the architecture");
         }
-        let blocks_input = recorded.pooled.as_ref().unwrap_or(&stem.output);
+        let stem_output = relu_output(stem)?;
+        let blocks_input = recorded.pooled.as_ref().unwrap_or(stem_output);
         // Global average pooling: every pixel receives df / (H·W).
         let (b, c, h, w) = last.dims4()?;
         let mut dh = (df.reshape((b, c, 1, 1))?.broadcast_as((b, c, h, w))? / (h * w) as f64)?.contiguous()?;
@@ -46,7 +47,7 @@ impl SiameseNet {
             let mut d = dz.clone();
             for (k, (conv, bn)) in block.main.iter().enumerate().rev() {
                 d = self.norm_backward(&d, &norms[first + k], bn, store)?;
-                let x = if k == 0 { input } else { &norms[first + k - 1].output };
+                let x = if k == 0 { input } else { relu_output(&norms[first + k - 1])? };
                 d = self.conv_backward(&d, x, conv, store)?;
             }
             let dshort = match &block.shortcut {
@@ -60,7 +61,7 @@ impl SiameseNet {
         }
         if r.pool {
             let (k, s, p) = STEM_POOL;
-            dh = pool::max_pool2d_backward(&stem.output, &dh, k, s, p)?;
+            dh = pool::max_pool2d_backward(stem_output, &dh, k, s, p)?;
         }
         let dz0 = self.norm_backward(&dh, stem, &r.stem_bn, store)?;
         let w = &self.tensors[r.stem.w];
@@ -78,7 +79,7 @@ impl SiameseNet {
         let (dx, dgamma, dbeta) = norm::batch_norm_backward(
             dy,
             &saved.input,
-            &saved.output,
+            saved.output.as_ref(),
             &gamma.detach(),
             &saved.stats,
             BN_EPS,
@@ -97,6 +98,14 @@ impl SiameseNet {
         accumulate(store, w, conv::conv2d_weight_grad(x, dy, (kh, kw), c.stride, c.pad, &self.work)?)?;
         conv::conv2d_input_grad(dy, &w.detach(), (h, wd), c.stride, c.pad, &self.work)
     }
+}
+
+/// The output of a BatchNorm followed by a ReLU (the recorded forward keeps only those).
+fn relu_output(saved: &NormSaved) -> Result<&Tensor> {
+    saved
+        .output
+        .as_ref()
+        .ok_or_else(|| candle_core::Error::Msg("internal: a BatchNorm output the tape did not keep".into()))
 }
 
 /// Adds `grad` to the gradient stored for `param` (several passes share parameters).
