@@ -16,10 +16,10 @@ use std::sync::Arc;
 /// A convolution: (B, C, H, W, O, kh, kw, stride, pad).
 type Shape = (usize, usize, usize, usize, usize, usize, usize, usize, usize);
 
-/// The shapes tested: strides 1 and 2, pads 0 and 1, 1×1 and 3×3, batch 1, non-square channels
-/// and images, a 3×1 kernel, and batches large enough that several images share one GEMM (with a partial last
-/// group); the last six have 16 input channels or more, which the channels-last patches take (all but the 1×1
-/// one; the others run the channels-first im2col).
+/// The shapes tested: strides 1 and 2, pads 0 and 1, 1×1 and 3×3, batch 1, non-square channels and images, a 3×1
+/// kernel, batches large enough that several images share one GEMM (with a partial last group), and padding wider
+/// than the kernel. The last seven have 16 input channels or more, which the channels-last patches take (all but
+/// the 1×1 one); the others run the channels-first im2col.
 const SHAPES: &[Shape] = &[
     (1, 3, 9, 9, 5, 3, 3, 1, 1),
     (2, 4, 8, 6, 7, 3, 3, 1, 0),
@@ -40,6 +40,7 @@ const SHAPES: &[Shape] = &[
     (1, 20, 5, 6, 3, 3, 1, 1, 1),
     (2, 16, 6, 7, 4, 3, 3, 1, 2),
     (21, 16, 14, 14, 8, 3, 3, 2, 1),
+    (2, 16, 5, 4, 3, 3, 3, 1, 4),
 ];
 
 /// Our conv2d with a counter of its own (the tests read no work counts).

@@ -36,14 +36,15 @@ fn taps_channels_last<T: Float>(g: &ConvGeom, w: &[T]) -> Vec<T> {
     wc
 }
 
-/// For output pixel (oy, ox) and kernel row ky: the input row it reads (None in the padding) and the kernel
-/// columns [lo, hi) that fall inside the image, with the input column of kernel column lo.
+/// For output pixel (oy, ox) and kernel row ky: the input row it reads, the kernel columns [lo, hi) that fall
+/// inside the image and the input column of kernel column lo; None where the row reads padding only.
 fn kernel_row(g: &ConvGeom, oy: usize, ox: usize, ky: usize) -> Option<(usize, usize, usize, usize)> {
     let iy = (oy * g.stride + ky).checked_sub(g.pad).filter(|&iy| iy < g.h)?;
     let x0 = ox * g.stride;
     let lo = g.pad.saturating_sub(x0).min(g.kw);
-    let hi = (g.w + g.pad).saturating_sub(x0).clamp(lo, g.kw);
-    Some((iy, lo, hi, (x0 + lo).saturating_sub(g.pad)))
+    let hi = (g.w + g.pad).saturating_sub(x0).min(g.kw);
+    // lo ≥ pad − x0, so x0 + lo − pad does not underflow.
+    (lo < hi).then(|| (iy, lo, hi, x0 + lo - g.pad))
 }
 
 /// The patch rows of one image: `rows` [P, K] from its channels-last copy `xc` [H·W, C]; padding reads as zero.
