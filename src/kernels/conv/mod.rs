@@ -320,7 +320,7 @@ fn sum_in_order<T: Float>(partials: Vec<Vec<T>>, len: usize) -> Vec<T> {
 
 /// Copies the `[rows, P]` blocks of `n_img` consecutive images (image stride rows·P) side by side into
 /// `out[rows, n_img·P]`.
-pub(super) fn gather<T: Float>(src: &[T], rows: usize, p: usize, n_img: usize, out: &mut [T]) {
+fn gather<T: Float>(src: &[T], rows: usize, p: usize, n_img: usize, out: &mut [T]) {
     let n = n_img * p;
     for i in 0..n_img {
         for r in 0..rows {
@@ -330,7 +330,7 @@ pub(super) fn gather<T: Float>(src: &[T], rows: usize, p: usize, n_img: usize, o
 }
 
 /// The inverse of [`gather`]: `src[rows, n_img·P]` back to `n_img` images of `[rows, P]`.
-pub(super) fn scatter<T: Float>(src: &[T], rows: usize, p: usize, n_img: usize, out: &mut [T]) {
+fn scatter<T: Float>(src: &[T], rows: usize, p: usize, n_img: usize, out: &mut [T]) {
     let n = n_img * p;
     for i in 0..n_img {
         for r in 0..rows {
@@ -345,7 +345,8 @@ pub enum ConvAlgo {
     /// The default: Winograd for stride-1 3×3 convolutions with at least 16 input and output channels, with the tile
     /// that needs the fewest multiplies for the output's size (F(4×4) from 3×3 maps up), im2col + GEMM otherwise.
     Auto,
-    /// im2col + GEMM (direct convolution) everywhere.
+    /// im2col + GEMM (direct convolution) everywhere: the patch matrix channels-last with 16 input channels or more
+    /// and a kernel above 1×1, channels-first otherwise.
     Im2col,
     /// Winograd F(2×2, 3×3) where it applies (3×3, stride 1), im2col + GEMM elsewhere.
     WinogradF2,
