@@ -2,8 +2,8 @@
 //! im2col matrix are the receptive fields of output pixels, so each product is one GEMM per group of images; strided
 //! convolutions read a copy of the image split by column phase, so that every im2col row segment is contiguous.
 
-use super::{gather, gemm, mat, scatter, schedule, scratch, side_by_side, sum_over_groups, ConvGeom};
-use crate::kernels::gemm::Float;
+use super::{gemm, mat, scatter, schedule, scratch, side_by_side, sum_over_groups, ConvGeom};
+use crate::kernels::gemm::{Float, Matrix};
 use crate::kernels::simd::vectorized;
 use crate::kernels::unwritten;
 use rayon::prelude::*;
@@ -148,6 +148,25 @@ fn col2im<T: Float>(g: &ConvGeom, col: &[T], ld: usize, off: usize, dx: &mut [T]
     )
 }
 
+/// The im2col matrix [C·kh·kw, n_img·P] of a group of images `xg`: the images themselves, side by side, for a
+/// pointwise convolution; otherwise built in `col` (through `phased` when strided).
+fn group_columns<'a, T: Float>(
+    g: &ConvGeom,
+    xg: &'a [T],
+    n_img: usize,
+    col: &'a mut [T],
+    phased: &mut Vec<T>,
+) -> Matrix<'a, T> {
+    let (p, k) = (g.p(), g.k());
+    if g.pointwise() {
+        return side_by_side(xg, k, p, n_img, col);
+    }
+    for i in 0..n_img {
+        im2col(g, &xg[i * g.in_len()..(i + 1) * g.in_len()], col, n_img * p, i * p, phased);
+    }
+    mat(col, k, n_img * p, n_img * p)
+}
+
 pub(super) fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T]) -> Vec<T> {
     let (p, k, o) = (g.p(), g.k(), g.c_out);
     // SAFETY: each group's GEMM (which does not read its destination unless accumulating) or scatter writes all of
@@ -166,24 +185,12 @@ pub(super) fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T]) -> Vec<T> {
             let n_img = yg.len() / g.out_len();
             let xg = &x[gi * nb * g.in_len()..][..n_img * g.in_len()];
             let n = n_img * p;
+            let (col, out) = scratch(buf, k * n + if n_img > 1 { o * n } else { 0 }).split_at_mut(k * n);
+            let colm = group_columns(g, xg, n_img, col, phased);
             if n_img == 1 {
-                if g.pointwise() {
-                    gemm(yg, p, wm, mat(xg, k, p, p), false, par);
-                } else {
-                    let col = scratch(buf, k * n);
-                    im2col(g, xg, col, n, 0, phased);
-                    gemm(yg, p, wm, mat(col, k, n, n), false, par);
-                }
+                gemm(yg, p, wm, colm, false, par);
             } else {
-                let (col, out) = scratch(buf, k * n + o * n).split_at_mut(k * n);
-                if g.pointwise() {
-                    gather(xg, k, p, n_img, col);
-                } else {
-                    for i in 0..n_img {
-                        im2col(g, &xg[i * g.in_len()..(i + 1) * g.in_len()], col, n, i * p, phased);
-                    }
-                }
-                gemm(out, n, wm, mat(col, k, n, n), false, par);
+                gemm(out, n, wm, colm, false, par);
                 scatter(out, o, p, n_img, yg);
             }
         },
@@ -242,14 +249,7 @@ pub(super) fn weight_grad<T: Float>(g: &ConvGeom, x: &[T], dy: &[T]) -> Vec<T> {
             let n = n_img * p;
             let xg = &x[b0 * g.in_len()..][..n_img * g.in_len()];
             let (col, dyc) = scratch(buf, k * n + o * n).split_at_mut(k * n);
-            let colm = if g.pointwise() {
-                side_by_side(xg, k, p, n_img, col)
-            } else {
-                for i in 0..n_img {
-                    im2col(g, &xg[i * g.in_len()..(i + 1) * g.in_len()], col, n, i * p, phased);
-                }
-                mat(&*col, k, n, n)
-            };
+            let colm = group_columns(g, xg, n_img, col, phased);
             let dym = side_by_side(&dy[b0 * g.out_len()..][..n_img * g.out_len()], o, p, n_img, dyc);
             // dWᵀ[C·kh·kw, O] += col · dyᵀ: this orientation packs the large col operand more cheaply (about 1.3×
             // faster than dW += dy · colᵀ on the first stage).
