@@ -83,7 +83,7 @@ fn winograd_table(rng: &mut StdRng, batch: usize, reps: usize, budget: f64) -> R
     let layers =
         [("s1 conv 32→32 @28", 32, 32, 28), ("s2 conv2 64→64 @14", 64, 64, 14), ("s3 conv2 128→128 @7", 128, 128, 7)];
     for (name, c, o, h) in layers {
-        let g = ConvGeom::new(&[batch, c, h, h], &[o, c, 3, 3], 1, 1)?;
+        let g = ConvGeom::new(&[batch, h, h, c], &[o, c, 3, 3], 1, 1)?;
         let x = values(rng, batch * c * h * h);
         let w: Vec<f32> = values(rng, o * c * 9).iter().map(|v| v * 0.1).collect();
         let dy = values(rng, batch * o * h * h);
@@ -168,10 +168,14 @@ fn main() -> Result<()> {
     );
     let (mut total_candle, mut total_ours) = (0.0, 0.0);
     for (name, c, o, h, k, s, p, count) in layers.into_iter().filter(|_| !only_net) {
+        // candle's products run NCHW, ours channels-last (`xl`, `dyl`); ours are viewed NCHW to compare.
         let x = randn(&mut rng, &[batch, c, h, h])?;
         let w = (randn(&mut rng, &[o, c, k, k])? * 0.1)?;
-        let g = ConvGeom::new(x.dims(), w.dims(), s, p)?;
+        let xl = x.permute((0, 2, 3, 1))?.contiguous()?;
+        let g = ConvGeom::new(xl.dims(), w.dims(), s, p)?;
         let dy = randn(&mut rng, &[batch, o, g.ho, g.wo])?;
+        let dyl = dy.permute((0, 2, 3, 1))?.contiguous()?;
+        let nchw = |t: Tensor| t.permute((0, 3, 1, 2));
         // The same-shape plain GEMM: W[O, C·k·k] · col[C·k·k, B·P].
         let col = randn(&mut rng, &[c * k * k, batch * g.ho * g.wo])?;
         let wm = w.reshape((o, c * k * k))?;
@@ -179,16 +183,20 @@ fn main() -> Result<()> {
         drop(col);
         let work = Arc::new(WorkCounter::default());
         let products: [(&str, Product, Product); 3] = [
-            ("fwd", Box::new(|| conv::candle_conv2d(&x, &w, s, p)), Box::new(|| conv::conv2d(&x, &w, s, p, &work))),
+            (
+                "fwd",
+                Box::new(|| conv::candle_conv2d(&x, &w, s, p)),
+                Box::new(|| nchw(conv::conv2d(&xl, &w, s, p, &work)?)),
+            ),
             (
                 "dx",
                 Box::new(|| candle_input_grad(&dy, &w, &g)),
-                Box::new(|| conv::conv2d_input_grad(&dy, &w, (h, h), s, p, &work)),
+                Box::new(|| nchw(conv::conv2d_input_grad(&dyl, &w, (h, h), s, p, &work)?)),
             ),
             (
                 "dw",
                 Box::new(|| candle_weight_grad(&x, &dy, &g)),
-                Box::new(|| conv::conv2d_weight_grad(&x, &dy, (k, k), s, p, &work)),
+                Box::new(|| conv::conv2d_weight_grad(&xl, &dyl, (k, k), s, p, &work)),
             ),
         ];
         for (i, (product, theirs, ours)) in products.iter().enumerate() {

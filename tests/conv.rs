@@ -1,5 +1,6 @@
-//! Our convolution kernels (src/runtime/conv.rs) against a plain-loop reference, candle's conv2d and autodiff, and
-//! central finite differences.
+//! Our convolution kernels (src/kernels/conv) against a plain-loop reference, candle's conv2d and autodiff, and
+//! central finite differences. Ours are channels-last: inputs [B, H, W, C], outputs [B, Ho, Wo, O]; candle's NCHW
+//! convolution is compared through permutes.
 //!
 //! Tolerances, as max |ours − reference| / max |reference| over the whole tensor:
 //! - f32: 1e-4 (forward, input gradient and weight gradient, against candle and against the f64 loop reference);
@@ -18,8 +19,7 @@ type Shape = (usize, usize, usize, usize, usize, usize, usize, usize, usize);
 
 /// The shapes tested: strides 1 and 2, pads 0 and 1, 1×1 and 3×3, batch 1, non-square channels and images, a 3×1
 /// kernel, batches large enough that several images share one GEMM (with a partial last group), and padding wider
-/// than the kernel. The last seven have 16 input channels or more, which the channels-last patches take (all but
-/// the 1×1 one); the others run the channels-first im2col.
+/// than the kernel; one and three input channels (short patch runs) and sixteen or more (runs of whole vectors).
 const SHAPES: &[Shape] = &[
     (1, 3, 9, 9, 5, 3, 3, 1, 1),
     (2, 4, 8, 6, 7, 3, 3, 1, 0),
@@ -49,6 +49,15 @@ fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
     conv::conv2d(x, w, stride, pad, &Arc::default())
 }
 
+/// candle's NCHW conv2d on channels-last tensors.
+fn candle_nhwc(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
+    conv::candle_conv2d(&to_nchw(x)?, w, stride, pad)?.permute((0, 2, 3, 1))
+}
+
+fn to_nchw(x: &Tensor) -> Result<Tensor> {
+    x.permute((0, 3, 1, 2))?.contiguous()
+}
+
 fn random(rng: &mut StdRng, shape: &[usize], dtype: DType) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     let data: Vec<f64> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
@@ -69,10 +78,10 @@ fn rel_err(a: &[f64], b: &[f64]) -> f64 {
 
 fn geom(s: Shape) -> ConvGeom {
     let (b, c, h, w, o, kh, kw, st, p) = s;
-    ConvGeom::new(&[b, c, h, w], &[o, c, kh, kw], st, p).expect("valid shape")
+    ConvGeom::new(&[b, h, w, c], &[o, c, kh, kw], st, p).expect("valid shape")
 }
 
-/// Plain-loop direct convolution and its two gradients (for a loss Σ y ⊙ r), in f64.
+/// Plain-loop direct convolution and its two gradients (for a loss Σ y ⊙ r), in f64, channels-last.
 struct Reference {
     y: Vec<f64>,
     dx: Vec<f64>,
@@ -87,7 +96,7 @@ fn reference(g: &ConvGeom, x: &[f64], w: &[f64], r: &[f64]) -> Reference {
         for o in 0..g.c_out {
             for oy in 0..g.ho {
                 for ox in 0..g.wo {
-                    let yi = ((b * g.c_out + o) * g.ho + oy) * g.wo + ox;
+                    let yi = ((b * g.ho + oy) * g.wo + ox) * g.c_out + o;
                     for c in 0..g.c_in {
                         for ky in 0..g.kh {
                             for kx in 0..g.kw {
@@ -96,7 +105,7 @@ fn reference(g: &ConvGeom, x: &[f64], w: &[f64], r: &[f64]) -> Reference {
                                 if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
                                     continue;
                                 }
-                                let xi = ((b * g.c_in + c) * g.h + iy as usize) * g.w + ix as usize;
+                                let xi = ((b * g.h + iy as usize) * g.w + ix as usize) * g.c_in + c;
                                 let wi = ((o * g.c_in + c) * g.kh + ky) * g.kw + kx;
                                 y[yi] += x[xi] * w[wi];
                                 dx[xi] += r[yi] * w[wi];
@@ -121,9 +130,9 @@ struct Case {
 fn case(i: usize, dtype: DType) -> Result<Case> {
     let g = geom(SHAPES[i]);
     let mut rng = StdRng::seed_from_u64(100 + i as u64);
-    let x = random(&mut rng, &[g.batch, g.c_in, g.h, g.w], dtype)?;
+    let x = random(&mut rng, &[g.batch, g.h, g.w, g.c_in], dtype)?;
     let w = random(&mut rng, &[g.c_out, g.c_in, g.kh, g.kw], dtype)?;
-    let r = random(&mut rng, &[g.batch, g.c_out, g.ho, g.wo], dtype)?;
+    let r = random(&mut rng, &[g.batch, g.ho, g.wo, g.c_out], dtype)?;
     Ok(Case { g, x, w, r })
 }
 
@@ -175,7 +184,7 @@ fn check_against_candle(dtype: DType, tol: f64) -> Result<()> {
             continue;
         }
         let (y, dx, dw) = autodiff(conv2d, &c)?;
-        let (cy, cdx, cdw) = autodiff(conv::candle_conv2d, &c)?;
+        let (cy, cdx, cdw) = autodiff(candle_nhwc, &c)?;
         for (what, got, want) in [("forward", &y, &cy), ("input grad", &dx, &cdx), ("weight grad", &dw, &cdw)] {
             let e = rel_err(got, want);
             assert!(e <= tol, "{dtype:?} {what} of {shape:?} vs candle: relative error {e:.2e} > {tol:.0e}");
@@ -253,8 +262,9 @@ fn non_contiguous_and_c_eq_h_eq_w_inputs() -> Result<()> {
     let w = random(&mut rng, &[4, 6, 3, 3], DType::F64)?;
     let want = reference(&geom((2, 6, 6, 6, 4, 3, 3, 1, 1)), &values(&x)?, &values(&w)?, &vec![0.0; 2 * 4 * 36]).y;
     assert!(rel_err(&values(&conv2d(&x, &w, 1, 1)?)?, &want) <= 1e-12);
-    assert!(rel_err(&values(&conv::candle_conv2d(&x, &w, 1, 1)?)?, &want) <= 1e-12);
-    let xt = x.transpose(2, 3)?.contiguous()?.transpose(2, 3)?;
+    let candle = conv::candle_conv2d(&to_nchw(&x)?, &w, 1, 1)?.permute((0, 2, 3, 1))?;
+    assert!(rel_err(&values(&candle)?, &want) <= 1e-12);
+    let xt = x.transpose(1, 2)?.contiguous()?.transpose(1, 2)?;
     assert!(!xt.is_contiguous());
     assert!(rel_err(&values(&conv2d(&xt, &w, 1, 1)?)?, &want) <= 1e-12);
     Ok(())
@@ -273,7 +283,7 @@ fn untracked_input_gets_no_gradient() -> Result<()> {
 
 #[test]
 fn bad_shapes_are_errors() -> Result<()> {
-    let x = Tensor::zeros((1, 3, 4, 4), DType::F32, &Device::Cpu)?;
+    let x = Tensor::zeros((1, 4, 4, 3), DType::F32, &Device::Cpu)?;
     assert!(conv2d(&x, &Tensor::zeros((2, 4, 3, 3), DType::F32, &Device::Cpu)?, 1, 1).is_err());
     assert!(conv2d(&x, &Tensor::zeros((2, 3, 7, 7), DType::F32, &Device::Cpu)?, 1, 1).is_err());
     assert!(conv2d(&x, &Tensor::zeros((2, 3, 3, 3), DType::F32, &Device::Cpu)?, 0, 1).is_err());
@@ -281,15 +291,18 @@ fn bad_shapes_are_errors() -> Result<()> {
     Ok(())
 }
 
-/// The network's `conv2d` layer runs the implementation it is given, ours or candle's, with equal results; ours is
-/// the default.
+/// The network's `conv2d` layer runs the implementation it is given, ours (on channels-last maps) or candle's (on
+/// NCHW ones), with equal results; ours is the default.
 #[test]
 fn model_conv2d_runs_either_implementation() -> Result<()> {
+    use ssl_lang::nn::layers::{conv2d, from_map_layout, to_map_layout};
     let c = case(2, DType::F64)?;
     assert_eq!(LayerImpl::default(), LayerImpl::Ours);
-    let work = Arc::default();
-    let run =
-        |k| -> Result<Vec<f64>> { values(&ssl_lang::nn::layers::conv2d(&c.x, &c.w, c.g.stride, c.g.pad, k, &work)?) };
+    let (work, images) = (Arc::default(), to_nchw(&c.x)?);
+    let run = |k| -> Result<Vec<f64>> {
+        let y = conv2d(&to_map_layout(&images, k)?, &c.w, c.g.stride, c.g.pad, k, &work)?;
+        values(&from_map_layout(&y, k)?)
+    };
     assert!(rel_err(&run(LayerImpl::Ours)?, &run(LayerImpl::Candle)?) <= 1e-12);
     Ok(())
 }
@@ -317,7 +330,7 @@ fn winograd_and_im2col_match_the_loop_reference() -> Result<()> {
         let mut rng = StdRng::seed_from_u64(500 + i as u64);
         let mut draw = |n: usize| -> Vec<f64> { (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect() };
         let (x, w, r) =
-            (draw(g.batch * g.c_in * g.h * g.w), draw(g.c_out * g.c_in * 9), draw(g.batch * g.c_out * g.ho * g.wo));
+            (draw(g.batch * g.h * g.w * g.c_in), draw(g.c_out * g.c_in * 9), draw(g.batch * g.ho * g.wo * g.c_out));
         let want = reference(&g, &x, &w, &r);
         let f32s = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
         let f64s = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<f64>>();

@@ -7,13 +7,17 @@ use rand::{Rng, SeedableRng};
 use ssl_lang::check::recipe::{Depth, Encoder, Mlp, Recipe, Stem};
 use ssl_lang::data::idx;
 use ssl_lang::nn::export::{to_torchvision, torchvision_name};
-use ssl_lang::nn::layers::{batch_norm_eval, batch_norm_train, global_avg_pool, linear, BN_EPS, BN_MOMENTUM};
+use ssl_lang::nn::layers::{
+    batch_norm_eval, batch_norm_train, from_map_layout, global_avg_pool, linear, to_map_layout, BN_EPS, BN_MOMENTUM,
+};
 use ssl_lang::nn::{LayerImpl, Outputs, ParamKind, SiameseNet, Target};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+/// The network's conv2d layer on an NCHW map, in and out of the layout `layers` keeps maps in.
 fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize, layers: LayerImpl) -> Result<Tensor> {
-    ssl_lang::nn::layers::conv2d(x, w, stride, pad, layers, &Arc::default())
+    let y = ssl_lang::nn::layers::conv2d(&to_map_layout(x, layers)?, w, stride, pad, layers, &Arc::default())?;
+    from_map_layout(&y, layers)?.contiguous()
 }
 
 fn randn(shape: &[usize], seed: u64, dtype: DType) -> Result<Tensor> {
@@ -128,10 +132,15 @@ fn batch_norm_train_normalises_and_updates_running_stats_exactly() -> Result<()>
     let dev = Device::Cpu;
     for kernels in [LayerImpl::Ours, LayerImpl::Candle] {
         let x = (randn(&[4, 3, 5, 5], 11, DType::F64)?.affine(2.0, 1.5))?;
+        // The layer reads and writes maps in the layout of `kernels`; the checks read NCHW.
+        let bn = |x: &Tensor, g: &Tensor, b: &Tensor, running: Option<(&mut Tensor, &mut Tensor)>| -> Result<Tensor> {
+            let y = batch_norm_train(&to_map_layout(x, kernels)?, g, b, running, false, kernels, None)?.0;
+            from_map_layout(&y, kernels)?.contiguous()
+        };
         let (gamma, beta) = (Tensor::ones(3, DType::F64, &dev)?, Tensor::zeros(3, DType::F64, &dev)?);
         let (mut rm, mut rv) = (Tensor::new(&[0.5f64, -1.0, 2.0], &dev)?, Tensor::new(&[1.0f64, 2.0, 0.5], &dev)?);
         let (rm0, rv0) = (rm.to_vec1::<f64>()?, rv.to_vec1::<f64>()?);
-        let y = batch_norm_train(&x, &gamma, &beta, Some((&mut rm, &mut rv)), false, kernels, None)?.0;
+        let y = bn(&x, &gamma, &beta, Some((&mut rm, &mut rv)))?;
         for (c, (mean, var, _)) in channel_stats(&y)?.into_iter().enumerate() {
             assert!(mean.abs() < 1e-4, "channel {c}: mean {mean}");
             assert!((var - 1.0).abs() < 1e-4, "channel {c}: var {var}");
@@ -146,7 +155,7 @@ fn batch_norm_train_normalises_and_updates_running_stats_exactly() -> Result<()>
         }
         // γ and β scale and shift the normalised output.
         let (g2, b2) = (Tensor::new(&[2.0f64, 0.5, 3.0], &dev)?, Tensor::new(&[1.0f64, -1.0, 0.0], &dev)?);
-        let y = batch_norm_train(&x, &g2, &b2, None, false, kernels, None)?.0;
+        let y = bn(&x, &g2, &b2, None)?;
         for (c, (mean, var, _)) in channel_stats(&y)?.into_iter().enumerate() {
             let (g, b) = ([2.0, 0.5, 3.0][c], [1.0, -1.0, 0.0][c]);
             assert!((mean - b).abs() < 1e-4 && (var - g * g).abs() < 1e-3 * g * g, "channel {c}: {mean} {var}");
@@ -217,7 +226,10 @@ fn small_layers_known_values() -> Result<()> {
     assert_eq!(y.dims(), [1, 1, 2, 2]);
     // (0,0): 0+1+4+5; (0,1): 1+2+3+5+6+7; (1,0): 4+5+8+9+12+13; (1,1): 5+6+7+9+10+11+13+14+15.
     assert_eq!(y.flatten_all()?.to_vec1::<f64>()?, vec![10.0, 24.0, 51.0, 90.0]);
-    assert_eq!(global_avg_pool(&img)?.to_vec2::<f64>()?, vec![vec![7.5]]);
+    for layers in [LayerImpl::Ours, LayerImpl::Candle] {
+        let pooled = global_avg_pool(&to_map_layout(&img, layers)?, layers)?;
+        assert_eq!(pooled.to_vec2::<f64>()?, vec![vec![7.5]], "{layers:?}");
+    }
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! The fused BatchNorm (+ ReLU) and residual-join kernels against candle's composable ops and autodiff (f32 and
 //! f64, random inputs and upstream gradients, several shapes including batch 1 and [B, C]), against central finite
-//! differences in f64, and for independence from the number of threads.
+//! differences in f64, and for independence from the number of threads. Inputs are channels-last: [B, C] or
+//! [B, H, W, C].
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::rngs::StdRng;
@@ -25,8 +26,8 @@ fn max_rel_err(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max) / scale
 }
 
-/// Candle composable-op reference: train mode uses the batch statistics (differentiated through), eval mode the
-/// given ones.
+/// Candle composable-op reference on channels-last x: train mode uses the batch statistics (differentiated through),
+/// eval mode the given ones.
 fn reference(
     x: &Tensor,
     gamma: &Tensor,
@@ -34,26 +35,30 @@ fn reference(
     eval: Option<(&Tensor, &Tensor)>,
     relu: bool,
 ) -> Result<Tensor> {
-    let (b, c) = (x.dims()[0], x.dims()[1]);
-    let s = x.elem_count() / (b * c);
-    let x3 = x.reshape((b, c, s))?;
+    let c = channels(x.dims());
+    let rows = x.elem_count() / c;
+    let x2 = x.reshape((rows, c))?;
     let (mean, var) = match eval {
-        Some((m, v)) => (m.reshape((1, c, 1))?, v.reshape((1, c, 1))?),
+        Some((m, v)) => (m.reshape((1, c))?, v.reshape((1, c))?),
         None => {
-            let n = (b * s) as f64;
-            let mean = (x3.sum_keepdim(2)?.sum_keepdim(0)? / n)?;
-            let var = (x3.broadcast_sub(&mean)?.sqr()?.sum_keepdim(2)?.sum_keepdim(0)? / n)?;
+            let mean = (x2.sum_keepdim(0)? / rows as f64)?;
+            let var = (x2.broadcast_sub(&mean)?.sqr()?.sum_keepdim(0)? / rows as f64)?;
             (mean, var)
         }
     };
-    let xhat = x3.broadcast_sub(&mean)?.broadcast_div(&(var + EPS)?.sqrt()?)?;
-    let y = xhat.broadcast_mul(&gamma.reshape((1, c, 1))?)?.broadcast_add(&beta.reshape((1, c, 1))?)?;
+    let xhat = x2.broadcast_sub(&mean)?.broadcast_div(&(var + EPS)?.sqrt()?)?;
+    let y = xhat.broadcast_mul(&gamma.reshape((1, c))?)?.broadcast_add(&beta.reshape((1, c))?)?;
     let y = y.reshape(x.dims())?;
     if relu {
         y.relu()
     } else {
         Ok(y)
     }
+}
+
+/// The channels of a channels-last shape: its last axis.
+fn channels(shape: &[usize]) -> usize {
+    shape[shape.len() - 1]
 }
 
 /// Output and gradients (x, γ, β) of `f` under the upstream gradient `r` (the gradient of Σ f(x)·r).
@@ -74,7 +79,8 @@ fn with_grads(
     Ok(out)
 }
 
-const SHAPES: &[&[usize]] = &[&[8, 5], &[4, 3], &[1, 4, 5, 3], &[3, 2, 4, 4], &[6, 7, 9, 9]];
+/// [B, C] and [B, H, W, C], batch 1, and one of several parallel tasks with a partial last one (4,500 rows of 8).
+const SHAPES: &[&[usize]] = &[&[8, 5], &[4, 3], &[1, 4, 5, 3], &[3, 2, 4, 4], &[6, 7, 9, 9], &[5, 30, 30, 8]];
 
 /// Train mode (batch statistics), with and without the ReLU, equals the composable reference in value and in all
 /// three gradients: f64 to 1e-11, f32 to 2e-5 against the f64 reference (relative to the largest magnitude), on
@@ -86,7 +92,7 @@ fn train_mode_matches_candle_autodiff() -> Result<()> {
         let tol = if dtype == DType::F64 { 1e-11 } else { 2e-5 };
         for shape in SHAPES {
             for relu in [false, true] {
-                let c = shape[1];
+                let c = channels(shape);
                 let x = random(shape, &mut rng, dtype, 0.7)?;
                 let gamma = random(&[c], &mut rng, dtype, 1.0)?;
                 let beta = random(&[c], &mut rng, dtype, 0.0)?;
@@ -119,7 +125,7 @@ fn synchronised_over_ranks_equals_one_process_on_the_whole_batch() -> Result<()>
     for ranks in [2, 3] {
         for shape in [&[6usize, 5][..], &[6, 3, 4, 4], &[12, 2, 3, 3]] {
             for relu in [false, true] {
-                let (b, c) = (shape[0], shape[1]);
+                let (b, c) = (shape[0], channels(shape));
                 let x = random(shape, &mut rng, DType::F64, 0.7)?;
                 let (gamma, beta) =
                     (random(&[c], &mut rng, DType::F64, 1.0)?, random(&[c], &mut rng, DType::F64, 0.0)?);
@@ -165,7 +171,7 @@ fn synchronised_over_ranks_equals_one_process_on_the_whole_batch() -> Result<()>
 fn eval_mode_matches_candle_autodiff() -> Result<()> {
     let mut rng = StdRng::seed_from_u64(2);
     for shape in SHAPES {
-        let c = shape[1];
+        let c = channels(shape);
         let x = random(shape, &mut rng, DType::F64, 0.3)?;
         let (gamma, beta) = (random(&[c], &mut rng, DType::F64, 1.0)?, random(&[c], &mut rng, DType::F64, 0.0)?);
         let mean = random(&[c], &mut rng, DType::F64, 0.0)?;
@@ -184,8 +190,8 @@ fn eval_mode_matches_candle_autodiff() -> Result<()> {
 /// The statistics: mean and biased variance per channel.
 #[test]
 fn channel_stats_are_exact() -> Result<()> {
-    // Two images, two channels, two pixels: channel 0 holds 1, 2, 5, 8; channel 1 holds −1, −1, −1, −1.
-    let x = Tensor::from_vec(vec![1.0f64, 2.0, -1.0, -1.0, 5.0, 8.0, -1.0, -1.0], (2, 2, 1, 2), &Device::Cpu)?;
+    // Two images, two pixels, two channels: channel 0 holds 1, 2, 5, 8; channel 1 holds −1, −1, −1, −1.
+    let x = Tensor::from_vec(vec![1.0f64, -1.0, 2.0, -1.0, 5.0, -1.0, 8.0, -1.0], (2, 1, 2, 2), &Device::Cpu)?;
     let s = norm::channel_stats(&x, None)?;
     assert_eq!(s.mean, vec![4.0, -1.0]);
     assert_eq!(s.var, vec![7.5, 0.0]);
@@ -237,12 +243,32 @@ fn add_matches_candle() -> Result<()> {
     Ok(())
 }
 
+/// `masked_sum(a, b, y)` — two gradients summed through the ReLU whose output is y — equals candle's
+/// (a + b)·[y > 0] bit for bit, in both float types and across the parallel split (y = 0 masks, as the ReLU's
+/// gradient at 0 is 0); mismatched shapes are an error.
+#[test]
+fn masked_sum_matches_candle() -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(6);
+    for dtype in [DType::F64, DType::F32] {
+        for shape in [&[1usize][..], &[3, 4, 5, 5], &[70_000]] {
+            let (a, b) = (random(shape, &mut rng, dtype, 0.0)?, random(shape, &mut rng, dtype, 0.0)?);
+            let y = random(shape, &mut rng, dtype, 0.0)?.relu()?;
+            let want = ((&a + &b)? * y.gt(0.0)?.to_dtype(dtype)?)?;
+            assert_eq!(values(&norm::masked_sum(&a, &b, &y)?)?, values(&want)?, "{dtype:?} {shape:?}");
+        }
+    }
+    let (three, four) = (Tensor::zeros(3, DType::F32, &Device::Cpu)?, Tensor::zeros(4, DType::F32, &Device::Cpu)?);
+    assert!(norm::masked_sum(&three, &three, &four).is_err());
+    assert!(norm::masked_sum(&three, &four, &three).is_err());
+    Ok(())
+}
+
 /// The train-mode gradient against central finite differences of L = Σ y·r in f64 (h = 1e-6, tolerance 1e-7
 /// relative to the largest gradient), for x, γ and β, with the ReLU.
 #[test]
 fn train_mode_gradient_matches_finite_differences() -> Result<()> {
     let mut rng = StdRng::seed_from_u64(4);
-    let shape = [3usize, 2, 2, 3];
+    let shape = [3usize, 2, 3, 2];
     let x = random(&shape, &mut rng, DType::F64, 0.5)?;
     let (gamma, beta) = (random(&[2], &mut rng, DType::F64, 1.0)?, random(&[2], &mut rng, DType::F64, 0.2)?);
     let r = random(&shape, &mut rng, DType::F64, 0.0)?;
@@ -282,7 +308,7 @@ fn train_mode_gradient_matches_finite_differences() -> Result<()> {
 #[test]
 fn results_do_not_depend_on_the_thread_count() -> Result<()> {
     let mut rng = StdRng::seed_from_u64(5);
-    let shape = [64usize, 16, 12, 12];
+    let shape = [64usize, 12, 12, 16];
     let x = random(&shape, &mut rng, DType::F32, 0.1)?;
     let (gamma, beta) = (random(&[16], &mut rng, DType::F32, 1.0)?, random(&[16], &mut rng, DType::F32, 0.0)?);
     let r = random(&shape, &mut rng, DType::F32, 0.0)?;
@@ -301,7 +327,7 @@ fn results_do_not_depend_on_the_thread_count() -> Result<()> {
 #[test]
 fn bad_shapes_are_errors() -> Result<()> {
     let dev = Device::Cpu;
-    let x = Tensor::zeros((2, 3, 4, 4), DType::F32, &dev)?;
+    let x = Tensor::zeros((2, 4, 4, 3), DType::F32, &dev)?;
     let stats = norm::channel_stats(&x, None)?;
     let (g3, g2) = (Tensor::ones(3, DType::F32, &dev)?, Tensor::ones(2, DType::F32, &dev)?);
     assert!(norm::batch_norm(&x, &g2, &g3, &stats, EPS, true, false).is_err());

@@ -1,6 +1,7 @@
 //! Max pooling (src/kernels/pool.rs) against a plain loop, candle's own pooling where candle has one (window ==
-//! stride, no padding) with its autodiff, and central finite differences, on fresh random inputs; the linear
-//! probe's grid pooling (src/nn/layers.rs) against torch's bins written out.
+//! stride, no padding) with its autodiff, and central finite differences, on fresh random inputs; global average
+//! pooling of channels-last maps (src/kernels/avg_pool.rs) against candle's mean; the linear probe's grid pooling
+//! (src/nn/layers.rs) against torch's bins written out.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::rngs::StdRng;
@@ -139,5 +140,35 @@ fn grid_pooling_averages_torch_adaptive_bins() -> Result<()> {
             assert!((y[i] - want).abs() < 1e-12, "{b}x{c}x{h}x{w} → {g}: output {i} is {} not {want}", y[i]);
         }
     }
+    Ok(())
+}
+
+/// Global average pooling of channels-last maps (src/kernels/avg_pool.rs) equals candle's mean over the pixels of
+/// the NCHW map, value and gradient under a random cotangent, to 1e-12 in f64 and 1e-5 in f32 (absolute, on values
+/// in [−1, 1]): one pixel, batch 1, odd sizes and channel counts off the vector width. A map that is not rank 4 is
+/// an error.
+#[test]
+fn global_avg_pool_matches_candle_mean() -> Result<()> {
+    use ssl_lang::kernels::avg_pool;
+    let shapes = [(1, 1, 1, 1), (2, 7, 7, 33), (3, 5, 4, 16), (1, 28, 28, 3)];
+    for (i, &(b, h, w, c)) in shapes.iter().enumerate() {
+        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+            let x = Tensor::from_slice(&draw(b * h * w * c, 10 + i as u64), (b, h, w, c), &Device::Cpu)?;
+            let x = Var::from_tensor(&x.to_dtype(dtype)?)?;
+            let r = Tensor::from_slice(&draw(b * c, 20 + i as u64), (b, c), &Device::Cpu)?.to_dtype(dtype)?;
+            let run = |y: Tensor| -> Result<(Vec<f64>, Vec<f64>)> {
+                let dx = (&y * &r)?.sum_all()?.backward()?.get(&x).expect("gradient").clone();
+                let flat = |t: &Tensor| t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>();
+                Ok((flat(&y)?, flat(&dx)?))
+            };
+            let ours = run(avg_pool::global_avg_pool(x.as_tensor())?)?;
+            let theirs = run(x.as_tensor().permute((0, 3, 1, 2))?.contiguous()?.flatten_from(2)?.mean(2)?)?;
+            for (what, a, b) in [("forward", &ours.0, &theirs.0), ("gradient", &ours.1, &theirs.1)] {
+                let err = a.iter().zip(b).fold(0.0f64, |m, (p, q)| m.max((p - q).abs()));
+                assert!(a.len() == b.len() && err <= tol, "{dtype:?} {what} of {:?}: error {err:e}", (b, h, w, c));
+            }
+        }
+    }
+    assert!(avg_pool::global_avg_pool(&Tensor::zeros((2, 3, 4), DType::F32, &Device::Cpu)?).is_err());
     Ok(())
 }

@@ -5,16 +5,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 
 /// Element types the fused kernels run in.
-pub trait Float:
-    WithDType
-    + num_traits::Float
-    + std::ops::AddAssign
-    + std::ops::MulAssign
-    + Send
-    + Sync
-    + super::transpose::BlockTranspose
-{
-}
+pub trait Float: WithDType + num_traits::Float + std::ops::AddAssign + std::ops::MulAssign + Send + Sync {}
 impl Float for f32 {}
 impl Float for f64 {}
 

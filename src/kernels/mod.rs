@@ -1,8 +1,9 @@
 //! Compute kernels on plain slices and their candle `CustomOp` wrappers: the GEMM with an accumulating epilogue,
-//! convolution (im2col, channels-last patches, Winograd), BatchNorm/ReLU, max pooling, and the contrastive softmax-weighted sum, their loops compiled
+//! convolution on channels-last maps (im2col patches, Winograd), BatchNorm/ReLU, max and global average pooling, and the contrastive softmax-weighted sum, their loops compiled
 //! for the CPU's vector width at run time (`simd`), and the CUDA source of the contrastive kernel (`cuda`). Both the objective's fused backend (`backend::fused`) and the
 //! network's layers (`nn`) call these; nothing here knows either of them.
 
+pub mod avg_pool;
 pub mod conv;
 pub mod cuda;
 pub mod gemm;
@@ -11,7 +12,6 @@ pub mod norm;
 pub mod pool;
 pub mod simd;
 pub mod softmax_sum;
-pub mod transpose;
 
 use candle_core::{CpuStorage, Layout, Result};
 use gemm::Float;

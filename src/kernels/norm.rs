@@ -4,11 +4,13 @@
 //! backward, each allocating its result; in `resnet_mini` those passes cost five times the convolutions. Here the
 //! forward is one reduction pass (per-channel sum and sum of squares, accumulated in f64) and one normalising pass
 //! with the ReLU fused in; the backward is one reduction (Σ dz, Σ dz·x) and one pass writing dx. Work is split over
-//! fixed groups of images with rayon, and per-group partial sums are combined in a fixed order, so results do not
+//! fixed groups of rows with rayon, and per-group partial sums are combined in a fixed order, so results do not
 //! depend on the number of threads.
 //!
-//! Layout: NCHW [B, C, H, W] or [B, C], seen as [B, C, S] with S = H·W or 1. Other devices and dtypes than the CPU
-//! with f32/f64 are the caller's to route to candle's ops (see `model::batch_norm_train`).
+//! Layout: channels-last, [B, H, W, C] (the network's feature maps with our kernels) or [B, C], seen as [R, C] with
+//! the channel along each row: every pass then runs over rows of C contiguous values with per-channel vectors.
+//! Other devices and dtypes than the CPU with f32/f64 are the caller's to route to candle's ops (see
+//! `nn::layers::batch_norm_train`).
 //!
 //! Synchronised BatchNorm (data-parallel training, `sync_bn = true`): the forward's per-channel sums and the
 //! backward's (Σdz, Σdz·x) are summed over the ranks whose shares make up the batch, so every rank normalises with,
@@ -53,27 +55,27 @@ fn sum_over(ranks: &Comm, v: Vec<f64>) -> Result<Vec<f64>> {
     }
 }
 
-/// [B, C, S] from [B, C] or [B, C, H, W].
-fn bcs(dims: &[usize]) -> Result<(usize, usize, usize)> {
+/// [R, C] from [B, C] or [B, H, W, C]: rows and channels.
+fn rows_channels(dims: &[usize]) -> Result<(usize, usize)> {
     match *dims {
-        [b, c] => Ok((b, c, 1)),
-        [b, c, h, w] => Ok((b, c, h * w)),
-        _ => bail!("batch norm expects [B, C] or [B, C, H, W], got {dims:?}"),
+        [b, c] => Ok((b, c)),
+        [b, h, w, c] => Ok((b * h * w, c)),
+        _ => bail!("batch norm expects [B, C] or [B, H, W, C], got {dims:?}"),
     }
 }
 
-/// Images per parallel task: a function of the shape only, so partial sums are combined the same way on any number
+/// Rows per parallel task: a function of the shape only, so partial sums are combined the same way on any number
 /// of threads.
-fn images_per_task(c: usize, s: usize) -> usize {
-    TASK_ELEMS.div_ceil(c * s).max(1)
+fn rows_per_task(c: usize) -> usize {
+    TASK_ELEMS.div_ceil(c.max(1)).max(1)
 }
 
-/// Per-channel mean and biased variance of x [B, C, (H, W)], in f64, in one pass. f32 or f64 on the CPU. With
+/// Per-channel mean and biased variance of x [B, (H, W,) C], in f64, in one pass. f32 or f64 on the CPU. With
 /// `ranks`, x is this rank's share of the batch and the statistics are the whole batch's (one all-reduce).
 pub fn channel_stats(x: &Tensor, ranks: Option<&Comm>) -> Result<ChannelStats> {
-    let (b, c, s) = bcs(x.dims())?;
+    let (r, c) = rows_channels(x.dims())?;
     let mut sums = x.apply_op1_no_bwd(&SumsOp)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-    sums.push((b * s) as f64);
+    sums.push(r as f64);
     if let Some(ranks) = ranks {
         sums = sum_over(ranks, sums)?;
     }
@@ -95,7 +97,7 @@ pub fn batch_norm(
     batch: bool,
     relu: bool,
 ) -> Result<Tensor> {
-    let (_, c, _) = bcs(x.dims())?;
+    let (_, c) = rows_channels(x.dims())?;
     if gamma.dims() != [c] || beta.dims() != [c] || stats.mean.len() != c || stats.var.len() != c {
         bail!("batch norm over {c} channels got scale {:?} and shift {:?}", gamma.dims(), beta.dims());
     }
@@ -144,29 +146,18 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a.apply_op2_no_bwd(b, &ADD)
 }
 
+/// `a + b` where `y > 0`, else 0, in one pass (no graph): a residual block's two input gradients summed and taken
+/// back through the ReLU of the join before it, whose output is `y` — [`add`] then [`relu_backward`] without the
+/// intermediate's write and read.
+pub fn masked_sum(a: &Tensor, b: &Tensor, y: &Tensor) -> Result<Tensor> {
+    if a.dims() != b.dims() || a.dims() != y.dims() {
+        bail!("masked_sum: shapes {:?}, {:?} and {:?} differ", a.dims(), b.dims(), y.dims());
+    }
+    a.apply_op3_no_bwd(b, y, &MaskedSumOp)
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Kernels.
-
-/// Σv and Σv² of a slice in f64, in eight independent lanes so that the loop vectorises.
-#[inline(always)]
-fn sum_and_squares<T: Float>(v: &[T]) -> (f64, f64) {
-    let (mut s, mut q) = ([0f64; 8], [0f64; 8]);
-    let chunks = v.chunks_exact(8);
-    let tail = chunks.remainder();
-    for ch in chunks {
-        for i in 0..8 {
-            let x = ch[i].to_f64();
-            s[i] += x;
-            q[i] += x * x;
-        }
-    }
-    for &t in tail {
-        let x = t.to_f64();
-        s[0] += x;
-        q[0] += x * x;
-    }
-    (s.iter().sum(), q.iter().sum())
-}
 
 /// dy masked by y > 0 when `relu`: the ReLU's backward, a select that loops over it vectorise.
 #[inline(always)]
@@ -178,43 +169,20 @@ fn masked<T: Float>(dy: T, y: T, relu: bool) -> T {
     }
 }
 
-/// Σdz and Σdz·x over a row, dz = dy masked by y > 0 when `relu`, in eight independent f64 lanes.
-#[inline(always)]
-fn grad_sums<T: Float>(dy: &[T], x: &[T], y: &[T], relu: bool) -> (f64, f64) {
-    let (mut s, mut p) = ([0f64; 8], [0f64; 8]);
-    let (dy8, x8, y8) = (dy.chunks_exact(8), x.chunks_exact(8), y.chunks_exact(8));
-    let tail = dy8.remainder().iter().zip(x8.remainder()).zip(y8.remainder());
-    for ((g, x), y) in dy8.zip(x8).zip(y8) {
-        for i in 0..8 {
-            let dz = masked(g[i], y[i], relu).to_f64();
-            s[i] += dz;
-            p[i] += dz * x[i].to_f64();
-        }
-    }
-    for ((&g, &x), &y) in tail {
-        let dz = masked(g, y, relu).to_f64();
-        s[0] += dz;
-        p[0] += dz * x.to_f64();
-    }
-    (s.iter().sum(), p.iter().sum())
-}
-
-/// Per-channel [Σa ‖ Σb] over [B, C, S] data, with `row(b, c)` giving each (image, channel) row's pair of sums.
-fn reduce_channels(b: usize, c: usize, s: usize, row: impl Fn(usize, usize) -> (f64, f64) + Sync) -> Vec<f64> {
-    let group = images_per_task(c, s);
-    let partials: Vec<Vec<f64>> = (0..b.div_ceil(group))
+/// Per-channel [Σa ‖ Σb] over the `r` rows of [R, C] data, `add(row, a, b)` adding one row's terms into the
+/// per-channel sums a and b (in f64).
+fn reduce_channels(r: usize, c: usize, add: impl Fn(usize, &mut [f64], &mut [f64]) + Sync) -> Vec<f64> {
+    let per = rows_per_task(c);
+    let partials: Vec<Vec<f64>> = (0..r.div_ceil(per))
         .into_par_iter()
-        .map(|g| {
+        .map(|t| {
             let mut acc = vec![0f64; 2 * c];
+            let (a, b) = acc.split_at_mut(c);
             vectorized(
                 #[inline(always)]
                 || {
-                    for img in g * group..((g + 1) * group).min(b) {
-                        for ch in 0..c {
-                            let (u, v) = row(img, ch);
-                            acc[ch] += u;
-                            acc[c + ch] += v;
-                        }
+                    for row in t * per..((t + 1) * per).min(r) {
+                        add(row, &mut *a, &mut *b);
                     }
                 },
             );
@@ -230,16 +198,15 @@ fn reduce_channels(b: usize, c: usize, s: usize, row: impl Fn(usize, usize) -> (
     total
 }
 
-/// Writes `f(image, channel, out_row, row_index)` for every [S] row of a [B, C, S] output, in parallel.
-fn map_rows<T: Float>(out: &mut [T], c: usize, s: usize, f: impl Fn(usize, &mut [T], usize) + Sync) {
-    let group = images_per_task(c, s);
-    out.par_chunks_mut(group * c * s).enumerate().for_each(|(g, chunk)| {
+/// Writes `f(row, out_row)` for every [C] row of an [R, C] output, in parallel.
+fn map_rows<T: Float>(out: &mut [T], c: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    let per = rows_per_task(c);
+    out.par_chunks_mut(per * c).enumerate().for_each(|(t, chunk)| {
         vectorized(
             #[inline(always)]
             || {
-                for (r, row) in chunk.chunks_mut(s).enumerate() {
-                    let flat = g * group * c + r;
-                    f(flat % c, row, flat);
+                for (i, row) in chunk.chunks_exact_mut(c).enumerate() {
+                    f(t * per + i, row);
                 }
             },
         )
@@ -254,7 +221,7 @@ fn to_f64<T: Float>(v: &[T]) -> Vec<f64> {
     v.iter().map(|x| WithDType::to_f64(*x)).collect()
 }
 
-fn forward<T: Float>(op: &BatchNormOp, x: &[T], gamma: &[T], beta: &[T], (c, s): (usize, usize)) -> Vec<T> {
+fn forward<T: Float>(op: &BatchNormOp, x: &[T], gamma: &[T], beta: &[T], c: usize) -> Vec<T> {
     let (gamma, beta) = (to_f64(gamma), to_f64(beta));
     let scale: Vec<f64> = gamma.iter().zip(&op.invstd).map(|(g, i)| g * i).collect();
     let shift: Vec<f64> = beta.iter().zip(&scale).zip(&op.mean).map(|((b, k), m)| b - m * k).collect();
@@ -265,11 +232,9 @@ fn forward<T: Float>(op: &BatchNormOp, x: &[T], gamma: &[T], beta: &[T], (c, s):
     map_rows(
         &mut y,
         c,
-        s,
         #[inline(always)]
-        |ch, row, r| {
-            let (k, t) = (scale[ch], shift[ch]);
-            for (o, &v) in row.iter_mut().zip(&x[r * s..(r + 1) * s]) {
+        |r, row| {
+            for (((o, &v), &k), &t) in row.iter_mut().zip(&x[r * c..][..c]).zip(&scale).zip(&shift) {
                 let z = v * k + t;
                 *o = if op.relu && z < T::zero() { T::zero() } else { z };
             }
@@ -280,23 +245,20 @@ fn forward<T: Float>(op: &BatchNormOp, x: &[T], gamma: &[T], beta: &[T], (c, s):
 
 /// [dx ‖ dγ ‖ dβ] from dy, x and the forward's output y. dγ and dβ are this rank's shares (the training loop sums
 /// parameter gradients over ranks); dx, in train mode, differentiates through the statistics of the whole batch.
-fn backward<T: Float>(
-    g: &BatchNormGradOp,
-    dy: &[T],
-    x: &[T],
-    y: &[T],
-    (b, c, s): (usize, usize, usize),
-) -> Result<Vec<T>> {
+fn backward<T: Float>(g: &BatchNormGradOp, dy: &[T], x: &[T], y: &[T], (r, c): (usize, usize)) -> Result<Vec<T>> {
     let op = &g.op;
-    let rows = |r: usize| r * s..(r + 1) * s;
+    let row = |i: usize| i * c..(i + 1) * c;
     let mut sums = reduce_channels(
-        b,
+        r,
         c,
-        s,
         #[inline(always)]
-        |img, ch| {
-            let r = rows(img * c + ch);
-            grad_sums(&dy[r.clone()], &x[r.clone()], &y[r], op.relu)
+        |i, s, p| {
+            let rows = dy[row(i)].iter().zip(&x[row(i)]).zip(&y[row(i)]);
+            for ((s, p), ((&gy, &xv), &yv)) in s.iter_mut().zip(p.iter_mut()).zip(rows) {
+                let dz = masked(gy, yv, op.relu).to_f64();
+                *s += dz;
+                *p += dz * xv.to_f64();
+            }
         },
     );
     // dβ = Σdz, dγ = Σdz·x̂ = invstd·(Σdz·x − mean·Σdz).
@@ -309,7 +271,7 @@ fn backward<T: Float>(
     // dx = k·(dz − dβ/n − x̂·dγ/n), k = γ·invstd, in train mode (dβ, dγ and n of the whole batch); k·dz in eval mode.
     let k: Vec<T> = cast(&(0..c).map(|ch| g.gamma[ch] * op.invstd[ch]).collect::<Vec<_>>());
     let (db_n, dg_n): (Vec<T>, Vec<T>) = if op.batch {
-        sums.push((b * s) as f64);
+        sums.push(r as f64);
         if let Some(ranks) = &op.ranks {
             sums = sum_over(ranks, sums)?;
         }
@@ -322,7 +284,9 @@ fn backward<T: Float>(
     } else {
         (vec![T::zero(); c], vec![T::zero(); c])
     };
-    let (mean, invstd): (Vec<T>, Vec<T>) = (cast(&op.mean), cast(&op.invstd));
+    // x̂·dγ/n = (x − mean)·invstd·dγ/n: one per-channel factor and offset.
+    let slope: Vec<T> = cast(&(0..c).map(|ch| op.invstd[ch] * dg_n[ch].to_f64()).collect::<Vec<_>>());
+    let mean: Vec<T> = cast(&op.mean);
     // SAFETY: `map_rows` writes every row of dx, and dγ, dβ are copied in below.
     #[allow(unsafe_code)]
     let mut out = unsafe { unwritten(x.len() + 2 * c) };
@@ -330,13 +294,12 @@ fn backward<T: Float>(
     map_rows(
         dx,
         c,
-        s,
         #[inline(always)]
-        |ch, row, r| {
-            let r = rows(r);
-            let (k, db, dg, m, i) = (k[ch], db_n[ch], dg_n[ch], mean[ch], invstd[ch]);
-            for ((o, (&gy, &yv)), &xv) in row.iter_mut().zip(dy[r.clone()].iter().zip(&y[r.clone()])).zip(&x[r]) {
-                *o = k * (masked(gy, yv, op.relu) - db - (xv - m) * i * dg);
+        |i, out| {
+            let rows = dy[row(i)].iter().zip(&y[row(i)]).zip(&x[row(i)]);
+            let per_channel = k.iter().zip(&db_n).zip(&mean).zip(&slope);
+            for ((o, ((&gy, &yv), &xv)), (((&k, &db), &m), &sl)) in out.iter_mut().zip(rows).zip(per_channel) {
+                *o = k * (masked(gy, yv, op.relu) - db - (xv - m) * sl);
             }
         },
     );
@@ -345,33 +308,33 @@ fn backward<T: Float>(
     Ok(out)
 }
 
-/// `f(a[i], b[i])` for every i, in parallel chunks.
-fn zip_map<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
+/// `f([a[i], b[i], …])` for every i over equally long operands, in parallel chunks.
+fn zip_map<T: Float, const N: usize>(operands: [&[T]; N], f: impl Fn([T; N]) -> T + Sync) -> Vec<T> {
+    let len = operands[0].len();
     // SAFETY: the chunks of `out` cover it, and each is written element by element.
     #[allow(unsafe_code)]
-    let mut out = unsafe { unwritten(a.len()) };
-    out.par_chunks_mut(TASK_ELEMS).zip(a.par_chunks(TASK_ELEMS).zip(b.par_chunks(TASK_ELEMS))).for_each(
-        |(o, (a, b))| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    for ((o, &u), &v) in o.iter_mut().zip(a).zip(b) {
-                        *o = f(u, v);
-                    }
-                },
-            )
-        },
-    );
+    let mut out = unsafe { unwritten(len) };
+    out.par_chunks_mut(TASK_ELEMS).enumerate().for_each(|(t, o)| {
+        let start = t * TASK_ELEMS;
+        let chunks = operands.map(|v| &v[start..start + o.len()]);
+        vectorized(
+            #[inline(always)]
+            || {
+                for (i, o) in o.iter_mut().enumerate() {
+                    *o = f(chunks.map(|v| v[i]));
+                }
+            },
+        )
+    });
     out
 }
 
 /// relu(a + b); a NaN stays NaN, so that the training step's check sees it.
 fn add_relu_kernel<T: Float>(a: &[T], b: &[T]) -> Vec<T> {
     zip_map(
-        a,
-        b,
+        [a, b],
         #[inline(always)]
-        |u, v| {
+        |[u, v]| {
             let z = u + v;
             if z < T::zero() {
                 T::zero()
@@ -384,24 +347,46 @@ fn add_relu_kernel<T: Float>(a: &[T], b: &[T]) -> Vec<T> {
 
 fn add_kernel<T: Float>(a: &[T], b: &[T]) -> Vec<T> {
     zip_map(
-        a,
-        b,
+        [a, b],
         #[inline(always)]
-        |u, v| u + v,
+        |[u, v]| u + v,
     )
 }
 
 fn relu_grad_kernel<T: Float>(dy: &[T], y: &[T]) -> Vec<T> {
     zip_map(
-        dy,
-        y,
+        [dy, y],
         #[inline(always)]
-        |g, y| masked(g, y, true),
+        |[g, y]| masked(g, y, true),
+    )
+}
+
+fn masked_sum_kernel<T: Float>(a: &[T], b: &[T], y: &[T]) -> Vec<T> {
+    zip_map(
+        [a, b, y],
+        #[inline(always)]
+        |[u, v, y]| masked(u + v, y, true),
     )
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // candle custom ops.
+
+/// Per-channel [Σx ‖ Σx²] of [R, C] data, in f64.
+fn sums_and_squares<T: Float>(x: &[T], r: usize, c: usize) -> Vec<f64> {
+    reduce_channels(
+        r,
+        c,
+        #[inline(always)]
+        |i, s, q| {
+            for ((s, q), &v) in s.iter_mut().zip(q.iter_mut()).zip(&x[i * c..][..c]) {
+                let v = v.to_f64();
+                *s += v;
+                *q += v * v;
+            }
+        },
+    )
+}
 
 /// Per-channel [Σx ‖ Σx²], accumulated and returned in f64.
 struct SumsOp;
@@ -412,28 +397,10 @@ impl candle_core::CustomOp1 for SumsOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (b, c, sp) = bcs(l.dims())?;
+        let (r, c) = rows_channels(l.dims())?;
         let sums = match s {
-            CpuStorage::F32(_) => {
-                let x = read::<f32>(s, l)?;
-                reduce_channels(
-                    b,
-                    c,
-                    sp,
-                    #[inline(always)]
-                    |img, ch| sum_and_squares(&x[(img * c + ch) * sp..(img * c + ch + 1) * sp]),
-                )
-            }
-            CpuStorage::F64(_) => {
-                let x = read::<f64>(s, l)?;
-                reduce_channels(
-                    b,
-                    c,
-                    sp,
-                    #[inline(always)]
-                    |img, ch| sum_and_squares(&x[(img * c + ch) * sp..(img * c + ch + 1) * sp]),
-                )
-            }
+            CpuStorage::F32(_) => sums_and_squares(&read::<f32>(s, l)?, r, c),
+            CpuStorage::F64(_) => sums_and_squares(&read::<f64>(s, l)?, r, c),
             _ => bail!("batch norm: f32 or f64 expected"),
         };
         Ok((CpuStorage::F64(sums), Shape::from_dims(&[2 * c])))
@@ -464,13 +431,9 @@ impl CustomOp3 for BatchNormOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (_, c, s) = bcs(l1.dims())?;
+        let (_, c) = rows_channels(l1.dims())?;
         let operands = [(s1, l1), (s2, l2), (s3, l3)];
-        let y = ternary(
-            operands,
-            |x, g, b| Ok(forward(self, x, g, b, (c, s))),
-            |x, g, b| Ok(forward(self, x, g, b, (c, s))),
-        )?;
+        let y = ternary(operands, |x, g, b| Ok(forward(self, x, g, b, c)), |x, g, b| Ok(forward(self, x, g, b, c)))?;
         Ok((y, l1.shape().clone()))
     }
 
@@ -532,7 +495,7 @@ impl CustomOp3 for BatchNormGradOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let dims = bcs(l2.dims())?;
+        let dims = rows_channels(l2.dims())?;
         let operands = [(s1, l1), (s2, l2), (s3, l3)];
         let out = ternary(operands, |d, x, y| backward(self, d, x, y, dims), |d, x, y| backward(self, d, x, y, dims))?;
         Ok((out, Shape::from_dims(&[l2.shape().elem_count() + 2 * dims.1])))
@@ -580,6 +543,30 @@ impl CustomOp2 for ZipOp {
     }
 }
 
+/// (a + b) masked by y > 0.
+struct MaskedSumOp;
+
+impl CustomOp3 for MaskedSumOp {
+    fn name(&self) -> &'static str {
+        "ssl-masked-sum"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let operands = [(s1, l1), (s2, l2), (s3, l3)];
+        let out =
+            ternary(operands, |a, b, y| Ok(masked_sum_kernel(a, b, y)), |a, b, y| Ok(masked_sum_kernel(a, b, y)))?;
+        Ok((out, l1.shape().clone()))
+    }
+}
+
 /// Runs a three-operand kernel in the operands' float type.
 fn ternary(
     [(s1, l1), (s2, l2), (s3, l3)]: [(&CpuStorage, &Layout); 3],
@@ -593,7 +580,7 @@ fn ternary(
         (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
             CpuStorage::F64(f64(&read(s1, l1)?, &read(s2, l2)?, &read(s3, l3)?)?)
         }
-        _ => bail!("batch norm: f32 or f64 operands of one dtype expected"),
+        _ => bail!("f32 or f64 operands of one dtype expected"),
     })
 }
 

@@ -1,7 +1,7 @@
 //! Our slice kernels' loops compiled for the vector instructions of the CPU they run on, chosen at run time.
 //!
 //! A portable build targets x86-64's baseline (SSE2, 4 floats a vector); the loops of our kernels (BatchNorm passes,
-//! Winograd transforms, im2col/col2im) are written to auto-vectorise, and compiled for AVX2 + FMA (8 floats) they
+//! Winograd transforms, patch building) are written to auto-vectorise, and compiled for AVX2 + FMA (8 floats) they
 //! pay (with Winograd's deinterleave made vectorisable at the same time, the SimCLR step went 1.15× faster on a
 //! 2-core AVX-512 EPYC; a whole build for `x86-64-v3` gained no more), and for AVX-512 (16 floats) a little more
 //! (SimCLR step +0–11 %, median about +4 %, over ten interleaved pairs on a Zen 4 EPYC; bit-identical metrics).

@@ -1,11 +1,11 @@
-//! The encoder's backward with our kernels, from a recorded forward pass: the forward of [`super::forward`] in
+//! The encoder's backward with our kernels, from a recorded forward pass (channels-last maps): the forward of [`super::forward`] in
 //! reverse, adding every parameter gradient to candle's store (no graph, no zero-filled activation gradients).
 
 use super::arch::{Bn, Conv, STEM_POOL};
 use super::forward::{EncoderTape, NormSaved};
-use super::layers::BN_EPS;
+use super::layers::{max_pool2d_backward, BN_EPS};
 use super::{Outputs, SiameseNet};
-use crate::kernels::{conv, norm, pool};
+use crate::kernels::{avg_pool, conv, norm};
 use candle_core::backprop::GradStore;
 use candle_core::{bail, Result, Tensor};
 
@@ -29,21 +29,22 @@ impl SiameseNet {
         let (r, recorded) = (&self.arch.encoder, &tape.recorded);
         let (norms, joins) = (&recorded.norms, &recorded.joins);
         let expected = 1 + r.blocks.iter().map(|b| b.main.len() + usize::from(b.shortcut.is_some())).sum::<usize>();
-        let (Some(stem), Some(last)) = (norms.first(), joins.last()) else { bail!("internal: empty encoder tape") };
+        let (Some(images), Some(stem), Some(last)) = (&recorded.images, norms.first(), joins.last()) else {
+            bail!("internal: empty encoder tape")
+        };
         if norms.len() != expected || joins.len() != r.blocks.len() || r.pool != recorded.pooled.is_some() {
             bail!("internal: encoder tape does not match the architecture");
         }
         let stem_output = relu_output(stem)?;
         let blocks_input = recorded.pooled.as_ref().unwrap_or(stem_output);
-        // Global average pooling: every pixel receives df / (H·W).
-        let (b, c, h, w) = last.dims4()?;
-        let mut dh = (df.reshape((b, c, 1, 1))?.broadcast_as((b, c, h, w))? / (h * w) as f64)?.contiguous()?;
+        let (_, h, w, _) = last.dims4()?;
+        // The gradient at the last join's output, through its ReLU.
+        let mut dz = norm::relu_backward(&avg_pool::global_avg_pool_backward(df, (h, w))?, last)?;
         let mut next = norms.len();
         for (i, block) in r.blocks.iter().enumerate().rev() {
             let first = next - block.main.len() - usize::from(block.shortcut.is_some());
             next = first;
             let input = if i == 0 { blocks_input } else { &joins[i - 1] };
-            let dz = norm::relu_backward(&dh, &joins[i])?;
             let mut d = dz.clone();
             for (k, (conv, bn)) in block.main.iter().enumerate().rev() {
                 d = self.norm_backward(&d, &norms[first + k], bn, store)?;
@@ -57,20 +58,21 @@ impl SiameseNet {
                 }
                 None => dz,
             };
-            dh = norm::add(&d, &dshort)?;
+            // The two paths' sum at the block's input: through the previous join's ReLU in the same pass.
+            dz = match i.checked_sub(1) {
+                Some(prev) => norm::masked_sum(&d, &dshort, &joins[prev])?,
+                None => norm::add(&d, &dshort)?,
+            };
         }
+        let mut dh = dz;
         if r.pool {
             let (k, s, p) = STEM_POOL;
-            dh = pool::max_pool2d_backward(stem_output, &dh, k, s, p)?;
+            dh = max_pool2d_backward(stem_output, &dh, k, s, p)?;
         }
         let dz0 = self.norm_backward(&dh, stem, &r.stem_bn, store)?;
         let w = &self.tensors[r.stem.w];
         let (_, _, kh, kw) = w.dims4()?;
-        accumulate(
-            store,
-            w,
-            conv::conv2d_weight_grad(&tape.images, &dz0, (kh, kw), r.stem.stride, r.stem.pad, &self.work)?,
-        )
+        accumulate(store, w, conv::conv2d_weight_grad(images, &dz0, (kh, kw), r.stem.stride, r.stem.pad, &self.work)?)
     }
 
     /// One BatchNorm's backward: adds dγ and dβ to the store, returns the gradient at its input.
@@ -94,7 +96,7 @@ impl SiameseNet {
     /// One convolution's backward: adds the weight gradient to the store, returns the gradient at its input `x`.
     fn conv_backward(&self, dy: &Tensor, x: &Tensor, c: &Conv, store: &mut GradStore) -> Result<Tensor> {
         let w = &self.tensors[c.w];
-        let ((_, _, h, wd), (_, _, kh, kw)) = (x.dims4()?, w.dims4()?);
+        let ((_, h, wd, _), (_, _, kh, kw)) = (x.dims4()?, w.dims4()?);
         accumulate(store, w, conv::conv2d_weight_grad(x, dy, (kh, kw), c.stride, c.pad, &self.work)?)?;
         conv::conv2d_input_grad(dy, &w.detach(), (h, wd), c.stride, c.pad, &self.work)
     }

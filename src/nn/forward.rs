@@ -2,7 +2,10 @@
 //! target (plain tensors, statistics read only); with our layers it records what [`super::backward`] needs.
 
 use super::arch::{Arch, Bn, Conv, Linear, MlpNet, ResNet, STEM_POOL};
-use super::layers::{add_relu, batch_norm_eval, batch_norm_train, conv2d, global_avg_pool, linear, max_pool2d};
+use super::layers::{
+    add_relu, batch_norm_eval, batch_norm_train, conv2d, from_map_layout, global_avg_pool, linear, max_pool2d,
+    to_map_layout,
+};
 use super::siamese::Outputs;
 use super::LayerImpl;
 use crate::collective::Comm;
@@ -33,10 +36,12 @@ pub(super) struct NormSaved {
     pub(super) relu: bool,
 }
 
-/// The encoder's forward pass as our backward reads it: every BatchNorm in forward order (stem, then per block the
-/// main path's and the shortcut's), the output of every residual join, and the stem's max-pool output if it has one.
+/// The encoder's forward pass as our backward reads it (every map channels-last): the images as the stem read them,
+/// every BatchNorm in forward order (stem, then per block the main path's and the shortcut's), the output of every
+/// residual join, and the stem's max-pool output if it has one.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Recorded {
+    pub(super) images: Option<Tensor>,
     pub(super) norms: Vec<NormSaved>,
     pub(super) joins: Vec<Tensor>,
     pub(super) pooled: Option<Tensor>,
@@ -45,7 +50,6 @@ pub(super) struct Recorded {
 /// A recorded encoder pass and the leaf its backbone features became, where the heads' graph starts.
 #[derive(Clone, Debug)]
 pub(super) struct EncoderTape {
-    pub(super) images: Tensor,
     pub(super) recorded: Recorded,
     pub(super) leaf: Var,
 }
@@ -116,16 +120,26 @@ impl<'a> Ctx<'a> {
         linear(x, &self.p[l.w], l.b.map(|b| &self.p[b]))
     }
 
+    /// The encoder's features [B, C] of images x [B, C, H, W].
     pub(super) fn resnet(&mut self, x: &Tensor, r: &ResNet) -> Result<Tensor> {
-        global_avg_pool(&self.resnet_map(x, r)?)
+        global_avg_pool(&self.resnet_layers(x, r)?, self.layers)
     }
 
     /// The encoder's last feature map, [B, C, H', W'], before its global average.
     pub(super) fn resnet_map(&mut self, x: &Tensor, r: &ResNet) -> Result<Tensor> {
-        let mut h = self.bn(&self.conv(x, &r.stem)?, &r.stem_bn, true)?;
+        from_map_layout(&self.resnet_layers(x, r)?, self.layers)
+    }
+
+    /// The encoder's last feature map in the pass's layout (`layers`' module doc).
+    fn resnet_layers(&mut self, x: &Tensor, r: &ResNet) -> Result<Tensor> {
+        let x = to_map_layout(x, self.layers)?;
+        if let Some(tape) = &mut self.tape {
+            tape.images = Some(x.clone());
+        }
+        let mut h = self.bn(&self.conv(&x, &r.stem)?, &r.stem_bn, true)?;
         if r.pool {
             let (k, s, p) = STEM_POOL;
-            h = max_pool2d(&h, k, s, p)?;
+            h = max_pool2d(&h, k, s, p, self.layers)?;
             if let Some(tape) = &mut self.tape {
                 tape.pooled = Some(h.clone());
             }

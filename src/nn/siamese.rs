@@ -140,18 +140,17 @@ impl SiameseNet {
             return ctx.forward(x, &self.arch, true);
         }
         let detached: Vec<Tensor> = self.tensors.iter().map(Tensor::detach).collect();
-        let images = x.detach();
         let mut encoder =
             Ctx::new(&detached, Stats::Mut(&mut buffers), train, self.layers, &self.work, self.sync.as_ref())
                 .recording();
-        let backbone = encoder.resnet(&images, &self.arch.encoder)?;
+        let backbone = encoder.resnet(&x.detach(), &self.arch.encoder)?;
         let recorded = encoder.tape.take().unwrap_or_default();
         let leaf = Var::from_tensor(&backbone)?;
         let mut heads =
             Ctx::new(&self.tensors, Stats::Mut(&mut buffers), train, self.layers, &self.work, self.sync.as_ref());
         let (projection, prediction) = heads.heads(leaf.as_tensor(), &self.arch, true)?;
         let backbone = leaf.as_tensor().clone();
-        Ok(Outputs { backbone, projection, prediction, tape: Some(EncoderTape { images, recorded, leaf }) })
+        Ok(Outputs { backbone, projection, prediction, tape: Some(EncoderTape { recorded, leaf }) })
     }
 
     /// Eval-mode backbone features [B, widths.last()] with no graph (detached parameters, running statistics): what

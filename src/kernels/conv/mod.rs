@@ -1,31 +1,29 @@
 //! Our CPU convolution: conv2d forward and both backward products (input gradient, weight gradient) as candle
 //! custom ops built on the `gemm` crate, which candle itself uses for matmul.
 //!
-//! Layout is NCHW with an [O, C, kh, kw] kernel, as in torch and candle. The direct products are GEMMs over an
-//! im2col matrix `col[C·kh·kw, n]` whose columns are the receptive fields of `n` output pixels:
+//! Layout is channels-last, NHWC [B, H, W, C], with torch's [O, C, kh, kw] kernel: the network's feature maps stay
+//! channels-last from the stem to the global pool (`nn::layers`), so that no product transposes its operands. (With
+//! NCHW maps every product transposed at both ends: 12 % of the training step under `perf`.) The direct products
+//! are GEMMs over the patch matrix `P[n, kh·kw·C]` whose rows are the receptive fields of `n` output pixels
+//! (`patches.rs`):
 //!
-//! - forward: `y_b[O, P] = W[O, C·kh·kw] · col_b` (P = Ho·Wo output pixels of image b);
-//! - weight gradient: `dWᵀ += col_b · dy_bᵀ`, summed over the batch;
-//! - input gradient: `dcol_b = Wᵀ · dy_b`, scattered back by col2im; for stride 1 (and pad ≤ k − 1) it is instead
-//!   the forward convolution of dy with the flipped, transposed kernel and padding k − 1 − pad, which has the
-//!   forward's better GEMM shape and needs no scatter.
+//! - forward: `y[n, O] = P · W′ᵀ` (W′ the kernel in P's (ky, kx, c) order);
+//! - weight gradient: `dW′ += dyᵀ · P`, summed over the batch;
+//! - input gradient: `dP = dy · W′`, added back into the image; for stride 1 (and pad ≤ k − 1) it is instead the
+//!   forward convolution of dy with the flipped, transposed kernel and padding k − 1 − pad, which has the forward's
+//!   GEMM shape and needs no scatter.
 //!
 //! Stride-1 3×3 convolutions with at least 16 channels in and out (80 % of `resnet_mini`'s FLOPs) use Winograd
 //! F(4×4, 3×3) instead (`winograd.rs`): 4× fewer multiplies than the direct product, 1.6–2.7× faster than im2col
 //! measured, at an f32 error of about 10⁻⁵ relative; F(2×2, 3×3), exact in its arithmetic, is the alternative.
 //! [`ConvAlgo`] selects the algorithm explicitly (benchmarks, tests).
 //!
-//! A 1×1 stride-1 unpadded convolution skips im2col (the image is already the `[C, P]` matrix); a strided one reads
-//! a copy of the image whose rows are split by column phase, so that every im2col row segment is contiguous. Other
-//! kernels with at least 16 input channels (the stride-2 3×3 layers) build the patch matrix channels-last instead
-//! (`patches.rs`): one contiguous run of kw·C values per output pixel and kernel row. Work
-//! is split over the batch with rayon, each task running single-threaded GEMMs on groups of images (several images
-//! share one GEMM when their pixel count is small, so that the GEMM stays wide); the weight gradient sums one
+//! Work is split over the batch with rayon, each task running single-threaded GEMMs on groups of images (several
+//! images share one GEMM when their pixel count is small, so that the GEMM stays wide); the weight gradient sums one
 //! partial per task in a fixed order, so results do not depend on scheduling.
 //!
 //! Which implementation the network's layers run is the network's [`crate::nn::LayerImpl`].
 
-mod im2col;
 mod patches;
 mod winograd;
 
@@ -81,12 +79,13 @@ impl WorkCounter {
 // ---------------------------------------------------------------------------------------------------------------
 // Tensor-level entry points.
 
-/// conv2d of x [B, C, H, W] with w [O, C, kh, kw] (no bias, dilation 1, one group) through our kernels, recording
-/// the backward pass (input and weight gradients, each computed only for an argument that needs it), counting every
-/// product in `work`. f32 and f64 on the CPU; other devices and dtypes fall back to candle's convolution.
+/// conv2d of a channels-last x [B, H, W, C] with w [O, C, kh, kw] (no bias, dilation 1, one group) through our
+/// kernels, giving y [B, Ho, Wo, O] and recording the backward pass (input and weight gradients, each computed only
+/// for an argument that needs it), counting every product in `work`. f32 and f64 on the CPU (`nn::layers` sends
+/// other devices to candle's NCHW convolution).
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize, work: &Arc<WorkCounter>) -> Result<Tensor> {
     if !x.device().is_cpu() || !matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64) {
-        return candle_conv2d(x, w, stride, pad);
+        bail!("our conv2d runs on the CPU in f32 or f64, not {:?} on {:?}", x.dtype(), x.device().location());
     }
     x.apply_op2(w, Conv2dOp { stride, pad, work: work.clone() })
 }
@@ -105,8 +104,8 @@ pub fn candle_conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Resul
     x.conv2d(w, pad, stride, 1, 1)
 }
 
-/// The input gradient of conv2d alone (no graph): dx [B, C, H, W] from dy [B, O, Ho, Wo], the kernel and the input
-/// size `(h, w)`.
+/// The input gradient of [`conv2d`] alone (no graph): dx [B, H, W, C] from dy [B, Ho, Wo, O], the kernel and the
+/// input size `(h, w)`.
 pub fn conv2d_input_grad(
     dy: &Tensor,
     w: &Tensor,
@@ -118,7 +117,7 @@ pub fn conv2d_input_grad(
     dy.apply_op2_no_bwd(w, &InputGradOp { stride, pad, h: input_hw.0, w: input_hw.1, work: work.clone() })
 }
 
-/// The weight gradient of conv2d alone (no graph): dW [O, C, kh, kw] from x [B, C, H, W], dy [B, O, Ho, Wo] and
+/// The weight gradient of [`conv2d`] alone (no graph): dW [O, C, kh, kw] from x [B, H, W, C], dy [B, Ho, Wo, O] and
 /// the kernel size `(kh, kw)`.
 pub fn conv2d_weight_grad(
     x: &Tensor,
@@ -162,10 +161,10 @@ pub struct ConvGeom {
 }
 
 impl ConvGeom {
-    /// The geometry of x [B, C, H, W] convolved with w [O, C, kh, kw]; errors on mismatched channels, a zero stride
+    /// The geometry of x [B, H, W, C] convolved with w [O, C, kh, kw]; errors on mismatched channels, a zero stride
     /// or a kernel larger than the padded input.
     pub fn new(x: &[usize], w: &[usize], stride: usize, pad: usize) -> Result<Self> {
-        let (&[batch, c_in, h, wd], &[c_out, c_w, kh, kw]) = (x, w) else {
+        let (&[batch, h, wd, c_in], &[c_out, c_w, kh, kw]) = (x, w) else {
             bail!("conv2d expects a rank-4 input and kernel, got {x:?} and {w:?}")
         };
         if c_w != c_in {
@@ -188,7 +187,7 @@ impl ConvGeom {
         self.ho * self.wo
     }
 
-    /// Rows of the im2col matrix: C·kh·kw.
+    /// Columns of the patch matrix: kh·kw·C.
     fn k(&self) -> usize {
         self.c_in * self.kh * self.kw
     }
@@ -203,18 +202,9 @@ impl ConvGeom {
         self.c_out * self.p()
     }
 
-    /// A 1×1, stride-1, unpadded convolution: the image is its own im2col matrix.
+    /// A 1×1, stride-1, unpadded convolution: the image is its own patch matrix.
     fn pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
-    }
-
-    /// Output columns `[lo, hi)` of kernel column `kx` that read inside the input (the rest read padding).
-    fn inside(&self, kx: usize, out: usize, size: usize) -> (usize, usize) {
-        let (s, p) = (self.stride, self.pad);
-        let lo = p.saturating_sub(kx).div_ceil(s).min(out);
-        // ox·s + kx − p < size  ⇔  ox < (size + p − kx) / s
-        let hi = if size + p > kx { (size + p - kx).div_ceil(s).min(out) } else { 0 };
-        (lo, hi.max(lo))
     }
 }
 
@@ -295,16 +285,6 @@ fn sum_over_groups<T: Float, S: Default>(
     sum_in_order(partials, len)
 }
 
-/// The [rows, n_img·P] matrix of a group of images `src` [n_img, rows, P] side by side: their own storage for one
-/// image, gathered into `buf` otherwise.
-fn side_by_side<'a, T: Float>(src: &'a [T], rows: usize, p: usize, n_img: usize, buf: &'a mut [T]) -> Matrix<'a, T> {
-    if n_img == 1 {
-        return mat(src, rows, p, p);
-    }
-    gather(src, rows, p, n_img, buf);
-    mat(&buf[..rows * n_img * p], rows, n_img * p, n_img * p)
-}
-
 /// The element-wise sum of per-task partial results, added in task order so that the result does not depend on
 /// scheduling; `len` zeros when there are none.
 fn sum_in_order<T: Float>(partials: Vec<Vec<T>>, len: usize) -> Vec<T> {
@@ -318,35 +298,13 @@ fn sum_in_order<T: Float>(partials: Vec<Vec<T>>, len: usize) -> Vec<T> {
     sum
 }
 
-/// Copies the `[rows, P]` blocks of `n_img` consecutive images (image stride rows·P) side by side into
-/// `out[rows, n_img·P]`.
-fn gather<T: Float>(src: &[T], rows: usize, p: usize, n_img: usize, out: &mut [T]) {
-    let n = n_img * p;
-    for i in 0..n_img {
-        for r in 0..rows {
-            out[r * n + i * p..r * n + (i + 1) * p].copy_from_slice(&src[(i * rows + r) * p..(i * rows + r + 1) * p]);
-        }
-    }
-}
-
-/// The inverse of [`gather`]: `src[rows, n_img·P]` back to `n_img` images of `[rows, P]`.
-fn scatter<T: Float>(src: &[T], rows: usize, p: usize, n_img: usize, out: &mut [T]) {
-    let n = n_img * p;
-    for i in 0..n_img {
-        for r in 0..rows {
-            out[(i * rows + r) * p..(i * rows + r + 1) * p].copy_from_slice(&src[r * n + i * p..r * n + (i + 1) * p]);
-        }
-    }
-}
-
 /// How a convolution product is computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvAlgo {
     /// The default: Winograd for stride-1 3×3 convolutions with at least 16 input and output channels, with the tile
     /// that needs the fewest multiplies for the output's size (F(4×4) from 3×3 maps up), im2col + GEMM otherwise.
     Auto,
-    /// im2col + GEMM (direct convolution) everywhere: the patch matrix channels-last with 16 input channels or more
-    /// and a kernel above 1×1, channels-first otherwise.
+    /// im2col + GEMM (the direct convolution, `patches.rs`) everywhere.
     Im2col,
     /// Winograd F(2×2, 3×3) where it applies (3×3, stride 1), im2col + GEMM elsewhere.
     WinogradF2,
@@ -369,7 +327,7 @@ impl ConvAlgo {
     }
 }
 
-/// Forward convolution: y [B, O, Ho, Wo] from x [B, C, H, W] and w [O, C, kh, kw], all contiguous.
+/// Forward convolution: y [B, Ho, Wo, O] from x [B, H, W, C] and w [O, C, kh, kw], all contiguous.
 pub fn forward<T: Float>(g: &ConvGeom, x: &[T], w: &[T]) -> Vec<T> {
     forward_with(g, x, w, ConvAlgo::Auto)
 }
@@ -380,10 +338,7 @@ pub fn forward_with<T: Float>(g: &ConvGeom, x: &[T], w: &[T], algo: ConvAlgo) ->
     if let Some(tile) = algo.winograd(g) {
         return winograd::forward(g, tile, x, w);
     }
-    if patches::applies(g) {
-        return patches::forward(g, x, w);
-    }
-    im2col::forward(g, x, w)
+    patches::forward(g, x, w)
 }
 
 /// The kernel of the input gradient as a forward convolution: wf[c, o, ky, kx] = w[o, c, kh−1−ky, kw−1−kx].
@@ -402,7 +357,7 @@ fn flip_transpose<T: Float>(g: &ConvGeom, w: &[T]) -> Vec<T> {
     wf
 }
 
-/// Input gradient: dx [B, C, H, W] from dy [B, O, Ho, Wo] and w [O, C, kh, kw], all contiguous.
+/// Input gradient: dx [B, H, W, C] from dy [B, Ho, Wo, O] and w [O, C, kh, kw], all contiguous.
 pub fn input_grad<T: Float>(g: &ConvGeom, dy: &[T], w: &[T]) -> Vec<T> {
     input_grad_with(g, dy, w, ConvAlgo::Auto)
 }
@@ -416,13 +371,10 @@ pub fn input_grad_with<T: Float>(g: &ConvGeom, dy: &[T], w: &[T], algo: ConvAlgo
         let gf = ConvGeom { c_in: o, h: g.ho, w: g.wo, c_out: g.c_in, pad: g.kh - 1 - g.pad, ho: g.h, wo: g.w, ..*g };
         return forward_with(&gf, dy, &flip_transpose(g, w), algo);
     }
-    if patches::applies(g) {
-        return patches::input_grad(g, dy, w);
-    }
-    im2col::input_grad(g, dy, w)
+    patches::input_grad(g, dy, w)
 }
 
-/// Weight gradient: dW [O, C, kh, kw] = Σ_b dy_b · col_bᵀ from x [B, C, H, W] and dy [B, O, Ho, Wo], contiguous.
+/// Weight gradient: dW [O, C, kh, kw] = Σ_b dy_bᵀ · P_b from x [B, H, W, C] and dy [B, Ho, Wo, O], contiguous.
 pub fn weight_grad<T: Float>(g: &ConvGeom, x: &[T], dy: &[T]) -> Vec<T> {
     weight_grad_with(g, x, dy, ConvAlgo::Auto)
 }
@@ -433,10 +385,7 @@ pub fn weight_grad_with<T: Float>(g: &ConvGeom, x: &[T], dy: &[T], algo: ConvAlg
     if let Some(tile) = algo.winograd(g) {
         return winograd::weight_grad(g, tile, x, dy);
     }
-    if patches::applies(g) {
-        return patches::weight_grad(g, x, dy);
-    }
-    im2col::weight_grad(g, x, dy)
+    patches::weight_grad(g, x, dy)
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -470,11 +419,11 @@ impl CustomOp2 for Conv2dOp {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = ConvGeom::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
         let out = self.work.count(&g, || run2(s1, l1, s2, l2, |x, w| forward(&g, x, w), |x, w| forward(&g, x, w)))?;
-        Ok((out, Shape::from_dims(&[g.batch, g.c_out, g.ho, g.wo])))
+        Ok((out, Shape::from_dims(&[g.batch, g.ho, g.wo, g.c_out])))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (_, _, h, wd) = x.dims4()?;
+        let (_, h, wd, _) = x.dims4()?;
         let (_, _, kh, kw) = w.dims4()?;
         let dx = if x.track_op() {
             Some(conv2d_input_grad(dy, w, (h, wd), self.stride, self.pad, &self.work)?)
@@ -505,17 +454,17 @@ impl CustomOp2 for InputGradOp {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (&[b, o, ho, wo], &[_, c, _, _]) = (l1.dims(), l2.dims()) else {
+        let (&[b, ho, wo, o], &[_, c, _, _]) = (l1.dims(), l2.dims()) else {
             bail!("conv2d input grad: rank-4 dy and kernel expected, got {:?} and {:?}", l1.dims(), l2.dims())
         };
-        let g = ConvGeom::new(&[b, c, self.h, self.w], l2.dims(), self.stride, self.pad)?;
+        let g = ConvGeom::new(&[b, self.h, self.w, c], l2.dims(), self.stride, self.pad)?;
         if (g.c_out, g.ho, g.wo) != (o, ho, wo) {
             bail!("conv2d input grad: dy {:?} does not match the convolution {g:?}", l1.dims());
         }
         let out = self
             .work
             .count(&g, || run2(s1, l1, s2, l2, |dy, w| input_grad(&g, dy, w), |dy, w| input_grad(&g, dy, w)))?;
-        Ok((out, Shape::from_dims(&[b, c, self.h, self.w])))
+        Ok((out, Shape::from_dims(&[b, self.h, self.w, c])))
     }
 }
 
@@ -534,7 +483,7 @@ impl CustomOp2 for WeightGradOp {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (&[_, c, _, _], &[b, o, ho, wo]) = (l1.dims(), l2.dims()) else {
+        let (&[_, _, _, c], &[b, ho, wo, o]) = (l1.dims(), l2.dims()) else {
             bail!("conv2d weight grad: rank-4 x and dy expected, got {:?} and {:?}", l1.dims(), l2.dims())
         };
         let g = ConvGeom::new(l1.dims(), &[o, c, self.kh, self.kw], self.stride, self.pad)?;

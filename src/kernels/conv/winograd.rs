@@ -7,10 +7,11 @@
 //! gradient is the adjoint: dUᵀ_ξ = V_ξᵀ · dMᵀ_ξ with dM = A dY Aᵀ, then dW = Gᵀ dU G. Tiles past the output's edge
 //! (sizes not a multiple of m) are computed and dropped.
 //!
-//! The transformed tiles are channels-last (V_ξ[t][c], M_ξ[t][o]): the transforms then run over the tiles of a tile
-//! row and all their channels as one contiguous vector, which stays long on a 7×7 map (where a channels-first tile
-//! row is two tiles), and no tile is computed beyond the output's edge. The price is a transpose at either end
-//! ([`crate::kernels::transpose`]), through registers.
+//! The transformed tiles are channels-last (V_ξ[t][c], M_ξ[t][o]), as the images are: the transforms then run over
+//! the tiles of a tile row and all their channels as one contiguous vector, which stays long on a 7×7 map (where a
+//! channels-first tile row is two tiles), and no tile is computed beyond the output's edge. Each image is copied
+//! zero-padded and split by column phase on the way in (one contiguous copy of C values per pixel), and each output
+//! tile row is copied pixel by pixel into place on the way out.
 //!
 //! F(2×2, 3×3) (points 0, ±1, ∞) is exact in its arithmetic (its constants are 0, ±1 and ½); F(4×4, 3×3) (points
 //! 0, ±1, ±2, ∞, as Lavin & Gray) has larger constants and rounds more in f32: 4–10·10⁻⁶ relative to an f64
@@ -20,7 +21,6 @@
 use super::{gemm, mat, scratch, sum_over_groups, ConvGeom};
 use crate::kernels::gemm::Float;
 use crate::kernels::simd::vectorized;
-use crate::kernels::transpose::transpose;
 use crate::kernels::unwritten;
 use rayon::prelude::*;
 
@@ -238,10 +238,10 @@ impl<'a, const M: usize> Plan<'a, M> {
         dw
     }
 
-    /// V[ξ][t][c] = (Bᵀ d B)[ξ] for every tile t = i·tiles + ty·tw + tx of the images x [n_img, C, H, W] of one
+    /// V[ξ][t][c] = (Bᵀ d B)[ξ] for every tile t = i·tiles + ty·tw + tx of the images x [n_img, H, W, C] of one
     /// group and every channel c; `v` holds n² row-major [n_img·tiles, C] matrices.
     ///
-    /// Each image is first copied channels-last and split by column phase ([`to_phased_channels_last`]), so that
+    /// Each image is first copied zero-padded and split by column phase ([`to_phased`]), so that
     /// element (r, q) of the tiles of one tile row, over all their channels, is one contiguous run of tw·C values:
     /// both passes of the transform — R_iq = Σ_r Bᵀ[i][r]·E_rq, then V_ij = Σ_q Bᵀ[j][q]·R_iq — are then long
     /// vector operations, whatever the image size.
@@ -257,7 +257,7 @@ impl<'a, const M: usize> Plan<'a, M> {
                 let mut r: Vec<&mut [T]> = (0..n).map(|_| take(&mut rest, run)).collect();
                 let bt: Vec<Vec<(usize, T)>> = (0..n).map(|i| nonzeros(self.mx.bt, n, Line::Row(i))).collect();
                 for img in 0..n_img {
-                    to_phased_channels_last::<T, M>(g, &x[img * g.in_len()..][..g.in_len()], xt, (rows, cols));
+                    to_phased::<T, M>(g, &x[img * g.in_len()..][..g.in_len()], xt, (rows, cols));
                     for ty in 0..th {
                         // E_rq of this tile row: padded row M·ty + r, column phase q mod M, from column q div M.
                         let e = |er: usize, q: usize| &xt[(((M * ty + er) * M + q % M) * cols + q / M) * c..][..run];
@@ -270,7 +270,7 @@ impl<'a, const M: usize> Plan<'a, M> {
         )
     }
 
-    /// y [n_img, O, Ho, Wo] of one group from M[ξ][t][o] (n² row-major [n_img·tiles, O] matrices, tiles numbered
+    /// y [n_img, Ho, Wo, O] of one group from M[ξ][t][o] (n² row-major [n_img·tiles, O] matrices, tiles numbered
     /// as in [`Plan::input_transform`]): each M×M output tile is Aᵀ M A, cut at the output's edge.
     fn output_transform<T: Float>(&self, mm: &[T], n_img: usize, y: &mut [T], buf: &mut Vec<T>) {
         vectorized(
@@ -291,15 +291,17 @@ impl<'a, const M: usize> Plan<'a, M> {
                         let dst_at = |a: usize, b: usize| (M * (M * ty + a) + b) * run;
                         separable(&at, &at, &mut s, mrow, (&mut *out, dst_at));
                     }
-                    // Back to channels-first: Y_ab[tx][o] of tile row ty is y[o][M·ty + a][M·tx + b].
-                    let src_at = |k: usize| (M * (k / g.wo) + k % g.wo % M) * run + k % g.wo / M * o;
-                    transpose(out, src_at, g.p(), o, yi, |oc| oc * g.p());
+                    // Y_ab[tx][o] of tile row ty is y[M·ty + a][M·tx + b][o].
+                    for (k, pixel) in yi.chunks_exact_mut(o).enumerate() {
+                        let (oy, ox) = (k / g.wo, k % g.wo);
+                        pixel.copy_from_slice(&out[(M * oy + ox % M) * run + ox / M * o..][..o]);
+                    }
                 }
             },
         )
     }
 
-    /// dM[ξ][t][o] = (A dY Aᵀ)[ξ] for every tile of the output gradients dy [n_img, O, Ho, Wo] of one group (zero
+    /// dM[ξ][t][o] = (A dY Aᵀ)[ξ] for every tile of the output gradients dy [n_img, Ho, Wo, O] of one group (zero
     /// past the edge); `dm` holds n² row-major [n_img·tiles, O] matrices, tiles numbered as in
     /// [`Plan::input_transform`].
     fn output_grad_transform<T: Float>(&self, dy: &[T], n_img: usize, dm: &mut [T], buf: &mut Vec<T>) {
@@ -309,7 +311,7 @@ impl<'a, const M: usize> Plan<'a, M> {
                 let (g, n, th, tw, tpi) = (self.g, Self::N, self.th, self.tw, self.tiles());
                 let (o, tt, run) = (g.c_out, n_img * tpi, tw * g.c_out);
                 let mut rest = scratch(buf, M * th * M * run + M * run);
-                // dyt[M·ty + a][b][tx][o] = dY[o][M·ty + a][M·tx + b], zero past the edge; h[a] = (dY Aᵀ)[a][j].
+                // dyt[M·ty + a][b][tx][o] = dY[M·ty + a][M·tx + b][o], zero past the edge; h[a] = (dY Aᵀ)[a][j].
                 let dyt = take(&mut rest, M * th * M * run);
                 let mut h: Vec<&mut [T]> = (0..M).map(|_| take(&mut rest, run)).collect();
                 let cols: Vec<Vec<(usize, T)>> = (0..n).map(|j| nonzeros(self.mx.at, n, Line::Col(j))).collect();
@@ -325,7 +327,9 @@ impl<'a, const M: usize> Plan<'a, M> {
                             dyt[at(oy, ox)..][..o].fill(T::zero());
                         }
                     }
-                    transpose(di, |oc| oc * g.p(), o, g.p(), dyt, |k| at(k / g.wo, k % g.wo));
+                    for (k, pixel) in di.chunks_exact(o).enumerate() {
+                        dyt[at(k / g.wo, k % g.wo)..][..o].copy_from_slice(pixel);
+                    }
                     for ty in 0..th {
                         let q = |a: usize, b: usize| &dyt[((M * ty + a) * M + b) * run..][..run];
                         // dM_ij = Σ_b Σ_a Aᵀ[b][j] Aᵀ[a][i] dY_ab, column j at a time.
@@ -338,9 +342,9 @@ impl<'a, const M: usize> Plan<'a, M> {
     }
 }
 
-/// x [C, H, W] of one image into `xt`, zero-padded, channels-last and split by column phase:
-/// xt[yp][b][x'][c] = xpad[c][yp][M·x' + b] for `dims` = (padded rows, columns per phase).
-fn to_phased_channels_last<T: Float, const M: usize>(g: &ConvGeom, x: &[T], xt: &mut [T], dims: (usize, usize)) {
+/// x [H, W, C] of one image into `xt`, zero-padded and split by column phase:
+/// xt[yp][b][x'][c] = xpad[yp][M·x' + b][c] for `dims` = (padded rows, columns per phase).
+fn to_phased<T: Float, const M: usize>(g: &ConvGeom, x: &[T], xt: &mut [T], dims: (usize, usize)) {
     let (rows, cols) = dims;
     let c = g.c_in;
     let at = |yp: usize, xp: usize| ((yp * M + xp % M) * cols + xp / M) * c;
@@ -353,8 +357,9 @@ fn to_phased_channels_last<T: Float, const M: usize>(g: &ConvGeom, x: &[T], xt: 
             xt[at(yp, xp)..][..c].fill(T::zero());
         }
     }
-    let dst_at = |p: usize| at(p / g.w + g.pad, p % g.w + g.pad);
-    transpose(x, |ic| ic * g.h * g.w, c, g.h * g.w, xt, dst_at);
+    for (p, pixel) in x.chunks_exact(c).enumerate() {
+        xt[at(p / g.w + g.pad, p % g.w + g.pad)..][..c].copy_from_slice(pixel);
+    }
 }
 
 /// A row or a column of a matrix.
@@ -454,7 +459,7 @@ fn combine<'s, T: Float + 's>(dst: &mut [T], terms: impl Iterator<Item = (T, &'s
     }
 }
 
-/// Winograd forward: y [B, O, Ho, Wo] from x and w (3×3, stride 1), contiguous.
+/// Winograd forward: y [B, Ho, Wo, O] from x [B, H, W, C] and w (3×3, stride 1), contiguous.
 pub(super) fn forward<T: Float>(g: &ConvGeom, tile: Tile, x: &[T], w: &[T]) -> Vec<T> {
     match tile {
         Tile::F2 => forward_tiled::<T, 2>(g, x, w),
@@ -474,7 +479,7 @@ pub(super) fn weight_grad<T: Float>(g: &ConvGeom, tile: Tile, x: &[T], dy: &[T])
 fn forward_tiled<T: Float, const M: usize>(g: &ConvGeom, x: &[T], w: &[T]) -> Vec<T> {
     let plan = Plan::<M>::new(g);
     let (o, c, np, tpi) = (g.c_out, g.c_in, plan.positions(), plan.tiles());
-    // SAFETY: each group's output transform writes all of its images (the final transpose covers [O, Ho·Wo]).
+    // SAFETY: each group's output transform writes all of its images (every output pixel is copied into place).
     #[allow(unsafe_code)]
     let mut y = unsafe { unwritten(g.batch * g.out_len()) };
     if y.is_empty() {
