@@ -251,7 +251,7 @@ fn main() -> Result<()> {
             let loss = (&out.projection * &r)?.sum_all()?;
             let _ = loss.to_scalar::<f32>()?;
             let t1 = Instant::now();
-            let grads = net.backward(&loss, &[&out])?;
+            let grads = net.backward(&loss, vec![out])?;
             let t2 = Instant::now();
             drop(grads);
             fwd.push((t1 - t0).as_secs_f64());

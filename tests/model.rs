@@ -433,7 +433,7 @@ fn assert_gradient_matches_finite_differences(net: &SiameseNet, batch: usize) ->
         [randn(&[batch, b], 32, DType::F64)?, randn(&[batch, p], 33, DType::F64)?, randn(&[batch, p], 34, DType::F64)?];
     for train in [true, false] {
         let out = net.forward(&x, train)?;
-        let grads = net.backward(&weighted_loss(&out, &r)?, &[&out])?;
+        let grads = net.backward(&weighted_loss(&out, &r)?, vec![out])?;
         let loss = || weighted_loss(&net.forward(&x, train)?, &r)?.to_scalar::<f64>();
         for p in net.params() {
             let Some(g) = grads.get(&p.var) else { panic!("no gradient for {}", p.name) };
@@ -470,7 +470,7 @@ fn assert_ours_match_candle(
         let net = SiameseNet::from_recipe(recipe, shape, DType::F64, &Device::Cpu)?.with_layers(choice);
         let (o1, o2) = (net.forward(x[0], true)?, net.forward(x[1], true)?);
         let loss = (weighted_loss(&o1, r)? + weighted_loss(&o2, r)?)?;
-        let store = net.backward(&loss, &[&o1, &o2])?;
+        let store = net.backward(&loss, vec![o1, o2])?;
         let mut all = Vec::new();
         for p in net.params() {
             let Some(g) = store.get(&p.var) else { panic!("{what}: no gradient for {} with {choice:?}", p.name) };

@@ -534,8 +534,8 @@ impl Trainer<'_> {
             return Err(self.non_finite(step, &format!("the gradient injected at the normalised features ({value})")));
         }
         clock.lap(Phase::LocalCrops);
-        let passes: Vec<&Outputs> = [&o1, &o2].into_iter().chain(&local_outputs).collect();
-        let mut store = self.net.backward(&objective, &passes)?;
+        let passes: Vec<Outputs> = [o1, o2].into_iter().chain(local_outputs).collect();
+        let mut store = self.net.backward(&objective, passes)?;
         if self.comm.ranks() > 1 {
             super::ranks::all_reduce_grads(&*self.comm, self.net.params(), &mut store)?;
         }
