@@ -263,6 +263,10 @@ enum BenchCommand {
         /// Steps measured per objective (after one warm-up step).
         #[arg(long, default_value_t = 3, value_parser = at_least_one)]
         steps: usize,
+        /// Measure each objective (and with --against-torch its reference) this many times, alternately, and
+        /// report the medians.
+        #[arg(long, default_value_t = 1, value_parser = at_least_one)]
+        rounds: usize,
         /// Data directory (default: the bundled subset).
         #[arg(long)]
         data: Option<PathBuf>,
@@ -369,10 +373,12 @@ pub fn run(cli: Cli, stop: Arc<AtomicBool>) -> ExitCode {
             commands::train::run(args, stop, &edge)
         }
         Command::Bench {
-            what: BenchCommand::Train { files, batch, steps, data, set, baseline, against_torch, torch_ref, device },
+            what:
+                BenchCommand::Train { files, batch, steps, rounds, data, set, baseline, against_torch, torch_ref, device },
         } => {
             let torch = against_torch.map(|python| commands::bench::torch::TorchRef { python, script: torch_ref });
-            let setup = commands::bench::Setup { batch, steps, overrides: set, device: device.device, baseline, torch };
+            let setup =
+                commands::bench::Setup { batch, steps, rounds, overrides: set, device: device.device, baseline, torch };
             commands::bench::run(files, data, &setup)
         }
         Command::Sweep { files, grid, set, seeds, name, report, runs, parallel, max_steps, limit, data } => {

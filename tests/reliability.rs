@@ -355,9 +355,11 @@ fn grad_and_bench_refuse_degenerate_inputs() {
     assert!(all.contains("`t2`") && all.contains("index 29"), "{all}");
     assert_ok(&grad(&feats(&ok, &ok)));
 
-    let bench = Command::new(BIN).args(["bench", "train", &objective("unigrad"), "--steps", "0"]).output().unwrap();
-    assert_eq!(bench.status.code(), Some(2), "{}", text(&bench));
-    assert!(!text(&bench).contains("pairs/s"));
+    for zero in ["--steps", "--rounds"] {
+        let bench = Command::new(BIN).args(["bench", "train", &objective("unigrad"), zero, "0"]).output().unwrap();
+        assert_eq!(bench.status.code(), Some(2), "{zero} 0: {}", text(&bench));
+        assert!(!text(&bench).contains("pairs/s"));
+    }
 }
 
 #[test]

@@ -33,6 +33,9 @@ pub struct Setup {
     pub batch: usize,
     /// Steps measured after one warm-up step.
     pub steps: usize,
+    /// Times each objective (and its reference) is measured, alternately; the medians are reported. One run on
+    /// a shared machine moves by up to a tenth either way, and alternating rounds let both sides see the same spells.
+    pub rounds: usize,
     /// Recipe overrides (`KEY=VALUE`) for every objective.
     pub overrides: Vec<String>,
     /// `--device` for the training runs.
@@ -102,6 +105,13 @@ fn measure(
     })
 }
 
+/// The element with the median `key` (the upper one of an even count); `items` is not empty.
+fn median_by<T>(mut items: Vec<T>, key: impl Fn(&T) -> f64) -> T {
+    items.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    let mid = items.len() / 2;
+    items.swap_remove(mid)
+}
+
 /// One table row: pairs/s, step time, phase shares, convolution share and GFLOP/s, peak memory.
 fn row(out: &mut String, name: &str, m: &Measured) {
     let _ = write!(
@@ -163,7 +173,7 @@ pub fn run(files: Vec<PathBuf>, data: Option<PathBuf>, setup: &Setup) -> Result<
 /// Runs the benchmark; returns the table. With `baseline`, each objective is also run with candle's own layers
 /// (`--layers candle`) and the ratio is reported.
 pub fn bench_train(files: &[PathBuf], data: &Path, setup: &Setup) -> Result<String, Error> {
-    let Setup { batch, steps, baseline, .. } = *setup;
+    let Setup { batch, steps, rounds, baseline, .. } = *setup;
     let device = &setup.device;
     let threads = candle_core::utils::get_num_threads();
     let mut out = String::new();
@@ -194,11 +204,19 @@ pub fn bench_train(files: &[PathBuf], data: &Path, setup: &Setup) -> Result<Stri
             continue;
         }
         let sets = pairing.as_ref().and_then(|p| p.as_ref()).map_or(&[][..], |p| p.ours);
-        let m = measure(file, &name, data, setup, false, sets)?;
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            ours.push(measure(file, &name, data, setup, false, sets)?);
+            if let (Some(r), Some(Some(p))) = (&setup.torch, &pairing) {
+                theirs.push(torch::measure(r, p, batch, steps, threads)?);
+            }
+        }
+        let m = median_by(ours, |m| m.pairs_per_s);
         row(&mut out, &name, &m);
-        if let (Some(r), Some(Some(p))) = (&setup.torch, &pairing) {
-            let t = torch::measure(r, p, batch, steps, threads)?;
-            let mb = t.peak_mb.map_or("-".into(), |p| format!("{p:.0}"));
+        if !theirs.is_empty() {
+            let peak = theirs.iter().filter_map(|t| t.peak_mb).reduce(f64::max);
+            let t = median_by(theirs, |t| t.pairs_per_s);
+            let mb = peak.map_or("-".into(), |p| format!("{p:.0}"));
             let _ = write!(out, " | {:>13.1} {:>5.2}× {:>10}", t.pairs_per_s, m.pairs_per_s / t.pairs_per_s, mb);
         }
         if baseline {
@@ -213,6 +231,12 @@ pub fn bench_train(files: &[PathBuf], data: &Path, setup: &Setup) -> Result<Stri
         out,
         "\nbatch {batch}, median of {steps} steps after one warm-up step, the recipe's encoder + projector (+ predictor),"
     );
+    if rounds > 1 {
+        let _ = writeln!(
+            out,
+            "each objective {rounds} times alternately with its reference: the round with the median pairs/s (peak MB: the largest);"
+        );
+    }
     let _ = writeln!(
         out,
         "f32 on {device} ({} CPU threads); phases as shares of the step. conv: share of the step inside our",
@@ -243,4 +267,16 @@ pub fn bench_train(files: &[PathBuf], data: &Path, setup: &Setup) -> Result<Stri
         );
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median_by;
+
+    #[test]
+    fn median_by_picks_the_middle_round() {
+        assert_eq!(median_by(vec![3.0, 1.0, 2.0], |v| *v), 2.0);
+        assert_eq!(median_by(vec![4.0, 1.0, 3.0, 2.0], |v| *v), 3.0, "the upper one of an even count");
+        assert_eq!(median_by(vec![7.0], |v| *v), 7.0);
+    }
 }
