@@ -8,10 +8,10 @@ use crate::nn::SiameseNet;
 
 /// Bytes a step holds per value a convolution outputs for one image of one view: the recorded activations kept for
 /// the backward pass (convolution output, the BatchNorm outputs a ReLU follows, the joins), the target's forward,
-/// and the gradients and transforms alive at the backward's peak. Measured: peak resident memory at batch 256 and
-/// 1024 on `resnet_mini` (SimCLR, `bench train`: 792 and 3,059 MB), whose difference is 11.2 bytes per value of
-/// the 768 pairs between them, rounded up.
-pub const BYTES_PER_VALUE: u64 = 12;
+/// and the gradients and transforms alive at the backward's peak (the backward frees the tape as it goes).
+/// Measured: peak resident memory at batch 256 and 1024 on `resnet_mini` (SimCLR, `bench train`: 675 and 2,571
+/// MB), whose difference is 9.4 bytes per value of the 768 pairs between them, rounded up.
+pub const BYTES_PER_VALUE: u64 = 10;
 
 /// What one step at the recipe's batch is expected to hold on top of what the process holds already, in bytes, for
 /// the images the network is built for.
