@@ -14,7 +14,7 @@ impl SiameseNet {
     /// from: candle differentiates the heads (and any pass run on candle's kernels); each recorded encoder pass is
     /// then differentiated here from the gradient at its backbone features, and its parameter gradients added in.
     /// The passes are taken by value: each recorded activation is freed as soon as the backward has read it for the
-    /// last time (at batch 1024 about a tenth of the peak memory, held to the end otherwise).
+    /// last time (held to the end, they were a fifth of the peak memory at batch 1024).
     pub fn backward(&self, loss: &Tensor, outputs: Vec<Outputs>) -> Result<GradStore> {
         let mut store = loss.backward()?;
         for o in outputs {
@@ -62,11 +62,11 @@ impl SiameseNet {
             // The two paths' sum at the block's input: through the previous join's ReLU in the same pass.
             dz = if i > 0 { norm::masked_sum(&d, &dshort, &input)? } else { norm::add(&d, &dshort)? };
         }
+        drop(pooled);
         let stem = pop(&mut norms)?;
-        if let Some(pooled) = pooled {
+        if r.pool {
             let (k, s, p) = STEM_POOL;
             dz = max_pool2d_backward(relu_output(&stem)?, &dz, k, s, p)?;
-            drop(pooled);
         }
         let dz0 = self.norm_backward(&dz, &stem, &r.stem_bn, store)?;
         drop(stem);
